@@ -1,0 +1,245 @@
+"""Command line: argument parsing and printing only.
+
+``pullhealth check REFERENCE``   probe a registry pull path (exit 0 healthy, 1 problem, 2 usage)
+``pullhealth explain MESSAGE``   classify pasted pull-error text (no network)
+``pullhealth dev-cluster ...``   the local control plane for tests and demos
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pullhealth import classify, credentials, engine
+from pullhealth.codes import Code
+from pullhealth.diagnose import make
+from pullhealth.model import Diagnosis, StepStatus
+from pullhealth.probes import identity
+from pullhealth.redact import Redactor
+from pullhealth.reference import InvalidReference, parse_target
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or unreadable input files: exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pullhealth", description="Tell why an image pull fails, and what to do about it."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="probe a registry pull path: DNS, TCP, TLS, auth, manifest")
+    check.add_argument("reference", help="registry host (myacr.azurecr.io) or image reference")
+    creds = check.add_mutually_exclusive_group()
+    creds.add_argument("--docker-config", metavar="PATH",
+                       help=".dockerconfigjson or ~/.docker/config.json to take credentials from")
+    creds.add_argument("--username", help="user name; the password is read with --password-stdin")
+    creds.add_argument("--anonymous", action="store_true", help="send no credentials")
+    creds.add_argument("--managed-identity", action="store_true",
+                       help="use the node's Azure managed identity (IMDS)")
+    creds.add_argument("--workload-identity", action="store_true",
+                       help="use Azure workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, "
+                       "AZURE_FEDERATED_TOKEN_FILE)")
+    check.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    check.add_argument("--client-id", help="managed/workload identity client id")
+    check.add_argument("--tenant-id", help="workload identity tenant id")
+    check.add_argument("--imds-endpoint", default=identity.IMDS_ENDPOINT, help=argparse.SUPPRESS)
+    check.add_argument("--authority-host", default=None, help=argparse.SUPPRESS)
+    check.add_argument("--ca-file", help="extra CA bundle to trust (PEM)")
+    check.add_argument("--nameserver", metavar="HOST[:PORT]", help="DNS server to ask instead of the system's")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per network call (default 10)")
+    check.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default linux/amd64)")
+    check.add_argument("--expect-private-endpoint", action="store_true",
+                       help="fail when the registry resolves to a public address")
+    check.add_argument("--data-endpoint", help="ACR data endpoint host to resolve as well")
+    check.add_argument("--output", "-o", choices=("text", "json"), default="text")
+
+    explain = sub.add_parser("explain", help="classify a pull-error message (no network)")
+    explain.add_argument("message", help="the message text, or - to read stdin")
+    explain.add_argument("--output", "-o", choices=("text", "json"), default="text")
+
+    dev = sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos",
+                         add_help=False)
+    dev.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if not args.password_stdin:
+        raise UsageError("--username needs --password-stdin (passwords are never taken as arguments)")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("--password-stdin read an empty password")
+    return password
+
+
+def _credentials(args: argparse.Namespace, registry: str, image: object,
+                 secrets: list[str]) -> tuple[list[credentials.Credential] | None, Diagnosis | None]:
+    """Credentials to try, or a diagnosis when the docker config itself is unusable."""
+    if args.username:
+        password = _read_password(args)
+        secrets.append(password)
+        return [credentials.Credential(credentials.CredentialKind.BASIC, "--username",
+                                       args.username, password)], None
+    if args.password_stdin:
+        raise UsageError("--password-stdin goes with --username")
+    if not args.docker_config:
+        return None, None
+    path = Path(args.docker_config).expanduser()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        entries = credentials.parse_docker_config(raw, f"docker config {path}")
+    except credentials.SecretProblem as exc:
+        return None, make(exc.code, {"secret": str(path), "detail": exc.detail,
+                                     "registry": registry, "namespace": "<namespace>"})
+    secrets.extend(s for e in entries for s in e.credential.secrets())
+    ref = image if image is not None else None
+    if ref is None:
+        matched = [e.credential for e in entries if e.key.split("/")[0] == registry]
+    else:
+        matched = credentials.lookup(entries, ref)  # type: ignore[arg-type]
+    return matched, None
+
+
+async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engine.IdentitySource | None:
+    if args.managed_identity:
+        async def imds() -> identity.AadToken:
+            token = await identity.managed_identity_token(
+                client_id=args.client_id, endpoint=args.imds_endpoint, timeout=args.timeout)
+            secrets.append(token.token)
+            return token
+        return imds
+    if args.workload_identity:
+        client_id = args.client_id or os.environ.get("AZURE_CLIENT_ID")
+        tenant_id = args.tenant_id or os.environ.get("AZURE_TENANT_ID")
+        token_file = os.environ.get("AZURE_FEDERATED_TOKEN_FILE")
+        authority = args.authority_host or os.environ.get("AZURE_AUTHORITY_HOST") or identity.AAD_AUTHORITY
+        if not (client_id and tenant_id and token_file):
+            raise UsageError("--workload-identity needs AZURE_CLIENT_ID (or --client-id), "
+                             "AZURE_TENANT_ID (or --tenant-id) and AZURE_FEDERATED_TOKEN_FILE")
+        try:
+            federated = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read AZURE_FEDERATED_TOKEN_FILE: {exc.strerror}") from None
+        secrets.append(federated)
+
+        async def wi() -> identity.AadToken:
+            token = await identity.workload_identity_token(
+                client_id=client_id, tenant_id=tenant_id, federated_token=federated,
+                authority=authority, timeout=args.timeout)
+            secrets.append(token.token)
+            return token
+        return wi
+    return None
+
+
+async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
+    try:
+        registry, image = parse_target(args.reference)
+    except InvalidReference as exc:
+        return make(Code.INVALID_IMAGE_NAME, {"reference": args.reference, "detail": str(exc)})
+    options = engine.ChainOptions(
+        nameserver=args.nameserver, timeout=args.timeout, ca_file=args.ca_file,
+        platform=args.platform, expect_private_endpoint=args.expect_private_endpoint,
+        data_endpoint=args.data_endpoint,
+    )
+    if args.ca_file and not Path(args.ca_file).is_file():
+        raise UsageError(f"--ca-file {args.ca_file}: no such file")
+    source = await _identity_source(args, secrets)
+    if source is not None:
+        return await engine.run_chain(engine.Target(registry, image, identity=source), options)
+    if args.anonymous:
+        return await engine.run_chain(engine.Target(registry, image), options)
+    matched, problem = _credentials(args, registry, image, secrets)
+    if problem is not None:
+        return problem
+    return await engine.check_credentials(
+        registry, image, matched, options,
+        no_match_facts={"detail": f"{args.docker_config} has no entry for {registry}"},
+    )
+
+
+def _print_check(diagnosis: Diagnosis, reference: str, output: str, redactor: Redactor) -> None:
+    if output == "json":
+        doc = {
+            "reference": reference,
+            "registry": diagnosis.facts.get("registry", ""),
+            "code": diagnosis.code.value,
+            "summary": diagnosis.summary,
+            "remediation": diagnosis.remediation,
+            "checks": [
+                {"name": c.name, "status": c.status.value, "code": c.code.value,
+                 "message": c.message, "durationMs": c.duration_ms}
+                for c in diagnosis.checks
+            ],
+        }
+        print(redactor(json.dumps(doc, indent=2)))
+        return
+    lines = [f"Checking {reference} ({diagnosis.facts.get('credential', 'anonymous')})"]
+    for check in diagnosis.checks:
+        if check.status is StepStatus.PASSED:
+            lines.append(f"  {check.message}  [{check.duration_ms:.1f} ms]")
+        elif check.status is StepStatus.FAILED:
+            lines.append(f"  {check.name}: FAILED {check.code.value}: {check.message}  "
+                         f"[{check.duration_ms:.1f} ms]")
+        else:
+            lines.append(f"  {check.name}: {check.message}")
+    lines.append("")
+    lines.append(f"{diagnosis.code.value}: {diagnosis.summary}")
+    for i, step in enumerate(diagnosis.remediation, 1):
+        lines.append(f"  {i}. {step}")
+    print(redactor("\n".join(lines)))
+
+
+def _print_explain(diagnosis: Diagnosis, output: str) -> None:
+    redactor = Redactor()
+    if output == "json":
+        doc = {"code": diagnosis.code.value, "summary": diagnosis.summary,
+               "remediation": diagnosis.remediation,
+               "candidates": [c.value for c in diagnosis.candidates]}
+        print(redactor(json.dumps(doc, indent=2)))
+        return
+    lines = [f"{diagnosis.code.value}: {diagnosis.summary}"]
+    if diagnosis.candidates:
+        lines.append("  could also be: " + ", ".join(c.value for c in diagnosis.candidates))
+    lines.extend(f"  {i}. {step}" for i, step in enumerate(diagnosis.remediation, 1))
+    print(redactor("\n".join(lines)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pullhealth`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            secrets: list[str] = []
+            diagnosis = asyncio.run(_check(args, secrets))
+            _print_check(diagnosis, args.reference, args.output, Redactor(secrets))
+            return EXIT_OK if diagnosis.healthy else EXIT_PROBLEM
+        if args.command == "explain":
+            text = sys.stdin.read() if args.message == "-" else args.message
+            diagnosis = classify.classify(text)
+            _print_explain(diagnosis, args.output)
+            return EXIT_OK
+        if args.command == "dev-cluster":
+            from pullhealth import devcluster  # optional: needs the dev extras
+
+            return devcluster.main(list(args.args))
+    except UsageError as exc:
+        print(f"pullhealth: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

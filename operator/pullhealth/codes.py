@@ -1,0 +1,375 @@
+"""Diagnosis codes: the single source of truth.
+
+Every code carries its one-line summary template, concrete remediation steps and the
+`az acr check-health` error it corresponds to (where one exists), so that the CLI, the
+operator's status, pod annotations, events and the generated docs all read from here.
+
+Templates use ``{name}`` placeholders filled by :func:`render`; a placeholder with no
+value is shown as ``<name>`` so a summary never raises and never invents a value.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """What pullhealth says about one diagnosis code."""
+
+    summary: str
+    remediation: tuple[str, ...]
+    check_health_error: str | None = None
+    coarse: bool = False
+
+
+class Code(StrEnum):
+    """Diagnosis codes, in rough pull-path order (network first, content last)."""
+
+    OK = "OK"
+    DNS_NXDOMAIN = "DNS_NXDOMAIN"
+    DNS_TIMEOUT = "DNS_TIMEOUT"
+    PRIVATE_ENDPOINT_DNS = "PRIVATE_ENDPOINT_DNS"
+    CONNECT_REFUSED = "CONNECT_REFUSED"
+    CONNECT_TIMEOUT = "CONNECT_TIMEOUT"
+    TLS_UNTRUSTED = "TLS_UNTRUSTED"
+    TLS_HOSTNAME_MISMATCH = "TLS_HOSTNAME_MISMATCH"
+    TLS_PROTOCOL_ERROR = "TLS_PROTOCOL_ERROR"
+    FIREWALL_FORBIDDEN = "FIREWALL_FORBIDDEN"
+    CHALLENGE_ERROR = "CHALLENGE_ERROR"
+    RATE_LIMITED = "RATE_LIMITED"
+    REGISTRY_ERROR = "REGISTRY_ERROR"
+    PULL_SECRET_MISSING = "PULL_SECRET_MISSING"
+    PULL_SECRET_INVALID = "PULL_SECRET_INVALID"
+    PULL_SECRET_NO_MATCH = "PULL_SECRET_NO_MATCH"
+    AUTH_REQUIRED = "AUTH_REQUIRED"
+    CREDENTIALS_REJECTED = "CREDENTIALS_REJECTED"
+    IDENTITY_UNAVAILABLE = "IDENTITY_UNAVAILABLE"
+    TOKEN_EXCHANGE_DENIED = "TOKEN_EXCHANGE_DENIED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    ACCESS_DENIED = "ACCESS_DENIED"
+    IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"
+    REPOSITORY_NOT_FOUND = "REPOSITORY_NOT_FOUND"
+    TAG_NOT_FOUND = "TAG_NOT_FOUND"
+    PLATFORM_NOT_FOUND = "PLATFORM_NOT_FOUND"
+    INVALID_IMAGE_NAME = "INVALID_IMAGE_NAME"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def info(self) -> CodeInfo:
+        """The summary template, remediation and check-health mapping of this code."""
+        return CATALOG[self]
+
+    @property
+    def healthy(self) -> bool:
+        """True only for OK."""
+        return self is Code.OK
+
+
+CATALOG: Mapping[Code, CodeInfo] = {
+    Code.OK: CodeInfo(
+        summary="{registry} is reachable and {image} can be pulled with the credentials used",
+        remediation=(),
+    ),
+    Code.DNS_NXDOMAIN: CodeInfo(
+        summary="the name {host} does not exist in DNS (NXDOMAIN) as seen from here",
+        remediation=(
+            "Check the registry name for typos: az acr show --name <registry> --query loginServer",
+            "From a pod, run: kubectl run dnscheck --rm -it --restart=Never "
+            "--image=busybox -- nslookup {host}",
+            "If the cluster uses custom DNS, make sure it forwards to Azure DNS (168.63.129.16) "
+            "or resolves the registry's zone",
+        ),
+        check_health_error="CONNECTIVITY_DNS_ERROR",
+    ),
+    Code.DNS_TIMEOUT: CodeInfo(
+        summary="DNS lookup of {host} timed out or no DNS server answered",
+        remediation=(
+            "Check that CoreDNS is running: kubectl -n kube-system get pods -l k8s-app=kube-dns",
+            "Check the node's DNS servers and the VNet's custom DNS setting: "
+            "az network vnet show -g <rg> -n <vnet> --query dhcpOptions.dnsServers",
+            "Check network policies or NSGs blocking UDP/TCP 53 to the DNS servers",
+        ),
+        check_health_error="CONNECTIVITY_DNS_ERROR",
+    ),
+    Code.PRIVATE_ENDPOINT_DNS: CodeInfo(
+        summary="{host} resolves to {address}, but the registry is meant to be reached "
+        "through a private endpoint ({detail})",
+        remediation=(
+            "Link the private DNS zone privatelink.azurecr.io to the cluster's VNet: "
+            "az network private-dns link vnet create -g <rg> -z privatelink.azurecr.io "
+            "-n <link> -v <vnet-id> -e false",
+            "Check the A records of the private endpoint: az network private-dns record-set a "
+            "list -g <rg> -z privatelink.azurecr.io -o table",
+            "If a custom DNS server is used, add a conditional forwarder for azurecr.io "
+            "to 168.63.129.16",
+        ),
+        check_health_error="CONNECTIVITY_DNS_ERROR",
+    ),
+    Code.CONNECT_REFUSED: CodeInfo(
+        summary="the connection to {host} at {address} was refused",
+        remediation=(
+            "Check the registry host and port in the image reference",
+            "Check that the registry (or the proxy in front of it) listens on that port",
+            "For ACR with a private endpoint, check the endpoint's connection state: "
+            "az network private-endpoint show -g <rg> -n <endpoint>",
+        ),
+        check_health_error="CONNECTIVITY_SSL_ERROR",
+    ),
+    Code.CONNECT_TIMEOUT: CodeInfo(
+        summary="no answer from {host} at {address} (connection timed out or unreachable)",
+        remediation=(
+            "Check outbound rules: NSGs, Azure Firewall or UDR must allow TCP 443 to the "
+            "registry and its data endpoint (<registry>.<region>.data.azurecr.io)",
+            "List the registry's network rules: az acr show --name <registry> "
+            "--query networkRuleSet",
+            "Check HTTP(S)_PROXY / NO_PROXY settings of the node runtime",
+        ),
+        check_health_error="CONNECTIVITY_SSL_ERROR",
+    ),
+    Code.TLS_UNTRUSTED: CodeInfo(
+        summary="the TLS certificate of {host} is not trusted (issuer: {issuer})",
+        remediation=(
+            "If the issuer is a corporate proxy or firewall doing TLS inspection, exempt the "
+            "registry endpoints from inspection",
+            "For a private CA, add the CA to the node trust store or containerd's hosts.toml "
+            "(ca = \"/etc/containerd/certs.d/<registry>/ca.crt\")",
+        ),
+        check_health_error="CONNECTIVITY_SSL_ERROR",
+    ),
+    Code.TLS_HOSTNAME_MISMATCH: CodeInfo(
+        summary="the TLS certificate presented at {host} is not valid for that name",
+        remediation=(
+            "Use the login server name exactly: az acr show --name <registry> --query loginServer",
+            "Check that DNS points {host} at the registry and not at another service",
+        ),
+        check_health_error="CONNECTIVITY_SSL_ERROR",
+    ),
+    Code.TLS_PROTOCOL_ERROR: CodeInfo(
+        summary="the TLS handshake with {host} failed: {detail}",
+        remediation=(
+            "If the registry serves plain HTTP, configure it as an insecure registry in "
+            "containerd's hosts.toml, or better, enable TLS on it",
+            "Check for a proxy that breaks TLS between the node and the registry",
+        ),
+        check_health_error="CONNECTIVITY_SSL_ERROR",
+    ),
+    Code.FIREWALL_FORBIDDEN: CodeInfo(
+        summary="{host} refused this client by network rule (403){detail}",
+        remediation=(
+            "List the registry's network rules: az acr show --name <registry> "
+            "--query networkRuleSet",
+            "Allow the cluster's egress IP: az acr network-rule add --name <registry> "
+            "--ip-address <egress-ip>",
+            "Or reach the registry through a private endpoint; see https://aka.ms/acr/firewall",
+        ),
+        check_health_error="CONNECTIVITY_FORBIDDEN_ERROR",
+    ),
+    Code.CHALLENGE_ERROR: CodeInfo(
+        summary="{host} did not answer GET /v2/ like an OCI registry: {detail}",
+        remediation=(
+            "Check that the host is the registry's login server and not a web front end",
+            "Check any proxy between the cluster and the registry",
+        ),
+        check_health_error="CONNECTIVITY_CHALLENGE_ERROR",
+    ),
+    Code.RATE_LIMITED: CodeInfo(
+        summary="{host} is rate limiting this client (429 Too Many Requests)",
+        remediation=(
+            "Authenticate pulls (anonymous pulls get the lowest limits): kubectl create secret "
+            "docker-registry <name> --docker-server={registry} --docker-username=<user> "
+            "--docker-password=<password>",
+            "Mirror the image into your own registry: az acr import --name <registry> "
+            "--source {registry}/{repository}:{tag}",
+        ),
+        check_health_error="CONNECTIVITY_TOOMANYREQUESTS_ERROR",
+    ),
+    Code.REGISTRY_ERROR: CodeInfo(
+        summary="{host} answered with a server error: {detail}",
+        remediation=(
+            "Check the registry's service health (Azure status page, Resource Health: "
+            "az resource show --ids <registry-id>)",
+            "Retry later; the failure is on the registry side",
+        ),
+        check_health_error="CONNECTIVITY_CHALLENGE_ERROR",
+    ),
+    Code.PULL_SECRET_MISSING: CodeInfo(
+        summary="the image pull secret {secret} does not exist in namespace {namespace}",
+        remediation=(
+            "Create it in the pod's namespace: kubectl -n {namespace} create secret "
+            "docker-registry {secret} --docker-server={registry} --docker-username=<user> "
+            "--docker-password=<password>",
+            "Or fix the name in spec.imagePullSecrets / the service account's imagePullSecrets",
+        ),
+    ),
+    Code.PULL_SECRET_INVALID: CodeInfo(
+        summary="the image pull secret {secret} cannot be used: {detail}",
+        remediation=(
+            "Recreate it with kubectl so the type and encoding are right: kubectl -n {namespace} "
+            "create secret docker-registry {secret} --docker-server={registry} "
+            "--docker-username=<user> --docker-password=<password> --dry-run=client -o yaml "
+            "| kubectl apply -f -",
+            "Inspect its keys (not values): kubectl -n {namespace} get secret {secret} "
+            "-o jsonpath='{{.type}} {{.data}}' | cut -c1-80",
+        ),
+    ),
+    Code.PULL_SECRET_NO_MATCH: CodeInfo(
+        summary="no pull secret has credentials for {registry}",
+        remediation=(
+            "Add a secret whose server is exactly {registry}: kubectl create secret "
+            "docker-registry <name> --docker-server={registry} ...",
+            "For ACR, attach the registry to the cluster instead: az aks update -n <cluster> "
+            "-g <rg> --attach-acr <registry>",
+        ),
+    ),
+    Code.AUTH_REQUIRED: CodeInfo(
+        summary="{registry} requires authentication for {repository} and none was sent",
+        remediation=(
+            "Give the pod a pull secret: kubectl create secret docker-registry <name> "
+            "--docker-server={registry} --docker-username=<user> --docker-password=<password>",
+            "For ACR, attach it to the cluster: az aks update -n <cluster> -g <rg> "
+            "--attach-acr <registry>, or check the kubelet identity: az aks check-acr -n "
+            "<cluster> -g <rg> --acr {registry}",
+        ),
+        check_health_error="CONNECTIVITY_AAD_LOGIN_ERROR",
+    ),
+    Code.CREDENTIALS_REJECTED: CodeInfo(
+        summary="{registry} rejected the credentials ({credential})",
+        remediation=(
+            "Check the user name and rotate the password or token: az acr credential show "
+            "--name <registry>, or the service principal / token's expiry",
+            "Recreate the pull secret with the current password",
+        ),
+        check_health_error="CONNECTIVITY_REFRESH_TOKEN_ERROR",
+    ),
+    Code.IDENTITY_UNAVAILABLE: CodeInfo(
+        summary="no Azure AD token could be obtained for the identity ({detail})",
+        remediation=(
+            "Check the kubelet identity: az aks show -n <cluster> -g <rg> "
+            "--query identityProfile.kubeletidentity",
+            "For workload identity, check the service account annotation "
+            "azure.workload.identity/client-id and the federated credential: az identity "
+            "federated-credential list --identity-name <identity> -g <rg>",
+        ),
+        check_health_error="CONNECTIVITY_AAD_LOGIN_ERROR",
+    ),
+    Code.TOKEN_EXCHANGE_DENIED: CodeInfo(
+        summary="{registry} refused to exchange the Azure AD token for a registry token",
+        remediation=(
+            "Grant the identity AcrPull on the registry: az role assignment create "
+            "--assignee <client-id> --role AcrPull --scope $(az acr show --name <registry> "
+            "--query id -o tsv)",
+            "Check that the registry allows Azure AD authentication (not disabled by policy) "
+            "and that the token's tenant is the registry's tenant",
+        ),
+        check_health_error="CONNECTIVITY_REFRESH_TOKEN_ERROR",
+    ),
+    Code.PERMISSION_DENIED: CodeInfo(
+        summary="the credentials ({credential}) are valid but may not pull {repository}",
+        remediation=(
+            "Grant pull on the repository: az role assignment create --assignee <principal> "
+            "--role AcrPull --scope $(az acr show --name <registry> --query id -o tsv)",
+            "For ACR scope-map tokens, add content/read: az acr scope-map update --name "
+            "<scope-map> --registry <registry> --add-repository {repository} content/read",
+        ),
+        check_health_error="CONNECTIVITY_ACCESS_TOKEN_ERROR",
+    ),
+    Code.ACCESS_DENIED: CodeInfo(
+        summary="{registry} denied the pull of {repository}: missing credentials, wrong "
+        "credentials, missing permission or a missing repository",
+        remediation=(
+            "Run a check with the pod's credentials to tell these apart: pullhealth check "
+            "{registry}/{repository}:{tag} --docker-config <config.json>",
+            "Check the pod's imagePullSecrets: kubectl get pod <pod> -o "
+            "jsonpath='{{.spec.imagePullSecrets}}'",
+        ),
+        coarse=True,
+    ),
+    Code.IMAGE_NOT_FOUND: CodeInfo(
+        summary="{registry} has no image {repository}:{tag} (repository or tag missing)",
+        remediation=(
+            "List the tags: az acr repository show-tags --name <registry> --repository "
+            "{repository}",
+            "Check the image reference in the pod spec for typos",
+        ),
+        coarse=True,
+    ),
+    Code.REPOSITORY_NOT_FOUND: CodeInfo(
+        summary="{registry} has no repository {repository}",
+        remediation=(
+            "List repositories: az acr repository list --name <registry> -o table",
+            "Check the repository path in the image reference (namespaces, case)",
+        ),
+    ),
+    Code.TAG_NOT_FOUND: CodeInfo(
+        summary="repository {repository} on {registry} has no tag or digest {tag}",
+        remediation=(
+            "List the tags: az acr repository show-tags --name <registry> --repository "
+            "{repository} -o table",
+            "Push the tag or fix the reference; a deleted or purged tag also shows here",
+        ),
+    ),
+    Code.PLATFORM_NOT_FOUND: CodeInfo(
+        summary="{repository}:{tag} has no image for platform {platform} "
+        "(available: {detail})",
+        remediation=(
+            "Build and push a multi-platform image: docker buildx build --platform "
+            "{platform} --push ...",
+            "Or schedule the pod on nodes of an available platform (nodeSelector "
+            "kubernetes.io/arch)",
+        ),
+    ),
+    Code.INVALID_IMAGE_NAME: CodeInfo(
+        summary="the image reference {reference} is not valid: {detail}",
+        remediation=(
+            "Fix the image field: lowercase repository, host[:port]/path[:tag][@sha256:digest]",
+        ),
+    ),
+    Code.UNKNOWN: CodeInfo(
+        summary="the pull failed for a reason pullhealth does not recognise: {detail}",
+        remediation=(
+            "Read the pod's events: kubectl describe pod <pod>",
+            "Run a full check: pullhealth check {registry}/{repository}:{tag}",
+        ),
+    ),
+}
+
+
+class _Lenient(dict[str, str]):
+    """Formatting map that shows a missing placeholder as ``<name>``."""
+
+    def __missing__(self, key: str) -> str:
+        return f"<{key}>"
+
+
+_FORMATTER = string.Formatter()
+
+
+def render(template: str, facts: Mapping[str, str | None]) -> str:
+    """Fill ``{placeholders}`` from facts; a missing one becomes ``<name>``.
+
+    Args:
+        template: a summary or remediation template from the catalog.
+        facts: known values (registry, host, repository, ...).
+
+    Returns:
+        The rendered text. Never raises on a missing key.
+    """
+    values = _Lenient({k: v for k, v in facts.items() if v is not None})
+    return _FORMATTER.vformat(template, (), values)
+
+
+def summary(code: Code, facts: Mapping[str, str | None]) -> str:
+    """The rendered one-line summary of a code."""
+    return render(code.info.summary, facts)
+
+
+def remediation(code: Code, facts: Mapping[str, str | None]) -> list[str]:
+    """The rendered remediation steps of a code."""
+    return [render(step, facts) for step in code.info.remediation]
+
+
+assert set(CATALOG) == set(Code), "every code needs a catalog entry"

@@ -1,0 +1,306 @@
+"""The probe chain: DNS -> TCP -> TLS -> challenge -> [identity] -> token -> manifest.
+
+Each step yields a :class:`CheckResult`. The chain stops at the first failure that makes
+later steps meaningless and marks the rest skipped; the diagnosis is the first failure's
+code (or OK). Everything is bounded by the per-request timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pullhealth.codes import Code
+from pullhealth.credentials import ANONYMOUS, Credential, CredentialKind
+from pullhealth.diagnose import from_checks, make
+from pullhealth.model import CheckResult, Diagnosis, StepStatus
+from pullhealth.probes.challenge import Challenge, probe_challenge
+from pullhealth.probes.dns import DnsFailure, Resolver, assess_routing
+from pullhealth.probes.http import Http
+from pullhealth.probes.identity import AadToken
+from pullhealth.probes.manifest import probe_manifest
+from pullhealth.probes.net import StepError, make_ssl_context, tcp_connect, tls_handshake
+from pullhealth.probes.token import Authorization, probe_token
+from pullhealth.reference import ImageReference, split_host_port
+
+STEPS = ("dns", "tcp", "tls", "challenge", "identity", "token", "manifest")
+
+IdentitySource = Callable[[], Awaitable[AadToken]]
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """How to probe.
+
+    Attributes:
+        nameserver: ``ip[:port]`` to resolve with, or None for the system resolver.
+        timeout: seconds per network call.
+        ca_file: extra CA bundle trusted beside the system CAs.
+        platform: ``os/arch[/variant]`` the image must provide.
+        expect_private_endpoint: a public address is then a failure.
+        data_endpoint: ACR data endpoint host to resolve too (``<reg>.<region>.data.azurecr.io``).
+        on_request: called with (registry, probe step) before each HTTP request.
+    """
+
+    nameserver: str | None = None
+    timeout: float = 10.0
+    ca_file: str | None = None
+    platform: str = "linux/amd64"
+    expect_private_endpoint: bool = False
+    data_endpoint: str | None = None
+    on_request: Callable[[str, str], None] | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to check, and with which credential or identity."""
+
+    registry: str
+    image: ImageReference | None = None
+    credential: Credential = ANONYMOUS
+    identity: IdentitySource | None = field(default=None, compare=False)
+
+
+class _Run:
+    """Collects step results; knows which step is current for request counting."""
+
+    def __init__(self) -> None:
+        self.checks: list[CheckResult] = []
+        self.facts: dict[str, str] = {}
+        self.current = "dns"
+        self.failed = False
+
+    def passed(self, name: str, started: float, message: str, **details: str) -> None:
+        self.checks.append(CheckResult(
+            name=name, status=StepStatus.PASSED, code=Code.OK, message=message,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2), details=details,
+        ))
+
+    def fail(self, name: str, started: float, code: Code, message: str, **details: str) -> None:
+        self.failed = True
+        self.facts.update({k: v for k, v in details.items() if v is not None})
+        self.checks.append(CheckResult(
+            name=name, status=StepStatus.FAILED, code=code, message=message,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2), details=details,
+        ))
+
+    def skip(self, name: str, message: str) -> None:
+        self.checks.append(CheckResult(
+            name=name, status=StepStatus.SKIPPED, code=Code.OK, message=message
+        ))
+
+
+async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
+    """Run every step that makes sense and diagnose the result.
+
+    Never raises for network or registry problems: they become failed steps.
+    """
+    run = _Run()
+    host, port = split_host_port(target.image.api_host if target.image else target.registry)
+    run.facts.update(registry=target.registry, host=host, credential=target.credential.describe(),
+                     platform=options.platform)
+    if target.image:
+        run.facts.update(repository=target.image.repository, tag=target.image.manifest_ref,
+                         image=target.image.familiar, reference=target.image.familiar)
+    else:
+        run.facts.update(image="the registry")
+
+    resolver = Resolver(options.nameserver, options.timeout)
+
+    def count(_host: str) -> None:
+        if options.on_request:
+            options.on_request(target.registry, run.current)
+
+    http = Http(resolver, make_ssl_context(options.ca_file), options.timeout, count)
+    try:
+        await _steps(run, target, options, resolver, http, host, port)
+    finally:
+        await http.aclose()
+    for name in STEPS:
+        if name == "identity" and target.identity is None:
+            continue
+        if not any(c.name == name for c in run.checks):
+            run.skip(name, "skipped: an earlier step failed" if run.failed else "skipped")
+    order = {n: i for i, n in enumerate(STEPS)}
+    run.checks.sort(key=lambda c: order[c.name])
+    return from_checks(run.checks, run.facts)
+
+
+async def _steps(
+    run: _Run, target: Target, options: ChainOptions, resolver: Resolver, http: Http,
+    host: str, port: int,
+) -> None:
+    # dns
+    run.current = "dns"
+    started = time.perf_counter()
+    try:
+        found = await resolver.lookup(host)
+    except DnsFailure as exc:
+        run.fail("dns", started, exc.code, exc.message)
+        return
+    verdict = assess_routing(found, options.expect_private_endpoint)
+    details = {"addresses": ", ".join(found.addresses)}
+    if found.cnames:
+        details["cnames"] = " -> ".join(found.cnames)
+    if not verdict.ok:
+        run.fail("dns", started, Code.PRIVATE_ENDPOINT_DNS, verdict.message,
+                 address=verdict.address, detail=verdict.message.split(": ", 1)[-1], **details)
+        return
+    if options.data_endpoint:
+        try:
+            data = await resolver.lookup(options.data_endpoint)
+        except DnsFailure as exc:
+            run.fail("dns", started, exc.code, f"data endpoint: {exc.message}",
+                     host=options.data_endpoint, **details)
+            return
+        data_verdict = assess_routing(data, options.expect_private_endpoint)
+        details["dataEndpoint"] = f"{options.data_endpoint} -> {', '.join(data.addresses)}"
+        if not data_verdict.ok:
+            run.fail("dns", started, Code.PRIVATE_ENDPOINT_DNS, f"data endpoint: {data_verdict.message}",
+                     host=options.data_endpoint, address=data_verdict.address,
+                     detail="the data endpoint resolves to a public address", **details)
+            return
+    address = await resolver.address(host)
+    run.facts["address"] = address
+    literal = " (address literal)" if found.literal else ""
+    run.passed("dns", started, f"DNS lookup to {host} at IP {address}{literal} : OK", **details)
+
+    # tcp
+    run.current = "tcp"
+    started = time.perf_counter()
+    try:
+        await tcp_connect(host, address, port, options.timeout)
+    except StepError as exc:
+        run.fail("tcp", started, exc.code, exc.message, **exc.facts)
+        return
+    run.passed("tcp", started, f"TCP connect to {address}:{port} : OK", address=f"{address}:{port}")
+
+    # tls
+    run.current = "tls"
+    started = time.perf_counter()
+    try:
+        cert = await tls_handshake(host, address, port, make_ssl_context(options.ca_file),
+                                   options.timeout)
+    except StepError as exc:
+        run.fail("tls", started, exc.code, exc.message, **exc.facts)
+        return
+    run.passed("tls", started, f"TLS handshake with {host} ({cert.protocol}, issuer {cert.issuer}) : OK",
+               issuer=cert.issuer, subject=cert.subject, notAfter=cert.not_after)
+
+    # challenge
+    run.current = "challenge"
+    started = time.perf_counter()
+    try:
+        challenge = await probe_challenge(http, f"{host}:{port}" if port != 443 else host)
+    except StepError as exc:
+        run.fail("challenge", started, exc.code, exc.message, **exc.facts)
+        return
+    shown = {"none": "anonymous access", "basic": "Basic"}.get(challenge.scheme, "Bearer")
+    cdetails = {"scheme": challenge.scheme}
+    if challenge.realm:
+        cdetails.update(realm=challenge.realm, service=challenge.service)
+    run.passed("challenge", started, f"Challenge endpoint https://{target.registry}/v2/ ({shown}) : OK",
+               **cdetails)
+
+    credential = target.credential
+    if target.identity is not None:
+        run.current = "identity"
+        started = time.perf_counter()
+        try:
+            aad = await target.identity()
+        except StepError as exc:
+            run.fail("identity", started, exc.code, exc.message, **exc.facts)
+            return
+        credential = Credential(CredentialKind.AAD, aad.source, None, aad.token)
+        run.facts["credential"] = credential.describe()
+        run.passed("identity", started, f"Azure AD token for {aad.source} : OK")
+
+    auth = await _token_step(run, http, target, challenge, credential, host, port)
+    if auth is None:
+        return
+    if target.image is None:
+        run.skip("manifest", "skipped: no image given")
+        return
+
+    run.current = "manifest"
+    started = time.perf_counter()
+    try:
+        found_manifest = await probe_manifest(http, target.image, auth, options.platform,
+                                              credential.kind is CredentialKind.ANONYMOUS)
+    except StepError as exc:
+        run.fail("manifest", started, exc.code, exc.message, **exc.facts)
+        return
+    mdetails = {"mediaType": found_manifest.media_type, "digest": found_manifest.digest}
+    if found_manifest.platforms:
+        mdetails["platforms"] = ", ".join(found_manifest.platforms)
+    run.passed("manifest", started,
+               f"Fetch manifest {target.image.repository}:{target.image.manifest_ref} : OK", **mdetails)
+
+
+async def _token_step(
+    run: _Run, http: Http, target: Target, challenge: Challenge, credential: Credential,
+    host: str, port: int,
+) -> Authorization | None:
+    run.current = "token"
+    started = time.perf_counter()
+    repository = target.image.repository if target.image else None
+    if credential.kind is CredentialKind.ANONYMOUS and challenge.scheme != "none" and not repository:
+        run.skip("token", "skipped: no credentials and no image; nothing to authenticate")
+        return None
+    try:
+        auth = await probe_token(http, f"{host}:{port}" if port != 443 else host, challenge,
+                                 credential, repository)
+    except StepError as exc:
+        run.fail("token", started, exc.code, exc.message, **exc.facts)
+        return None
+    details = {"flow": auth.flow}
+    if auth.granted is not None:
+        details["granted"] = ",".join(auth.granted)
+    run.passed("token", started, f"Fetch access token ({auth.flow}) for {credential.describe()} : OK",
+               **details)
+    return auth
+
+
+MAX_CREDENTIALS_TRIED = 4
+
+
+async def check_credentials(
+    registry: str,
+    image: ImageReference | None,
+    credentials: list[Credential] | None,
+    options: ChainOptions,
+    *,
+    no_match_facts: dict[str, str] | None = None,
+) -> Diagnosis:
+    """Check like kubelet pulls: each matching credential in turn, else anonymously.
+
+    Args:
+        registry: registry host[:port].
+        image: the image, or None to check the registry only.
+        credentials: the credentials matched for the image, in kubelet's order; None when
+            no credential source was given (anonymous). An empty list means a source was
+            given but had nothing for this registry.
+        options: chain options.
+        no_match_facts: facts for the PULL_SECRET_NO_MATCH summary.
+
+    Returns:
+        The first healthy result, else the first credential's failure. With an empty
+        list: OK when anonymous pull works, else PULL_SECRET_NO_MATCH with the checks.
+    """
+    if not credentials:
+        result = await run_chain(Target(registry, image), options)
+        if credentials is None or result.healthy:
+            return result
+        if result.code not in (Code.AUTH_REQUIRED, Code.ACCESS_DENIED):
+            return result  # a network or content problem comes first
+        facts = {**result.facts, **(no_match_facts or {})}
+        return make(Code.PULL_SECRET_NO_MATCH, facts, checks=result.checks)
+    first: Diagnosis | None = None
+    for credential in credentials[:MAX_CREDENTIALS_TRIED]:
+        result = await run_chain(Target(registry, image, credential), options)
+        if result.healthy:
+            return result
+        first = first or result
+    assert first is not None
+    return first

@@ -1,0 +1,1 @@
+"""One module per network step of the pull path."""

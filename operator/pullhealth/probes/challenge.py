@@ -1,0 +1,113 @@
+"""Challenge step: unauthenticated ``GET /v2/`` and what the registry asks for."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pullhealth.codes import Code
+from pullhealth.probes.http import Http, Reply
+from pullhealth.probes.net import StepError
+
+_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
+_CLIENT_IP = re.compile(r"client with IP '([^']+)'")
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """How the registry wants clients to authenticate.
+
+    Attributes:
+        scheme: ``bearer``, ``basic`` or ``none`` (anonymous registry).
+        realm: token endpoint URL (bearer).
+        service: the ``service`` parameter to send to the realm.
+    """
+
+    scheme: str
+    realm: str = ""
+    service: str = ""
+
+
+def parse_www_authenticate(value: str) -> Challenge | None:
+    """Parse a Bearer or Basic challenge; None when it is neither."""
+    scheme, _, rest = value.strip().partition(" ")
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _PARAM.finditer(rest)}
+    if scheme.lower() == "bearer" and params.get("realm"):
+        return Challenge("bearer", params["realm"], params.get("service", ""))
+    if scheme.lower() == "basic":
+        return Challenge("basic", params.get("realm", ""))
+    return None
+
+
+def error_messages(reply: Reply) -> list[str]:
+    """``code: message`` of each error in an OCI error body (bounded)."""
+    doc = reply.json()
+    out: list[str] = []
+    if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
+        for err in doc["errors"][:5]:
+            if isinstance(err, dict):
+                out.append(f"{err.get('code', '?')}: {str(err.get('message', ''))[:300]}")
+    return out
+
+
+def error_codes(reply: Reply) -> set[str]:
+    """The OCI error codes in a body (``NAME_UNKNOWN``, ``MANIFEST_UNKNOWN``, ...)."""
+    return {m.split(":", 1)[0] for m in error_messages(reply)}
+
+
+def fail_on_common(reply: Reply, host: str, what: str) -> None:
+    """Raise for the answers every registry endpoint can give: 403 rules, 429, 5xx."""
+    messages = error_messages(reply)
+    text = "; ".join(messages) or reply.body[:200].decode("utf-8", "replace").strip()
+    if reply.status == 403:
+        ip = _CLIENT_IP.search(text)
+        if ip or "firewall" in text.lower() or what == "GET /v2/":
+            detail = f"; the registry saw client IP {ip.group(1)}" if ip else ""
+            raise StepError(
+                Code.FIREWALL_FORBIDDEN,
+                f"{what} on {host} answered 403 Forbidden: {text or 'no body'}",
+                detail=detail,
+                client_ip=ip.group(1) if ip else "",
+            )
+    if reply.status == 429:
+        retry = reply.headers.get("Retry-After")
+        raise StepError(
+            Code.RATE_LIMITED,
+            f"{what} on {host} answered 429 Too Many Requests"
+            + (f" (Retry-After {retry})" if retry else "")
+            + (f": {text}" if text else ""),
+        )
+    if reply.status >= 500:
+        raise StepError(
+            Code.REGISTRY_ERROR,
+            f"{what} on {host} answered {reply.status}" + (f": {text}" if text else ""),
+            detail=f"HTTP {reply.status}",
+        )
+
+
+async def probe_challenge(http: Http, registry_host: str) -> Challenge:
+    """``GET https://<registry>/v2/`` without credentials.
+
+    Raises:
+        StepError: FIREWALL_FORBIDDEN, RATE_LIMITED, REGISTRY_ERROR or CHALLENGE_ERROR.
+    """
+    reply = await http.request("GET", f"https://{registry_host}/v2/")
+    fail_on_common(reply, registry_host, "GET /v2/")
+    if reply.status == 200:
+        return Challenge("none")
+    if reply.status == 401:
+        header = reply.headers.get("WWW-Authenticate", "")
+        challenge = parse_www_authenticate(header)
+        if challenge:
+            return challenge
+        raise StepError(
+            Code.CHALLENGE_ERROR,
+            f"GET /v2/ answered 401 with an unusable WWW-Authenticate header {header[:120]!r}",
+            detail="401 without a Bearer or Basic challenge",
+        )
+    raise StepError(
+        Code.CHALLENGE_ERROR,
+        f"GET /v2/ on {registry_host} answered {reply.status}; a registry answers 200 or 401",
+        detail=f"HTTP {reply.status} to GET /v2/",
+    )

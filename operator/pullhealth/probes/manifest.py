@@ -1,0 +1,114 @@
+"""Manifest step: does the image exist, for the wanted platform, for these credentials?
+
+``HEAD`` first (cheap, what runtimes do); a ``GET`` only when the body matters: an index
+(to check the platform) or an error (HEAD responses carry no error code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pullhealth.codes import Code
+from pullhealth.probes.challenge import error_codes, error_messages, fail_on_common
+from pullhealth.probes.http import Http
+from pullhealth.probes.net import StepError
+from pullhealth.probes.token import Authorization
+from pullhealth.reference import ImageReference
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
+_INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+_MAX_PLATFORMS_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class ManifestFound:
+    """The manifest that a pull would use."""
+
+    media_type: str
+    digest: str
+    platforms: tuple[str, ...] = ()
+
+
+def platform_of(entry: object) -> str | None:
+    """``os/arch[/variant]`` of an index entry, or None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("platform"), dict):
+        return None
+    p = entry["platform"]
+    out = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
+    return out + f"/{p['variant']}" if p.get("variant") else out
+
+
+def platform_matches(available: str, wanted: str) -> bool:
+    """Compare ``os/arch[/variant]``; a wanted platform without variant matches any."""
+    a = available.split("/")
+    w = wanted.split("/")
+    if a[:2] != w[:2]:
+        return False
+    if len(w) > 2 and len(a) > 2:
+        return a[2] == w[2] or (w[2] == "v8" and a[2] == "v8")
+    return True
+
+
+async def probe_manifest(
+    http: Http,
+    image: ImageReference,
+    auth: Authorization,
+    platform: str,
+    anonymous: bool,
+) -> ManifestFound:
+    """Check that the image's manifest exists and lists the platform.
+
+    Raises:
+        StepError: REPOSITORY_NOT_FOUND, TAG_NOT_FOUND, IMAGE_NOT_FOUND,
+            PLATFORM_NOT_FOUND, AUTH_REQUIRED, PERMISSION_DENIED or a registry code.
+    """
+    host = image.api_host
+    url = f"https://{host}/v2/{image.repository}/manifests/{image.manifest_ref}"
+    headers = {"Accept": ACCEPT}
+    if auth.header:
+        headers["Authorization"] = auth.header
+    reply = await http.request("HEAD", url, headers=headers)
+    media = reply.headers.get("Content-Type", "").split(";")[0].strip()
+    if reply.status != 200 or media in _INDEX_TYPES:
+        reply = await http.request("GET", url, headers=headers)
+        media = reply.headers.get("Content-Type", "").split(";")[0].strip()
+    fail_on_common(reply, host, "manifest request")
+    what = f"{image.repository}:{image.manifest_ref}"
+    if reply.status in (401, 403):
+        detail = "; ".join(error_messages(reply)) or f"HTTP {reply.status}"
+        if anonymous:
+            raise StepError(Code.AUTH_REQUIRED, f"{what} needs authentication ({detail})")
+        raise StepError(Code.PERMISSION_DENIED, f"pull of {what} was denied ({detail})")
+    if reply.status == 404:
+        codes = error_codes(reply)
+        detail = "; ".join(error_messages(reply)) or "HTTP 404"
+        if "NAME_UNKNOWN" in codes:
+            raise StepError(Code.REPOSITORY_NOT_FOUND, f"repository {image.repository} not found ({detail})")
+        if "MANIFEST_UNKNOWN" in codes:
+            raise StepError(Code.TAG_NOT_FOUND, f"{what} not found ({detail})")
+        raise StepError(Code.IMAGE_NOT_FOUND, f"{what} not found ({detail})")
+    if reply.status != 200:
+        raise StepError(
+            Code.REGISTRY_ERROR,
+            f"manifest request for {what} answered HTTP {reply.status}",
+            detail=f"HTTP {reply.status}",
+        )
+    digest = reply.headers.get("Docker-Content-Digest", "")
+    if media not in _INDEX_TYPES:
+        return ManifestFound(media or "unknown", digest)
+    doc = reply.json()
+    entries = doc.get("manifests") if isinstance(doc, dict) else None
+    platforms = tuple(p for p in (platform_of(e) for e in entries or []) if p)
+    real = tuple(p for p in platforms if p != "unknown/unknown")  # attestation entries
+    if not any(platform_matches(p, platform) for p in real):
+        shown = ", ".join(real[:_MAX_PLATFORMS_SHOWN]) or "none"
+        raise StepError(
+            Code.PLATFORM_NOT_FOUND,
+            f"{what} is an index without {platform} (it has {shown})",
+            detail=shown,
+        )
+    return ManifestFound(media, digest, real)

@@ -1,0 +1,191 @@
+"""TCP and TLS steps.
+
+TLS is verified against the system CAs plus an optional bundle. An untrusted chain is
+reported with its issuer (an intercepting proxy shows up here), read from a second,
+unverified handshake; a server that answers plain HTTP on the TLS port is named as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ssl
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+
+from pullhealth.codes import Code
+
+# OpenSSL X509_V_ERR_* codes that mean "this chain is not trusted here".
+_HOSTNAME_MISMATCH = 62
+_EXPIRED = 10
+
+
+class StepError(Exception):
+    """A probe step failed with a diagnosis code and facts for the summary."""
+
+    def __init__(self, code: Code, message: str, **facts: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.facts = facts
+
+
+def make_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """System CAs plus an optional extra bundle."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    return ctx
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    except (OSError, TimeoutError, ssl.SSLError):
+        pass
+
+
+async def tcp_connect(host: str, address: str, port: int, timeout: float) -> None:
+    """Open and close a TCP connection.
+
+    Raises:
+        StepError: CONNECT_REFUSED or CONNECT_TIMEOUT.
+    """
+    where = f"{address}:{port}"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except TimeoutError:
+        raise StepError(
+            Code.CONNECT_TIMEOUT, f"TCP connect to {host} at {where} timed out after {timeout:g}s",
+            address=where,
+        ) from None
+    except ConnectionRefusedError:
+        raise StepError(
+            Code.CONNECT_REFUSED, f"TCP connect to {host} at {where} was refused", address=where
+        ) from None
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0, str(exc))
+        raise StepError(
+            Code.CONNECT_TIMEOUT, f"TCP connect to {host} at {where} failed: {reason}",
+            address=where,
+        ) from None
+    await _close(writer)
+
+
+@dataclass(frozen=True)
+class PeerCert:
+    """The facts of a server certificate worth showing."""
+
+    subject: str
+    issuer: str
+    not_after: str
+    names: tuple[str, ...] = field(default_factory=tuple)
+    protocol: str = ""
+
+
+def describe_cert(der: bytes) -> PeerCert:
+    """Subject, issuer, expiry and DNS names of a DER certificate."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        names = tuple(str(n) for n in san.value.get_values_for_type(x509.DNSName))
+        names += tuple(str(ip) for ip in san.value.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        names = ()
+    return PeerCert(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        not_after=cert.not_valid_after_utc.isoformat(),
+        names=names,
+    )
+
+
+async def _peer_cert_unverified(host: str, address: str, port: int, timeout: float) -> PeerCert | None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(address, port, ssl=ctx, server_hostname=host), timeout
+        )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return None
+    ssl_obj = writer.get_extra_info("ssl_object")
+    der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
+    await _close(writer)
+    return describe_cert(der) if der else None
+
+
+async def _speaks_plain_http(address: str, port: int, timeout: float) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"HEAD /v2/ HTTP/1.0\r\nHost: pullhealth\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(5), timeout)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        await _close(writer)
+    return head.startswith(b"HTTP/")
+
+
+async def tls_handshake(
+    host: str, address: str, port: int, ctx: ssl.SSLContext, timeout: float
+) -> PeerCert:
+    """Handshake with verification; return the verified peer certificate's facts.
+
+    Raises:
+        StepError: TLS_UNTRUSTED, TLS_HOSTNAME_MISMATCH, TLS_PROTOCOL_ERROR, or
+            CONNECT_TIMEOUT when the server accepts TCP but never answers the handshake.
+    """
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(address, port, ssl=ctx, server_hostname=host), timeout
+        )
+    except ssl.SSLCertVerificationError as exc:
+        peer = await _peer_cert_unverified(host, address, port, timeout)
+        issuer = peer.issuer if peer else "unknown"
+        if exc.verify_code == _HOSTNAME_MISMATCH:
+            names = ", ".join(peer.names) if peer else "unknown"
+            raise StepError(
+                Code.TLS_HOSTNAME_MISMATCH,
+                f"certificate of {host} is for {names}, not {host}",
+                issuer=issuer,
+            ) from None
+        reason = exc.verify_message or "certificate verify failed"
+        if exc.verify_code == _EXPIRED and peer:
+            reason = f"{reason} (notAfter {peer.not_after})"
+        raise StepError(
+            Code.TLS_UNTRUSTED,
+            f"certificate of {host} is not trusted: {reason}; issuer: {issuer}",
+            issuer=issuer,
+        ) from None
+    except TimeoutError:
+        raise StepError(
+            Code.CONNECT_TIMEOUT,
+            f"{host} at {address}:{port} accepted TCP but did not complete a TLS handshake "
+            f"within {timeout:g}s",
+            address=f"{address}:{port}",
+        ) from None
+    except (ssl.SSLError, ConnectionError, OSError) as exc:
+        if await _speaks_plain_http(address, port, timeout):
+            detail = "the server answers plain HTTP, not TLS"
+        else:
+            detail = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        raise StepError(
+            Code.TLS_PROTOCOL_ERROR, f"TLS handshake with {host} failed: {detail}", detail=detail
+        ) from None
+    ssl_obj = writer.get_extra_info("ssl_object")
+    der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
+    version = ssl_obj.version() if ssl_obj else None
+    await _close(writer)
+    if not der:
+        raise StepError(Code.TLS_PROTOCOL_ERROR, f"{host} sent no certificate", detail="no certificate")
+    cert = describe_cert(der)
+    return PeerCert(cert.subject, cert.issuer, cert.not_after, cert.names, version or "")

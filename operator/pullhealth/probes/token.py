@@ -1,0 +1,232 @@
+"""Token step: turn a credential into what the manifest request will send.
+
+Flows, by challenge and credential kind:
+
+- Bearer + user/password: the distribution token spec (``GET realm?service&scope`` with
+  Basic auth); when the realm refuses GET, the OAuth2 form (``grant_type=password``).
+- Bearer + refresh token: ``POST realm`` with ``grant_type=refresh_token`` (ACR).
+- Bearer + Azure AD token: ``POST /oauth2/exchange`` (``grant_type=access_token``) for a
+  refresh token, then ``POST /oauth2/token`` (``grant_type=refresh_token``) (ACR).
+- Bearer + anonymous: ``GET realm`` without credentials.
+- Basic: ``GET /v2/`` with the credentials.
+
+The JWT's ``access`` claim is decoded (not verified): distribution grants the
+intersection of what was asked, so a token without ``pull`` on the repository means
+missing permission, not a failed login.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pullhealth.codes import Code
+from pullhealth.credentials import Credential, CredentialKind
+from pullhealth.probes.challenge import Challenge, error_messages, fail_on_common
+from pullhealth.probes.http import Http, Reply
+from pullhealth.probes.net import StepError
+
+CLIENT_ID = "pullhealth"
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """What to send on registry requests, and what the token grants.
+
+    ``header`` is secret material: it is never logged or shown.
+    """
+
+    header: str | None
+    flow: str
+    granted: tuple[str, ...] | None = None  # actions on the repository; None = unknown
+
+    def __repr__(self) -> str:
+        return f"Authorization(flow={self.flow!r}, granted={self.granted!r})"
+
+
+def basic_header(username: str, password: str) -> str:
+    """An HTTP Basic Authorization value."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT, without verifying it; None for opaque tokens."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, TypeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def granted_actions(token: str, repository: str) -> tuple[str, ...] | None:
+    """Actions the token's ``access`` claim grants on a repository (None if opaque)."""
+    claims = jwt_claims(token)
+    if claims is None or "access" not in claims:
+        return None
+    actions: list[str] = []
+    for entry in claims.get("access") or []:
+        if (
+            isinstance(entry, dict)
+            and entry.get("type") == "repository"
+            and entry.get("name") in (repository, "*")
+        ):
+            actions.extend(str(a) for a in entry.get("actions") or [])
+    return tuple(sorted(set(actions)))
+
+
+def exchange_url(realm: str) -> str:
+    """ACR's exchange endpoint beside its token endpoint."""
+    parts = urlsplit(realm)
+    path = parts.path
+    path = path[: -len("/token")] + "/exchange" if path.endswith("/token") else "/oauth2/exchange"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _token_of(reply: Reply) -> str | None:
+    doc = reply.json()
+    if isinstance(doc, dict):
+        for key in ("token", "access_token"):
+            if isinstance(doc.get(key), str) and doc[key]:
+                return str(doc[key])
+    return None
+
+
+def _why(reply: Reply) -> str:
+    messages = error_messages(reply)
+    if messages:
+        return "; ".join(messages)
+    doc = reply.json()
+    if isinstance(doc, dict) and isinstance(doc.get("error_description") or doc.get("error"), str):
+        return str(doc.get("error_description") or doc.get("error"))[:300]
+    return f"HTTP {reply.status}"
+
+
+async def _bearer(
+    http: Http, challenge: Challenge, credential: Credential, scope: str | None
+) -> tuple[str, str]:
+    """Run the bearer flow for a credential; return (token, flow name)."""
+    realm_host = urlsplit(challenge.realm).hostname or challenge.realm
+    params: dict[str, str | list[str]] = {"service": challenge.service}
+    form = {"service": challenge.service}
+    if scope:
+        params["scope"] = scope
+        form["scope"] = scope
+    kind = credential.kind
+    secret = credential.secret or ""
+
+    if kind is CredentialKind.ANONYMOUS:
+        reply = await http.request("GET", challenge.realm, params=params)
+        fail_on_common(reply, realm_host, "GET token")
+        token = _token_of(reply) if reply.status == 200 else None
+        if not token:
+            raise StepError(
+                Code.AUTH_REQUIRED,
+                f"the token service refused an anonymous token ({_why(reply)})",
+            )
+        return token, "anonymous token"
+
+    if kind is CredentialKind.BASIC:
+        auth = {"Authorization": basic_header(credential.username or "", secret)}
+        reply = await http.request("GET", challenge.realm, params=params, headers=auth)
+        flow = "distribution token (GET)"
+        if reply.status in (404, 405):
+            data = {"grant_type": "password", "client_id": CLIENT_ID,
+                    "username": credential.username or "", "password": secret, **form}
+            reply = await http.request("POST", challenge.realm, data=data)
+            flow = "OAuth2 password grant (POST)"
+        fail_on_common(reply, realm_host, "token request")
+        token = _token_of(reply) if reply.status == 200 else None
+        if not token:
+            raise StepError(
+                Code.CREDENTIALS_REJECTED,
+                f"the token service rejected {credential.describe()} ({_why(reply)})",
+            )
+        return token, flow
+
+    if kind is CredentialKind.AAD:
+        data = {"grant_type": "access_token", "service": challenge.service,
+                "access_token": secret}
+        reply = await http.request("POST", exchange_url(challenge.realm), data=data)
+        fail_on_common(reply, realm_host, "POST /oauth2/exchange")
+        doc = reply.json()
+        refresh = doc.get("refresh_token") if isinstance(doc, dict) else None
+        if reply.status != 200 or not isinstance(refresh, str) or not refresh:
+            raise StepError(
+                Code.TOKEN_EXCHANGE_DENIED,
+                f"POST /oauth2/exchange refused the Azure AD token of {credential.describe()} "
+                f"({_why(reply)})",
+            )
+        secret, flow_prefix = refresh, "ACR exchange + "
+    else:
+        flow_prefix = ""
+
+    data = {"grant_type": "refresh_token", "refresh_token": secret, **form}
+    reply = await http.request("POST", challenge.realm, data=data)
+    fail_on_common(reply, realm_host, "POST /oauth2/token")
+    token = _token_of(reply) if reply.status == 200 else None
+    if not token:
+        code = Code.TOKEN_EXCHANGE_DENIED if kind is CredentialKind.AAD else Code.CREDENTIALS_REJECTED
+        raise StepError(
+            code, f"POST /oauth2/token refused the refresh token of {credential.describe()} "
+            f"({_why(reply)})",
+        )
+    return token, flow_prefix + "refresh token grant"
+
+
+async def probe_token(
+    http: Http,
+    registry_host: str,
+    challenge: Challenge,
+    credential: Credential,
+    repository: str | None,
+) -> Authorization:
+    """Obtain the Authorization for pulling ``repository`` (or just log in).
+
+    Raises:
+        StepError: AUTH_REQUIRED, CREDENTIALS_REJECTED, TOKEN_EXCHANGE_DENIED,
+            PERMISSION_DENIED, or a network/registry code.
+    """
+    anonymous = credential.kind is CredentialKind.ANONYMOUS
+    if challenge.scheme == "none":
+        return Authorization(None, "none (the registry allows anonymous access)")
+
+    if challenge.scheme == "basic":
+        if anonymous:
+            raise StepError(
+                Code.AUTH_REQUIRED, f"{registry_host} requires Basic authentication; none given"
+            )
+        header = basic_header(credential.username or "", credential.secret or "")
+        reply = await http.request(
+            "GET", f"https://{registry_host}/v2/", headers={"Authorization": header}
+        )
+        fail_on_common(reply, registry_host, "GET /v2/ (authenticated)")
+        if reply.status != 200:
+            raise StepError(
+                Code.CREDENTIALS_REJECTED,
+                f"{registry_host} rejected {credential.describe()} (HTTP {reply.status})",
+            )
+        return Authorization(header, "basic")
+
+    scope = f"repository:{repository}:pull" if repository else None
+    token, flow = await _bearer(http, challenge, credential, scope)
+    granted = granted_actions(token, repository) if repository else None
+    if repository and granted is not None and "pull" not in granted and "*" not in granted:
+        shown = ",".join(granted) or "nothing"
+        if anonymous:
+            raise StepError(
+                Code.AUTH_REQUIRED,
+                f"an anonymous token grants {shown} on {repository}: "
+                "the repository is not public",
+            )
+        raise StepError(
+            Code.PERMISSION_DENIED,
+            f"the token for {credential.describe()} grants {shown} on {repository}, not pull",
+        )
+    return Authorization(f"Bearer {token}", flow, granted)
