@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything pullhealth's tests and demo need on a fresh Debian machine:
+# Debian packages (real registry, DNS server, runtime), a virtualenv with the package and
+# its dev extras. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(docker-registry containerd dnsmasq-base apache2-utils iproute2)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import pullhealth, pytest, trustme" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "setup: installing pullhealth[dev] into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  touch .venv/.installed
+fi
+echo "setup: ready (.venv/bin/pullhealth)"

@@ -1,0 +1,128 @@
+"""The message classifier puts kubelet / runtime text under the right code.
+
+The parametrized cases here cover the message *shapes* (prefixes, aggregation,
+back-off). The corpus test below replays real recorded containerd output
+(tests/data/containerd_messages.jsonl, see tests/corpus/README.md) and messages quoted in
+public bug reports (tests/data/public_messages.jsonl, each with its source).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pullhealth.classify import classify
+from pullhealth.codes import Code
+
+DATA = Path(__file__).parent / "data"
+REF = "myacr.azurecr.io/team/app:v1"
+CORE = (
+    f'failed to pull and unpack image "{REF}": failed to resolve reference "{REF}": '
+    'failed to do request: Head "https://myacr.azurecr.io/v2/team/app/manifests/v1": '
+    "dial tcp: lookup myacr.azurecr.io on 10.0.0.10:53: no such host"
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        CORE,
+        f'Failed to pull image "{REF}": {CORE}',
+        f'Failed to pull image "{REF}": rpc error: code = Unknown desc = {CORE}',
+        f'[rpc error: code = Unknown desc = {CORE}, rpc error: code = Unknown desc = {CORE}]',
+        f'Back-off pulling image "{REF}": ErrImagePull: {CORE}',
+    ],
+)
+def test_wrappings_do_not_change_the_code(text: str) -> None:
+    diagnosis = classify(text)
+    assert diagnosis.code is Code.DNS_NXDOMAIN
+    assert diagnosis.facts["registry"] == "myacr.azurecr.io"
+    assert "myacr.azurecr.io" in diagnosis.summary
+
+
+def test_backoff_without_previous_error_is_unknown_and_says_so() -> None:
+    diagnosis = classify(f'Back-off pulling image "{REF}"')
+    assert diagnosis.code is Code.UNKNOWN
+    assert "backing off" in diagnosis.summary
+
+
+def test_pull_access_denied_is_coarse_with_candidates() -> None:
+    diagnosis = classify(
+        'Failed to pull image "private/app": rpc error: code = Unknown desc = Error response from '
+        "daemon: pull access denied for private/app, repository does not exist or may require "
+        "'docker login': denied: requested access to the resource is denied"
+    )
+    assert diagnosis.code is Code.ACCESS_DENIED
+    assert {Code.AUTH_REQUIRED, Code.CREDENTIALS_REJECTED, Code.REPOSITORY_NOT_FOUND} <= set(
+        diagnosis.candidates
+    )
+
+
+def test_containerd_not_found_is_coarse_image_not_found() -> None:
+    diagnosis = classify(
+        f'failed to pull and unpack image "{REF}": failed to resolve reference "{REF}": {REF}: not found'
+    )
+    assert diagnosis.code is Code.IMAGE_NOT_FOUND
+    assert set(diagnosis.candidates) == {Code.REPOSITORY_NOT_FOUND, Code.TAG_NOT_FOUND}
+
+
+def test_aggregate_prefers_the_precise_cause() -> None:
+    text = (
+        f'[failed to pull and unpack image "{REF}": failed to resolve reference "{REF}": '
+        f'unexpected status from HEAD request to https://myacr.azurecr.io/v2/team/app/manifests/v1: '
+        f'401 Unauthorized, failed to pull and unpack image "{REF}": failed to resolve reference '
+        f'"{REF}": failed to authorize: failed to fetch oauth token: unexpected status: 401 Unauthorized]'
+    )
+    diagnosis = classify(text)
+    assert diagnosis.code is Code.CREDENTIALS_REJECTED
+    assert Code.ACCESS_DENIED in diagnosis.candidates
+
+
+def test_acr_firewall_text_names_the_client_ip() -> None:
+    diagnosis = classify(
+        "Error response from daemon: Get \"https://myacr.azurecr.io/v2/\": denied: client with IP "
+        "'203.0.113.7' is not allowed access. Refer https://aka.ms/acr/firewall to grant access."
+    )
+    assert diagnosis.code is Code.FIREWALL_FORBIDDEN
+    assert "203.0.113.7" in diagnosis.summary
+
+
+def test_invalid_image_name_from_kubelet() -> None:
+    diagnosis = classify(
+        'Failed to apply default image tag "Nginx:latest": couldn\'t parse image name '
+        '"Nginx:latest": invalid reference format: repository name must be lowercase'
+    )
+    assert diagnosis.code is Code.INVALID_IMAGE_NAME
+
+
+def test_check_health_error_names_map_back() -> None:
+    assert classify("CONNECTIVITY_FORBIDDEN_ERROR").code is Code.FIREWALL_FORBIDDEN
+
+
+def test_empty_and_unknown_text() -> None:
+    assert classify("").code is Code.UNKNOWN
+    assert classify("something odd happened").code is Code.UNKNOWN
+
+
+def _corpus() -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for name in ("containerd_messages.jsonl", "public_messages.jsonl"):
+        path = DATA / name
+        if path.exists():
+            rows.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return rows
+
+
+CORPUS = _corpus()
+
+
+def test_corpus_is_present_and_large() -> None:
+    assert len(CORPUS) >= 40, "tests/data corpus missing: run tests/corpus/record.py"
+
+
+@pytest.mark.parametrize(
+    "row", CORPUS, ids=[f"{r.get('code')}-{i}" for i, r in enumerate(CORPUS)]
+)
+def test_corpus_message_gets_its_code(row: dict[str, object]) -> None:
+    diagnosis = classify(str(row["text"]))
+    assert diagnosis.code.value == row["code"], row.get("source")

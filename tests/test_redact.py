@@ -1,0 +1,27 @@
+"""Secrets never survive redaction."""
+
+import base64
+
+from pullhealth.redact import MASK, Redactor, redact
+
+
+def test_known_secrets_and_their_base64_forms_are_masked() -> None:
+    r = Redactor(["hunter2-pass"], [("alice", "hunter2-pass")])
+    pair = base64.b64encode(b"alice:hunter2-pass").decode()
+    text = f"password hunter2-pass, auth {pair}, b64 {base64.b64encode(b'hunter2-pass').decode()}"
+    out = r(text)
+    assert "hunter2" not in out
+    assert pair not in out
+    assert out.count(MASK) == 3
+
+
+def test_secret_shapes_are_masked_without_knowing_them() -> None:
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    text = (
+        f'Authorization: Bearer {jwt} {{"auth": "YWxpY2U6cHc=", "password": "pw"}} '
+        "refresh_token=abcdef&x=1 Basic YWxpY2U6cHc9PQ=="
+    )
+    out = redact(text)
+    for secret in (jwt, "YWxpY2U6cHc=", '"pw"', "abcdef", "YWxpY2U6cHc9PQ=="):
+        assert secret not in out, secret
+    assert "x=1" in out
