@@ -29,7 +29,7 @@ CORE = (
         CORE,
         f'Failed to pull image "{REF}": {CORE}',
         f'Failed to pull image "{REF}": rpc error: code = Unknown desc = {CORE}',
-        f'[rpc error: code = Unknown desc = {CORE}, rpc error: code = Unknown desc = {CORE}]',
+        f"[rpc error: code = Unknown desc = {CORE}, rpc error: code = Unknown desc = {CORE}]",
         f'Back-off pulling image "{REF}": ErrImagePull: {CORE}',
     ],
 )
@@ -69,7 +69,7 @@ def test_containerd_not_found_is_coarse_image_not_found() -> None:
 def test_aggregate_prefers_the_precise_cause() -> None:
     text = (
         f'[failed to pull and unpack image "{REF}": failed to resolve reference "{REF}": '
-        f'unexpected status from HEAD request to https://myacr.azurecr.io/v2/team/app/manifests/v1: '
+        f"unexpected status from HEAD request to https://myacr.azurecr.io/v2/team/app/manifests/v1: "
         f'401 Unauthorized, failed to pull and unpack image "{REF}": failed to resolve reference '
         f'"{REF}": failed to authorize: failed to fetch oauth token: unexpected status: 401 Unauthorized]'
     )
@@ -80,7 +80,7 @@ def test_aggregate_prefers_the_precise_cause() -> None:
 
 def test_acr_firewall_text_names_the_client_ip() -> None:
     diagnosis = classify(
-        "Error response from daemon: Get \"https://myacr.azurecr.io/v2/\": denied: client with IP "
+        'Error response from daemon: Get "https://myacr.azurecr.io/v2/": denied: client with IP '
         "'203.0.113.7' is not allowed access. Refer https://aka.ms/acr/firewall to grant access."
     )
     assert diagnosis.code is Code.FIREWALL_FORBIDDEN
@@ -120,9 +120,7 @@ def test_corpus_is_present_and_large() -> None:
     assert len(CORPUS) >= 40, "tests/data corpus missing: run tests/corpus/record.py"
 
 
-@pytest.mark.parametrize(
-    "row", CORPUS, ids=[f"{r.get('code')}-{i}" for i, r in enumerate(CORPUS)]
-)
+@pytest.mark.parametrize("row", CORPUS, ids=[f"{r.get('code')}-{i}" for i, r in enumerate(CORPUS)])
 def test_corpus_message_gets_its_code(row: dict[str, object]) -> None:
     diagnosis = classify(str(row["text"]))
     assert diagnosis.code.value == row["code"], row.get("source")

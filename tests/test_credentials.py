@@ -40,10 +40,12 @@ def test_auth_field_and_username_password_are_both_read() -> None:
 
 def test_identitytoken_and_acr_token_user_become_refresh_tokens() -> None:
     entries = parse_docker_config(
-        _config({
-            "x.azurecr.io": {"identitytoken": "rt-1"},
-            "y.azurecr.io": _auth("00000000-0000-0000-0000-000000000000", "rt-2"),
-        }),
+        _config(
+            {
+                "x.azurecr.io": {"identitytoken": "rt-1"},
+                "y.azurecr.io": _auth("00000000-0000-0000-0000-000000000000", "rt-2"),
+            }
+        ),
         "test",
     )
     assert all(e.credential.kind is CredentialKind.REFRESH_TOKEN for e in entries)
@@ -68,10 +70,16 @@ def test_bad_configs_give_pull_secret_invalid_without_values(raw: bytes, why: st
 
 
 def test_pull_secret_types_and_keys() -> None:
-    good = _secret("s", "kubernetes.io/dockerconfigjson", ".dockerconfigjson",
-                   _config({"a.io": _auth("u", "p")}).encode())
+    good = _secret(
+        "s",
+        "kubernetes.io/dockerconfigjson",
+        ".dockerconfigjson",
+        _config({"a.io": _auth("u", "p")}).encode(),
+    )
     assert parse_pull_secret(good, "ns")[0].credential.source == "secret ns/s"
-    legacy = _secret("l", "kubernetes.io/dockercfg", ".dockercfg", json.dumps({"a.io": _auth("u", "p")}).encode())
+    legacy = _secret(
+        "l", "kubernetes.io/dockercfg", ".dockercfg", json.dumps({"a.io": _auth("u", "p")}).encode()
+    )
     assert parse_pull_secret(legacy, "ns")[0].key == "a.io"
     opaque = _secret("o", "Opaque", ".dockerconfigjson", b"{}")
     with pytest.raises(SecretProblem, match="type 'Opaque'"):
@@ -79,8 +87,11 @@ def test_pull_secret_types_and_keys() -> None:
     wrong_key = _secret("w", "kubernetes.io/dockerconfigjson", "config.json", b"{}")
     with pytest.raises(SecretProblem, match="no key .dockerconfigjson"):
         parse_pull_secret(wrong_key, "ns")
-    bad_b64 = {"metadata": {"name": "b"}, "type": "kubernetes.io/dockerconfigjson",
-               "data": {".dockerconfigjson": "%%%"}}
+    bad_b64 = {
+        "metadata": {"name": "b"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "%%%"},
+    }
     with pytest.raises(SecretProblem, match="not valid base64"):
         parse_pull_secret(bad_b64, "ns")
 

@@ -22,7 +22,9 @@ from pullhealth.reference import InvalidReference, parse, parse_target
         ("[::1]:5000/app", "[::1]:5000", "app", "latest", None),
     ],
 )
-def test_parse_normalises(text: str, registry: str, repository: str, tag: str | None, digest: str | None) -> None:
+def test_parse_normalises(
+    text: str, registry: str, repository: str, tag: str | None, digest: str | None
+) -> None:
     ref = parse(text)
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
 

@@ -32,18 +32,21 @@ def _hostport(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _manifest(client: httpx.Client, addr: str, repo: str, ref: str, token: str | None = None
-              ) -> httpx.Response:
+def _manifest(
+    client: httpx.Client, addr: str, repo: str, ref: str, token: str | None = None
+) -> httpx.Response:
     headers = {"Accept": MANIFEST_ACCEPT}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return client.get(f"https://{addr}/v2/{repo}/manifests/{ref}", headers=headers)
 
 
-def _registry_token(client: httpx.Client, world: World, repo: str,
-                    auth: tuple[str, str] | None) -> str:
-    resp = client.get(world.token_realm, auth=auth, params={
-        "service": world.acr_service, "scope": f"repository:{repo}:pull"})
+def _registry_token(client: httpx.Client, world: World, repo: str, auth: tuple[str, str] | None) -> str:
+    resp = client.get(
+        world.token_realm,
+        auth=auth,
+        params={"service": world.acr_service, "scope": f"repository:{repo}:pull"},
+    )
     assert resp.status_code == 200, resp.text
     token: str = resp.json()["token"]
     return token
@@ -56,6 +59,7 @@ def client(world: World) -> httpx.Client:
 
 
 # ---- DNS ---------------------------------------------------------------------
+
 
 def test_dnsmasq_answers_a_cname_and_nxdomain(world: World) -> None:
     a = _query(world.nameserver, "anon.test")
@@ -81,6 +85,7 @@ def test_blackhole_nameserver_times_out(world: World) -> None:
 
 
 # ---- registries ---------------------------------------------------------------
+
 
 def test_anonymous_registry_serves_pushed_images(world: World, client: httpx.Client) -> None:
     resp = _manifest(client, world.anon, "library/alpine", "3.19")
@@ -124,6 +129,9 @@ def test_token_registry_flow_and_scope_enforcement(world: World, client: httpx.C
     # The same registry answers as pe.azurecr.io (private endpoint via CNAME).
     assert _manifest(client, world.privatelink, "team/app", "v1", token).status_code == 200
 
+    anon_token = _registry_token(client, world, "public/hello", None)
+    assert _manifest(client, world.acr, "public/hello", "1", anon_token).status_code == 200
+
     for auth in (world.acr_nopull, None):  # token issued, but its access omits pull
         weak = _registry_token(client, world, "team/app", auth)
         assert decode_jwt(weak)[1]["access"] == []
@@ -133,20 +141,27 @@ def test_token_registry_flow_and_scope_enforcement(world: World, client: httpx.C
 
 
 def test_token_server_errors_and_oauth2_post(world: World, client: httpx.Client) -> None:
-    bad = client.get(world.token_realm, auth=("puller", "wrong"),
-                     params={"service": world.acr_service, "scope": "repository:team/app:pull"})
+    bad = client.get(
+        world.token_realm,
+        auth=("puller", "wrong"),
+        params={"service": world.acr_service, "scope": "repository:team/app:pull"},
+    )
     assert bad.status_code == 401
     assert bad.json()["errors"][0]["code"] == "UNAUTHORIZED"
     assert "WWW-Authenticate" in bad.headers
 
     url = world.token_realm  # POST to the same path
-    form = {"grant_type": "password", "username": "puller", "password": "puller-pass",
-            "service": world.acr_service, "scope": "repository:team/app:pull",
-            "client_id": "pullhealth"}
+    form = {
+        "grant_type": "password",
+        "username": "puller",
+        "password": "puller-pass",
+        "service": world.acr_service,
+        "scope": "repository:team/app:pull",
+        "client_id": "pullhealth",
+    }
     ok = client.post(url, data=form)
     assert ok.status_code == 200
-    assert _manifest(client, world.acr, "team/app", "v1", ok.json()["access_token"]
-                     ).status_code == 200
+    assert _manifest(client, world.acr, "team/app", "v1", ok.json()["access_token"]).status_code == 200
     assert client.post(url, data={**form, "password": "x"}).status_code == 401
 
 
@@ -154,16 +169,27 @@ def test_azure_exchange_flows_reach_the_registry(world: World, client: httpx.Cli
     token_base = world.token_realm.rsplit("/", 1)[0]
 
     def pull_with_aad(aad_token: str) -> int:
-        ex = client.post(f"{token_base}/exchange", data={
-            "grant_type": "access_token", "service": world.acr_service,
-            "access_token": aad_token, "tenant": world.aad_tenant})
+        ex = client.post(
+            f"{token_base}/exchange",
+            data={
+                "grant_type": "access_token",
+                "service": world.acr_service,
+                "access_token": aad_token,
+                "tenant": world.aad_tenant,
+            },
+        )
         assert ex.status_code == 200, ex.text
-        at = client.post(world.token_realm, data={
-            "grant_type": "refresh_token", "service": world.acr_service,
-            "refresh_token": ex.json()["refresh_token"], "scope": "repository:team/app:pull"})
+        at = client.post(
+            world.token_realm,
+            data={
+                "grant_type": "refresh_token",
+                "service": world.acr_service,
+                "refresh_token": ex.json()["refresh_token"],
+                "scope": "repository:team/app:pull",
+            },
+        )
         assert at.status_code == 200
-        return _manifest(client, world.acr, "team/app", "v1", at.json()["access_token"]
-                         ).status_code
+        return _manifest(client, world.acr, "team/app", "v1", at.json()["access_token"]).status_code
 
     assert pull_with_aad(world.aad_token) == 200
 
@@ -171,31 +197,34 @@ def test_azure_exchange_flows_reach_the_registry(world: World, client: httpx.Cli
     q = {"api-version": "2018-02-01", "resource": "https://management.azure.com/"}
     url = f"{world.imds_url}/metadata/identity/oauth2/token"
     assert imds.get(url, params={**q, "client_id": world.imds_client_id}).status_code == 400
-    mi = imds.get(url, params={**q, "client_id": world.imds_client_id},
-                  headers={"Metadata": "true"})
+    mi = imds.get(url, params={**q, "client_id": world.imds_client_id}, headers={"Metadata": "true"})
     assert mi.status_code == 200 and mi.json()["token_type"] == "Bearer"
     assert pull_with_aad(mi.json()["access_token"]) == 200
     unknown = imds.get(url, params={**q, "client_id": "nobody"}, headers={"Metadata": "true"})
-    assert unknown.json() == {"error": "invalid_request",
-                              "error_description": "Identity not found"}
-    nogrant = imds.get(url, params={**q, "client_id": world.imds_nogrant_client_id},
-                       headers={"Metadata": "true"}).json()["access_token"]
+    assert unknown.json() == {"error": "invalid_request", "error_description": "Identity not found"}
+    nogrant = imds.get(
+        url, params={**q, "client_id": world.imds_nogrant_client_id}, headers={"Metadata": "true"}
+    ).json()["access_token"]
     assert pull_with_aad(nogrant) == 401
 
     aad_url = f"{world.aad_authority}/{world.aad_tenant}/oauth2/v2.0/token"
-    wi_form = {"grant_type": "client_credentials", "client_id": world.wi_client_id,
-               "scope": "https://management.azure.com/.default",
-               "client_assertion_type":
-                   "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-               "client_assertion": world.wi_token_file.read_text()}
+    wi_form = {
+        "grant_type": "client_credentials",
+        "client_id": world.wi_client_id,
+        "scope": "https://management.azure.com/.default",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": world.wi_token_file.read_text(),
+    }
     wi = imds.post(aad_url, data=wi_form)
     assert wi.status_code == 200
     assert pull_with_aad(wi.json()["access_token"]) == 200
     assert "AADSTS700016" in imds.post(aad_url, data={**wi_form, "client_id": "x"}).text
     assert imds.post(aad_url, data={**wi_form, "client_assertion": "forged"}).status_code == 401
 
-    rejected = client.post(f"{token_base}/exchange", data={
-        "grant_type": "access_token", "service": world.acr_service, "access_token": "bogus"})
+    rejected = client.post(
+        f"{token_base}/exchange",
+        data={"grant_type": "access_token", "service": world.acr_service, "access_token": "bogus"},
+    )
     assert rejected.status_code == 401
     assert rejected.json()["errors"][0]["code"] == "UNAUTHORIZED"
 
@@ -215,6 +244,7 @@ def test_token_server_counts_concurrent_requests(world: World) -> None:
 
 # ---- misbehaving endpoints -------------------------------------------------------
 
+
 def test_status_servers(world: World, client: httpx.Client) -> None:
     fw = client.get(f"https://{world.firewall}/v2/")
     assert fw.status_code == 403 and "aka.ms/acr/firewall" in fw.json()["errors"][0]["message"]
@@ -229,8 +259,10 @@ def test_status_servers(world: World, client: httpx.Client) -> None:
 def _tls_connect(world: World, addr: str, timeout: float = 2.0) -> None:
     host, port = _hostport(addr)
     ctx = ssl.create_default_context(cafile=str(world.ca_bundle))
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
-            ctx.wrap_socket(raw, server_hostname=host):
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=host),
+    ):
         pass
 
 

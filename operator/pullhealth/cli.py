@@ -39,26 +39,37 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="probe a registry pull path: DNS, TCP, TLS, auth, manifest")
     check.add_argument("reference", help="registry host (myacr.azurecr.io) or image reference")
     creds = check.add_mutually_exclusive_group()
-    creds.add_argument("--docker-config", metavar="PATH",
-                       help=".dockerconfigjson or ~/.docker/config.json to take credentials from")
+    creds.add_argument(
+        "--docker-config",
+        metavar="PATH",
+        help=".dockerconfigjson or ~/.docker/config.json to take credentials from",
+    )
     creds.add_argument("--username", help="user name; the password is read with --password-stdin")
     creds.add_argument("--anonymous", action="store_true", help="send no credentials")
-    creds.add_argument("--managed-identity", action="store_true",
-                       help="use the node's Azure managed identity (IMDS)")
-    creds.add_argument("--workload-identity", action="store_true",
-                       help="use Azure workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, "
-                       "AZURE_FEDERATED_TOKEN_FILE)")
+    creds.add_argument(
+        "--managed-identity", action="store_true", help="use the node's Azure managed identity (IMDS)"
+    )
+    creds.add_argument(
+        "--workload-identity",
+        action="store_true",
+        help="use Azure workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE)",
+    )
     check.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     check.add_argument("--client-id", help="managed/workload identity client id")
     check.add_argument("--tenant-id", help="workload identity tenant id")
     check.add_argument("--imds-endpoint", default=identity.IMDS_ENDPOINT, help=argparse.SUPPRESS)
     check.add_argument("--authority-host", default=None, help=argparse.SUPPRESS)
     check.add_argument("--ca-file", help="extra CA bundle to trust (PEM)")
-    check.add_argument("--nameserver", metavar="HOST[:PORT]", help="DNS server to ask instead of the system's")
+    check.add_argument(
+        "--nameserver", metavar="HOST[:PORT]", help="DNS server to ask instead of the system's"
+    )
     check.add_argument("--timeout", type=float, default=10.0, help="seconds per network call (default 10)")
     check.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default linux/amd64)")
-    check.add_argument("--expect-private-endpoint", action="store_true",
-                       help="fail when the registry resolves to a public address")
+    check.add_argument(
+        "--expect-private-endpoint",
+        action="store_true",
+        help="fail when the registry resolves to a public address",
+    )
     check.add_argument("--data-endpoint", help="ACR data endpoint host to resolve as well")
     check.add_argument("--output", "-o", choices=("text", "json"), default="text")
 
@@ -66,8 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("message", help="the message text, or - to read stdin")
     explain.add_argument("--output", "-o", choices=("text", "json"), default="text")
 
-    dev = sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos",
-                         add_help=False)
+    dev = sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos", add_help=False)
     dev.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -81,14 +91,16 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _credentials(args: argparse.Namespace, registry: str, image: object,
-                 secrets: list[str]) -> tuple[list[credentials.Credential] | None, Diagnosis | None]:
+def _credentials(
+    args: argparse.Namespace, registry: str, image: object, secrets: list[str]
+) -> tuple[list[credentials.Credential] | None, Diagnosis | None]:
     """Credentials to try, or a diagnosis when the docker config itself is unusable."""
     if args.username:
         password = _read_password(args)
         secrets.append(password)
-        return [credentials.Credential(credentials.CredentialKind.BASIC, "--username",
-                                       args.username, password)], None
+        return [
+            credentials.Credential(credentials.CredentialKind.BASIC, "--username", args.username, password)
+        ], None
     if args.password_stdin:
         raise UsageError("--password-stdin goes with --username")
     if not args.docker_config:
@@ -101,8 +113,10 @@ def _credentials(args: argparse.Namespace, registry: str, image: object,
     try:
         entries = credentials.parse_docker_config(raw, f"docker config {path}")
     except credentials.SecretProblem as exc:
-        return None, make(exc.code, {"secret": str(path), "detail": exc.detail,
-                                     "registry": registry, "namespace": "<namespace>"})
+        return None, make(
+            exc.code,
+            {"secret": str(path), "detail": exc.detail, "registry": registry, "namespace": "<namespace>"},
+        )
     secrets.extend(s for e in entries for s in e.credential.secrets())
     ref = image if image is not None else None
     if ref is None:
@@ -114,11 +128,14 @@ def _credentials(args: argparse.Namespace, registry: str, image: object,
 
 async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engine.IdentitySource | None:
     if args.managed_identity:
+
         async def imds() -> identity.AadToken:
             token = await identity.managed_identity_token(
-                client_id=args.client_id, endpoint=args.imds_endpoint, timeout=args.timeout)
+                client_id=args.client_id, endpoint=args.imds_endpoint, timeout=args.timeout
+            )
             secrets.append(token.token)
             return token
+
         return imds
     if args.workload_identity:
         client_id = args.client_id or os.environ.get("AZURE_CLIENT_ID")
@@ -126,8 +143,10 @@ async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engi
         token_file = os.environ.get("AZURE_FEDERATED_TOKEN_FILE")
         authority = args.authority_host or os.environ.get("AZURE_AUTHORITY_HOST") or identity.AAD_AUTHORITY
         if not (client_id and tenant_id and token_file):
-            raise UsageError("--workload-identity needs AZURE_CLIENT_ID (or --client-id), "
-                             "AZURE_TENANT_ID (or --tenant-id) and AZURE_FEDERATED_TOKEN_FILE")
+            raise UsageError(
+                "--workload-identity needs AZURE_CLIENT_ID (or --client-id), "
+                "AZURE_TENANT_ID (or --tenant-id) and AZURE_FEDERATED_TOKEN_FILE"
+            )
         try:
             federated = Path(token_file).read_text().strip()
         except OSError as exc:
@@ -136,10 +155,15 @@ async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engi
 
         async def wi() -> identity.AadToken:
             token = await identity.workload_identity_token(
-                client_id=client_id, tenant_id=tenant_id, federated_token=federated,
-                authority=authority, timeout=args.timeout)
+                client_id=client_id,
+                tenant_id=tenant_id,
+                federated_token=federated,
+                authority=authority,
+                timeout=args.timeout,
+            )
             secrets.append(token.token)
             return token
+
         return wi
     return None
 
@@ -150,8 +174,11 @@ async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
     except InvalidReference as exc:
         return make(Code.INVALID_IMAGE_NAME, {"reference": args.reference, "detail": str(exc)})
     options = engine.ChainOptions(
-        nameserver=args.nameserver, timeout=args.timeout, ca_file=args.ca_file,
-        platform=args.platform, expect_private_endpoint=args.expect_private_endpoint,
+        nameserver=args.nameserver,
+        timeout=args.timeout,
+        ca_file=args.ca_file,
+        platform=args.platform,
+        expect_private_endpoint=args.expect_private_endpoint,
         data_endpoint=args.data_endpoint,
     )
     if args.ca_file and not Path(args.ca_file).is_file():
@@ -165,7 +192,10 @@ async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
     if problem is not None:
         return problem
     return await engine.check_credentials(
-        registry, image, matched, options,
+        registry,
+        image,
+        matched,
+        options,
         no_match_facts={"detail": f"{args.docker_config} has no entry for {registry}"},
     )
 
@@ -179,8 +209,13 @@ def _print_check(diagnosis: Diagnosis, reference: str, output: str, redactor: Re
             "summary": diagnosis.summary,
             "remediation": diagnosis.remediation,
             "checks": [
-                {"name": c.name, "status": c.status.value, "code": c.code.value,
-                 "message": c.message, "durationMs": c.duration_ms}
+                {
+                    "name": c.name,
+                    "status": c.status.value,
+                    "code": c.code.value,
+                    "message": c.message,
+                    "durationMs": c.duration_ms,
+                }
                 for c in diagnosis.checks
             ],
         }
@@ -191,8 +226,9 @@ def _print_check(diagnosis: Diagnosis, reference: str, output: str, redactor: Re
         if check.status is StepStatus.PASSED:
             lines.append(f"  {check.message}  [{check.duration_ms:.1f} ms]")
         elif check.status is StepStatus.FAILED:
-            lines.append(f"  {check.name}: FAILED {check.code.value}: {check.message}  "
-                         f"[{check.duration_ms:.1f} ms]")
+            lines.append(
+                f"  {check.name}: FAILED {check.code.value}: {check.message}  [{check.duration_ms:.1f} ms]"
+            )
         else:
             lines.append(f"  {check.name}: {check.message}")
     lines.append("")
@@ -205,9 +241,12 @@ def _print_check(diagnosis: Diagnosis, reference: str, output: str, redactor: Re
 def _print_explain(diagnosis: Diagnosis, output: str) -> None:
     redactor = Redactor()
     if output == "json":
-        doc = {"code": diagnosis.code.value, "summary": diagnosis.summary,
-               "remediation": diagnosis.remediation,
-               "candidates": [c.value for c in diagnosis.candidates]}
+        doc = {
+            "code": diagnosis.code.value,
+            "summary": diagnosis.summary,
+            "remediation": diagnosis.remediation,
+            "candidates": [c.value for c in diagnosis.candidates],
+        }
         print(redactor(json.dumps(doc, indent=2)))
         return
     lines = [f"{diagnosis.code.value}: {diagnosis.summary}"]

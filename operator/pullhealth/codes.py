@@ -104,8 +104,7 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "-n <link> -v <vnet-id> -e false",
             "Check the A records of the private endpoint: az network private-dns record-set a "
             "list -g <rg> -z privatelink.azurecr.io -o table",
-            "If a custom DNS server is used, add a conditional forwarder for azurecr.io "
-            "to 168.63.129.16",
+            "If a custom DNS server is used, add a conditional forwarder for azurecr.io to 168.63.129.16",
         ),
         check_health_error="CONNECTIVITY_DNS_ERROR",
     ),
@@ -124,8 +123,7 @@ CATALOG: Mapping[Code, CodeInfo] = {
         remediation=(
             "Check outbound rules: NSGs, Azure Firewall or UDR must allow TCP 443 to the "
             "registry and its data endpoint (<registry>.<region>.data.azurecr.io)",
-            "List the registry's network rules: az acr show --name <registry> "
-            "--query networkRuleSet",
+            "List the registry's network rules: az acr show --name <registry> --query networkRuleSet",
             "Check HTTP(S)_PROXY / NO_PROXY settings of the node runtime",
         ),
         check_health_error="CONNECTIVITY_SSL_ERROR",
@@ -136,7 +134,7 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "If the issuer is a corporate proxy or firewall doing TLS inspection, exempt the "
             "registry endpoints from inspection",
             "For a private CA, add the CA to the node trust store or containerd's hosts.toml "
-            "(ca = \"/etc/containerd/certs.d/<registry>/ca.crt\")",
+            '(ca = "/etc/containerd/certs.d/<registry>/ca.crt")',
         ),
         check_health_error="CONNECTIVITY_SSL_ERROR",
     ),
@@ -160,8 +158,7 @@ CATALOG: Mapping[Code, CodeInfo] = {
     Code.FIREWALL_FORBIDDEN: CodeInfo(
         summary="{host} refused this client by network rule (403){detail}",
         remediation=(
-            "List the registry's network rules: az acr show --name <registry> "
-            "--query networkRuleSet",
+            "List the registry's network rules: az acr show --name <registry> --query networkRuleSet",
             "Allow the cluster's egress IP: az acr network-rule add --name <registry> "
             "--ip-address <egress-ip>",
             "Or reach the registry through a private endpoint; see https://aka.ms/acr/firewall",
@@ -291,8 +288,7 @@ CATALOG: Mapping[Code, CodeInfo] = {
     Code.IMAGE_NOT_FOUND: CodeInfo(
         summary="{registry} has no image {repository}:{tag} (repository or tag missing)",
         remediation=(
-            "List the tags: az acr repository show-tags --name <registry> --repository "
-            "{repository}",
+            "List the tags: az acr repository show-tags --name <registry> --repository {repository}",
             "Check the image reference in the pod spec for typos",
         ),
         coarse=True,
@@ -307,26 +303,20 @@ CATALOG: Mapping[Code, CodeInfo] = {
     Code.TAG_NOT_FOUND: CodeInfo(
         summary="repository {repository} on {registry} has no tag or digest {tag}",
         remediation=(
-            "List the tags: az acr repository show-tags --name <registry> --repository "
-            "{repository} -o table",
+            "List the tags: az acr repository show-tags --name <registry> --repository {repository} -o table",
             "Push the tag or fix the reference; a deleted or purged tag also shows here",
         ),
     ),
     Code.PLATFORM_NOT_FOUND: CodeInfo(
-        summary="{repository}:{tag} has no image for platform {platform} "
-        "(available: {detail})",
+        summary="{repository}:{tag} has no image for platform {platform} (available: {detail})",
         remediation=(
-            "Build and push a multi-platform image: docker buildx build --platform "
-            "{platform} --push ...",
-            "Or schedule the pod on nodes of an available platform (nodeSelector "
-            "kubernetes.io/arch)",
+            "Build and push a multi-platform image: docker buildx build --platform {platform} --push ...",
+            "Or schedule the pod on nodes of an available platform (nodeSelector kubernetes.io/arch)",
         ),
     ),
     Code.INVALID_IMAGE_NAME: CodeInfo(
         summary="the image reference {reference} is not valid: {detail}",
-        remediation=(
-            "Fix the image field: lowercase repository, host[:port]/path[:tag][@sha256:digest]",
-        ),
+        remediation=("Fix the image field: lowercase repository, host[:port]/path[:tag][@sha256:digest]",),
     ),
     Code.UNKNOWN: CodeInfo(
         summary="the pull failed for a reason pullhealth does not recognise: {detail}",

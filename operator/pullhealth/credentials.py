@@ -201,8 +201,7 @@ def parse_pull_secret(secret: Mapping[str, Any], namespace: str) -> list[Keyring
     else:
         raise SecretProblem(
             Code.PULL_SECRET_INVALID,
-            f"{source} has type {stype or '<none>'!r}; kubelet only uses "
-            f"{DOCKERCONFIGJSON} or {DOCKERCFG}",
+            f"{source} has type {stype or '<none>'!r}; kubelet only uses {DOCKERCONFIGJSON} or {DOCKERCFG}",
         )
     if key not in data or not data[key]:
         raise SecretProblem(Code.PULL_SECRET_INVALID, f"{source} has no key {key}")

@@ -256,9 +256,7 @@ class DevCluster:
         timeout: Bound, in seconds, of each wait for a component to become ready.
     """
 
-    def __init__(
-        self, state_dir: Path, binaries: Binaries | None = None, *, timeout: float = 120.0
-    ) -> None:
+    def __init__(self, state_dir: Path, binaries: Binaries | None = None, *, timeout: float = 120.0) -> None:
         """Prepare a cluster; nothing starts before :meth:`start`.
 
         Args:
@@ -354,9 +352,7 @@ class DevCluster:
             # The controllers really run once the default namespace got its ServiceAccount.
             self._wait(
                 KUBE_CONTROLLER_MANAGER,
-                lambda: self._probe(
-                    api_port, "/api/v1/namespaces/default/serviceaccounts/default", "admin"
-                ),
+                lambda: self._probe(api_port, "/api/v1/namespaces/default/serviceaccounts/default", "admin"),
             )
         except BaseException:
             self.stop()
@@ -416,16 +412,13 @@ class DevCluster:
             return None
         cluster.server = str(state["server"])
         cluster._procs = [
-            _Proc(p["name"], int(p["pid"]), str(p["exe"]), Path(p["log"]))
-            for p in state["processes"]
+            _Proc(p["name"], int(p["pid"]), str(p["exe"]), Path(p["log"])) for p in state["processes"]
         ]
         return cluster
 
     # -- credentials ---------------------------------------------------------------------
 
-    def token_kubeconfig(
-        self, token: str, path: Path | None = None, *, namespace: str | None = None
-    ) -> Path:
+    def token_kubeconfig(self, token: str, path: Path | None = None, *, namespace: str | None = None) -> Path:
         """Write a kubeconfig for this cluster authenticating with ``token``.
 
         Args:
@@ -441,9 +434,7 @@ class DevCluster:
             path = self.state_dir / f"token-{n}.kubeconfig"
         return write_token_kubeconfig(path, self.server, self.ca_pem, token, namespace=namespace)
 
-    def service_account_token(
-        self, namespace: str, name: str, *, expiration_seconds: int = 3600
-    ) -> str:
+    def service_account_token(self, namespace: str, name: str, *, expiration_seconds: int = 3600) -> str:
         """Issue a token for a ServiceAccount through the TokenRequest API.
 
         Args:
@@ -518,6 +509,13 @@ class DevCluster:
             _write_private(crt, b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
             _write_private(key, leaf.private_key_pem.bytes())
             files[name] = (crt, key)
+        # A separate CA for the front proxy (aggregated API servers), as kubeadm does:
+        # a certificate from it authenticates the proxy, never a user.
+        proxy_ca = trustme.CA(organization_name="pullhealth dev-cluster front-proxy")
+        _write_private(self.pki / "front-proxy-ca.crt", proxy_ca.cert_pem.bytes())
+        proxy = proxy_ca.issue_cert("front-proxy-client.client.invalid", common_name="front-proxy-client")
+        _write_private(self.pki / "front-proxy-client.crt", proxy.cert_chain_pems[0].bytes())
+        _write_private(self.pki / "front-proxy-client.key", proxy.private_key_pem.bytes())
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         _write_private(
             self.pki / "sa.key",
@@ -535,9 +533,7 @@ class DevCluster:
         )
         return files
 
-    def _write_client_kubeconfig(
-        self, path: Path, pki: Mapping[str, tuple[Path, Path]], name: str
-    ) -> None:
+    def _write_client_kubeconfig(self, path: Path, pki: Mapping[str, tuple[Path, Path]], name: str) -> None:
         crt, key = pki[name]
         user = {
             "client-certificate-data": base64.b64encode(crt.read_bytes()).decode(),
@@ -592,6 +588,13 @@ class DevCluster:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -686,9 +689,7 @@ class DevCluster:
     ) -> tuple[int, bytes]:
         if port is None:
             port = int(self.server.rsplit(":", 1)[1])
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", port, context=self._ssl_context(client), timeout=5
-        )
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=self._ssl_context(client), timeout=5)
         try:
             headers = {"Content-Type": "application/json"} if body is not None else {}
             conn.request(method, path, body=body, headers=headers)
@@ -782,9 +783,7 @@ def main(argv: list[str]) -> int:
         default=default_state_dir(),
         help="certificates, data, logs and kubeconfig (default: %(default)s)",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds to wait per component"
-    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per component")
     parser.add_argument("command", choices=("up", "down", "kubeconfig", "status"))
     args = parser.parse_args(argv)
     out: IO[str] = sys.stdout

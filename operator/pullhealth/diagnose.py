@@ -12,8 +12,14 @@ from pullhealth import codes
 from pullhealth.codes import Code
 from pullhealth.model import CheckResult, Diagnosis, StepStatus
 
-def make(code: Code, facts: Mapping[str, str], *, checks: Sequence[CheckResult] = (),
-         candidates: Sequence[Code] = ()) -> Diagnosis:
+
+def make(
+    code: Code,
+    facts: Mapping[str, str],
+    *,
+    checks: Sequence[CheckResult] = (),
+    candidates: Sequence[Code] = (),
+) -> Diagnosis:
     """Build a diagnosis with the catalog's rendered summary and remediation."""
     return Diagnosis(
         code=code,

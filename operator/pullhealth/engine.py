@@ -72,23 +72,33 @@ class _Run:
         self.failed = False
 
     def passed(self, name: str, started: float, message: str, **details: str) -> None:
-        self.checks.append(CheckResult(
-            name=name, status=StepStatus.PASSED, code=Code.OK, message=message,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2), details=details,
-        ))
+        self.checks.append(
+            CheckResult(
+                name=name,
+                status=StepStatus.PASSED,
+                code=Code.OK,
+                message=message,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                details=details,
+            )
+        )
 
     def fail(self, name: str, started: float, code: Code, message: str, **details: str) -> None:
         self.failed = True
         self.facts.update({k: v for k, v in details.items() if v is not None})
-        self.checks.append(CheckResult(
-            name=name, status=StepStatus.FAILED, code=code, message=message,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2), details=details,
-        ))
+        self.checks.append(
+            CheckResult(
+                name=name,
+                status=StepStatus.FAILED,
+                code=code,
+                message=message,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                details=details,
+            )
+        )
 
     def skip(self, name: str, message: str) -> None:
-        self.checks.append(CheckResult(
-            name=name, status=StepStatus.SKIPPED, code=Code.OK, message=message
-        ))
+        self.checks.append(CheckResult(name=name, status=StepStatus.SKIPPED, code=Code.OK, message=message))
 
 
 async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
@@ -98,11 +108,19 @@ async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
     """
     run = _Run()
     host, port = split_host_port(target.image.api_host if target.image else target.registry)
-    run.facts.update(registry=target.registry, host=host, credential=target.credential.describe(),
-                     platform=options.platform)
+    run.facts.update(
+        registry=target.registry,
+        host=host,
+        credential=target.credential.describe(),
+        platform=options.platform,
+    )
     if target.image:
-        run.facts.update(repository=target.image.repository, tag=target.image.manifest_ref,
-                         image=target.image.familiar, reference=target.image.familiar)
+        run.facts.update(
+            repository=target.image.repository,
+            tag=target.image.manifest_ref,
+            image=target.image.familiar,
+            reference=target.image.familiar,
+        )
     else:
         run.facts.update(image="the registry")
 
@@ -128,8 +146,13 @@ async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
 
 
 async def _steps(
-    run: _Run, target: Target, options: ChainOptions, resolver: Resolver, http: Http,
-    host: str, port: int,
+    run: _Run,
+    target: Target,
+    options: ChainOptions,
+    resolver: Resolver,
+    http: Http,
+    host: str,
+    port: int,
 ) -> None:
     # dns
     run.current = "dns"
@@ -144,22 +167,42 @@ async def _steps(
     if found.cnames:
         details["cnames"] = " -> ".join(found.cnames)
     if not verdict.ok:
-        run.fail("dns", started, Code.PRIVATE_ENDPOINT_DNS, verdict.message,
-                 address=verdict.address, detail=verdict.message.split(": ", 1)[-1], **details)
+        run.fail(
+            "dns",
+            started,
+            Code.PRIVATE_ENDPOINT_DNS,
+            verdict.message,
+            address=verdict.address,
+            detail=verdict.message.split(": ", 1)[-1],
+            **details,
+        )
         return
     if options.data_endpoint:
         try:
             data = await resolver.lookup(options.data_endpoint)
         except DnsFailure as exc:
-            run.fail("dns", started, exc.code, f"data endpoint: {exc.message}",
-                     host=options.data_endpoint, **details)
+            run.fail(
+                "dns",
+                started,
+                exc.code,
+                f"data endpoint: {exc.message}",
+                host=options.data_endpoint,
+                **details,
+            )
             return
         data_verdict = assess_routing(data, options.expect_private_endpoint)
         details["dataEndpoint"] = f"{options.data_endpoint} -> {', '.join(data.addresses)}"
         if not data_verdict.ok:
-            run.fail("dns", started, Code.PRIVATE_ENDPOINT_DNS, f"data endpoint: {data_verdict.message}",
-                     host=options.data_endpoint, address=data_verdict.address,
-                     detail="the data endpoint resolves to a public address", **details)
+            run.fail(
+                "dns",
+                started,
+                Code.PRIVATE_ENDPOINT_DNS,
+                f"data endpoint: {data_verdict.message}",
+                host=options.data_endpoint,
+                address=data_verdict.address,
+                detail="the data endpoint resolves to a public address",
+                **details,
+            )
             return
     address = await resolver.address(host)
     run.facts["address"] = address
@@ -180,13 +223,18 @@ async def _steps(
     run.current = "tls"
     started = time.perf_counter()
     try:
-        cert = await tls_handshake(host, address, port, make_ssl_context(options.ca_file),
-                                   options.timeout)
+        cert = await tls_handshake(host, address, port, make_ssl_context(options.ca_file), options.timeout)
     except StepError as exc:
         run.fail("tls", started, exc.code, exc.message, **exc.facts)
         return
-    run.passed("tls", started, f"TLS handshake with {host} ({cert.protocol}, issuer {cert.issuer}) : OK",
-               issuer=cert.issuer, subject=cert.subject, notAfter=cert.not_after)
+    run.passed(
+        "tls",
+        started,
+        f"TLS handshake with {host} ({cert.protocol}, issuer {cert.issuer}) : OK",
+        issuer=cert.issuer,
+        subject=cert.subject,
+        notAfter=cert.not_after,
+    )
 
     # challenge
     run.current = "challenge"
@@ -200,8 +248,9 @@ async def _steps(
     cdetails = {"scheme": challenge.scheme}
     if challenge.realm:
         cdetails.update(realm=challenge.realm, service=challenge.service)
-    run.passed("challenge", started, f"Challenge endpoint https://{target.registry}/v2/ ({shown}) : OK",
-               **cdetails)
+    run.passed(
+        "challenge", started, f"Challenge endpoint https://{target.registry}/v2/ ({shown}) : OK", **cdetails
+    )
 
     credential = target.credential
     if target.identity is not None:
@@ -226,21 +275,31 @@ async def _steps(
     run.current = "manifest"
     started = time.perf_counter()
     try:
-        found_manifest = await probe_manifest(http, target.image, auth, options.platform,
-                                              credential.kind is CredentialKind.ANONYMOUS)
+        found_manifest = await probe_manifest(
+            http, target.image, auth, options.platform, credential.kind is CredentialKind.ANONYMOUS
+        )
     except StepError as exc:
         run.fail("manifest", started, exc.code, exc.message, **exc.facts)
         return
     mdetails = {"mediaType": found_manifest.media_type, "digest": found_manifest.digest}
     if found_manifest.platforms:
         mdetails["platforms"] = ", ".join(found_manifest.platforms)
-    run.passed("manifest", started,
-               f"Fetch manifest {target.image.repository}:{target.image.manifest_ref} : OK", **mdetails)
+    run.passed(
+        "manifest",
+        started,
+        f"Fetch manifest {target.image.repository}:{target.image.manifest_ref} : OK",
+        **mdetails,
+    )
 
 
 async def _token_step(
-    run: _Run, http: Http, target: Target, challenge: Challenge, credential: Credential,
-    host: str, port: int,
+    run: _Run,
+    http: Http,
+    target: Target,
+    challenge: Challenge,
+    credential: Credential,
+    host: str,
+    port: int,
 ) -> Authorization | None:
     run.current = "token"
     started = time.perf_counter()
@@ -249,16 +308,18 @@ async def _token_step(
         run.skip("token", "skipped: no credentials and no image; nothing to authenticate")
         return None
     try:
-        auth = await probe_token(http, f"{host}:{port}" if port != 443 else host, challenge,
-                                 credential, repository)
+        auth = await probe_token(
+            http, f"{host}:{port}" if port != 443 else host, challenge, credential, repository
+        )
     except StepError as exc:
         run.fail("token", started, exc.code, exc.message, **exc.facts)
         return None
     details = {"flow": auth.flow}
     if auth.granted is not None:
         details["granted"] = ",".join(auth.granted)
-    run.passed("token", started, f"Fetch access token ({auth.flow}) for {credential.describe()} : OK",
-               **details)
+    run.passed(
+        "token", started, f"Fetch access token ({auth.flow}) for {credential.describe()} : OK", **details
+    )
     return auth
 
 

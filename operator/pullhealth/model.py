@@ -18,9 +18,7 @@ from pullhealth.codes import Code
 class Wire(BaseModel):
     """Base: camelCase aliases, accept either spelling, forbid unknown fields."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
     def wire(self) -> dict[str, Any]:
         """The JSON-ready camelCase form."""
@@ -73,3 +71,56 @@ class Diagnosis(Wire):
     def healthy(self) -> bool:
         """True when the code is OK."""
         return self.code is Code.OK
+
+
+# --- RegistryCheck (pullhealth.io/v1alpha1); the CRD YAML in crds/ is the schema's source,
+# --- these models parse it once at the boundary (tests keep both in step).
+
+
+class AuthMode(StrEnum):
+    """spec.auth.mode."""
+
+    AUTO = "auto"
+    PULL_SECRETS = "pullSecrets"
+    SERVICE_ACCOUNT = "serviceAccount"
+    ANONYMOUS = "anonymous"
+    MANAGED_IDENTITY = "managedIdentity"
+    WORKLOAD_IDENTITY = "workloadIdentity"
+
+
+class AuthSpec(Wire):
+    """spec.auth."""
+
+    mode: AuthMode = AuthMode.AUTO
+    pull_secrets: list[str] = Field(default_factory=list, max_length=16)
+    service_account_name: str | None = None
+    client_id: str | None = None
+
+
+class NetworkSpec(Wire):
+    """spec.network."""
+
+    expect_private_endpoint: bool = False
+    data_endpoint: str | None = None
+
+
+class RegistryCheckSpec(Wire):
+    """spec of a RegistryCheck."""
+
+    registry: str = Field(min_length=1, max_length=253)
+    image: str | None = None
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    platform: str = "linux/amd64"
+    interval_seconds: int = Field(default=300, ge=30, le=86400)
+    timeout_seconds: int = Field(default=10, ge=1, le=60)
+    suspend: bool = False
+
+
+class Phase(StrEnum):
+    """status.phase."""
+
+    PENDING = "Pending"
+    HEALTHY = "Healthy"
+    UNHEALTHY = "Unhealthy"
+    INVALID = "Invalid"

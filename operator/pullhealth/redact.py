@@ -16,10 +16,14 @@ MASK = "***"
 _PATTERNS = (
     (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + MASK),
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), MASK),
-    (re.compile(r'("(?:auth|password|identitytoken|identityToken|registrytoken|access_token|'
-                r'refresh_token|token)"\s*:\s*")[^"]*(")'), r"\1" + MASK + r"\2"),
-    (re.compile(r"\b(password|access_token|refresh_token|client_assertion)=[^&\s]+"),
-     r"\1=" + MASK),
+    (
+        re.compile(
+            r'("(?:auth|password|identitytoken|identityToken|registrytoken|access_token|'
+            r'refresh_token|token)"\s*:\s*")[^"]*(")'
+        ),
+        r"\1" + MASK + r"\2",
+    ),
+    (re.compile(r"\b(password|access_token|refresh_token|client_assertion)=[^&\s]+"), r"\1=" + MASK),
 )
 
 

@@ -148,9 +148,7 @@ def parse(text: str) -> ImageReference:
     for component in components:
         if not _COMPONENT.fullmatch(component):
             if component.lower() != component and _COMPONENT.fullmatch(component.lower()):
-                raise InvalidReference(
-                    f"repository name must be lowercase (got {component!r})"
-                )
+                raise InvalidReference(f"repository name must be lowercase (got {component!r})")
             raise InvalidReference(f"invalid repository path component {component!r}")
     if registry == DOCKER_HUB and len(components) == 1:
         remainder = f"library/{remainder}"

@@ -31,8 +31,10 @@ class Challenge:
 def parse_www_authenticate(value: str) -> Challenge | None:
     """Parse a Bearer or Basic challenge; None when it is neither."""
     scheme, _, rest = value.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _PARAM.finditer(rest)}
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _PARAM.finditer(rest)
+    }
     if scheme.lower() == "bearer" and params.get("realm"):
         return Challenge("bearer", params["realm"], params.get("service", ""))
     if scheme.lower() == "basic":

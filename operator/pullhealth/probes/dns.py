@@ -42,11 +42,29 @@ class Lookup:
     literal: bool = False
 
 
+# Addresses only reachable from inside a network. Python's ``ip.is_private`` is not used:
+# it also counts documentation and reserved ranges (e.g. 203.0.113.0/24), which are public
+# as far as routing to a registry is concerned.
+_PRIVATE_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
+    )
+)
+
+
 def is_private(address: str) -> bool:
-    """Private, loopback or shared (CGNAT) address: reachable only from inside a network."""
+    """RFC 1918, shared (CGNAT), loopback, link-local or IPv6 ULA address."""
     ip = ipaddress.ip_address(address)
-    shared = ipaddress.ip_network("100.64.0.0/10")
-    return ip.is_private or ip.is_loopback or (ip.version == 4 and ip in shared)
+    return any(ip.version == net.version and ip in net for net in _PRIVATE_NETS)
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -127,9 +145,7 @@ class Resolver:
 
     async def _lookup_dns(self, host: str) -> Lookup:
         try:
-            (v4, c4), (v6, c6) = await asyncio.gather(
-                self._query(host, "A"), self._query(host, "AAAA")
-            )
+            (v4, c4), (v6, c6) = await asyncio.gather(self._query(host, "A"), self._query(host, "AAAA"))
         except dns.resolver.NXDOMAIN:
             raise DnsFailure(
                 Code.DNS_NXDOMAIN, f"{host} does not exist (NXDOMAIN from {self._server()})"
@@ -156,9 +172,7 @@ class Resolver:
                 loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), self.timeout
             )
         except TimeoutError:
-            raise DnsFailure(
-                Code.DNS_TIMEOUT, f"no answer for {host} in {self.timeout:g}s"
-            ) from None
+            raise DnsFailure(Code.DNS_TIMEOUT, f"no answer for {host} in {self.timeout:g}s") from None
         except socket.gaierror as exc:
             if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
                 raise DnsFailure(Code.DNS_NXDOMAIN, f"{host}: no such host") from None
@@ -214,8 +228,7 @@ def assess_routing(found: Lookup, expect_private: bool) -> RoutingVerdict:
     if public and expect_private:
         return RoutingVerdict(
             False,
-            f"{found.host} resolves to public address {public[0]} but a private endpoint "
-            "is expected",
+            f"{found.host} resolves to public address {public[0]} but a private endpoint is expected",
             public[0],
         )
     return RoutingVerdict(True, "", found.addresses[0] if found.addresses else "")

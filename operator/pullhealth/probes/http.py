@@ -117,9 +117,7 @@ class Http:
                         break
                 return Reply(response.status_code, response.headers, body[:MAX_BODY])
         except httpx.ConnectTimeout:
-            raise StepError(
-                Code.CONNECT_TIMEOUT, f"connecting to {host} timed out", host=host
-            ) from None
+            raise StepError(Code.CONNECT_TIMEOUT, f"connecting to {host} timed out", host=host) from None
         except httpx.TimeoutException:
             raise StepError(
                 Code.CONNECT_TIMEOUT,

@@ -43,14 +43,19 @@ def _error_text(response: httpx.Response) -> str:
     if isinstance(doc, dict):
         text = doc.get("error_description") or doc.get("error") or ""
         # AAD descriptions carry trace ids and timestamps after the first line.
-        return f"HTTP {response.status_code}: {str(text).splitlines()[0][:300]}" if text else (
-            f"HTTP {response.status_code}"
+        return (
+            f"HTTP {response.status_code}: {str(text).splitlines()[0][:300]}"
+            if text
+            else (f"HTTP {response.status_code}")
         )
     return f"HTTP {response.status_code}"
 
 
 async def managed_identity_token(
-    *, client_id: str | None, endpoint: str = IMDS_ENDPOINT, resource: str = ARM_RESOURCE,
+    *,
+    client_id: str | None,
+    endpoint: str = IMDS_ENDPOINT,
+    resource: str = ARM_RESOURCE,
     timeout: float = 5.0,
 ) -> AadToken:
     """Ask IMDS for a token of the node's managed identity.
@@ -66,7 +71,8 @@ async def managed_identity_token(
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
             response = await client.get(
                 f"{endpoint.rstrip('/')}/metadata/identity/oauth2/token",
-                params=params, headers={"Metadata": "true"},
+                params=params,
+                headers={"Metadata": "true"},
             )
     except httpx.HTTPError as exc:
         raise StepError(
@@ -78,15 +84,20 @@ async def managed_identity_token(
     if not token:
         reason = _error_text(response)
         raise StepError(
-            Code.IDENTITY_UNAVAILABLE, f"IMDS gave no token for {who} ({reason})",
+            Code.IDENTITY_UNAVAILABLE,
+            f"IMDS gave no token for {who} ({reason})",
             detail=f"IMDS: {reason}",
         )
     return AadToken(token, who)
 
 
 async def workload_identity_token(
-    *, client_id: str, tenant_id: str, federated_token: str,
-    authority: str = AAD_AUTHORITY, scope: str = ARM_RESOURCE + ".default",
+    *,
+    client_id: str,
+    tenant_id: str,
+    federated_token: str,
+    authority: str = AAD_AUTHORITY,
+    scope: str = ARM_RESOURCE + ".default",
     timeout: float = 5.0,
 ) -> AadToken:
     """Exchange a service account's federated token for an Azure AD token.
@@ -104,9 +115,7 @@ async def workload_identity_token(
     }
     try:
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
-            response = await client.post(
-                f"{authority.rstrip('/')}/{tenant_id}/oauth2/v2.0/token", data=data
-            )
+            response = await client.post(f"{authority.rstrip('/')}/{tenant_id}/oauth2/v2.0/token", data=data)
     except httpx.HTTPError as exc:
         raise StepError(
             Code.IDENTITY_UNAVAILABLE,
@@ -117,7 +126,8 @@ async def workload_identity_token(
     if not token:
         reason = _error_text(response)
         raise StepError(
-            Code.IDENTITY_UNAVAILABLE, f"Azure AD refused {who} ({reason})",
+            Code.IDENTITY_UNAVAILABLE,
+            f"Azure AD refused {who} ({reason})",
             detail=f"AAD: {reason}",
         )
     return AadToken(token, who)

@@ -86,6 +86,16 @@ async def probe_manifest(
     if reply.status == 404:
         codes = error_codes(reply)
         detail = "; ".join(error_messages(reply)) or "HTTP 404"
+        if "NAME_UNKNOWN" not in codes:
+            # distribution answers MANIFEST_UNKNOWN for a missing repository too; its tag
+            # list tells the two apart (NAME_UNKNOWN / 404 when the repository is missing).
+            tags = await http.request(
+                "GET", f"https://{host}/v2/{image.repository}/tags/list", headers=headers, params={"n": "1"}
+            )
+            if tags.status == 200:
+                raise StepError(Code.TAG_NOT_FOUND, f"{what} not found; the repository exists ({detail})")
+            if tags.status == 404:
+                codes |= error_codes(tags) or {"NAME_UNKNOWN"}
         if "NAME_UNKNOWN" in codes:
             raise StepError(Code.REPOSITORY_NOT_FOUND, f"repository {image.repository} not found ({detail})")
         if "MANIFEST_UNKNOWN" in codes:

@@ -8,12 +8,12 @@ unverified handshake; a server that answers plain HTTP on the TLS port is named 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ssl
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
 
 from pullhealth.codes import Code
 
@@ -42,10 +42,8 @@ def make_ssl_context(ca_file: str | None) -> ssl.SSLContext:
 
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
-    try:
+    with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
         await asyncio.wait_for(writer.wait_closed(), 1.0)
-    except (OSError, TimeoutError, ssl.SSLError):
-        pass
 
 
 async def tcp_connect(host: str, address: str, port: int, timeout: float) -> None:
@@ -59,7 +57,8 @@ async def tcp_connect(host: str, address: str, port: int, timeout: float) -> Non
         _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
     except TimeoutError:
         raise StepError(
-            Code.CONNECT_TIMEOUT, f"TCP connect to {host} at {where} timed out after {timeout:g}s",
+            Code.CONNECT_TIMEOUT,
+            f"TCP connect to {host} at {where} timed out after {timeout:g}s",
             address=where,
         ) from None
     except ConnectionRefusedError:
@@ -69,7 +68,8 @@ async def tcp_connect(host: str, address: str, port: int, timeout: float) -> Non
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, str(exc))
         raise StepError(
-            Code.CONNECT_TIMEOUT, f"TCP connect to {host} at {where} failed: {reason}",
+            Code.CONNECT_TIMEOUT,
+            f"TCP connect to {host} at {where} failed: {reason}",
             address=where,
         ) from None
     await _close(writer)
@@ -90,7 +90,7 @@ def describe_cert(der: bytes) -> PeerCert:
     """Subject, issuer, expiry and DNS names of a DER certificate."""
     cert = x509.load_der_x509_certificate(der)
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = tuple(str(n) for n in san.value.get_values_for_type(x509.DNSName))
         names += tuple(str(ip) for ip in san.value.get_values_for_type(x509.IPAddress))
     except x509.ExtensionNotFound:
@@ -135,9 +135,7 @@ async def _speaks_plain_http(address: str, port: int, timeout: float) -> bool:
     return head.startswith(b"HTTP/")
 
 
-async def tls_handshake(
-    host: str, address: str, port: int, ctx: ssl.SSLContext, timeout: float
-) -> PeerCert:
+async def tls_handshake(host: str, address: str, port: int, ctx: ssl.SSLContext, timeout: float) -> PeerCert:
     """Handshake with verification; return the verified peer certificate's facts.
 
     Raises:

@@ -137,8 +137,13 @@ async def _bearer(
         reply = await http.request("GET", challenge.realm, params=params, headers=auth)
         flow = "distribution token (GET)"
         if reply.status in (404, 405):
-            data = {"grant_type": "password", "client_id": CLIENT_ID,
-                    "username": credential.username or "", "password": secret, **form}
+            data = {
+                "grant_type": "password",
+                "client_id": CLIENT_ID,
+                "username": credential.username or "",
+                "password": secret,
+                **form,
+            }
             reply = await http.request("POST", challenge.realm, data=data)
             flow = "OAuth2 password grant (POST)"
         fail_on_common(reply, realm_host, "token request")
@@ -151,8 +156,7 @@ async def _bearer(
         return token, flow
 
     if kind is CredentialKind.AAD:
-        data = {"grant_type": "access_token", "service": challenge.service,
-                "access_token": secret}
+        data = {"grant_type": "access_token", "service": challenge.service, "access_token": secret}
         reply = await http.request("POST", exchange_url(challenge.realm), data=data)
         fail_on_common(reply, realm_host, "POST /oauth2/exchange")
         doc = reply.json()
@@ -174,8 +178,8 @@ async def _bearer(
     if not token:
         code = Code.TOKEN_EXCHANGE_DENIED if kind is CredentialKind.AAD else Code.CREDENTIALS_REJECTED
         raise StepError(
-            code, f"POST /oauth2/token refused the refresh token of {credential.describe()} "
-            f"({_why(reply)})",
+            code,
+            f"POST /oauth2/token refused the refresh token of {credential.describe()} ({_why(reply)})",
         )
     return token, flow_prefix + "refresh token grant"
 
@@ -199,13 +203,9 @@ async def probe_token(
 
     if challenge.scheme == "basic":
         if anonymous:
-            raise StepError(
-                Code.AUTH_REQUIRED, f"{registry_host} requires Basic authentication; none given"
-            )
+            raise StepError(Code.AUTH_REQUIRED, f"{registry_host} requires Basic authentication; none given")
         header = basic_header(credential.username or "", credential.secret or "")
-        reply = await http.request(
-            "GET", f"https://{registry_host}/v2/", headers={"Authorization": header}
-        )
+        reply = await http.request("GET", f"https://{registry_host}/v2/", headers={"Authorization": header})
         fail_on_common(reply, registry_host, "GET /v2/ (authenticated)")
         if reply.status != 200:
             raise StepError(
@@ -222,8 +222,7 @@ async def probe_token(
         if anonymous:
             raise StepError(
                 Code.AUTH_REQUIRED,
-                f"an anonymous token grants {shown} on {repository}: "
-                "the repository is not public",
+                f"an anonymous token grants {shown} on {repository}: the repository is not public",
             )
         raise StepError(
             Code.PERMISSION_DENIED,

@@ -1,0 +1,285 @@
+"""Small real loopback servers that misbehave in specific, diagnosable ways."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+from ._common import LOOPBACK, BackgroundHTTPServer, QuietHandler, Stoppable
+from .pki import PKI
+
+REGISTRY_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+ACR_FIREWALL_BODY = {
+    "errors": [
+        {
+            "code": "DENIED",
+            "message": "client with IP '203.0.113.7' is not allowed access. "
+            "Refer https://aka.ms/acr/firewall to grant access.",
+        }
+    ]
+}
+TOO_MANY_REQUESTS_BODY = {
+    "errors": [
+        {
+            "code": "TOOMANYREQUESTS",
+            "message": "You have reached your pull rate limit. "
+            "You may increase the limit by authenticating and upgrading.",
+        }
+    ]
+}
+
+
+def _as_bytes(body: bytes | str | Mapping[str, Any] | list[Any]) -> tuple[bytes, str]:
+    if isinstance(body, bytes):
+        return body, "application/octet-stream"
+    if isinstance(body, str):
+        return body.encode(), "text/plain; charset=utf-8"
+    return json.dumps(body).encode(), "application/json"
+
+
+class _StatusHandler(QuietHandler):
+    def _answer(self) -> None:
+        fx: StatusServer = self.fixture
+        self.server.count(self.route)
+        self.read_body()  # drain so keep-alive stays in sync
+        self.send_bytes(fx.status, fx.body, fx.headers, fx.content_type)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+
+class StatusServer(BackgroundHTTPServer):
+    """Answers every request, any method and path, with one fixed response.
+
+    Args:
+        status: HTTP status code.
+        body: bytes, text, or a JSON-able dict/list (sets Content-Type).
+        headers: Extra response headers (e.g. ``Retry-After``).
+        tls: Serve HTTPS (needs ``cert``) or plain HTTP.
+        cert: ``(cert_path, key_path)``, e.g. from :meth:`PKI.issue`.
+        content_type: Override the Content-Type derived from ``body``.
+
+    ``hits`` counts requests by path.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes | str | Mapping[str, Any] | list[Any] = b"",
+        headers: Mapping[str, str] | None = None,
+        tls: bool = True,
+        *,
+        cert: tuple[Path, Path] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        """Configure the response; nothing listens until :meth:`start`."""
+        if tls and cert is None:
+            raise ValueError("tls=True needs cert=(cert_path, key_path)")
+        super().__init__(_StatusHandler, cert if tls else None)
+        self.status = status
+        self.body, default_type = _as_bytes(body)
+        self.content_type = content_type or default_type
+        self.headers = dict(headers or {})
+
+
+def untrusted_tls_server(pki: PKI, hosts: list[str]) -> StatusServer:
+    """A registry-looking HTTPS server whose cert chains to the *untrusted* CA."""
+    return StatusServer(200, {}, REGISTRY_HEADERS, cert=pki.issue_untrusted([*hosts, LOOPBACK]))
+
+
+def mismatch_tls_server(pki: PKI, cert_hosts: list[str]) -> StatusServer:
+    """A registry-looking HTTPS server, trusted CA, cert naming only ``cert_hosts``.
+
+    Reach it under any other name to get a hostname-mismatch failure.
+    """
+    return StatusServer(200, {}, REGISTRY_HEADERS, cert=pki.issue(cert_hosts))
+
+
+# What nginx says when TLS arrives on a plain-HTTP port; the client's TLS stack
+# then fails with "wrong version number" / "record layer failure".
+_TLS_ON_PLAIN_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Type: text/html\r\n"
+    b"Content-Length: 48\r\nConnection: close\r\n\r\n"
+    b"<html><body>400 Bad Request</body></html>\r\n\r\n\r\n"
+)
+
+
+class _PlainHandler(_StatusHandler):
+    def handle(self) -> None:
+        try:
+            first = self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if first == b"\x16":  # TLS handshake record: answer like a plain server would
+            self.server.count("<tls-client-hello>")
+            try:
+                self.connection.recv(65536)
+                self.connection.sendall(_TLS_ON_PLAIN_REPLY)
+            except OSError:
+                pass
+            return
+        super().handle()
+
+
+class PlainHTTPServer(StatusServer):
+    """Plain HTTP on a port clients will talk TLS to.
+
+    HTTP requests get a registry-like 200 (by default); a TLS ClientHello gets a
+    plain-text 400 and a close, so the client sees a TLS protocol error quickly
+    rather than a hang. ``hits["<tls-client-hello>"]`` counts TLS attempts.
+    """
+
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes | str | Mapping[str, Any] | list[Any] = b"{}",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Configure the plain-HTTP response."""
+        super().__init__(status, body, headers or REGISTRY_HEADERS, tls=False)
+        self._handler = _PlainHandler
+
+
+class _Holder(Stoppable):
+    """Listening socket whose accepted connections are held open and ignored."""
+
+    def __init__(self, backlog: int = 16, accept: bool = True) -> None:
+        self.port = 0
+        self.connections = 0
+        self._backlog = backlog
+        self._accept = accept
+        self._sock: socket.socket | None = None
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``("127.0.0.1", port)``."""
+        return (LOOPBACK, self.port)
+
+    def start(self) -> Self:
+        super().start()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((LOOPBACK, 0))
+        self._sock.listen(self._backlog)
+        self.port = self._sock.getsockname()[1]
+        if self._accept:
+            self._thread = threading.Thread(target=self._loop, name="holder", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select([self._sock, *self._held], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            for s in readable:
+                try:
+                    if s is self._sock:
+                        conn, _ = s.accept()
+                        self._held.append(conn)
+                        self.connections += 1
+                    elif not s.recv(65536):  # discard input; forget closed peers
+                        self._held.remove(s)
+                        s.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        super().stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for s in [self._sock, *self._held]:
+            if s is not None:
+                s.close()
+        self._sock = None
+        self._held.clear()
+
+
+class SilentServer(_Holder):
+    """Accepts TCP connections and never sends a byte (TLS/HTTP read timeouts)."""
+
+    def __init__(self) -> None:
+        """Prepare; binds on :meth:`start`."""
+        super().__init__(backlog=64, accept=True)
+
+
+class BacklogFullListener(_Holder):
+    """A listener that never accept()s, its tiny backlog pre-filled.
+
+    Linux drops SYNs to a listener whose accept queue is full, so a further
+    ``connect()`` retransmits SYN and times out (it is not refused).
+    """
+
+    def __init__(self) -> None:
+        """Prepare; binds and fills on :meth:`start`."""
+        super().__init__(backlog=0, accept=False)
+        self._fillers: list[socket.socket] = []
+
+    def start(self) -> Self:
+        """Listen with backlog 0 and connect until a connect attempt times out."""
+        super().start()
+        for _ in range(16):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(0.3)
+            try:
+                s.connect(self.address)
+            except OSError:  # the queue is full: SYNs are being dropped now
+                s.close()
+                return self
+            self._fillers.append(s)
+        self.stop()
+        raise RuntimeError("could not fill the accept queue")
+
+    def stop(self) -> None:
+        """Close the fillers and the listener."""
+        for s in self._fillers:
+            s.close()
+        self._fillers.clear()
+        super().stop()
+
+
+class ClosedPort(Stoppable):
+    """A loopback port that is bound but not listening: connects get RST.
+
+    Holding the bound socket keeps anything else from taking the port, unlike
+    :func:`closed_port`.
+    """
+
+    def __init__(self) -> None:
+        """Prepare; binds on :meth:`start`."""
+        self.port = 0
+        self._sock: socket.socket | None = None
+
+    def start(self) -> Self:
+        """Bind (without listen)."""
+        super().start()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((LOOPBACK, 0))
+        self.port = self._sock.getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        """Release the port."""
+        super().stop()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening right now (may be reused later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+    return port

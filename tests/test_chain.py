@@ -1,0 +1,181 @@
+"""The probe chain against real local servers: every locally producible code, for real.
+
+Servers come from the session `world` fixture (tests/conftest.py): Debian's
+docker-registry in anonymous, htpasswd and token modes, a token service following the
+distribution token spec and ACR's OAuth2 endpoints, dnsmasq with a test zone, and small
+HTTP servers for firewall, rate-limit and broken answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pullhealth.codes import Code
+from pullhealth.credentials import Credential, CredentialKind
+from pullhealth.engine import ChainOptions, Target, run_chain
+from pullhealth.model import Diagnosis, StepStatus
+from pullhealth.reference import parse_target
+
+
+def _opts(world: Any, **kw: Any) -> ChainOptions:
+    base: dict[str, Any] = {"nameserver": world.nameserver, "ca_file": str(world.ca_bundle), "timeout": 2.0}
+    base.update(kw)
+    return ChainOptions(**base)
+
+
+def _basic(user_pass: tuple[str, str]) -> Credential:
+    return Credential(CredentialKind.BASIC, "test", user_pass[0], user_pass[1])
+
+
+async def _check(world: Any, ref: str, credential: Credential | None = None, **kw: Any) -> Diagnosis:
+    registry, image = parse_target(ref)
+    target = Target(registry, image, credential) if credential else Target(registry, image)
+    return await run_chain(target, _opts(world, **kw))
+
+
+def _statuses(d: Diagnosis) -> dict[str, str]:
+    return {c.name: c.status.value for c in d.checks}
+
+
+async def test_healthy_anonymous_registry(world: Any) -> None:
+    d = await _check(world, f"{world.anon}/library/alpine:3.19")
+    assert d.code is Code.OK, d.checks
+    assert _statuses(d) == dict.fromkeys(("dns", "tcp", "tls", "challenge", "token", "manifest"), "passed")
+    assert d.checks[0].message.startswith("DNS lookup to anon.test at IP 127.0.0.1")
+
+
+async def test_healthy_basic_auth_registry(world: Any) -> None:
+    d = await _check(world, f"{world.basic}/team/app:v1", _basic(world.basic_user))
+    assert d.code is Code.OK, d.checks
+
+
+async def test_healthy_token_registry_with_password(world: Any) -> None:
+    d = await _check(world, f"{world.acr}/team/app:v1", _basic(world.acr_puller))
+    assert d.code is Code.OK, d.checks
+    token = next(c for c in d.checks if c.name == "token")
+    assert "pull" in token.details["granted"]
+
+
+async def test_registry_only_check_logs_in_without_image(world: Any) -> None:
+    d = await _check(world, world.acr, _basic(world.acr_puller))
+    assert d.code is Code.OK
+    assert _statuses(d)["manifest"] == "skipped"
+
+
+async def test_healthy_via_privatelink_cname(world: Any) -> None:
+    d = await _check(
+        world, f"{world.privatelink}/team/app:v1", _basic(world.acr_puller), expect_private_endpoint=True
+    )
+    assert d.code is Code.OK, d.checks
+    assert "privatelink" in d.checks[0].details["cnames"]
+
+
+@pytest.mark.parametrize(
+    ("attr", "code"),
+    [
+        ("missing", Code.DNS_NXDOMAIN),
+        ("leak", Code.PRIVATE_ENDPOINT_DNS),
+        ("refused", Code.CONNECT_REFUSED),
+        ("backlog", Code.CONNECT_TIMEOUT),
+        ("silent", Code.CONNECT_TIMEOUT),
+        ("untrusted", Code.TLS_UNTRUSTED),
+        ("mismatch", Code.TLS_HOSTNAME_MISMATCH),
+        ("plain", Code.TLS_PROTOCOL_ERROR),
+        ("firewall", Code.FIREWALL_FORBIDDEN),
+        ("ratelimit", Code.RATE_LIMITED),
+        ("broken", Code.REGISTRY_ERROR),
+        ("notregistry", Code.CHALLENGE_ERROR),
+    ],
+)
+async def test_path_failures(world: Any, attr: str, code: Code) -> None:
+    d = await _check(world, f"{getattr(world, attr)}/team/app:v1", timeout=1.0)
+    assert d.code is code, d.checks
+    failed = [c for c in d.checks if c.status is StepStatus.FAILED]
+    assert len(failed) == 1
+    after = d.checks[d.checks.index(failed[0]) + 1 :]
+    assert all(c.status is StepStatus.SKIPPED for c in after)
+
+
+async def test_dns_timeout(world: Any) -> None:
+    d = await _check(
+        world, f"{world.anon}/library/alpine:3.19", nameserver=world.blackhole_nameserver, timeout=1.0
+    )
+    assert d.code is Code.DNS_TIMEOUT
+
+
+async def test_privatelink_leak_names_the_public_address(world: Any) -> None:
+    d = await _check(world, f"{world.leak}/team/app:v1")
+    assert "203.0.113.10" in d.summary
+    assert "privatelink" in d.checks[0].message
+
+
+async def test_expect_private_endpoint_rejects_public_address_without_cname(world: Any) -> None:
+    # leak's CNAME target itself resolves straight to the public address, with no CNAME.
+    host = world.leak.replace("leak.", "leak.privatelink.")
+    d = await _check(world, f"{host}/team/app:v1", expect_private_endpoint=True)
+    assert d.code is Code.PRIVATE_ENDPOINT_DNS
+
+
+async def test_firewall_names_the_client_ip(world: Any) -> None:
+    d = await _check(world, f"{world.firewall}/team/app:v1")
+    assert "203.0.113.7" in d.summary
+
+
+async def test_untrusted_reports_the_issuer(world: Any) -> None:
+    d = await _check(world, f"{world.untrusted}/team/app:v1")
+    assert "issuer" in d.summary and "<issuer>" not in d.summary
+
+
+async def test_auth_required_when_anonymous_on_token_registry(world: Any) -> None:
+    d = await _check(world, f"{world.acr}/team/app:v1")
+    assert d.code is Code.AUTH_REQUIRED, d.checks
+
+
+async def test_auth_required_when_anonymous_on_basic_registry(world: Any) -> None:
+    d = await _check(world, f"{world.basic}/team/app:v1")
+    assert d.code is Code.AUTH_REQUIRED
+
+
+async def test_wrong_password_token_registry(world: Any) -> None:
+    d = await _check(world, f"{world.acr}/team/app:v1", _basic((world.acr_puller[0], "wrong")))
+    assert d.code is Code.CREDENTIALS_REJECTED
+
+
+async def test_wrong_password_basic_registry(world: Any) -> None:
+    d = await _check(world, f"{world.basic}/team/app:v1", _basic((world.basic_user[0], "wrong")))
+    assert d.code is Code.CREDENTIALS_REJECTED
+
+
+async def test_token_without_pull_scope(world: Any) -> None:
+    d = await _check(world, f"{world.acr}/team/app:v1", _basic(world.acr_nopull))
+    assert d.code is Code.PERMISSION_DENIED, d.checks
+
+
+@pytest.mark.parametrize(
+    ("ref", "code"),
+    [
+        ("{anon}/nosuch/repo:v1", Code.REPOSITORY_NOT_FOUND),
+        ("{anon}/team/app:nosuchtag", Code.TAG_NOT_FOUND),
+        ("{anon}/team/app@sha256:" + "0" * 64, Code.TAG_NOT_FOUND),
+        ("{anon}/multi/arm:1", Code.PLATFORM_NOT_FOUND),
+    ],
+)
+async def test_content_failures(world: Any, ref: str, code: Code) -> None:
+    d = await _check(world, ref.format(anon=world.anon))
+    assert d.code is code, d.checks
+
+
+async def test_platform_found_when_asked_for_arm64(world: Any) -> None:
+    d = await _check(world, f"{world.anon}/multi/arm:1", platform="linux/arm64")
+    assert d.code is Code.OK, d.checks
+
+
+def test_guard_refuses_off_loopback_connects() -> None:
+    import socket
+
+    from support.guard import OffLoopbackConnect
+
+    with socket.socket() as s, pytest.raises(OffLoopbackConnect):
+        s.connect(("203.0.113.10", 443))
