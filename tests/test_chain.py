@@ -179,3 +179,98 @@ def test_guard_refuses_off_loopback_connects() -> None:
 
     with socket.socket() as s, pytest.raises(OffLoopbackConnect):
         s.connect(("203.0.113.10", 443))
+
+
+# --- Azure identities: IMDS (managed identity) and workload identity, then ACR exchange.
+
+
+async def test_managed_identity_pulls_through_acr_exchange(world: Any) -> None:
+    from pullhealth.probes.identity import managed_identity_token
+
+    async def source() -> Any:
+        return await managed_identity_token(client_id=world.imds_client_id, endpoint=world.imds_url)
+
+    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    d = await run_chain(Target(registry, image, identity=source), _opts(world))
+    assert d.code is Code.OK, d.checks
+    assert _statuses(d)["identity"] == "passed"
+    assert "exchange" in next(c for c in d.checks if c.name == "token").details["flow"]
+
+
+async def test_managed_identity_unknown_client_is_identity_unavailable(world: Any) -> None:
+    from pullhealth.probes.identity import managed_identity_token
+
+    async def source() -> Any:
+        return await managed_identity_token(client_id="99999999-0000-4000-8000-000000000000",
+                                            endpoint=world.imds_url)
+
+    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    d = await run_chain(Target(registry, image, identity=source), _opts(world))
+    assert d.code is Code.IDENTITY_UNAVAILABLE
+    assert "Identity not found" in d.summary
+
+
+async def test_identity_without_acrpull_is_denied(world: Any) -> None:
+    from pullhealth.probes.identity import managed_identity_token
+
+    async def source() -> Any:
+        return await managed_identity_token(client_id=world.imds_nogrant_client_id, endpoint=world.imds_url)
+
+    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    d = await run_chain(Target(registry, image, identity=source), _opts(world))
+    assert d.code in (Code.PERMISSION_DENIED, Code.TOKEN_EXCHANGE_DENIED), d.checks
+
+
+async def test_revoked_aad_token_is_token_exchange_denied(world: Any) -> None:
+    cred = Credential(CredentialKind.AAD, "test", None, "not-a-token-the-exchange-knows")
+    d = await _check(world, f"{world.acr}/team/app:v1", cred)
+    assert d.code is Code.TOKEN_EXCHANGE_DENIED
+
+
+async def test_workload_identity_pulls(world: Any) -> None:
+    from pathlib import Path
+
+    from pullhealth.probes.identity import workload_identity_token
+
+    federated = Path(world.wi_token_file).read_text().strip()
+
+    async def source() -> Any:
+        return await workload_identity_token(client_id=world.wi_client_id, tenant_id=world.aad_tenant,
+                                             federated_token=federated, authority=world.aad_authority)
+
+    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    d = await run_chain(Target(registry, image, identity=source), _opts(world))
+    assert d.code is Code.OK, d.checks
+
+
+async def test_workload_identity_wrong_client_is_identity_unavailable(world: Any) -> None:
+    from pathlib import Path
+
+    from pullhealth.probes.identity import workload_identity_token
+
+    federated = Path(world.wi_token_file).read_text().strip()
+
+    async def source() -> Any:
+        return await workload_identity_token(client_id="44444444-0000-4000-8000-000000000000",
+                                             tenant_id=world.aad_tenant, federated_token=federated,
+                                             authority=world.aad_authority)
+
+    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    d = await run_chain(Target(registry, image, identity=source), _opts(world))
+    assert d.code is Code.IDENTITY_UNAVAILABLE
+    assert "AADSTS" in d.summary or "AAD" in d.summary
+
+
+async def test_refresh_token_credential(world: Any) -> None:
+    # An ACR refresh token (docker config identitytoken) obtained through the exchange.
+    from support.net import make_client
+
+    with make_client(world.ca_bundle, nameserver=world.nameserver) as client:
+        reply = client.post(f"https://{world.token}/oauth2/exchange",
+                            data={"grant_type": "access_token", "service": world.acr_service,
+                                  "access_token": world.aad_token})
+        assert reply.status_code == 200, reply.text
+        refresh = reply.json()["refresh_token"]
+    cred = Credential(CredentialKind.REFRESH_TOKEN, "test", None, refresh)
+    d = await _check(world, f"{world.acr}/team/app:v1", cred)
+    assert d.code is Code.OK, d.checks

@@ -25,12 +25,21 @@ def _auth(user: str, password: str) -> dict[str, str]:
 
 
 def _secret(name: str, stype: str, key: str, raw: bytes) -> dict[str, object]:
-    return {"metadata": {"name": name}, "type": stype, "data": {key: base64.b64encode(raw).decode()}}
+    return {
+        "metadata": {"name": name},
+        "type": stype,
+        "data": {key: base64.b64encode(raw).decode()},
+    }
 
 
 def test_auth_field_and_username_password_are_both_read() -> None:
     entries = parse_docker_config(
-        _config({"a.io": _auth("alice", "pw:with:colons"), "b.io": {"username": "bob", "password": "pb"}}),
+        _config(
+            {
+                "a.io": _auth("alice", "pw:with:colons"),
+                "b.io": {"username": "bob", "password": "pb"},
+            }
+        ),
         "test",
     )
     creds = {e.key: e.credential for e in entries}
@@ -57,7 +66,10 @@ def test_identitytoken_and_acr_token_user_become_refresh_tokens() -> None:
         (b"{not json", "not valid JSON"),
         (b"[]", "not a JSON object"),
         (b'{"auths": {"a.io": {"auth": "!!!"}}}', "not valid base64"),
-        (b'{"auths": {"a.io": {"auth": "' + base64.b64encode(b"nocolon") + b'"}}}', "user:password"),
+        (
+            b'{"auths": {"a.io": {"auth": "' + base64.b64encode(b"nocolon") + b'"}}}',
+            "user:password",
+        ),
         (b'{"auths": {"a.io": {}}}', "no auth"),
         (b'{"credsStore": "desktop"}', "credential helper"),
     ],
@@ -85,7 +97,7 @@ def test_pull_secret_types_and_keys() -> None:
     with pytest.raises(SecretProblem, match="type 'Opaque'"):
         parse_pull_secret(opaque, "ns")
     wrong_key = _secret("w", "kubernetes.io/dockerconfigjson", "config.json", b"{}")
-    with pytest.raises(SecretProblem, match="no key .dockerconfigjson"):
+    with pytest.raises(SecretProblem, match=r"no key \.dockerconfigjson"):
         parse_pull_secret(wrong_key, "ns")
     bad_b64 = {
         "metadata": {"name": "b"},
@@ -120,13 +132,17 @@ def _keys(*servers: str) -> list:  # type: ignore[type-arg]
         (["https://myacr.azurecr.io/v2/"], "myacr.azurecr.io/x", ["https___myacr.azurecr.io_v2_"]),
     ],
 )
-def test_keyring_matching_follows_kubelet(servers: list[str], image: str, expected_users: list[str]) -> None:
+def test_keyring_matching_follows_kubelet(
+    servers: list[str], image: str, expected_users: list[str]
+) -> None:
     found = lookup(_keys(*servers), parse(image))
     assert [c.username for c in found] == expected_users
 
 
 def test_credential_repr_and_describe_hide_the_secret() -> None:
-    cred = parse_docker_config(_config({"a.io": _auth("alice", "topsecret")}), "secret ns/s")[0].credential
+    cred = parse_docker_config(_config({"a.io": _auth("alice", "topsecret")}), "secret ns/s")[
+        0
+    ].credential
     assert "topsecret" not in repr(cred)
     assert "topsecret" not in cred.describe()
     assert cred.describe() == "user alice from secret ns/s"

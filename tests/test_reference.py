@@ -26,7 +26,12 @@ def test_parse_normalises(
     text: str, registry: str, repository: str, tag: str | None, digest: str | None
 ) -> None:
     ref = parse(text)
-    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
+        registry,
+        repository,
+        tag,
+        digest,
+    )
 
 
 def test_docker_hub_api_host_differs_from_reference_host() -> None:
