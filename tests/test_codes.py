@@ -43,3 +43,12 @@ def test_remediation_renders_escaped_braces() -> None:
 def test_check_health_errors_are_named_where_they_exist() -> None:
     assert Code.FIREWALL_FORBIDDEN.info.check_health_error == "CONNECTIVITY_FORBIDDEN_ERROR"
     assert Code.DNS_NXDOMAIN.info.check_health_error == "CONNECTIVITY_DNS_ERROR"
+
+
+def test_docs_codes_md_is_generated_from_the_catalog() -> None:
+    from pathlib import Path
+
+    from pullhealth.docgen import codes_markdown
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "codes.md"
+    assert path.read_text() == codes_markdown(), "regenerate: pullhealth codes > docs/codes.md"

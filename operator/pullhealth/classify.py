@@ -210,12 +210,10 @@ def match(text: str) -> Rule | None:
     return next((rule for rule in RULES if rule.pattern.search(text)), None)
 
 
-def _check_health_code(text: str) -> Code | None:
+def _check_health_codes(text: str) -> list[Code]:
+    """Codes whose ``az acr check-health`` error name is exactly the text (first = likeliest)."""
     stripped = text.strip()
-    for code, info in CATALOG.items():
-        if info.check_health_error and stripped == info.check_health_error:
-            return code
-    return None
+    return [code for code, info in CATALOG.items() if info.check_health_error == stripped]
 
 
 def classify(text: str) -> Diagnosis:
@@ -228,9 +226,9 @@ def classify(text: str) -> Diagnosis:
     facts = _facts(text)
     if not text.strip():
         return make(Code.UNKNOWN, {**facts, "detail": "no message"})
-    exact = _check_health_code(text)
-    if exact:
-        return make(exact, facts)
+    named = _check_health_codes(text)
+    if named:
+        return make(named[0], facts, candidates=named[1:])
     if _NEVER_PULL.search(text):
         facts["detail"] = (
             "imagePullPolicy is Never and the image is not on the node; pre-load it or change the pull policy"

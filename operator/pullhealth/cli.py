@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pullhealth import classify, credentials, engine
+from pullhealth import classify, credentials, docgen, engine
 from pullhealth.codes import Code
 from pullhealth.diagnose import make
 from pullhealth.model import Diagnosis, StepStatus
@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="classify a pull-error message (no network)")
     explain.add_argument("message", help="the message text, or - to read stdin")
     explain.add_argument("--output", "-o", choices=("text", "json"), default="text")
+
+    sub.add_parser("codes", help="print the diagnosis codes reference (Markdown)")
 
     dev = sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos", add_help=False)
     dev.add_argument("args", nargs=argparse.REMAINDER)
@@ -269,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = sys.stdin.read() if args.message == "-" else args.message
             diagnosis = classify.classify(text)
             _print_explain(diagnosis, args.output)
+            return EXIT_OK
+        if args.command == "codes":
+            print(docgen.codes_markdown(), end="")
             return EXIT_OK
         if args.command == "dev-cluster":
             from pullhealth import devcluster  # optional: needs the dev extras
