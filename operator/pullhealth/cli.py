@@ -79,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("codes", help="print the diagnosis codes reference (Markdown)")
 
+    run = sub.add_parser("run", help="run the operator (RegistryChecks)")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[],
+                       help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true",
+                       help="watch every namespace (the default without --namespace)")
+    run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
+    run.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
+                     help="liveness endpoint URL (default http://0.0.0.0:8081/healthz)")
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--peering", metavar="NAME",
+                     help="KopfPeering name for HA (several replicas, one active)")
+    run.add_argument("--verbose", "-v", action="store_true")
+
     dev = sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos", add_help=False)
     dev.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -272,6 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             diagnosis = classify.classify(text)
             _print_explain(diagnosis, args.output)
             return EXIT_OK
+        if args.command == "run":
+            from pullhealth import runner  # imports kopf only when running the operator
+
+            return runner.run(
+                namespaces=args.namespace, metrics_port=args.metrics_port, liveness=args.liveness,
+                log_format=args.log_format, peering=args.peering, verbose=args.verbose,
+            )
         if args.command == "codes":
             print(docgen.codes_markdown(), end="")
             return EXIT_OK

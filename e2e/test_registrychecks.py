@@ -1,0 +1,269 @@
+"""RegistryChecks end to end: real kube-apiserver, the operator as a process, real registries.
+
+The operator runs as ``python -m pullhealth run`` with the admin kubeconfig and the test
+world's nameserver and CA (PULLHEALTH_NAMESERVER / PULLHEALTH_CA_FILE), exactly as it
+would in a pod that uses a custom resolver and CA bundle.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from support import guard
+from support.world import World, start_world
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD = ROOT / "crds" / "registrychecks.pullhealth.io.yaml"
+
+guard.install()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with tempfile.TemporaryDirectory(prefix="pullhealth-e2e-world-") as tmp, contextlib.ExitStack() as stack:
+        yield start_world(stack, Path(tmp))
+
+
+class Operator:
+    """``pullhealth run`` as a subprocess; restartable."""
+
+    def __init__(self, kubeconfig: Path, world: World, log: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.world = world
+        self.log = log
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONPATH": str(ROOT / "operator"),
+            "PULLHEALTH_NAMESERVER": self.world.nameserver,
+            "PULLHEALTH_CA_FILE": str(self.world.ca_bundle),
+            "PULLHEALTH_IMDS_ENDPOINT": self.world.imds_url,
+        }
+        health = free_port()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pullhealth", "run", "--all-namespaces",
+                 "--metrics-port", str(self.metrics_port),
+                 "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json"],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2):
+                    return
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            time.sleep(0.3)
+        pytest.fail("operator did not become live:\n" + self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+
+@pytest.fixture(scope="module")
+def operator(dev_cluster: Any, world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    dev_cluster.kubectl("apply", "-f", str(CRD))
+    dev_cluster.kubectl("wait", "--for=condition=Established", "crd/registrychecks.pullhealth.io",
+                        "--timeout=60s")
+    op = Operator(dev_cluster.kubeconfig, world, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        # Operator logs must never carry a credential.
+        text = op.log.read_text()
+        for secret in (world.acr_puller[1], world.basic_user[1]):
+            assert secret not in text
+
+
+def docker_secret(name: str, server: str, user: str, password: str) -> str:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config = json.dumps({"auths": {server: {"auth": auth}}})
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": name},
+        "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
+    })
+
+
+def regcheck(name: str, spec: dict[str, Any]) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "pullhealth.io/v1alpha1", "kind": "RegistryCheck",
+        "metadata": {"name": name}, "spec": {"intervalSeconds": 30, "timeoutSeconds": 2, **spec},
+    })
+
+
+def get(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("-n", ns, "get", "regcheck", name, "-o", "json").stdout
+    return dict(json.loads(out))
+
+
+def wait_status(cluster: Any, wait_for: Any, ns: str, name: str, generation: int = 1) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        obj = get(cluster, ns, name)
+        status = obj.get("status") or {}
+        return status if status.get("observedGeneration") == generation and status.get("phase") else None
+
+    result: dict[str, Any] = wait_for(done, f"status of {ns}/{name}", timeout=60)
+    return result
+
+
+def events(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl("-n", ns, "get", "events", "-o", "json",
+                          f"--field-selector=involvedObject.name={name}").stdout
+    return [e for e in json.loads(out)["items"] if e["reason"] in ("CheckSucceeded", "CheckFailed",
+                                                                   "InvalidSpec")]
+
+
+CASES = {
+    "healthy": ({"registry": "{anon}", "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}},
+                "Healthy", "OK"),
+    "wrongpass": ({"registry": "{acr}", "image": "team/app:v1", "auth": {"pullSecrets": ["acr-wrong"]}},
+                  "Unhealthy", "CREDENTIALS_REJECTED"),
+    "goodsecret": ({"registry": "{acr}", "image": "team/app:v1", "auth": {"pullSecrets": ["acr-good"]}},
+                   "Healthy", "OK"),
+    "sasecret": ({"registry": "{basic}", "image": "team/app:v1", "auth": {"mode": "serviceAccount",
+                                                                          "serviceAccountName": "puller"}},
+                 "Healthy", "OK"),
+    "nosecret": ({"registry": "{acr}", "image": "team/app:v1", "auth": {"pullSecrets": ["absent"]}},
+                 "Unhealthy", "PULL_SECRET_MISSING"),
+    "othernamespace": ({"registry": "{acr}", "image": "team/app:v1", "auth": {"pullSecrets": ["elsewhere"]}},
+                       "Unhealthy", "PULL_SECRET_MISSING"),
+    "missingtag": ({"registry": "{anon}", "image": "team/app:nosuchtag"}, "Unhealthy", "TAG_NOT_FOUND"),
+    "dnsfail": ({"registry": "{missing}", "image": "team/app:v1"}, "Unhealthy", "DNS_NXDOMAIN"),
+    "mi": ({"registry": "{acr}", "image": "team/app:v1",
+            "auth": {"mode": "managedIdentity", "clientId": "{imds_client_id}"}}, "Healthy", "OK"),
+}
+
+
+def _fill(spec: dict[str, Any], world: World) -> dict[str, Any]:
+    text = json.dumps(spec)
+    for key in ("anon", "acr", "basic", "missing", "imds_client_id"):
+        text = text.replace("{" + key + "}", str(getattr(world, key)))
+    return dict(json.loads(text))
+
+
+def test_registrychecks_end_to_end(dev_cluster: Any, operator: Operator, world: World, namespace: str,
+                                   wait_for: Any) -> None:
+    ns = namespace
+    other = f"{ns}-other"
+    dev_cluster.kubectl("create", "namespace", other)
+    try:
+        _scenarios(dev_cluster, operator, world, ns, other, wait_for)
+    finally:
+        dev_cluster.kubectl("delete", "namespace", other, "--wait=false", "--ignore-not-found")
+
+
+def _scenarios(cluster: Any, operator: Operator, world: World, ns: str, other: str, wait_for: Any) -> None:
+    k = cluster.kubectl
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret("acr-wrong", world.acr, world.acr_puller[0], "nope"))
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret("acr-good", world.acr, *world.acr_puller))
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret("basic-cred", world.basic, *world.basic_user))
+    k("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "puller"},
+        "imagePullSecrets": [{"name": "basic-cred"}]}))
+    # A valid secret with this name exists only in another namespace: it must not be used.
+    k("-n", other, "apply", "-f", "-", stdin=docker_secret("elsewhere", world.acr, *world.acr_puller))
+
+    for name, (spec, _, _) in CASES.items():
+        k("-n", ns, "apply", "-f", "-", stdin=regcheck(name, _fill(spec, world)))
+    for name, (_, phase, code) in CASES.items():
+        status = wait_status(cluster, wait_for, ns, name)
+        assert (status["phase"], status["code"]) == (phase, code), (name, status)
+        ready = status["conditions"][0]
+        assert ready["type"] == "Ready" and ready["reason"] == code
+        assert ready["status"] == ("True" if phase == "Healthy" else "False")
+        assert status["summary"] and status["checks"] is not None
+        if phase == "Unhealthy":
+            assert status["remediation"]
+        for secret in (world.acr_puller[1], world.basic_user[1]):
+            assert secret not in json.dumps(status)
+
+    # Printer columns tell the story without -o yaml.
+    table = k("-n", ns, "get", "regcheck").stdout
+    header = table.splitlines()[0].split()
+    assert header[:6] == ["NAME", "REGISTRY", "IMAGE", "PHASE", "CODE", "LAST"], header
+    assert any("TAG_NOT_FOUND" in line and "Unhealthy" in line for line in table.splitlines())
+
+    # One event per result, of the promised reasons.
+    for name, (_, phase, _) in CASES.items():
+        evs = events(cluster, ns, name)
+        reason = "CheckSucceeded" if phase == "Healthy" else "CheckFailed"
+        assert [e["reason"] for e in evs] == [reason], (name, evs)
+        assert all(e.get("count", 1) == 1 for e in evs)
+
+    # Metrics.
+    text = operator.metrics()
+    assert f'pullhealth_registry_check_healthy{{name="healthy",namespace="{ns}",registry="{world.anon}"}} 1.0' in text
+    assert f'pullhealth_registry_check_healthy{{name="missingtag",namespace="{ns}",registry="{world.anon}"}} 0.0' in text
+    assert f'pullhealth_registry_check_runs_total{{code="TAG_NOT_FOUND",name="missingtag",namespace="{ns}"}}' in text
+    assert 'pullhealth_registry_check_duration_seconds_bucket{le="0.005",probe="dns"}' in text
+
+    # Spec update -> re-check at once with the new generation; the fix flips the condition.
+    before = get(cluster, ns, "missingtag")["status"]["conditions"][0]["lastTransitionTime"]
+    k("-n", ns, "patch", "regcheck", "missingtag", "--type=merge", "-p", '{"spec":{"image":"team/app:v1"}}')
+    status = wait_status(cluster, wait_for, ns, "missingtag", generation=2)
+    assert status["phase"] == "Healthy"
+    assert sorted(e["reason"] for e in events(cluster, ns, "missingtag")) == ["CheckFailed", "CheckSucceeded"]
+    assert status["conditions"][0]["status"] == "True"
+    assert status["conditions"][0]["lastTransitionTime"] >= before
+
+    # Invalid spec -> phase Invalid with a message, no retry storm.
+    k("-n", ns, "apply", "-f", "-", stdin=regcheck("invalid", {"registry": world.anon, "image": "Bad/Name"}))
+    status = wait_status(cluster, wait_for, ns, "invalid")
+    assert status["phase"] == "Invalid" and "lowercase" in status["summary"]
+
+    # Delete -> every series of that RegistryCheck is gone.
+    series = f'name="dnsfail",namespace="{ns}"'
+    assert series in operator.metrics()
+    k("-n", ns, "delete", "regcheck", "dnsfail")
+    wait_for(lambda: series not in operator.metrics(), "dnsfail series gone", timeout=30)
+
+    # Operator restart -> statuses kept, no duplicate events, no re-check before the interval.
+    last = {n: get(cluster, ns, n)["status"]["lastCheckTime"] for n in ("healthy", "nosecret")}
+    operator.stop()
+    operator.start()
+    time.sleep(8)  # more than one timer tick
+    for n, stamp in last.items():
+        assert get(cluster, ns, n)["status"]["lastCheckTime"] == stamp
+        assert len(events(cluster, ns, n)) == 1
+    assert len(events(cluster, ns, "invalid")) == 1
+

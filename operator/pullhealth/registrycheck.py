@@ -1,0 +1,286 @@
+"""RegistryCheck domain: spec -> credentials -> probe chain -> status. No kopf here.
+
+The cluster is reached only through the :class:`ClusterReader` protocol (implemented by
+``pullhealth.kube``), so this module is testable and never reads a secret outside the
+RegistryCheck's own namespace: every read takes that namespace.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from pullhealth import credentials as creds
+from pullhealth.codes import Code
+from pullhealth.coalesce import SingleFlight
+from pullhealth.diagnose import make
+from pullhealth.engine import ChainOptions, IdentitySource, Target, check_credentials, run_chain
+from pullhealth.model import AuthMode, Diagnosis, Phase, RegistryCheckSpec
+from pullhealth.probes import identity
+from pullhealth.reference import ImageReference, InvalidReference, parse
+
+WORKLOAD_CLIENT_ID = "azure.workload.identity/client-id"
+WORKLOAD_TENANT_ID = "azure.workload.identity/tenant-id"
+WORKLOAD_AUDIENCE = "api://AzureADTokenExchange"
+
+
+class ClusterReader(Protocol):
+    """What the domain needs from the API server (namespaced reads only)."""
+
+    async def secret(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The Secret, or None when it does not exist."""
+        ...
+
+    async def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The ServiceAccount, or None when it does not exist."""
+        ...
+
+    async def service_account_token(self, namespace: str, name: str, audience: str) -> str:
+        """A short-lived token of the ServiceAccount for an audience (TokenRequest)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Operator-wide settings that specs do not carry (endpoints for identities)."""
+
+    imds_endpoint: str = identity.IMDS_ENDPOINT
+    aad_authority: str = identity.AAD_AUTHORITY
+    tenant_id: str | None = None
+    nameserver: str | None = None
+    ca_file: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Environment:
+        """Read PULLHEALTH_* and the AZURE_* variables the workload identity webhook sets."""
+        return cls(
+            imds_endpoint=os.environ.get("PULLHEALTH_IMDS_ENDPOINT", identity.IMDS_ENDPOINT),
+            aad_authority=os.environ.get("AZURE_AUTHORITY_HOST", identity.AAD_AUTHORITY),
+            tenant_id=os.environ.get("AZURE_TENANT_ID"),
+            nameserver=os.environ.get("PULLHEALTH_NAMESERVER") or None,
+            ca_file=os.environ.get("PULLHEALTH_CA_FILE") or None,
+        )
+
+
+class InvalidSpec(ValueError):
+    """The spec cannot be checked; the message says what to fix."""
+
+
+def parse_spec(raw: Mapping[str, Any]) -> tuple[RegistryCheckSpec, ImageReference | None]:
+    """Parse the spec once at the boundary.
+
+    Raises:
+        InvalidSpec: with a readable message naming the fields.
+    """
+    try:
+        spec = RegistryCheckSpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise InvalidSpec(problems) from None
+    if "/" in spec.registry or "://" in spec.registry:
+        raise InvalidSpec("spec.registry: a login server host[:port], without scheme or path")
+    image = None
+    if spec.image:
+        try:
+            image = parse(f"{spec.registry}/{spec.image}")
+        except InvalidReference as exc:
+            raise InvalidSpec(f"spec.image: {exc}") from None
+    if spec.auth.mode is AuthMode.PULL_SECRETS and not spec.auth.pull_secrets:
+        raise InvalidSpec("spec.auth.pullSecrets: mode pullSecrets needs at least one secret name")
+    return spec, image
+
+
+async def run_registry_check(
+    spec: RegistryCheckSpec,
+    image: ImageReference | None,
+    namespace: str,
+    reader: ClusterReader,
+    env: Environment,
+    cache: SingleFlight[Diagnosis] | None = None,
+    on_request: Any = None,
+) -> Diagnosis:
+    """Resolve the credentials the spec asks for (in ``namespace`` only) and check."""
+    options = ChainOptions(
+        nameserver=env.nameserver,
+        timeout=float(spec.timeout_seconds),
+        ca_file=env.ca_file,
+        platform=spec.platform,
+        expect_private_endpoint=spec.network.expect_private_endpoint,
+        data_endpoint=spec.network.data_endpoint,
+        on_request=on_request,
+    )
+    registry = spec.registry.lower()
+    mode = spec.auth.mode
+    facts = {"registry": registry, "namespace": namespace}
+
+    if mode is AuthMode.ANONYMOUS:
+        return await _cached(cache, registry, ("anon", image, options), lambda: run_chain(
+            Target(registry, image), options))
+
+    if mode in (AuthMode.MANAGED_IDENTITY, AuthMode.WORKLOAD_IDENTITY):
+        source, key = await _identity(spec, namespace, reader, env, mode)
+        if isinstance(source, Diagnosis):
+            return source
+        return await _cached(cache, registry, (key, image, options), lambda: run_chain(
+            Target(registry, image, identity=source), options))
+
+    secret_names: list[str] = []
+    if spec.auth.pull_secrets and mode in (AuthMode.AUTO, AuthMode.PULL_SECRETS):
+        secret_names = list(spec.auth.pull_secrets)
+    else:
+        sa_name = spec.auth.service_account_name or "default"
+        account = await reader.service_account(namespace, sa_name)
+        if account is None:
+            if mode is AuthMode.SERVICE_ACCOUNT:
+                return make(Code.PULL_SECRET_MISSING, {
+                    **facts, "secret": f"(service account {sa_name} not found)"})
+        else:
+            secret_names = [
+                str(ref.get("name")) for ref in account.get("imagePullSecrets") or [] if ref.get("name")
+            ]
+    if not secret_names:
+        return await _cached(cache, registry, ("anon", image, options), lambda: run_chain(
+            Target(registry, image), options))
+
+    entries: list[creds.KeyringEntry] = []
+    for name in secret_names[:16]:
+        secret = await reader.secret(namespace, name)
+        if secret is None:
+            return make(Code.PULL_SECRET_MISSING, {**facts, "secret": name})
+        try:
+            entries.extend(creds.parse_pull_secret(secret, namespace))
+        except creds.SecretProblem as exc:
+            return make(exc.code, {**facts, "secret": name, "detail": exc.detail})
+    if image is not None:
+        matched = creds.lookup(entries, image)
+    else:
+        matched = [e.credential for e in entries if e.key.split("/")[0] == registry]
+    cred_key = ("creds", tuple(c.fingerprint for c in matched), image, options)
+    return await _cached(cache, registry, cred_key, lambda: check_credentials(
+        registry, image, matched, options,
+        no_match_facts={"namespace": namespace,
+                        "detail": f"secrets {', '.join(secret_names)} have no entry for {registry}"},
+    ))
+
+
+async def _cached(
+    cache: SingleFlight[Diagnosis] | None, registry: str, key: Any, work: Any
+) -> Diagnosis:
+    if cache is None:
+        result: Diagnosis = await work()
+        return result
+    return await cache.get(registry, (registry, *key), work)
+
+
+async def _identity(
+    spec: RegistryCheckSpec, namespace: str, reader: ClusterReader, env: Environment, mode: AuthMode,
+) -> tuple[IdentitySource | Diagnosis, str]:
+    facts = {"registry": spec.registry, "namespace": namespace}
+    if mode is AuthMode.MANAGED_IDENTITY:
+        client_id = spec.auth.client_id
+
+        async def imds() -> identity.AadToken:
+            return await identity.managed_identity_token(
+                client_id=client_id, endpoint=env.imds_endpoint, timeout=float(spec.timeout_seconds))
+
+        return imds, f"mi:{client_id or 'default'}"
+    sa_name = spec.auth.service_account_name or "default"
+    account = await reader.service_account(namespace, sa_name)
+    annotations = ((account or {}).get("metadata") or {}).get("annotations") or {}
+    client_id = spec.auth.client_id or annotations.get(WORKLOAD_CLIENT_ID)
+    tenant_id = annotations.get(WORKLOAD_TENANT_ID) or env.tenant_id
+    if account is None or not client_id or not tenant_id:
+        missing = ("service account not found" if account is None else
+                   f"no {WORKLOAD_CLIENT_ID} annotation or spec.auth.clientId" if not client_id else
+                   f"no {WORKLOAD_TENANT_ID} annotation and no AZURE_TENANT_ID")
+        return make(Code.IDENTITY_UNAVAILABLE, {**facts, "detail": f"{namespace}/{sa_name}: {missing}"}), ""
+
+    async def workload() -> identity.AadToken:
+        federated = await reader.service_account_token(namespace, sa_name, WORKLOAD_AUDIENCE)
+        return await identity.workload_identity_token(
+            client_id=str(client_id), tenant_id=str(tenant_id), federated_token=federated,
+            authority=env.aad_authority, timeout=float(spec.timeout_seconds))
+
+    return workload, f"wi:{namespace}/{sa_name}:{client_id}"
+
+
+# --- status: pure functions of (diagnosis, previous status)
+
+
+def now_rfc3339(moment: datetime | None = None) -> str:
+    """RFC 3339 UTC timestamp, seconds precision (as Kubernetes writes them)."""
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ready_condition(
+    status: str, reason: str, message: str, previous: Mapping[str, Any], generation: int, now: str
+) -> dict[str, Any]:
+    old = next((c for c in previous.get("conditions") or [] if c.get("type") == "Ready"), None)
+    flipped = old is None or old.get("status") != status
+    return {
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message[:1024],
+        "lastTransitionTime": now if flipped or old is None else old.get("lastTransitionTime", now),
+        "observedGeneration": generation,
+    }
+
+
+def build_status(
+    diagnosis: Diagnosis, previous: Mapping[str, Any], generation: int, now: str
+) -> dict[str, Any]:
+    """The status to write for a finished check."""
+    healthy = diagnosis.healthy
+    return {
+        "phase": (Phase.HEALTHY if healthy else Phase.UNHEALTHY).value,
+        "code": diagnosis.code.value,
+        "summary": diagnosis.summary[:1024],
+        "remediation": diagnosis.remediation,
+        "checks": [
+            {"name": c.name, "status": c.status.value, "code": c.code.value,
+             "message": c.message[:1024], "durationMs": c.duration_ms}
+            for c in diagnosis.checks
+        ],
+        "lastCheckTime": now,
+        "observedGeneration": generation,
+        "conditions": [_ready_condition("True" if healthy else "False", diagnosis.code.value,
+                                        diagnosis.summary, previous, generation, now)],
+    }
+
+
+def invalid_status(message: str, previous: Mapping[str, Any], generation: int, now: str) -> dict[str, Any]:
+    """The status for a spec that cannot be checked."""
+    return {
+        "phase": Phase.INVALID.value,
+        "code": "",
+        "summary": f"invalid spec: {message}"[:1024],
+        "remediation": ["Fix the spec: kubectl explain registrycheck.spec"],
+        "checks": [],
+        "lastCheckTime": now,
+        "observedGeneration": generation,
+        "conditions": [_ready_condition("False", "InvalidSpec", message, previous, generation, now)],
+    }
+
+
+def is_due(status: Mapping[str, Any], generation: int, interval: int, now: datetime) -> bool:
+    """A check is due on a new generation, when never run, or when the interval passed."""
+    if status.get("observedGeneration") != generation or not status.get("lastCheckTime"):
+        return True
+    try:
+        last = datetime.strptime(str(status["lastCheckTime"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return True
+    return (now - last).total_seconds() >= interval
+
+
+def result_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether an Event is owed: the phase or the code differ from the last status."""
+    return (previous.get("phase"), previous.get("code")) != (new.get("phase"), new.get("code"))
