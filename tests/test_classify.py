@@ -110,7 +110,8 @@ def _corpus() -> list[dict[str, object]]:
         path = DATA / name
         if path.exists():
             rows.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return rows
+    # Successful pulls are recorded as controls; they are not error text to classify.
+    return [r for r in rows if r["code"] != "OK"]
 
 
 CORPUS = _corpus()

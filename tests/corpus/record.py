@@ -773,7 +773,8 @@ def cases():
     pull_denied = ("ACCESS_DENIED", ["AUTH_REQUIRED", "PERMISSION_DENIED", "REPOSITORY_NOT_FOUND"])
     forbidden_head = ("ACCESS_DENIED", ["FIREWALL_FORBIDDEN", "PERMISSION_DENIED"])
     not_found = ("IMAGE_NOT_FOUND", ["REPOSITORY_NOT_FOUND", "TAG_NOT_FOUND"])
-    token_403 = ("TOKEN_EXCHANGE_DENIED", ["PERMISSION_DENIED", "FIREWALL_FORBIDDEN"])
+    anon_token_403 = ("ACCESS_DENIED", ["AUTH_REQUIRED", "PERMISSION_DENIED", "FIREWALL_FORBIDDEN"])
+    oauth_token_403 = ("TOKEN_EXCHANGE_DENIED", ["PERMISSION_DENIED", "FIREWALL_FORBIDDEN"])
 
     add("ok", "registry.test/library/hello:1.0", "OK")
     add("ok_htpasswd", "basic.test/library/hello:1.0", "OK", args=creds)
@@ -889,8 +890,9 @@ def cases():
         ["CONNECT_REFUSED"],
     )
     add("challenge_token_500", "challenge-500.test/library/hello:1.0", "CHALLENGE_ERROR", ["REGISTRY_ERROR"])
-    add("challenge_token_403", "challenge-403.test/library/hello:1.0", *token_403)
-    add("challenge_token_403_with_creds", "challenge-403.test/library/hello:1.0", *token_403, args=creds)
+    add("challenge_token_403", "challenge-403.test/library/hello:1.0", *anon_token_403)
+    add("challenge_token_403_with_creds", "challenge-403.test/library/hello:1.0", *oauth_token_403,
+        args=creds, note="credentials were sent (oauth POST) and the token endpoint refused them")
     add(
         "challenge_unsupported_scheme",
         "challenge-badscheme.test/library/hello:1.0",
@@ -1367,6 +1369,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
                 for k in ("command", "exit_code", "note"):
                     d.pop(k, None)
                 lines.append(d)
+        # identical texts must carry identical labels, or the corpus contradicts itself
+        seen = {}
+        for obj in lines:
+            label = (obj["code"], tuple(obj["candidates"]))
+            if seen.setdefault(obj["text"], label) != label:
+                log("WARNING: inconsistent labels for identical text:", obj["mode"], obj["text"][:120])
         os.makedirs(os.path.dirname(self.out), exist_ok=True)
         with open(self.out, "w") as f:
             for obj in lines:

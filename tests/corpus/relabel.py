@@ -1,0 +1,55 @@
+"""Review pass over the recorded/public corpus labels (run after record.py).
+
+The recorder labels by failure *mode*; some modes produce the same text as others
+(e.g. containerd prints the same 401 line for no credentials and a wrong password),
+and text that cannot tell causes apart gets the coarse code with the causes as
+candidates. Each rule below says why; changed rows get a "review" note.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+RULES: list[tuple[re.Pattern[str], str, list[str], str]] = [
+    (re.compile(r"\[manifests [^\]]+\]: 401 Unauthorized|/manifests/[^: ]+: 401 Unauthorized$"), "ACCESS_DENIED",
+     ["AUTH_REQUIRED", "CREDENTIALS_REJECTED", "PERMISSION_DENIED"],
+     "the same 401 text is printed for no, wrong and insufficient credentials"),
+    (re.compile(r"unexpected status: 403 Forbidden$|\[manifests [^\]]+\]: 403 Forbidden$|: 403 Forbidden$"),
+     "ACCESS_DENIED", ["FIREWALL_FORBIDDEN", "PERMISSION_DENIED", "AUTH_REQUIRED"],
+     "a bare 403 cannot tell a network rule from a missing permission"),
+    (re.compile(r"failed to fetch anonymous token: unexpected status: 5\d\d"), "REGISTRY_ERROR",
+     ["CHALLENGE_ERROR"], "a 5xx from the token service is a server-side error (as the probe reports)"),
+    (re.compile(r"failed to fetch anonymous token: Get [^:]+:[^ ]+ dial tcp [^ ]+: connect: connection refused"),
+     "CONNECT_REFUSED", ["CHALLENGE_ERROR"], "the token realm refused the connection (as the probe reports)"),
+    (re.compile(r"auth\.docker\.io/token.*(i/o timeout|Client\.Timeout exceeded)"), "CONNECT_TIMEOUT",
+     ["CHALLENGE_ERROR"], "the token realm timed out (as the probe reports)"),
+    (re.compile(r"Head \"https://ghcr\.io/v2/[^\"]+\": denied: denied$"), "ACCESS_DENIED",
+     ["PERMISSION_DENIED", "AUTH_REQUIRED"], "GHCR says 'denied' for private and for missing packages"),
+]
+
+
+def main() -> int:
+    changed = 0
+    for name in ("containerd_messages.jsonl", "public_messages.jsonl"):
+        path = DATA / name
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for row in rows:
+            for pattern, code, candidates, why in RULES:
+                if pattern.search(row["text"]) and row["code"] != code:
+                    row["review"] = f"was {row['code']}: {why}"
+                    row["code"] = code
+                    row["candidates"] = candidates
+                    changed += 1
+                    break
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"relabelled {changed} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
