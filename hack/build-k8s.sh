@@ -73,7 +73,7 @@ build() {
 
 # --- kube-apiserver, kube-controller-manager -------------------------------------
 k8s_missing=()
-for bin in kube-apiserver kube-controller-manager; do
+for bin in kube-apiserver kube-controller-manager kubectl; do
   [[ -x "${k8s_dir}/${bin}" ]] || k8s_missing+=("./cmd/${bin}")
 done
 if [[ ${#k8s_missing[@]} -gt 0 ]]; then
@@ -92,7 +92,7 @@ if [[ ${#k8s_missing[@]} -gt 0 ]]; then
   done
   build "${root}/k8s" "${k8s_dir}" "${ldflags}" "${k8s_missing[@]}"
 else
-  log "kube-apiserver and kube-controller-manager ${K8S_VERSION} already built"
+  log "kube-apiserver, kube-controller-manager and kubectl ${K8S_VERSION} already built"
 fi
 
 # --- etcd ---------------------------------------------------------------------------
@@ -103,6 +103,6 @@ else
   log "etcd ${ETCD_VERSION} already built"
 fi
 
-for bin in "${k8s_dir}/kube-apiserver" "${k8s_dir}/kube-controller-manager" "${etcd_dir}/etcd"; do
+for bin in "${k8s_dir}/kube-apiserver" "${k8s_dir}/kube-controller-manager" "${k8s_dir}/kubectl" "${etcd_dir}/etcd"; do
   printf '%s\t%s\n' "$(du -h "${bin}" | cut -f1)" "${bin}"
 done

@@ -1,0 +1,157 @@
+"""The README's demonstration, on loopback only.
+
+Starts real local registries (Debian's docker-registry: anonymous, htpasswd, token auth
+with an ACR-style token service), dnsmasq with a test zone, a local control plane
+(etcd + kube-apiserver + kube-controller-manager built by hack/build-k8s.sh), then runs
+the operator, applies sample RegistryChecks and shows ``kubectl get regcheck``; also
+shows ``pullhealth check`` and ``pullhealth explain`` one-shots. Everything is stopped at
+the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
+
+from pullhealth import devcluster  # noqa: E402
+from support import guard  # noqa: E402
+from support.world import World, start_world  # noqa: E402
+
+KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl") or "kubectl"
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def sh(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, check: bool = True) -> str:
+    print("$ " + " ".join(a if " " not in a else repr(a) for a in args), flush=True)
+    result = subprocess.run(list(args), input=stdin, capture_output=True, text=True, timeout=120,
+                            env=env, check=False)
+    out = (result.stdout + result.stderr).rstrip()
+    if out:
+        print(out, flush=True)
+    if check and result.returncode not in (0, 1):
+        raise SystemExit(f"command failed ({result.returncode})")
+    return result.stdout
+
+
+def one_shots(world: World) -> None:
+    pullhealth = [sys.executable, "-m", "pullhealth"]
+    common = ["--nameserver", world.nameserver, "--ca-file", str(world.ca_bundle), "--timeout", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "operator")}
+    banner("pullhealth check: a healthy pull path")
+    sh(*pullhealth, "check", f"{world.anon}/library/alpine:3.19", *common, env=env)
+    banner("pullhealth check: wrong password against an ACR-style token registry")
+    sh(*pullhealth, "check", f"{world.acr}/team/app:v1", "--username", world.acr_puller[0],
+       "--password-stdin", *common, env=env, stdin="not-the-password\n")
+    banner("pullhealth check: private endpoint DNS leaking to a public address")
+    sh(*pullhealth, "check", f"{world.leak}/team/app:v1", *common, env=env)
+    banner("pullhealth explain: a kubelet event message")
+    sh(*pullhealth, "explain", 'Failed to pull image "myacr.azurecr.io/team/app:v2": failed to pull and '
+       'unpack image "myacr.azurecr.io/team/app:v2": failed to resolve reference '
+       '"myacr.azurecr.io/team/app:v2": myacr.azurecr.io/team/app:v2: not found', env=env)
+
+
+def secret_yaml(name: str, server: str, user: str, password: str) -> str:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config = base64.b64encode(json.dumps({"auths": {server: {"auth": auth}}}).encode()).decode()
+    return json.dumps({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+                       "metadata": {"name": name}, "data": {".dockerconfigjson": config}})
+
+
+def samples(world: World) -> list[dict[str, object]]:
+    def rc(name: str, spec: dict[str, object]) -> dict[str, object]:
+        return {"apiVersion": "pullhealth.io/v1alpha1", "kind": "RegistryCheck", "metadata": {"name": name},
+                "spec": {"intervalSeconds": 60, "timeoutSeconds": 2, **spec}}
+
+    return [
+        rc("public-alpine", {"registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}),
+        rc("acr-app", {"registry": world.acr, "image": "team/app:v1", "auth": {"pullSecrets": ["acr-pull"]}}),
+        rc("acr-wrong-password", {"registry": world.acr, "image": "team/app:v1",
+                                  "auth": {"pullSecrets": ["acr-stale"]}}),
+        rc("acr-node-identity", {"registry": world.acr, "image": "team/app:v1",
+                                 "auth": {"mode": "managedIdentity", "clientId": world.imds_client_id}}),
+        rc("missing-tag", {"registry": world.anon, "image": "team/app:v9"}),
+        rc("arm-only-image", {"registry": world.anon, "image": "multi/arm:1"}),
+        rc("typo-registry", {"registry": world.missing, "image": "team/app:v1"}),
+        rc("private-endpoint", {"registry": world.leak, "image": "team/app:v1",
+                                "network": {"expectPrivateEndpoint": True}}),
+    ]
+
+
+def cluster_demo(world: World, state: Path) -> None:
+    binaries = devcluster.find_binaries()
+    banner("starting a local control plane (etcd, kube-apiserver, kube-controller-manager)")
+    with devcluster.DevCluster(state / "cluster", binaries) as cluster:
+        kubeconfig = str(cluster.kubeconfig)
+        k = [KUBECTL, f"--kubeconfig={kubeconfig}"]
+        sh(*k, "apply", "-f", str(ROOT / "crds" / "registrychecks.pullhealth.io.yaml"))
+        sh(*k, "wait", "--for=condition=Established", "crd/registrychecks.pullhealth.io", "--timeout=60s")
+        sh(*k, "create", "namespace", "demo")
+        sh(*k, "-n", "demo", "apply", "-f", "-", stdin=secret_yaml("acr-pull", world.acr, *world.acr_puller))
+        sh(*k, "-n", "demo", "apply", "-f", "-",
+           stdin=secret_yaml("acr-stale", world.acr, world.acr_puller[0], "rotated-last-week"))
+        banner("running the operator: pullhealth run")
+        env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": str(ROOT / "operator"),
+               "PULLHEALTH_NAMESERVER": world.nameserver, "PULLHEALTH_CA_FILE": str(world.ca_bundle),
+               "PULLHEALTH_IMDS_ENDPOINT": world.imds_url}
+        log = (state / "operator.log").open("wb")
+        op = subprocess.Popen([sys.executable, "-m", "pullhealth", "run", "--metrics-port", "0",
+                               "--liveness", "http://127.0.0.1:0/healthz"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+        try:
+            items = samples(world)
+            sh(*k, "-n", "demo", "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                                       "items": items}))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                out = subprocess.run([*k, "-n", "demo", "get", "regcheck", "-o",
+                                      "jsonpath={.items[*].status.phase}"], capture_output=True, text=True,
+                                     timeout=30, check=False).stdout.split()
+                if len(out) == len(items):
+                    break
+                time.sleep(1)
+            banner("kubectl get regcheck")
+            sh(*k, "-n", "demo", "get", "regcheck")
+            banner("kubectl describe: the failing one says why and what to do")
+            sh(*k, "-n", "demo", "get", "regcheck", "acr-wrong-password", "-o",
+               "jsonpath={.status.summary}{'\\n'}{range .status.remediation[*]}  - {@}{'\\n'}{end}")
+            sh(*k, "-n", "demo", "get", "events", "--field-selector", "reason=CheckFailed")
+        finally:
+            op.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                op.wait(timeout=20)
+            if op.poll() is None:
+                op.kill()
+            log.close()
+    banner("stopped the control plane")
+
+
+def main() -> int:
+    guard.install()  # the demo only ever talks to loopback
+    with tempfile.TemporaryDirectory(prefix="pullhealth-demo-") as tmp, contextlib.ExitStack() as stack:
+        banner("starting local registries, token service, DNS (all on 127.0.0.1)")
+        world = start_world(stack, Path(tmp) / "world")
+        one_shots(world)
+        try:
+            cluster_demo(world, Path(tmp))
+        except devcluster.DevClusterError as exc:
+            print(f"\nskipping the operator part: {exc}")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
