@@ -39,66 +39,125 @@ _NOT_FOUND = (Code.REPOSITORY_NOT_FOUND, Code.TAG_NOT_FOUND)
 
 RULES: tuple[Rule, ...] = (
     # kubelet-side problems, before any registry text
-    _r(Code.INVALID_IMAGE_NAME, r"invalid reference format|couldn't parse image (reference|name)"
-       r"|InvalidImageName|Failed to apply default image tag|: object required\s*$"
-       r"|invalid checksum digest"),
-    _r(Code.PULL_SECRET_MISSING, r"Unable to retrieve (some )?(image )?pull secrets?"
-       r"|FailedToRetrieveImagePullSecret"),
-    _r(Code.PULL_SECRET_INVALID, r"Couldn't find key \.docker|failed to (parse|decode) "
-       r"(docker ?config|dockercfg|\.dockerconfigjson)|illegal base64"),
-    _r(Code.PLATFORM_NOT_FOUND, r"no match for (current )?platform|no matching manifest for"
-       r"|no image found in (image index|manifest list) for architecture"
-       r"|does not match the specified platform"),
+    _r(
+        Code.INVALID_IMAGE_NAME,
+        r"invalid reference format|couldn't parse image (reference|name)"
+        r"|InvalidImageName|Failed to apply default image tag|: object required\s*$"
+        r"|invalid checksum digest",
+    ),
+    _r(
+        Code.PULL_SECRET_MISSING,
+        r"Unable to retrieve (some )?(image )?pull secrets?"
+        r"|FailedToRetrieveImagePullSecret",
+    ),
+    _r(
+        Code.PULL_SECRET_INVALID,
+        r"Couldn't find key \.docker|failed to (parse|decode) "
+        r"(docker ?config|dockercfg|\.dockerconfigjson)|illegal base64",
+    ),
+    _r(
+        Code.PLATFORM_NOT_FOUND,
+        r"no match for (current )?platform|no matching manifest for"
+        r"|no image found in (image index|manifest list) for architecture"
+        r"|does not match the specified platform",
+    ),
     # identity providers (node / workload identity), before generic network text
-    _r(Code.IDENTITY_UNAVAILABLE, r"CONNECTIVITY_AAD_LOGIN_ERROR|managed identity|AADSTS\d+"
-       r"|169\.254\.169\.254|\bIMDS\b|failed to refresh cached credentials"),
+    _r(
+        Code.IDENTITY_UNAVAILABLE,
+        r"CONNECTIVITY_AAD_LOGIN_ERROR|managed identity|AADSTS\d+"
+        r"|169\.254\.169\.254|\bIMDS\b|failed to refresh cached credentials",
+    ),
     # network path, from the bottom up
     _r(Code.DNS_NXDOMAIN, r"no such host|NXDOMAIN|Name or service not known"),
-    _r(Code.DNS_TIMEOUT, r"lookup [^ ]+( on [^ ]+)?: (read udp [^ ]+->[^ ]+: )?(read: )?"
-       r"(i/o timeout|connection refused)"
-       r"|server misbehaving|Temporary failure in name resolution|dial udp [^ ]+:53"),
-    _r(Code.TLS_HOSTNAME_MISMATCH, r"x509: certificate is (valid for|not valid for any names)"
-       r"|certificate is not valid for|doesn't match any name"),
-    _r(Code.TLS_UNTRUSTED, r"x509: certificate signed by unknown authority|unknown authority"
-       r"|x509: certificate has expired|certificate is not yet valid|self[- ]signed certificate"
-       r"|unable to get local issuer certificate|CERTIFICATE_VERIFY_FAILED"),
-    _r(Code.TLS_PROTOCOL_ERROR, r"server gave HTTP response to HTTPS client|first record does "
-       r"not look like a TLS handshake|tls: (?!.*certificate)[a-z ]+error|remote error: tls"
-       r"|wrong version number|tls: handshake failure"),
+    _r(
+        Code.DNS_TIMEOUT,
+        r"lookup [^ ]+( on [^ ]+)?: (read udp [^ ]+->[^ ]+: )?(read: )?"
+        r"(i/o timeout|connection refused)"
+        r"|server misbehaving|Temporary failure in name resolution|dial udp [^ ]+:53",
+    ),
+    _r(
+        Code.TLS_HOSTNAME_MISMATCH,
+        r"x509: certificate is (valid for|not valid for any names)"
+        r"|certificate is not valid for|doesn't match any name",
+    ),
+    _r(
+        Code.TLS_UNTRUSTED,
+        r"x509: certificate signed by unknown authority|unknown authority"
+        r"|x509: certificate has expired|certificate is not yet valid|self[- ]signed certificate"
+        r"|unable to get local issuer certificate|CERTIFICATE_VERIFY_FAILED",
+    ),
+    _r(
+        Code.TLS_PROTOCOL_ERROR,
+        r"server gave HTTP response to HTTPS client|first record does "
+        r"not look like a TLS handshake|tls: (?!.*certificate)[a-z ]+error|remote error: tls"
+        r"|wrong version number|tls: handshake failure",
+    ),
     _r(Code.CONNECT_REFUSED, r"connection refused|actively refused"),
-    _r(Code.CONNECT_TIMEOUT, r"dial tcp [^ ]+: (i/o timeout|connect: connection timed out)"
-       r"|connect: (no route to host|network is unreachable)|TLS handshake timeout"
-       r"|context deadline exceeded|Client\.Timeout exceeded|connection timed out"
-       r"|i/o timeout"),
+    _r(
+        Code.CONNECT_TIMEOUT,
+        r"dial tcp [^ ]+: (i/o timeout|connect: connection timed out)"
+        r"|connect: (no route to host|network is unreachable)|TLS handshake timeout"
+        r"|context deadline exceeded|Client\.Timeout exceeded|connection timed out"
+        r"|i/o timeout",
+    ),
     # the connection broke mid-handshake: a middlebox or a non-TLS listener
-    _r(Code.TLS_PROTOCOL_ERROR, r"connection reset by peer|\": EOF\s*$|: EOF\s*$",
-       Code.FIREWALL_FORBIDDEN, Code.CONNECT_REFUSED),
+    _r(
+        Code.TLS_PROTOCOL_ERROR,
+        r"connection reset by peer|\": EOF\s*$|: EOF\s*$",
+        Code.FIREWALL_FORBIDDEN,
+        Code.CONNECT_REFUSED,
+    ),
     # registry answers
-    _r(Code.FIREWALL_FORBIDDEN, r"client with IP '[^']+' is not allowed access|aka\.ms/acr/firewall"
-       r"|CONNECTIVITY_FORBIDDEN_ERROR"),
+    _r(
+        Code.FIREWALL_FORBIDDEN,
+        r"client with IP '[^']+' is not allowed access|aka\.ms/acr/firewall"
+        r"|CONNECTIVITY_FORBIDDEN_ERROR",
+    ),
     _r(Code.RATE_LIMITED, r"429 Too Many Requests|toomanyrequests|pull rate limit|\b429\b"),
-    _r(Code.REGISTRY_ERROR, r"\b50[0-4] (Internal Server Error|Bad Gateway|Service Unavailable"
-       r"|Gateway Time-?out)|received unexpected HTTP status: 5\d\d|status code 5\d\d"
-       r"|could not fetch content descriptor [^ ]+ [^ ]+ from remote: not found|BLOB_UNKNOWN"),
+    _r(
+        Code.REGISTRY_ERROR,
+        r"\b50[0-4] (Internal Server Error|Bad Gateway|Service Unavailable"
+        r"|Gateway Time-?out)|received unexpected HTTP status: 5\d\d|status code 5\d\d"
+        r"|could not fetch content descriptor [^ ]+ [^ ]+ from remote: not found|BLOB_UNKNOWN",
+    ),
     _r(Code.TLS_PROTOCOL_ERROR, r"\b400 Bad Request", Code.REGISTRY_ERROR),
     _r(Code.CHALLENGE_ERROR, r"no realm specified|CONNECTIVITY_CHALLENGE_ERROR"),
     _r(Code.TOKEN_EXCHANGE_DENIED, r"oauth2/exchange|CONNECTIVITY_REFRESH_TOKEN_ERROR"),
-    _r(Code.ACCESS_DENIED, r"pull access denied|repository does not exist or may require "
-       r"authorization|requested access to the resource is denied", *_ACCESS),
+    _r(
+        Code.ACCESS_DENIED,
+        r"pull access denied|repository does not exist or may require "
+        r"authorization|requested access to the resource is denied",
+        *_ACCESS,
+    ),
     _r(Code.PERMISSION_DENIED, r"insufficient_scope|CONNECTIVITY_ACCESS_TOKEN_ERROR"),
-    _r(Code.AUTH_REQUIRED, r"failed to fetch anonymous token[^\n]*401|no basic auth credentials",
-       Code.ACCESS_DENIED),
+    _r(
+        Code.AUTH_REQUIRED,
+        r"failed to fetch anonymous token[^\n]*401|no basic auth credentials",
+        Code.ACCESS_DENIED,
+    ),
     _r(Code.AUTH_REQUIRED, r"authentication required", Code.CREDENTIALS_REJECTED, Code.ACCESS_DENIED),
-    _r(Code.CREDENTIALS_REJECTED, r"failed to fetch (oauth )?token[^\n]*401"
-       r"|incorrect username or password|invalid username/password|authentication failed"
-       r"|invalid credentials|unauthorized: (incorrect|invalid)|not registered with AAD"),
-    _r(Code.ACCESS_DENIED, r"\b403\b|Forbidden", Code.FIREWALL_FORBIDDEN, Code.PERMISSION_DENIED,
-       Code.AUTH_REQUIRED),
+    _r(
+        Code.CREDENTIALS_REJECTED,
+        r"failed to fetch (oauth )?token[^\n]*401"
+        r"|incorrect username or password|invalid username/password|authentication failed"
+        r"|invalid credentials|unauthorized: (incorrect|invalid)|not registered with AAD",
+    ),
+    _r(
+        Code.ACCESS_DENIED,
+        r"\b403\b|Forbidden",
+        Code.FIREWALL_FORBIDDEN,
+        Code.PERMISSION_DENIED,
+        Code.AUTH_REQUIRED,
+    ),
     _r(Code.ACCESS_DENIED, r"401 Unauthorized|unauthorized|authorization failed|denied", *_ACCESS),
     _r(Code.REPOSITORY_NOT_FOUND, r"NAME_UNKNOWN|name unknown|repository name not known"),
     # distribution answers MANIFEST_UNKNOWN for a missing repository too: coarse.
-    _r(Code.IMAGE_NOT_FOUND, r"MANIFEST_UNKNOWN|manifest unknown|manifest for [^ ]+ not found"
-       r"|\bnot found\b|404 Not Found|does not exist", *_NOT_FOUND),
+    _r(
+        Code.IMAGE_NOT_FOUND,
+        r"MANIFEST_UNKNOWN|manifest unknown|manifest for [^ ]+ not found"
+        r"|\bnot found\b|404 Not Found|does not exist",
+        *_NOT_FOUND,
+    ),
 )
 
 _REF_PATTERNS = (

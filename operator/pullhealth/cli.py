@@ -81,16 +81,49 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the operator (RegistryChecks)")
     scope = run.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", "-n", action="append", default=[],
-                       help="watch this namespace (repeatable)")
-    scope.add_argument("--all-namespaces", "-A", action="store_true",
-                       help="watch every namespace (the default without --namespace)")
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "--all-namespaces",
+        "-A",
+        action="store_true",
+        help="watch every namespace (the default without --namespace)",
+    )
     run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
-    run.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
-                     help="liveness endpoint URL (default http://0.0.0.0:8081/healthz)")
+    run.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8081/healthz",
+        help="liveness endpoint URL (default http://0.0.0.0:8081/healthz)",
+    )
     run.add_argument("--log-format", choices=("text", "json"), default="text")
-    run.add_argument("--peering", metavar="NAME",
-                     help="KopfPeering name for HA (several replicas, one active)")
+    run.add_argument(
+        "--peering", metavar="NAME", help="KopfPeering name for HA (several replicas, one active)"
+    )
+    run.add_argument("--no-pods", action="store_true", help="do not watch failing pods")
+    run.add_argument(
+        "--pod-interval",
+        type=float,
+        default=60.0,
+        help="seconds a probe result is reused for pods sharing registry, credential and image (default 60)",
+    )
+    run.add_argument(
+        "--per-registry",
+        type=int,
+        default=4,
+        help="at most this many probe chains at once against one registry (default 4)",
+    )
+    run.add_argument("--workers", type=int, default=16, help="pods diagnosed at once (default 16)")
+    run.add_argument(
+        "--acr-domains",
+        default=".azurecr.io,.azurecr.cn,.azurecr.us",
+        help="registries for which kubelet uses the node identity when no secret matches",
+    )
+    run.add_argument(
+        "--kubelet-client-id",
+        default=os.environ.get("PULLHEALTH_KUBELET_CLIENT_ID"),
+        help="client id of the kubelet managed identity (default: the node's only one)",
+    )
     run.add_argument("--verbose", "-v", action="store_true")
 
     dev = sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos", add_help=False)
@@ -289,10 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from pullhealth import runner  # imports kopf only when running the operator
 
-            return runner.run(
-                namespaces=args.namespace, metrics_port=args.metrics_port, liveness=args.liveness,
-                log_format=args.log_format, peering=args.peering, verbose=args.verbose,
-            )
+            return runner.run(args)
         if args.command == "codes":
             print(docgen.codes_markdown(), end="")
             return EXIT_OK

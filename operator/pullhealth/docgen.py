@@ -20,8 +20,10 @@ def codes_markdown() -> str:
     out = [HEADER]
     for code in Code:
         info = CATALOG[code]
-        out.append(f"| [{code.value}](#{code.value.lower()}) | {info.check_health_error or ''} "
-                   f"| {'yes' if info.coarse else ''} |\n")
+        out.append(
+            f"| [{code.value}](#{code.value.lower()}) | {info.check_health_error or ''} "
+            f"| {'yes' if info.coarse else ''} |\n"
+        )
     for code in Code:
         info = CATALOG[code]
         out.append(f"\n## {code.value}\n\n")
@@ -29,16 +31,25 @@ def codes_markdown() -> str:
         if info.check_health_error:
             out.append(f"\n`az acr check-health` reports this as `{info.check_health_error}`.\n")
         if info.coarse:
-            out.append("\nCoarse: the message text cannot tell the causes apart; "
-                       "pullhealth's probes refine it.\n")
+            out.append(
+                "\nCoarse: the message text cannot tell the causes apart; pullhealth's probes refine it.\n"
+            )
         if info.remediation:
             out.append("\nRemediation:\n\n")
-            out.extend(f"{i}. `{_show(step)}`\n" if step.startswith(("az ", "kubectl ")) else
-                       f"{i}. {_show(step)}\n" for i, step in enumerate(info.remediation, 1))
+            out.extend(
+                f"{i}. `{_show(step)}`\n" if step.startswith(("az ", "kubectl ")) else f"{i}. {_show(step)}\n"
+                for i, step in enumerate(info.remediation, 1)
+            )
     return "".join(out)
 
 
 def _show(template: str) -> str:
     """Placeholders as <name>, escaped braces as single braces."""
-    return template.replace("{{", "\0").replace("}}", "\1").replace("{", "<").replace(
-        "}", ">").replace("\0", "{").replace("\1", "}")
+    return (
+        template.replace("{{", "\0")
+        .replace("}}", "\1")
+        .replace("{", "<")
+        .replace("}", ">")
+        .replace("\0", "{")
+        .replace("\1", "}")
+    )

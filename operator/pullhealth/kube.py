@@ -45,7 +45,10 @@ class KubeReader:
             spec=kubernetes.client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=600)
         )
         result = await asyncio.to_thread(
-            self._core.create_namespaced_service_account_token, name, namespace, body,
+            self._core.create_namespaced_service_account_token,
+            name,
+            namespace,
+            body,
             _request_timeout=REQUEST_TIMEOUT,
         )
         if result.status is None or not result.status.token:
@@ -61,3 +64,48 @@ class KubeReader:
             raise
         data: Mapping[str, Any] = self._core.api_client.sanitize_for_serialization(obj)
         return data
+
+
+class Forbidden(Exception):
+    """The operator's RBAC does not allow a write."""
+
+
+class KubeWriter(KubeReader):
+    """Reads plus the few writes the pod handler makes."""
+
+    async def kubelet_pull_messages(self, namespace: str, uid: str, limit: int = 50) -> list[str]:
+        """Messages of the pod's kubelet ``Failed`` events, newest first (bounded)."""
+        result = await asyncio.to_thread(
+            self._core.list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.uid={uid},reason=Failed",
+            limit=limit,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+
+        def when(event: Any) -> str:
+            moment = event.last_timestamp or event.event_time or event.first_timestamp
+            return moment.isoformat() if moment else ""
+
+        events = sorted(result.items or [], key=when, reverse=True)
+        return [str(e.message) for e in events if e.message and "pull" in str(e.message).lower()]
+
+    async def patch_pod_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        """Merge-patch annotations (None removes a key).
+
+        Raises:
+            Forbidden: RBAC denies the patch.
+        """
+        body = {"metadata": {"annotations": dict(annotations)}}
+        try:
+            await asyncio.to_thread(
+                self._core.patch_namespaced_pod, name, namespace, body, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 403:
+                raise Forbidden(f"patch pods/{name} in {namespace} is forbidden") from None
+            if exc.status == 404:
+                return  # the pod is gone: nothing to annotate
+            raise

@@ -7,6 +7,7 @@ removed by :func:`forget_registry_check`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -69,8 +70,13 @@ _registry_of: dict[tuple[str, str], str] = {}
 
 
 def record_registry_check(
-    namespace: str, name: str, registry: str, code: str, healthy: bool,
-    step_seconds: dict[str, float], finished_at: float,
+    namespace: str,
+    name: str,
+    registry: str,
+    code: str,
+    healthy: bool,
+    step_seconds: dict[str, float],
+    finished_at: float,
 ) -> None:
     """Export one finished RegistryCheck run."""
     key = (namespace, name)
@@ -101,10 +107,8 @@ def forget_registry_check(namespace: str, name: str) -> None:
 
 
 def _remove(metric: Gauge | Counter, *labels: str) -> None:
-    try:
+    with contextlib.suppress(KeyError):  # never exported: nothing to remove
         metric.remove(*labels)
-    except KeyError:
-        pass  # never exported: nothing to remove
 
 
 def count_probe_request(registry: str, probe: str) -> None:
@@ -115,3 +119,41 @@ def count_probe_request(registry: str, probe: str) -> None:
 def serve(port: int, addr: str = "0.0.0.0") -> None:
     """Expose /metrics on a background thread."""
     start_http_server(port, addr=addr, registry=REGISTRY)
+
+
+class PodFailureTracker:
+    """Keeps ``pullhealth_pod_pull_failures`` equal to the containers failing now.
+
+    Each pod (by uid) contributes one (namespace, registry, code) per failing container;
+    a pod's contribution is replaced on every evaluation and dropped when it recovers or
+    is deleted, so the gauge never drifts and empty series are removed.
+    """
+
+    def __init__(self, gauge: Gauge = POD_PULL_FAILURES) -> None:
+        self._gauge = gauge
+        self._by_pod: dict[str, list[tuple[str, str, str]]] = {}
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def set(self, uid: str, labels: list[tuple[str, str, str]]) -> None:
+        """Replace a pod's failing containers (empty list: recovered)."""
+        with self._lock:
+            for key in self._by_pod.pop(uid, []):
+                self._counts[key] -= 1
+            if labels:
+                self._by_pod[uid] = list(labels)
+            for key in labels:
+                self._counts[key] = self._counts.get(key, 0) + 1
+            for key, count in list(self._counts.items()):
+                if count <= 0:
+                    del self._counts[key]
+                    _remove(self._gauge, *key)
+                else:
+                    self._gauge.labels(*key).set(count)
+
+    def forget(self, uid: str) -> None:
+        """A deleted pod."""
+        self.set(uid, [])
+
+
+POD_FAILURES = PodFailureTracker()

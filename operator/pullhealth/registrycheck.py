@@ -7,64 +7,29 @@ RegistryCheck's own namespace: every read takes that namespace.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
 from pullhealth import credentials as creds
-from pullhealth.codes import Code
+from pullhealth.cluster import (
+    WORKLOAD_AUDIENCE,
+    WORKLOAD_CLIENT_ID,
+    WORKLOAD_TENANT_ID,
+    ClusterReader,
+    Environment,
+    read_keyring,
+    service_account_secret_names,
+)
 from pullhealth.coalesce import SingleFlight
+from pullhealth.codes import Code
 from pullhealth.diagnose import make
 from pullhealth.engine import ChainOptions, IdentitySource, Target, check_credentials, run_chain
 from pullhealth.model import AuthMode, Diagnosis, Phase, RegistryCheckSpec
 from pullhealth.probes import identity
 from pullhealth.reference import ImageReference, InvalidReference, parse
-
-WORKLOAD_CLIENT_ID = "azure.workload.identity/client-id"
-WORKLOAD_TENANT_ID = "azure.workload.identity/tenant-id"
-WORKLOAD_AUDIENCE = "api://AzureADTokenExchange"
-
-
-class ClusterReader(Protocol):
-    """What the domain needs from the API server (namespaced reads only)."""
-
-    async def secret(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        """The Secret, or None when it does not exist."""
-        ...
-
-    async def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        """The ServiceAccount, or None when it does not exist."""
-        ...
-
-    async def service_account_token(self, namespace: str, name: str, audience: str) -> str:
-        """A short-lived token of the ServiceAccount for an audience (TokenRequest)."""
-        ...
-
-
-@dataclass(frozen=True)
-class Environment:
-    """Operator-wide settings that specs do not carry (endpoints for identities)."""
-
-    imds_endpoint: str = identity.IMDS_ENDPOINT
-    aad_authority: str = identity.AAD_AUTHORITY
-    tenant_id: str | None = None
-    nameserver: str | None = None
-    ca_file: str | None = None
-
-    @classmethod
-    def from_env(cls) -> Environment:
-        """Read PULLHEALTH_* and the AZURE_* variables the workload identity webhook sets."""
-        return cls(
-            imds_endpoint=os.environ.get("PULLHEALTH_IMDS_ENDPOINT", identity.IMDS_ENDPOINT),
-            aad_authority=os.environ.get("AZURE_AUTHORITY_HOST", identity.AAD_AUTHORITY),
-            tenant_id=os.environ.get("AZURE_TENANT_ID"),
-            nameserver=os.environ.get("PULLHEALTH_NAMESERVER") or None,
-            ca_file=os.environ.get("PULLHEALTH_CA_FILE") or None,
-        )
 
 
 class InvalidSpec(ValueError):
@@ -121,15 +86,20 @@ async def run_registry_check(
     facts = {"registry": registry, "namespace": namespace}
 
     if mode is AuthMode.ANONYMOUS:
-        return await _cached(cache, registry, ("anon", image, options), lambda: run_chain(
-            Target(registry, image), options))
+        return await _cached(
+            cache, registry, ("anon", image, options), lambda: run_chain(Target(registry, image), options)
+        )
 
     if mode in (AuthMode.MANAGED_IDENTITY, AuthMode.WORKLOAD_IDENTITY):
         source, key = await _identity(spec, namespace, reader, env, mode)
         if isinstance(source, Diagnosis):
             return source
-        return await _cached(cache, registry, (key, image, options), lambda: run_chain(
-            Target(registry, image, identity=source), options))
+        return await _cached(
+            cache,
+            registry,
+            (key, image, options),
+            lambda: run_chain(Target(registry, image, identity=source), options),
+        )
 
     secret_names: list[str] = []
     if spec.auth.pull_secrets and mode in (AuthMode.AUTO, AuthMode.PULL_SECRETS):
@@ -137,42 +107,44 @@ async def run_registry_check(
     else:
         sa_name = spec.auth.service_account_name or "default"
         account = await reader.service_account(namespace, sa_name)
-        if account is None:
-            if mode is AuthMode.SERVICE_ACCOUNT:
-                return make(Code.PULL_SECRET_MISSING, {
-                    **facts, "secret": f"(service account {sa_name} not found)"})
-        else:
-            secret_names = [
-                str(ref.get("name")) for ref in account.get("imagePullSecrets") or [] if ref.get("name")
-            ]
+        if account is None and mode is AuthMode.SERVICE_ACCOUNT:
+            missing = f"(service account {sa_name} not found)"
+            return make(Code.PULL_SECRET_MISSING, {**facts, "secret": missing})
+        secret_names = service_account_secret_names(account)
     if not secret_names:
-        return await _cached(cache, registry, ("anon", image, options), lambda: run_chain(
-            Target(registry, image), options))
+        return await _cached(
+            cache, registry, ("anon", image, options), lambda: run_chain(Target(registry, image), options)
+        )
 
-    entries: list[creds.KeyringEntry] = []
-    for name in secret_names[:16]:
-        secret = await reader.secret(namespace, name)
-        if secret is None:
-            return make(Code.PULL_SECRET_MISSING, {**facts, "secret": name})
-        try:
-            entries.extend(creds.parse_pull_secret(secret, namespace))
-        except creds.SecretProblem as exc:
-            return make(exc.code, {**facts, "secret": name, "detail": exc.detail})
+    keyring = await read_keyring(reader, namespace, secret_names)
+    if keyring.issues:
+        # The spec names these secrets explicitly: one that cannot be used is the finding.
+        issue = keyring.issues[0]
+        return make(issue.code, {**facts, "secret": issue.name, "detail": issue.detail})
+    entries = list(keyring.entries)
     if image is not None:
         matched = creds.lookup(entries, image)
     else:
         matched = [e.credential for e in entries if e.key.split("/")[0] == registry]
     cred_key = ("creds", tuple(c.fingerprint for c in matched), image, options)
-    return await _cached(cache, registry, cred_key, lambda: check_credentials(
-        registry, image, matched, options,
-        no_match_facts={"namespace": namespace,
-                        "detail": f"secrets {', '.join(secret_names)} have no entry for {registry}"},
-    ))
+    return await _cached(
+        cache,
+        registry,
+        cred_key,
+        lambda: check_credentials(
+            registry,
+            image,
+            matched,
+            options,
+            no_match_facts={
+                "namespace": namespace,
+                "detail": f"secrets {', '.join(secret_names)} have no entry for {registry}",
+            },
+        ),
+    )
 
 
-async def _cached(
-    cache: SingleFlight[Diagnosis] | None, registry: str, key: Any, work: Any
-) -> Diagnosis:
+async def _cached(cache: SingleFlight[Diagnosis] | None, registry: str, key: Any, work: Any) -> Diagnosis:
     if cache is None:
         result: Diagnosis = await work()
         return result
@@ -180,7 +152,11 @@ async def _cached(
 
 
 async def _identity(
-    spec: RegistryCheckSpec, namespace: str, reader: ClusterReader, env: Environment, mode: AuthMode,
+    spec: RegistryCheckSpec,
+    namespace: str,
+    reader: ClusterReader,
+    env: Environment,
+    mode: AuthMode,
 ) -> tuple[IdentitySource | Diagnosis, str]:
     facts = {"registry": spec.registry, "namespace": namespace}
     if mode is AuthMode.MANAGED_IDENTITY:
@@ -188,7 +164,8 @@ async def _identity(
 
         async def imds() -> identity.AadToken:
             return await identity.managed_identity_token(
-                client_id=client_id, endpoint=env.imds_endpoint, timeout=float(spec.timeout_seconds))
+                client_id=client_id, endpoint=env.imds_endpoint, timeout=float(spec.timeout_seconds)
+            )
 
         return imds, f"mi:{client_id or 'default'}"
     sa_name = spec.auth.service_account_name or "default"
@@ -197,16 +174,24 @@ async def _identity(
     client_id = spec.auth.client_id or annotations.get(WORKLOAD_CLIENT_ID)
     tenant_id = annotations.get(WORKLOAD_TENANT_ID) or env.tenant_id
     if account is None or not client_id or not tenant_id:
-        missing = ("service account not found" if account is None else
-                   f"no {WORKLOAD_CLIENT_ID} annotation or spec.auth.clientId" if not client_id else
-                   f"no {WORKLOAD_TENANT_ID} annotation and no AZURE_TENANT_ID")
+        missing = (
+            "service account not found"
+            if account is None
+            else f"no {WORKLOAD_CLIENT_ID} annotation or spec.auth.clientId"
+            if not client_id
+            else f"no {WORKLOAD_TENANT_ID} annotation and no AZURE_TENANT_ID"
+        )
         return make(Code.IDENTITY_UNAVAILABLE, {**facts, "detail": f"{namespace}/{sa_name}: {missing}"}), ""
 
     async def workload() -> identity.AadToken:
         federated = await reader.service_account_token(namespace, sa_name, WORKLOAD_AUDIENCE)
         return await identity.workload_identity_token(
-            client_id=str(client_id), tenant_id=str(tenant_id), federated_token=federated,
-            authority=env.aad_authority, timeout=float(spec.timeout_seconds))
+            client_id=str(client_id),
+            tenant_id=str(tenant_id),
+            federated_token=federated,
+            authority=env.aad_authority,
+            timeout=float(spec.timeout_seconds),
+        )
 
     return workload, f"wi:{namespace}/{sa_name}:{client_id}"
 
@@ -245,14 +230,27 @@ def build_status(
         "summary": diagnosis.summary[:1024],
         "remediation": diagnosis.remediation,
         "checks": [
-            {"name": c.name, "status": c.status.value, "code": c.code.value,
-             "message": c.message[:1024], "durationMs": c.duration_ms}
+            {
+                "name": c.name,
+                "status": c.status.value,
+                "code": c.code.value,
+                "message": c.message[:1024],
+                "durationMs": c.duration_ms,
+            }
             for c in diagnosis.checks
         ],
         "lastCheckTime": now,
         "observedGeneration": generation,
-        "conditions": [_ready_condition("True" if healthy else "False", diagnosis.code.value,
-                                        diagnosis.summary, previous, generation, now)],
+        "conditions": [
+            _ready_condition(
+                "True" if healthy else "False",
+                diagnosis.code.value,
+                diagnosis.summary,
+                previous,
+                generation,
+                now,
+            )
+        ],
     }
 
 

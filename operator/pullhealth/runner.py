@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
+
 import kopf
 
 from pullhealth.handlers import startup
 
 
-def run(
-    *, namespaces: list[str], metrics_port: int, liveness: str, log_format: str,
-    peering: str | None, verbose: bool,
-) -> int:
+def run(args: argparse.Namespace) -> int:
     """Start kopf with pullhealth's handlers; returns when the operator stops."""
-    startup.OPTIONS.metrics_port = metrics_port
-    startup.OPTIONS.peering = peering
+    options = startup.OPTIONS
+    options.metrics_port = args.metrics_port
+    options.peering = args.peering
+    options.pods = not args.no_pods
+    options.pod_interval = max(1.0, args.pod_interval)
+    options.per_registry = max(1, args.per_registry)
+    options.workers = max(1, args.workers)
+    options.acr_domains = args.acr_domains
+    options.kubelet_client_id = args.kubelet_client_id
+    importlib.import_module("pullhealth.handlers.registrychecks")
+    if options.pods:
+        importlib.import_module("pullhealth.handlers.pods")
     kopf.configure(
-        verbose=verbose,
-        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
     kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=liveness or None,
-        standalone=peering is None,
-        peering_name=peering,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness or None,
+        standalone=args.peering is None,
+        peering_name=args.peering,
     )
     return 0

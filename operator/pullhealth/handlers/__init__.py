@@ -1,5 +1,5 @@
-"""kopf handlers only: parse -> call domain code -> patch. Importing this registers them."""
+"""kopf handlers only: parse -> call domain code -> patch.
 
-from pullhealth.handlers import registrychecks, startup
-
-__all__ = ["registrychecks", "startup"]
+Importing a submodule registers its handlers; ``pullhealth.runner`` imports the ones the
+command line enables (the pod watcher can be turned off with ``--no-pods``).
+"""

@@ -15,26 +15,25 @@ from typing import Any
 import kopf
 
 from pullhealth import metrics, registrycheck
-from pullhealth.coalesce import SingleFlight
-from pullhealth.model import Diagnosis, Phase, StepStatus
+from pullhealth.handlers.state import State
+from pullhealth.model import Phase, StepStatus
 
 GROUP, VERSION, PLURAL = "pullhealth.io", "v1alpha1", "registrychecks"
 TICK_SECONDS = 5.0
-# Identical RegistryChecks (same registry, credentials, image) share one chain run.
-CACHE: SingleFlight[Diagnosis] = SingleFlight(ttl=20.0)
-
-
-class State:
-    """Process-wide collaborators, set by the operator's startup handler."""
-
-    reader: registrycheck.ClusterReader | None = None
-    env: registrycheck.Environment = registrycheck.Environment()
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS)
 async def registry_check_tick(
-    *, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, namespace: str | None, name: str,
-    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any,
+    *,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
     """Run the check when due; write status; emit an Event when the result changes."""
     namespace = namespace or "default"
@@ -55,17 +54,27 @@ async def registry_check_tick(
         return
     if not registrycheck.is_due(previous, generation, parsed.interval_seconds, now):
         return
-    if State.reader is None:
+    if State.kube is None:
         raise kopf.TemporaryError("the operator has not finished starting", delay=5)
 
     diagnosis = await registrycheck.run_registry_check(
-        parsed, image, namespace, State.reader, State.env, CACHE, metrics.count_probe_request,
+        parsed,
+        image,
+        namespace,
+        State.kube,
+        State.env,
+        State.registry_check_cache,
+        metrics.count_probe_request,
     )
     finished = datetime.now(UTC)
     new = registrycheck.build_status(diagnosis, previous, generation, registrycheck.now_rfc3339(finished))
     patch.status.update(new)
     metrics.record_registry_check(
-        namespace, name, parsed.registry, diagnosis.code.value, diagnosis.healthy,
+        namespace,
+        name,
+        parsed.registry,
+        diagnosis.code.value,
+        diagnosis.healthy,
         {c.name: c.duration_ms / 1000 for c in diagnosis.checks if c.status is not StepStatus.SKIPPED},
         time.time(),
     )
@@ -73,8 +82,12 @@ async def registry_check_tick(
         if diagnosis.healthy:
             kopf.event(body, type="Normal", reason="CheckSucceeded", message=diagnosis.summary[:1024])
         else:
-            kopf.event(body, type="Warning", reason="CheckFailed",
-                       message=f"{diagnosis.code.value}: {diagnosis.summary}"[:1024])
+            kopf.event(
+                body,
+                type="Warning",
+                reason="CheckFailed",
+                message=f"{diagnosis.code.value}: {diagnosis.summary}"[:1024],
+            )
     logger.info("check %s: %s", diagnosis.code.value, diagnosis.summary)
 
 
@@ -82,4 +95,3 @@ async def registry_check_tick(
 async def registry_check_deleted(*, namespace: str | None, name: str, **_: Any) -> None:
     """Drop the deleted RegistryCheck's metric series."""
     metrics.forget_registry_check(namespace or "default", name)
-

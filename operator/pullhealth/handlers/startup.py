@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
-from pullhealth import kube, metrics, registrycheck
-from pullhealth.handlers.registrychecks import State
+from pullhealth import kube, metrics, podcheck
+from pullhealth.cluster import Environment
+from pullhealth.coalesce import SingleFlight
+from pullhealth.handlers.state import State
 
 
 @dataclass
@@ -18,6 +21,12 @@ class Options:
 
     metrics_port: int = 8080
     peering: str | None = None
+    pods: bool = True
+    pod_interval: float = 60.0
+    per_registry: int = 4
+    workers: int = 16
+    acr_domains: str = ".azurecr.io,.azurecr.cn,.azurecr.us"
+    kubelet_client_id: str | None = None
 
 
 OPTIONS = Options()
@@ -39,8 +48,14 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 30
     settings.batching.error_delays = [1, 5, 15, 30, 60]
-    State.reader = kube.KubeReader()
-    State.env = registrycheck.Environment.from_env()
+    State.kube = kube.KubeWriter()
+    State.env = Environment.from_env()
+    State.pod_settings = podcheck.PodSettings(
+        acr_domains=tuple(d.strip() for d in OPTIONS.acr_domains.split(",") if d.strip()),
+        kubelet_client_id=OPTIONS.kubelet_client_id,
+    )
+    State.pod_cache = SingleFlight(ttl=OPTIONS.pod_interval, per_registry=OPTIONS.per_registry)
+    State.pod_pool = asyncio.Semaphore(OPTIONS.workers)
     if OPTIONS.metrics_port:
         metrics.serve(OPTIONS.metrics_port)
         logger.info("metrics on :%d/metrics", OPTIONS.metrics_port)

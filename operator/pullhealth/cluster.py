@@ -1,0 +1,100 @@
+"""What the domain needs from the API server, and pull secrets read through it.
+
+Every read names the namespace of the object being checked: a secret from another
+namespace can never be used, because no call here can reach one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pullhealth import credentials as creds
+from pullhealth.codes import Code
+from pullhealth.probes import identity
+
+MAX_SECRETS = 16
+WORKLOAD_CLIENT_ID = "azure.workload.identity/client-id"
+WORKLOAD_TENANT_ID = "azure.workload.identity/tenant-id"
+WORKLOAD_AUDIENCE = "api://AzureADTokenExchange"
+
+
+class ClusterReader(Protocol):
+    """Namespaced reads (implemented by ``pullhealth.kube.KubeReader``)."""
+
+    async def secret(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The Secret, or None when it does not exist."""
+        ...
+
+    async def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The ServiceAccount, or None when it does not exist."""
+        ...
+
+    async def service_account_token(self, namespace: str, name: str, audience: str) -> str:
+        """A short-lived token of the ServiceAccount for an audience (TokenRequest)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SecretIssue:
+    """A referenced pull secret that kubelet would skip."""
+
+    code: Code  # PULL_SECRET_MISSING or PULL_SECRET_INVALID
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The usable entries of some pull secrets, and the ones that could not be used."""
+
+    entries: tuple[creds.KeyringEntry, ...] = ()
+    issues: tuple[SecretIssue, ...] = field(default_factory=tuple)
+    names: tuple[str, ...] = ()
+
+
+async def read_keyring(reader: ClusterReader, namespace: str, names: Sequence[str]) -> Keyring:
+    """Read pull secrets by name in one namespace, like kubelet: skip what is unusable."""
+    entries: list[creds.KeyringEntry] = []
+    issues: list[SecretIssue] = []
+    unique = list(dict.fromkeys(n for n in names if n))[:MAX_SECRETS]
+    for name in unique:
+        secret = await reader.secret(namespace, name)
+        if secret is None:
+            issues.append(SecretIssue(Code.PULL_SECRET_MISSING, name, f"secret {namespace}/{name} not found"))
+            continue
+        try:
+            entries.extend(creds.parse_pull_secret(secret, namespace))
+        except creds.SecretProblem as exc:
+            issues.append(SecretIssue(exc.code, name, exc.detail))
+    return Keyring(tuple(entries), tuple(issues), tuple(unique))
+
+
+def service_account_secret_names(account: Mapping[str, Any] | None) -> list[str]:
+    """Names in a ServiceAccount's imagePullSecrets."""
+    refs = (account or {}).get("imagePullSecrets") or []
+    return [str(ref.get("name")) for ref in refs if isinstance(ref, Mapping) and ref.get("name")]
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Operator-wide settings that specs do not carry (endpoints for identities)."""
+
+    imds_endpoint: str = identity.IMDS_ENDPOINT
+    aad_authority: str = identity.AAD_AUTHORITY
+    tenant_id: str | None = None
+    nameserver: str | None = None
+    ca_file: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Environment:
+        """Read PULLHEALTH_* and the AZURE_* variables the workload identity webhook sets."""
+        return cls(
+            imds_endpoint=os.environ.get("PULLHEALTH_IMDS_ENDPOINT", identity.IMDS_ENDPOINT),
+            aad_authority=os.environ.get("AZURE_AUTHORITY_HOST", identity.AAD_AUTHORITY),
+            tenant_id=os.environ.get("AZURE_TENANT_ID"),
+            nameserver=os.environ.get("PULLHEALTH_NAMESERVER") or None,
+            ca_file=os.environ.get("PULLHEALTH_CA_FILE") or None,
+        )

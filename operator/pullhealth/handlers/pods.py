@@ -1,0 +1,87 @@
+"""Failing pods: every pod event is filtered cheaply; failing ones are diagnosed.
+
+Level-triggered: each event recomputes the diagnosis from the pod as it is now; the
+annotations already on the pod decide whether anything must be written, so repeated
+events (kubelet back-off retries, our own patch) write nothing and post no Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import kopf
+
+from pullhealth import kube, metrics, podcheck
+from pullhealth.handlers.state import State
+from pullhealth.registrycheck import now_rfc3339
+
+FORBIDDEN_BACKOFF = 600.0
+MAX_FORBIDDEN_REMEMBERED = 10000
+
+
+def _relevant(body: kopf.Body, **_: Any) -> bool:
+    return podcheck.is_relevant(body)
+
+
+@kopf.on.event("", "v1", "pods", when=_relevant)
+async def pod_event(
+    *,
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str | None,
+    uid: str | None,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Diagnose a failing pod, or clear a recovered one."""
+    uid = uid or ""
+    if event.get("type") == "DELETED":
+        metrics.POD_FAILURES.forget(uid)
+        return
+    client = State.kube
+    if client is None or not namespace or not name:
+        return
+    if State.pod_pool is None:
+        State.pod_pool = asyncio.Semaphore(16)
+    async with State.pod_pool:
+        failing = podcheck.failing_containers(body)
+        messages = await client.kubelet_pull_messages(namespace, uid) if failing else []
+        results = await podcheck.diagnose_pod(
+            body,
+            messages,
+            client,
+            State.env,
+            State.pod_settings,
+            State.pod_cache,
+            metrics.count_probe_request,
+        )
+    metrics.POD_FAILURES.set(
+        uid, [(namespace, r.registry or "unknown", r.diagnosis.code.value) for r in results]
+    )
+    plan = podcheck.plan_writeback(body, results[0] if results else None, now_rfc3339())
+    if plan.annotations is None:
+        return
+    if State.forbidden_until.get(uid, 0.0) > time.monotonic():
+        return  # already reported; do not hammer the API server
+    try:
+        await client.patch_pod_annotations(namespace, name, plan.annotations)
+    except kube.Forbidden as exc:
+        metrics.PATCH_FORBIDDEN.labels("pods").inc()
+        if len(State.forbidden_until) > MAX_FORBIDDEN_REMEMBERED:
+            State.forbidden_until.clear()
+        State.forbidden_until[uid] = time.monotonic() + FORBIDDEN_BACKOFF
+        logger.error(
+            "cannot annotate the pod (RBAC): %s; grant patch on pods to the operator's "
+            "service account. Not retried for %ds.",
+            exc,
+            int(FORBIDDEN_BACKOFF),
+        )
+        return
+    if results:
+        metrics.DIAGNOSES.labels(results[0].diagnosis.code.value).inc()
+        logger.info("diagnosed %s: %s", results[0].container.name, results[0].diagnosis.code.value)
+    if plan.event_type and plan.event_reason and plan.event_message:
+        kopf.event(body, type=plan.event_type, reason=plan.event_reason, message=plan.event_message)

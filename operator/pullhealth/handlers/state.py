@@ -1,0 +1,24 @@
+"""Process-wide collaborators of the handlers, set once by the start-up handler."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pullhealth import kube, podcheck
+from pullhealth.cluster import Environment
+from pullhealth.coalesce import SingleFlight
+from pullhealth.model import Diagnosis
+
+
+class State:
+    """The API client, settings and the shared probe caches."""
+
+    kube: kube.KubeWriter | None = None
+    env: Environment = Environment()
+    pod_settings: podcheck.PodSettings = podcheck.PodSettings()
+    # Identical RegistryChecks (same registry, credentials, image) share one chain run.
+    registry_check_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=20.0)
+    # Failing pods: one chain per (registry, credential, image) per interval.
+    pod_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=60.0, per_registry=4)
+    pod_pool: asyncio.Semaphore | None = None
+    forbidden_until: dict[str, float] = {}

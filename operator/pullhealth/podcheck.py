@@ -1,0 +1,363 @@
+"""Failing pods: which container fails, why (message + the pod's own pull path), what to write.
+
+No kopf here. The flow for one pod:
+
+1. :func:`failing_containers` finds containers (init, regular, ephemeral) waiting in a
+   pull failure; the rest of the cluster's pods are ignored cheaply.
+2. :func:`diagnose_pod` classifies kubelet's text, then confirms with the credentials
+   kubelet would use (``spec.imagePullSecrets``, then the service account's), or, for
+   ACR with no matching secret, the node's managed identity (IMDS) or the service
+   account's workload identity; the probe result refines the coarse message codes.
+   Chains are shared per (registry, credential, image) for the cache's interval.
+3. :func:`plan_writeback` turns the result and the pod's current annotations into the
+   patch and the Event to emit, idempotently (same diagnosis: nothing to do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pullhealth import classify, credentials
+from pullhealth.cluster import (
+    WORKLOAD_AUDIENCE,
+    WORKLOAD_CLIENT_ID,
+    WORKLOAD_TENANT_ID,
+    ClusterReader,
+    Environment,
+    read_keyring,
+    service_account_secret_names,
+)
+from pullhealth.coalesce import SingleFlight
+from pullhealth.codes import Code
+from pullhealth.diagnose import combine, make
+from pullhealth.engine import ChainOptions, Target, check_credentials, run_chain
+from pullhealth.model import Diagnosis
+from pullhealth.probes import identity
+from pullhealth.reference import ImageReference, InvalidReference, parse
+
+PULL_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
+)
+PREFIX = "pullhealth.io/"
+ANN_DIAGNOSIS = PREFIX + "diagnosis"
+ANN_CAUSE = PREFIX + "probable-cause"
+ANN_CONTAINER = PREFIX + "container"
+ANN_AT = PREFIX + "diagnosed-at"
+ANNOTATIONS = (ANN_DIAGNOSIS, ANN_CAUSE, ANN_CONTAINER, ANN_AT)
+MAX_CAUSE = 256
+MAX_CONTAINERS = 8
+# Probe results that only say "not allowed": a referenced secret kubelet had to skip is
+# then the probable cause.
+_AUTH_FAILURES = frozenset({Code.AUTH_REQUIRED, Code.ACCESS_DENIED, Code.PULL_SECRET_NO_MATCH})
+_STATUS_KINDS = (
+    ("initContainerStatuses", "initContainers"),
+    ("containerStatuses", "containers"),
+    ("ephemeralContainerStatuses", "ephemeralContainers"),
+)
+
+
+@dataclass(frozen=True)
+class FailingContainer:
+    """A container waiting on a failed pull."""
+
+    name: str
+    image: str
+    reason: str
+    message: str
+
+
+def failing_containers(pod: Mapping[str, Any]) -> list[FailingContainer]:
+    """Containers of any kind waiting in a pull failure, init containers first."""
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    out: list[FailingContainer] = []
+    for status_key, spec_key in _STATUS_KINDS:
+        images = {c.get("name"): c.get("image", "") for c in spec.get(spec_key) or []}
+        for cs in status.get(status_key) or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in PULL_REASONS:
+                name = str(cs.get("name", ""))
+                out.append(
+                    FailingContainer(
+                        name=name,
+                        image=str(images.get(name) or cs.get("image") or ""),
+                        reason=str(waiting["reason"]),
+                        message=str(waiting.get("message") or ""),
+                    )
+                )
+    return out
+
+
+def has_our_annotations(pod: Mapping[str, Any]) -> bool:
+    """Whether an earlier diagnosis is recorded on the pod."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return ANN_DIAGNOSIS in annotations
+
+
+def is_relevant(pod: Mapping[str, Any]) -> bool:
+    """The cheap filter: failing now, or annotated before (it may have recovered)."""
+    return bool(failing_containers(pod)) or has_our_annotations(pod)
+
+
+def pick_message(container: FailingContainer, kubelet_messages: Sequence[str]) -> str:
+    """The most informative text: the newest kubelet ``Failed`` event for this image, else
+    the waiting message (which is only ``Back-off pulling image`` during back-off)."""
+    wanted = f'"{container.image}"'
+    for message in kubelet_messages:
+        if wanted in message or container.image in message:
+            return message
+    return container.message
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Operator-wide knobs for pod diagnosis."""
+
+    acr_domains: tuple[str, ...] = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
+    kubelet_client_id: str | None = None
+    platform: str = "linux/amd64"
+    timeout: float = 10.0
+
+
+def is_acr(registry: str, domains: Sequence[str]) -> bool:
+    """Registry host (without port) equals or ends with one of the ACR domains."""
+    host = registry.split(":")[0]
+    return any(host == d.lstrip(".") or host.endswith(d if d.startswith(".") else "." + d) for d in domains)
+
+
+@dataclass(frozen=True)
+class PodResult:
+    """The outcome for one pod: the container diagnosed and the diagnosis."""
+
+    container: FailingContainer
+    diagnosis: Diagnosis
+    registry: str
+
+
+async def diagnose_pod(
+    pod: Mapping[str, Any],
+    kubelet_messages: Sequence[str],
+    reader: ClusterReader,
+    env: Environment,
+    settings: PodSettings,
+    cache: SingleFlight[Diagnosis],
+    on_request: Any = None,
+) -> list[PodResult]:
+    """Diagnose every failing container of a pod (at most 8), the first one first."""
+    results = []
+    for container in failing_containers(pod)[:MAX_CONTAINERS]:
+        results.append(
+            await diagnose_container(
+                pod, container, kubelet_messages, reader, env, settings, cache, on_request
+            )
+        )
+    return results
+
+
+async def diagnose_container(
+    pod: Mapping[str, Any],
+    container: FailingContainer,
+    kubelet_messages: Sequence[str],
+    reader: ClusterReader,
+    env: Environment,
+    settings: PodSettings,
+    cache: SingleFlight[Diagnosis],
+    on_request: Any = None,
+) -> PodResult:
+    """Classify the container's pull error, then confirm it on the pod's own pull path."""
+    meta = pod.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "default")
+    text = pick_message(container, kubelet_messages)
+    message = classify.classify(text)
+    facts = {**message.facts, "namespace": namespace, "container": container.name}
+
+    try:
+        image = parse(container.image)
+    except InvalidReference as exc:
+        diag = make(Code.INVALID_IMAGE_NAME, {**facts, "reference": container.image, "detail": str(exc)})
+        return PodResult(container, diag, "")
+    facts.update(
+        registry=image.registry,
+        repository=image.repository,
+        tag=image.manifest_ref,
+        image=image.familiar,
+        reference=container.image,
+    )
+    if container.reason == "ErrImageNeverPull":
+        diag = make(Code.IMAGE_NOT_FOUND, {**facts, "registry": "the node (imagePullPolicy: Never)"})
+        return PodResult(container, diag, image.registry)
+    if container.reason == "InvalidImageName":
+        return PodResult(container, make(Code.INVALID_IMAGE_NAME, facts), image.registry)
+    message = make(message.code, facts, candidates=message.candidates)
+
+    probed = await _probe(pod, image, namespace, reader, env, settings, cache, on_request)
+    return PodResult(container, combine(message, probed), image.registry)
+
+
+async def _probe(
+    pod: Mapping[str, Any],
+    image: ImageReference,
+    namespace: str,
+    reader: ClusterReader,
+    env: Environment,
+    settings: PodSettings,
+    cache: SingleFlight[Diagnosis],
+    on_request: Any,
+) -> Diagnosis:
+    """Run the pod's own pull path (coalesced) and fold in unusable secrets."""
+    spec = pod.get("spec") or {}
+    sa_name = str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
+    account = await reader.service_account(namespace, sa_name)
+    names = [str(r.get("name")) for r in spec.get("imagePullSecrets") or [] if r.get("name")]
+    names += service_account_secret_names(account)
+    keyring = await read_keyring(reader, namespace, names)
+    matched = credentials.lookup(list(keyring.entries), image)
+    options = ChainOptions(
+        nameserver=env.nameserver,
+        timeout=settings.timeout,
+        ca_file=env.ca_file,
+        platform=settings.platform,
+        on_request=on_request,
+    )
+    registry = image.registry
+    image_key = (image.registry, image.repository, image.manifest_ref, settings.platform)
+
+    if matched:
+        cred_key = ("creds", tuple(c.fingerprint for c in matched), *image_key)
+        result = await cache.get(
+            registry, cred_key, lambda: check_credentials(registry, image, matched, options)
+        )
+    elif is_acr(registry, settings.acr_domains):
+        result = await _acr_identity(
+            account, namespace, sa_name, image, image_key, reader, env, settings, cache, options
+        )
+    else:
+        key = ("anon" if not names else "nomatch", *image_key)
+        result = await cache.get(
+            registry,
+            key,
+            lambda: check_credentials(
+                registry,
+                image,
+                [] if names else None,
+                options,
+                no_match_facts={"detail": f"pull secrets {', '.join(names)} have no entry for {registry}"},
+            ),
+        )
+
+    if result.code in _AUTH_FAILURES and keyring.issues:
+        issue = keyring.issues[0]
+        return make(
+            issue.code,
+            {**result.facts, "secret": issue.name, "namespace": namespace, "detail": issue.detail},
+            checks=result.checks,
+        )
+    return result
+
+
+async def _acr_identity(
+    account: Mapping[str, Any] | None,
+    namespace: str,
+    sa_name: str,
+    image: ImageReference,
+    image_key: tuple[str, ...],
+    reader: ClusterReader,
+    env: Environment,
+    settings: PodSettings,
+    cache: SingleFlight[Diagnosis],
+    options: ChainOptions,
+) -> Diagnosis:
+    """No secret matches an ACR image: kubelet uses the node identity (or workload identity)."""
+    annotations = ((account or {}).get("metadata") or {}).get("annotations") or {}
+    client_id = annotations.get(WORKLOAD_CLIENT_ID)
+    tenant_id = annotations.get(WORKLOAD_TENANT_ID) or env.tenant_id
+    registry = image.registry
+    if client_id and tenant_id:
+
+        async def workload() -> identity.AadToken:
+            federated = await reader.service_account_token(namespace, sa_name, WORKLOAD_AUDIENCE)
+            return await identity.workload_identity_token(
+                client_id=str(client_id),
+                tenant_id=str(tenant_id),
+                federated_token=federated,
+                authority=env.aad_authority,
+                timeout=settings.timeout,
+            )
+
+        key = ("wi", namespace, sa_name, str(client_id), *image_key)
+        return await cache.get(
+            registry, key, lambda: run_chain(Target(registry, image, identity=workload), options)
+        )
+
+    kubelet_id = settings.kubelet_client_id
+
+    async def node_identity() -> identity.AadToken:
+        return await identity.managed_identity_token(
+            client_id=kubelet_id, endpoint=env.imds_endpoint, timeout=settings.timeout
+        )
+
+    key = ("mi", kubelet_id or "default", *image_key)
+    return await cache.get(
+        registry, key, lambda: run_chain(Target(registry, image, identity=node_identity), options)
+    )
+
+
+# --- write-back: pure
+
+
+@dataclass(frozen=True)
+class Writeback:
+    """What to change on the pod: annotation patch (None = nothing) and Event (or None).
+
+    In ``annotations`` a value of None removes the key (JSON merge patch).
+    """
+
+    annotations: dict[str, str | None] | None = None
+    event_type: str | None = None
+    event_reason: str | None = None
+    event_message: str | None = None
+
+
+def probable_cause(diagnosis: Diagnosis) -> str:
+    """One line, at most 256 characters."""
+    line = " ".join(diagnosis.summary.split())
+    return line if len(line) <= MAX_CAUSE else line[: MAX_CAUSE - 1] + "…"
+
+
+def event_message(diagnosis: Diagnosis) -> str:
+    """``<CODE>: <summary>. Try: <first remediation>``."""
+    text = f"{diagnosis.code.value}: {diagnosis.summary.rstrip('.')}."
+    if diagnosis.remediation:
+        text += f" Try: {diagnosis.remediation[0]}"
+    return text[:1024]
+
+
+def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -> Writeback:
+    """Idempotent: the same diagnosis on the same container changes nothing."""
+    current = (pod.get("metadata") or {}).get("annotations") or {}
+    if result is None:
+        if not any(key in current for key in ANNOTATIONS):
+            return Writeback()
+        return Writeback(
+            annotations=dict.fromkeys(ANNOTATIONS),
+            event_type="Normal",
+            event_reason="PullRecovered",
+            event_message=f"no container waits on an image pull any more "
+            f"(was {current.get(ANN_DIAGNOSIS, 'unknown')})",
+        )
+    code = result.diagnosis.code.value
+    if current.get(ANN_DIAGNOSIS) == code and current.get(ANN_CONTAINER) == result.container.name:
+        return Writeback()
+    return Writeback(
+        annotations={
+            ANN_DIAGNOSIS: code,
+            ANN_CAUSE: probable_cause(result.diagnosis),
+            ANN_CONTAINER: result.container.name,
+            ANN_AT: now,
+        },
+        event_type="Warning",
+        event_reason="PullDiagnosed",
+        event_message=event_message(result.diagnosis),
+    )
