@@ -203,9 +203,10 @@ class Operator:
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2):
-                    return
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"http://127.0.0.1:{health}/healthz", timeout=2
+            ):
+                return
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             time.sleep(0.3)
         pytest.fail("operator did not become live:\n" + self.log.read_text()[-3000:])

@@ -77,7 +77,8 @@ def samples(world: World) -> list[dict[str, object]]:
                 "spec": {"intervalSeconds": 60, "timeoutSeconds": 2, **spec}}
 
     return [
-        rc("public-alpine", {"registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}),
+        rc("public-alpine", {"registry": world.anon, "image": "library/alpine:3.19",
+                             "auth": {"mode": "anonymous"}}),
         rc("acr-app", {"registry": world.acr, "image": "team/app:v1", "auth": {"pullSecrets": ["acr-pull"]}}),
         rc("acr-wrong-password", {"registry": world.acr, "image": "team/app:v1",
                                   "auth": {"pullSecrets": ["acr-stale"]}}),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
 import gzip
 import hashlib
@@ -161,10 +162,8 @@ def outer(args) -> int:
     finally:
         if proc.poll() is None:
             with_suppress(os.killpg, proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         # the inner process group holds containerd, registries, ctr
         with_suppress(os.killpg, proc.pid, signal.SIGKILL)
         with_suppress(proc.wait, 5)
@@ -238,9 +237,9 @@ class DNSStub(threading.Thread):
                 self.sock.sendto(resp, peer)
 
     def answer(self, data: bytes):
-        qid, flags, qd = struct.unpack("!HHH", data[:6])
+        qid, flags, _qd = struct.unpack("!HHH", data[:6])
         name, off = _parse_qname(data, 12)
-        qtype, qclass = struct.unpack("!HH", data[off : off + 4])
+        qtype, _qclass = struct.unpack("!HH", data[off : off + 4])
         question = data[12 : off + 4]
         lname = name.lower().rstrip(".")
         self.queries.append((lname, qtype))
@@ -417,8 +416,7 @@ class FakeRegistryHandler(QuietHandler):
         if blob is None or host == "blobmissing.test":
             return self.send(
                 404,
-                '{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry","detail":"%s"}]}'
-                % ref,
+                f'{{"errors":[{{"code":"BLOB_UNKNOWN","message":"blob unknown to registry","detail":"{ref}"}}]}}',
             )
         return self.send(200, blob, {"Docker-Content-Digest": ref}, ctype="application/octet-stream")
 
@@ -556,10 +554,8 @@ class RawServer(threading.Thread):
             for _ in range(3):
                 c = socket.socket()
                 c.setblocking(False)
-                try:
+                with contextlib.suppress(BlockingIOError, OSError):
                     c.connect(addr)
-                except (BlockingIOError, OSError):
-                    pass
                 self.held.append(c)
         else:
             self.sock.listen(16)
@@ -579,10 +575,8 @@ class RawServer(threading.Thread):
             if self.behaviour == "hang":
                 self.held.append(c)
             elif self.behaviour == "garbage":
-                try:
+                with contextlib.suppress(OSError):
                     c.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
-                except OSError:
-                    pass
                 self.held.append(c)
             elif self.behaviour == "eof":
                 # read the ClientHello, then close cleanly (FIN -> client sees EOF)
@@ -646,7 +640,7 @@ def build_images(salt=""):
     with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0) as g:
         g.write(tar)
     layer = gz.getvalue()
-    blobs, manifests = {sha(layer): layer}, {}
+    blobs, _manifests = {sha(layer): layer}, {}
 
     def image(arch):
         cfg = json.dumps(
@@ -961,13 +955,13 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def error_text(stderr: str, stdout: str, rc):
-    lines = [ANSI.sub("", l).rstrip() for l in stderr.splitlines() if l.strip()]
-    errs = [l for l in lines if l.startswith("ctr: ")]
+    lines = [ANSI.sub("", ln).rstrip() for ln in stderr.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if ln.startswith("ctr: ")]
     if errs:
         return errs[-1][len("ctr: ") :].strip()
     if lines:
         return lines[-1].strip()
-    out = [ANSI.sub("", l).strip() for l in stdout.replace("\r", "\n").splitlines() if l.strip()]
+    out = [ANSI.sub("", ln).strip() for ln in stdout.replace("\r", "\n").splitlines() if ln.strip()]
     return out[-1] if out else ""
 
 
@@ -1152,7 +1146,7 @@ http:
     certificate: {self.leaf_pem}
     key: {self.leaf_key}
 {auth}""")
-            logf = open(os.path.join(self.tmp, f"registry-{name}.log"), "w")
+            logf = open(os.path.join(self.tmp, f"registry-{name}.log"), "w")  # noqa: SIM115 (lives with the process)
             self.procs.append(
                 subprocess.Popen(
                     [binary, "serve", cfg], stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -1193,7 +1187,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 [metrics]
   address = ""
 """)
-        logf = open(os.path.join(self.tmp, "containerd.log"), "w")
+        logf = open(os.path.join(self.tmp, "containerd.log"), "w")  # noqa: SIM115 (lives with the process)
         self.procs.append(
             subprocess.Popen(
                 ["containerd", "--config", cfg],
@@ -1410,7 +1404,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         # unmount anything containerd left mounted under our temp dir
         try:
             with open("/proc/self/mountinfo") as f:
-                mps = [l.split()[4] for l in f]
+                mps = [ln.split()[4] for ln in f]
             for mp in reversed(mps):
                 if mp.startswith(self.tmp):
                     subprocess.run(["umount", "-l", mp], stderr=subprocess.DEVNULL)
