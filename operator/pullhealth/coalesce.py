@@ -56,7 +56,15 @@ class SingleFlight(Generic[T]):
         return self._limits[registry]
 
     async def get(self, registry: str, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
-        """Return the shared result for key, running ``work`` only when none is fresh."""
+        """Return the shared result for key, running ``work`` only when none is fresh.
+
+        With ``ttl <= 0`` nothing is shared (each caller runs its own work, still within
+        the per-registry bound): the naive behaviour, kept for comparison benchmarks.
+        """
+        if self.ttl <= 0:
+            async with self._limit(registry):
+                self.runs += 1
+                return await work()
         now = self._clock()
         entry = self._entries.get(key)
         if entry is not None and (not entry.task.done() or entry.expires > now):

@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     options.metrics_port = args.metrics_port
     options.peering = args.peering
     options.pods = not args.no_pods
-    options.pod_interval = max(1.0, args.pod_interval)
+    options.pod_interval = max(0.0, args.pod_interval)
     options.per_registry = max(1, args.per_registry)
     options.workers = max(1, args.workers)
     options.acr_domains = args.acr_domains

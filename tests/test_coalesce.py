@@ -1,0 +1,97 @@
+"""SingleFlight: concurrent identical work runs once; results are reused for the TTL."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pullhealth.coalesce import SingleFlight
+
+
+async def test_concurrent_callers_share_one_run() -> None:
+    flight: SingleFlight[int] = SingleFlight(ttl=60)
+    started = asyncio.Event()
+
+    async def work() -> int:
+        started.set()
+        await asyncio.sleep(0.05)
+        return 42
+
+    results = await asyncio.gather(*(flight.get("r", "k", work) for _ in range(200)))
+    assert results == [42] * 200 and flight.runs == 1
+
+
+async def test_ttl_expiry_reruns_and_keys_are_distinct() -> None:
+    now = [0.0]
+    flight: SingleFlight[str] = SingleFlight(ttl=10, clock=lambda: now[0])
+    calls: list[str] = []
+
+    async def work(tag: str) -> str:
+        calls.append(tag)
+        return tag
+
+    assert await flight.get("r", "a", lambda: work("a")) == "a"
+    assert await flight.get("r", "a", lambda: work("a2")) == "a"  # fresh: reused
+    assert await flight.get("r", "b", lambda: work("b")) == "b"  # other key: runs
+    now[0] = 11.0
+    assert await flight.get("r", "a", lambda: work("a3")) == "a3"  # expired: runs again
+    assert calls == ["a", "b", "a3"]
+
+
+async def test_per_registry_limit_bounds_concurrency() -> None:
+    flight: SingleFlight[int] = SingleFlight(ttl=60, per_registry=2)
+    running = 0
+    peak = 0
+
+    async def work() -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return 1
+
+    await asyncio.gather(*(flight.get("reg", i, work) for i in range(10)))
+    assert peak == 2 and flight.runs == 10
+
+
+async def test_max_entries_is_bounded() -> None:
+    flight: SingleFlight[int] = SingleFlight(ttl=60, max_entries=5)
+
+    async def work() -> int:
+        return 1
+
+    for i in range(50):
+        await flight.get("r", i, work)
+    assert len(flight._entries) == 5
+
+
+async def test_failure_is_shared_not_cached_forever() -> None:
+    now = [0.0]
+    flight: SingleFlight[int] = SingleFlight(ttl=1, clock=lambda: now[0])
+
+    async def boom() -> int:
+        raise RuntimeError("x")
+
+    for _ in range(2):
+        try:
+            await flight.get("r", "k", boom)
+        except RuntimeError:
+            pass
+    assert flight.runs == 1
+    now[0] = 2.0
+
+    async def ok() -> int:
+        return 7
+
+    assert await flight.get("r", "k", ok) == 7
+
+
+async def test_ttl_zero_shares_nothing() -> None:
+    flight: SingleFlight[int] = SingleFlight(ttl=0, per_registry=3)
+
+    async def work() -> int:
+        await asyncio.sleep(0.01)
+        return 1
+
+    await asyncio.gather(*(flight.get("r", "same", work) for _ in range(10)))
+    assert flight.runs == 10
