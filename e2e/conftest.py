@@ -15,10 +15,8 @@ import dataclasses
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ import yaml
 
 from pullhealth import devcluster
 from support import guard
+from support.operatorproc import OperatorProcess
 from support.world import World, start_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,79 +158,21 @@ def namespace(dev_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[
 
 # --- the test world (real registries, DNS, token service) and the operator process
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def world() -> Iterator[World]:
     with tempfile.TemporaryDirectory(prefix="pullhealth-e2e-world-") as tmp, contextlib.ExitStack() as stack:
         yield start_world(stack, Path(tmp))
 
 
-class Operator:
-    """``pullhealth run`` as a subprocess; restartable."""
-
-    def __init__(self, kubeconfig: Path, world: World, log: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.world = world
-        self.log = log
-        self.metrics_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "PYTHONPATH": str(ROOT / "operator"),
-            "PULLHEALTH_NAMESERVER": self.world.nameserver,
-            "PULLHEALTH_CA_FILE": str(self.world.ca_bundle),
-            "PULLHEALTH_IMDS_ENDPOINT": self.world.imds_url,
-        }
-        health = free_port()
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pullhealth", "run", "--all-namespaces",
-                 "--metrics-port", str(self.metrics_port),
-                 "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json",
-                 "--kubelet-client-id", self.world.imds_client_id, "--pod-interval", "60"],
-                env=env, stdout=out, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                f"http://127.0.0.1:{health}/healthz", timeout=2
-            ):
-                return
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            time.sleep(0.3)
-        pytest.fail("operator did not become live:\n" + self.log.read_text()[-3000:])
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-
-
 @pytest.fixture(scope="session")
-def operator(dev_cluster: Any, world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(
+    dev_cluster: Any, world: World, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     dev_cluster.kubectl("apply", "-f", str(CRD))
     dev_cluster.kubectl("wait", "--for=condition=Established", "crd/registrychecks.pullhealth.io",
                         "--timeout=60s")
-    op = Operator(dev_cluster.kubeconfig, world, tmp_path_factory.mktemp("operator") / "operator.log")
+    op = OperatorProcess(dev_cluster.kubeconfig, world, tmp_path_factory.mktemp("operator") / "operator.log",
+                         ["--pod-interval", "60"])
     op.start()
     try:
         yield op

@@ -114,14 +114,6 @@ def our_events(api: Any, ns: str, name: str) -> list[Any]:
     return [e for e in items if e.reason in ("PullDiagnosed", "PullRecovered")]
 
 
-def probe_requests(operator: Any, registry: str) -> float:
-    total = 0.0
-    for line in operator.metrics().splitlines():
-        if line.startswith("pullhealth_probe_requests_total{") and f'registry="{registry}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 SCENARIOS = [
     # name, image attr + path, secrets (name -> (server attr, user, password)), mode, expected
     ("missing-secret", "acr", "team/app:v1", ["absent"], {}, "token_no_credentials_private_repo",
@@ -216,7 +208,7 @@ def test_many_pods_one_image_share_one_probe_chain(operator: Any, world: World, 
                                                    wait_for: Any) -> None:
     count = 200
     image = f"{world.anon}/team/app:bulk-missing"
-    before = probe_requests(operator, world.anon)
+    before = operator.probe_requests(world.anon)
     message = kubelet_message("tag_not_found", image)
     for i in range(count):
         pod = make_pod(api, namespace, f"bulk-{i}", image)
@@ -230,6 +222,6 @@ def test_many_pods_one_image_share_one_probe_chain(operator: Any, world: World, 
     wait_for(all_done, f"{count} pods diagnosed", timeout=240)
     items = api.list_namespaced_pod(namespace).items
     assert {p.metadata.annotations["pullhealth.io/diagnosis"] for p in items} == {"TAG_NOT_FOUND"}
-    used = probe_requests(operator, world.anon) - before
+    used = operator.probe_requests(world.anon) - before
     # One chain: GET /v2/, HEAD + GET manifest, GET tags/list (no token step: anonymous registry).
     assert 0 < used <= 6, used

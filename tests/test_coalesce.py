@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from pullhealth.coalesce import SingleFlight
 
@@ -73,10 +74,8 @@ async def test_failure_is_shared_not_cached_forever() -> None:
         raise RuntimeError("x")
 
     for _ in range(2):
-        try:
+        with contextlib.suppress(RuntimeError):
             await flight.get("r", "k", boom)
-        except RuntimeError:
-            pass
     assert flight.runs == 1
     now[0] = 2.0
 

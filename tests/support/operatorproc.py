@@ -1,0 +1,102 @@
+"""``pullhealth run`` as a subprocess against a test world: for e2e tests, benchmarks, demo."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from support.world import World
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """The operator, restartable, with the world's resolver, CA and IMDS endpoint.
+
+    Args:
+        kubeconfig: the kubeconfig the operator uses (admin, or a ServiceAccount token's).
+        world: the running test world.
+        log: file the operator's output is appended to.
+        extra_args: more ``pullhealth run`` flags.
+    """
+
+    def __init__(self, kubeconfig: Path, world: World, log: Path, extra_args: Sequence[str] = ()) -> None:
+        self.kubeconfig = kubeconfig
+        self.world = world
+        self.log = log
+        self.extra_args = list(extra_args)
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start and wait until the liveness endpoint answers.
+
+        Raises:
+            RuntimeError: the process died or did not become live in time (with its log tail).
+        """
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONPATH": str(ROOT / "operator"),
+            "PULLHEALTH_NAMESERVER": self.world.nameserver,
+            "PULLHEALTH_CA_FILE": str(self.world.ca_bundle),
+            "PULLHEALTH_IMDS_ENDPOINT": self.world.imds_url,
+        }
+        health = free_port()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pullhealth", "run", "--all-namespaces",
+                 "--metrics-port", str(self.metrics_port),
+                 "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json",
+                 "--kubelet-client-id", self.world.imds_client_id, *self.extra_args],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"http://127.0.0.1:{health}/healthz", timeout=2
+            ):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("operator did not become live:\n" + self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        """Terminate (then kill) the process."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def metrics(self) -> str:
+        """The /metrics text."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    def probe_requests(self, registry: str) -> float:
+        """Sum of pullhealth_probe_requests_total for one registry."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("pullhealth_probe_requests_total{") and f'registry="{registry}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
