@@ -25,3 +25,27 @@ def test_secret_shapes_are_masked_without_knowing_them() -> None:
     for secret in (jwt, "YWxpY2U6cHc=", '"pw"', "abcdef", "YWxpY2U6cHc9PQ=="):
         assert secret not in out, secret
     assert "x=1" in out
+
+
+def test_log_filter_masks_messages_and_arguments(caplog: object) -> None:
+    import logging
+
+    from pullhealth.redact import RedactingFilter
+
+    logger = logging.getLogger("pullhealth.test.redact")
+    handler_records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            handler_records.append(record)
+
+    handler = Keep()
+    handler.addFilter(RedactingFilter())
+    logger.addHandler(handler)
+    try:
+        logger.warning("token %s and header %s", "eyJhbGciOi.eyJzdWIiOiJ4In0.c2ln", "Basic YWxpY2U6cHc9PQ==")
+    finally:
+        logger.removeHandler(handler)
+    text = handler_records[0].getMessage()
+    assert "eyJzdWIiOiJ4In0" not in text and "YWxpY2U6cHc9PQ==" not in text
+    assert text.startswith("token ")

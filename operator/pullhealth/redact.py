@@ -9,6 +9,7 @@ value was never seen.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from collections.abc import Iterable
 
@@ -67,3 +68,32 @@ class Redactor:
 def redact(text: str) -> str:
     """Mask secret-shaped text when no specific secrets are known."""
     return Redactor()(text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secret-shaped text in every record it passes.
+
+    The record's message is formatted first (arguments included), masked, and stored back
+    with no arguments, so a secret passed as an argument is masked too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask the record in place; never drops it."""
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        masked = redact(message)
+        if masked != message or record.args:
+            record.msg = masked
+            record.args = None
+        return True
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Attach :class:`RedactingFilter` to a logger's handlers (root by default) and itself."""
+    target = logger or logging.getLogger()
+    flt = RedactingFilter()
+    target.addFilter(flt)
+    for handler in target.handlers:
+        handler.addFilter(flt)

@@ -8,6 +8,7 @@ import importlib
 import kopf
 
 from pullhealth.handlers import startup
+from pullhealth.redact import install_log_redaction
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
+    # kopf has configured its handlers now: mask secret-shaped text in everything logged.
+    install_log_redaction()
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
