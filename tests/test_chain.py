@@ -274,3 +274,38 @@ async def test_refresh_token_credential(world: Any) -> None:
     cred = Credential(CredentialKind.REFRESH_TOKEN, "test", None, refresh)
     d = await _check(world, f"{world.acr}/team/app:v1", cred)
     assert d.code is Code.OK, d.checks
+
+
+async def test_password_falls_back_to_oauth2_post_form_when_get_is_refused(world: Any) -> None:
+    world.tokenserver.allow_get = False
+    try:
+        world.tokenserver.reset_requests()
+        d = await _check(world, f"{world.acr}/team/app:v1", _basic(world.acr_puller))
+        assert d.code is Code.OK, d.checks
+        assert "POST" in next(c for c in d.checks if c.name == "token").details["flow"]
+        wrong = await _check(world, f"{world.acr}/team/app:v1", _basic((world.acr_puller[0], "nope")))
+        assert wrong.code is Code.CREDENTIALS_REJECTED
+    finally:
+        world.tokenserver.allow_get = True
+
+
+async def test_data_endpoint_is_resolved_and_judged_too(world: Any) -> None:
+    ok = await _check(world, f"{world.privatelink}/team/app:v1", _basic(world.acr_puller),
+                      data_endpoint="pe.privatelink.azurecr.io", expect_private_endpoint=True)
+    assert ok.code is Code.OK, ok.checks
+    assert "pe.privatelink.azurecr.io" in ok.checks[0].details["dataEndpoint"]
+    leak = await _check(world, f"{world.privatelink}/team/app:v1", _basic(world.acr_puller),
+                        data_endpoint="leak.azurecr.io", expect_private_endpoint=True)
+    assert leak.code is Code.PRIVATE_ENDPOINT_DNS and "data endpoint" in leak.checks[0].message
+    missing = await _check(world, f"{world.privatelink}/team/app:v1", data_endpoint="nosuch.azurecr.io")
+    assert missing.code is Code.DNS_NXDOMAIN and "nosuch.azurecr.io" in missing.summary
+
+
+async def test_credentials_never_appear_in_results(world: Any) -> None:
+    for cred in (_basic(world.acr_puller), _basic((world.acr_puller[0], "wrong-secret-xyz")),
+                 _basic(world.basic_user)):
+        for ref in (f"{world.acr}/team/app:v1", f"{world.basic}/team/app:v1"):
+            d = await _check(world, ref, cred)
+            dumped = d.model_dump_json()
+            assert cred.secret is not None and cred.secret not in dumped
+            assert "Bearer " not in dumped and "Basic " not in dumped

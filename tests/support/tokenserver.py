@@ -174,6 +174,10 @@ class _TokenHandler(QuietHandler):
         if self.route != "/oauth2/token":
             self.send_json(404, _err("NOT_FOUND", "not found"))
             return
+        if not fx.allow_get:
+            # Some OAuth2-only token endpoints accept POST forms only.
+            self.send_json(405, _err("UNSUPPORTED", "method not allowed"), {"Allow": "POST"})
+            return
         q = parse_qs(self.path.partition("?")[2], keep_blank_values=True)
         service = (q.get("service") or [fx.service])[0]
         if service != fx.service:
@@ -298,6 +302,7 @@ class TokenServer(BackgroundHTTPServer):
         self.rootcertbundle = self.signer.rootcertbundle
         self.expires_in = expires_in
         self.delay = 0.0
+        self.allow_get = True
         self._refresh: dict[str, str] = {}
         self._lock = threading.Lock()
 

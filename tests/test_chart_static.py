@@ -1,0 +1,408 @@
+"""The Helm chart without a cluster: CRD drift, values hygiene, lint, rendered objects.
+
+Rendering needs the helm binary (``hack/build-helm.sh`` builds it from Go modules);
+without it those tests skip, or fail when PULLHEALTH_REQUIRE_E2E is set (CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pullhealth import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "pullhealth"
+RELEASE = "ph"
+RELEASE_NS = "pullhealth-system"
+
+# Every (apiGroup, resource) the operator may touch, with the verbs it needs. The
+# templates and docs/install.md say why for each; a rule outside this table fails.
+NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
+    ("pullhealth.io", "registrychecks"): {"get", "list", "watch", "patch"},
+    ("pullhealth.io", "registrychecks/status"): {"get", "patch"},
+    ("", "pods"): {"get", "list", "watch", "patch"},
+    ("", "events"): {"create", "patch", "list"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "secrets"): {"get"},
+    ("", "serviceaccounts"): {"get"},
+    ("", "serviceaccounts/token"): {"create"},
+}
+CRD_RULE = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+NAMESPACES_RULE = {("", "namespaces"): {"get", "list", "watch"}}
+PEERING_VERBS = {"get", "list", "watch", "patch"}
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def find_helm() -> str | None:
+    """$HELM, helm on PATH, or the binary hack/build-helm.sh built; None if none."""
+    candidates = [os.environ.get("HELM", ""), shutil.which("helm") or ""]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        built = subprocess.run(
+            ["bash", str(ROOT / "hack" / "build-helm.sh"), "--print-dir"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()
+        candidates.append(str(Path(built) / "helm"))
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    """The helm binary; skips without it, fails without it in CI."""
+    found = find_helm()
+    if found is None:
+        reason = "no helm binary: run hack/build-helm.sh (or set HELM)"
+        if os.environ.get("PULLHEALTH_REQUIRE_E2E"):
+            pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def render(helm: str, *sets: str) -> list[dict[str, Any]]:
+    """``helm template`` with ``--set`` values, parsed."""
+    args = ["template", RELEASE, str(CHART), "--namespace", RELEASE_NS]
+    for value in sets:
+        args += ["--set", value]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (obj,) = of_kind(objects, kind)
+    return obj
+
+
+def rule_table(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """A Role's rules as (apiGroup, resource) -> verbs."""
+    table: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource) and "*" not in rule["verbs"], rule
+                table.setdefault((group, resource), set()).update(rule["verbs"])
+    return table
+
+
+def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(c)
+
+
+def values_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    """Dotted paths of every mapping key in values."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            yield path
+            yield from values_keys(value, path + ".")
+
+
+# -- files --------------------------------------------------------------------------
+
+
+def test_chart_crd_is_an_identical_copy_of_the_canonical_one() -> None:
+    name = "registrychecks.pullhealth.io.yaml"
+    assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+        f"charts/pullhealth/crds/{name} drifted: cp crds/{name} charts/pullhealth/crds/"
+    )
+
+
+def test_chart_crds_are_only_ours_and_kopf_peering() -> None:
+    names = set()
+    for path in (CHART / "crds").iterdir():
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc["kind"] == "CustomResourceDefinition"
+            names.add(doc["metadata"]["name"])
+    assert names == {"registrychecks.pullhealth.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+def test_every_value_has_a_comment_and_a_camel_case_name() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    key = re.compile(r"^(\s*)([^\s#:-][^:]*):(\s|$)")
+    problems = []
+    for i, line in enumerate(lines):
+        match = key.match(line)
+        if not match:
+            continue
+        name = match.group(2)
+        if not re.fullmatch(r"[a-z][a-zA-Z0-9]*", name):
+            problems.append(f"line {i + 1}: {name!r} is not camelCase")
+        above = next((p.strip() for p in reversed(lines[:i]) if p.strip()), "")
+        if not above.startswith("#") and "#" not in line:
+            problems.append(f"line {i + 1}: {name!r} has no comment")
+    assert not problems, "\n".join(problems)
+
+
+def _validate(instance: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """A small JSON Schema subset checker, for machines without the jsonschema package."""
+    errors: list[str] = []
+    types = schema.get("type")
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float),
+    }
+    if types is not None:
+        names = types if isinstance(types, list) else [types]
+        ok = any(isinstance(instance, kinds[t]) and not (t in ("integer", "number") and isinstance(instance, bool))
+                 for t in names)
+        if not ok:
+            return [f"{path or '/'}: {instance!r} is not {types}"]
+    if "enum" in schema and instance not in schema["enum"]:
+        errors.append(f"{path}: {instance!r} not in {schema['enum']}")
+    if isinstance(instance, str) and "pattern" in schema and not re.search(schema["pattern"], instance):
+        errors.append(f"{path}: {instance!r} does not match {schema['pattern']}")
+    if isinstance(instance, (int, float)) and "minimum" in schema and instance < schema["minimum"]:
+        errors.append(f"{path}: {instance} < {schema['minimum']}")
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        errors += [f"{path}/{r}: required" for r in schema.get("required", []) if r not in instance]
+        for name, value in instance.items():
+            if name in props:
+                errors += _validate(value, props[name], f"{path}/{name}")
+            elif schema.get("additionalProperties") is False:
+                errors.append(f"{path}/{name}: not allowed")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += _validate(value, schema["additionalProperties"], f"{path}/{name}")
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(instance):
+            errors += _validate(item, schema["items"], f"{path}/{i}")
+    return errors
+
+
+def validate(instance: Any, schema: dict[str, Any]) -> list[str]:
+    try:
+        import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return _validate(instance, schema)
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+def test_values_schema_accepts_the_defaults_and_rejects_mistakes() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert validate(values, schema) == []
+    for bad in ({"logFormat": "xml"}, {"replicaCount": "two"}, {"rbac": {"create": "yes"}},
+                {"watchNamespace": ["a"]}, {"watchNamespaces": ["Not_A_Namespace"]},
+                {"prometheusRule": {"registryCheckUnhealthyFor": "ten minutes"}}):
+        assert validate({**values, **{k: ({**values[k], **v} if isinstance(v, dict) and k in values else v)
+                                      for k, v in bad.items()}}, schema), bad
+
+
+def test_values_schema_describes_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = []
+    for path in values_keys(values):
+        node: dict[str, Any] | None = schema
+        for part in path.split("."):
+            node = node or {}
+            extra = node.get("additionalProperties")
+            node = node.get("properties", {}).get(part) or (extra if isinstance(extra, dict) else None)
+        if node is None:
+            missing.append(path)
+    assert not missing, missing
+
+
+# -- helm ---------------------------------------------------------------------------
+
+SCENARIOS = {
+    "default": [],
+    "watchNamespaces": ["watchNamespaces={a,b}"],
+    "peering": ["peering.enabled=true", "replicaCount=2"],
+    "peeringNamespaces": ["peering.enabled=true", "watchNamespaces={a,b}"],
+    "monitoring": ["prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true",
+                   "grafanaDashboard.enabled=true"],
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_helm_lint_is_clean(helm: str, scenario: str) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    for value in SCENARIOS[scenario]:
+        args += ["--set", value]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_every_object_has_the_standard_labels(helm: str, scenario: str) -> None:
+    for obj in render(helm, *SCENARIOS[scenario]):
+        labels = obj["metadata"].get("labels", {})
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert key in labels, (obj["kind"], obj["metadata"]["name"], key)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_security_context_is_restricted(helm: str, scenario: str) -> None:
+    objects = render(helm, *SCENARIOS[scenario])
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    sc = container(objects)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not sc.get("privileged")
+    for volume in pod["volumes"]:
+        assert "hostPath" not in volume
+
+
+def test_default_render(helm: str) -> None:
+    objects = render(helm)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 1
+    c = container(objects)
+    assert c["image"] == "pullhealth:0.1.0"
+    assert c["command"] == ["pullhealth", "run"]
+    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--liveness=http://0.0.0.0:8081/healthz",
+                         "--log-format=json"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    sa = one(objects, "ServiceAccount")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    service = one(objects, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": RELEASE_NS}]
+    assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
+
+
+def test_default_cluster_role_is_exactly_the_documented_rules(helm: str) -> None:
+    role = one(render(helm), "ClusterRole")
+    assert rule_table(role) == {**CRD_RULE, **NAMESPACED_RULES}
+    assert rule_table(role)[("", "secrets")] == {"get"}
+
+
+def test_every_rule_of_every_scenario_is_documented(helm: str) -> None:
+    allowed = {**CRD_RULE, **NAMESPACES_RULE, **NAMESPACED_RULES,
+               ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS, ("kopf.dev", "kopfpeerings"): PEERING_VERBS}
+    for scenario, sets in SCENARIOS.items():
+        for role in of_kind(render(helm, *sets), "ClusterRole") + of_kind(render(helm, *sets), "Role"):
+            for key, verbs in rule_table(role).items():
+                assert key in allowed and verbs <= allowed[key], (scenario, role["kind"], key, verbs)
+                if key == ("", "secrets"):
+                    assert verbs == {"get"}, (scenario, "secrets must not be listed or watched")
+
+
+def test_reading_secrets_cluster_wide_is_opt_in(helm: str) -> None:
+    role = one(render(helm, "rbac.readSecretsClusterWide=true"), "ClusterRole")
+    assert rule_table(role)[("", "secrets")] == {"get", "list", "watch"}
+
+
+def test_rbac_create_false_renders_no_rbac(helm: str) -> None:
+    objects = render(helm, "rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=existing")
+    assert not [o for o in objects if o["apiVersion"].startswith("rbac.")]
+    assert not of_kind(objects, "ServiceAccount")
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
+
+
+def test_watch_namespaces_uses_roles(helm: str) -> None:
+    objects = render(helm, *SCENARIOS["watchNamespaces"])
+    # Cluster-wide only what is cluster-scoped by nature.
+    assert rule_table(one(objects, "ClusterRole")) == {**CRD_RULE, **NAMESPACES_RULE}
+    roles = of_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    for role in roles:
+        assert rule_table(role) == NAMESPACED_RULES
+    sa = one(objects, "ServiceAccount")["metadata"]["name"]
+    bindings = of_kind(objects, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": RELEASE_NS}]
+        assert binding["roleRef"]["kind"] == "Role"
+    args = container(objects)["args"]
+    assert "--namespace=a" in args and "--namespace=b" in args and "--all-namespaces" not in args
+
+
+def test_peering_all_namespaces(helm: str) -> None:
+    objects = render(helm, *SCENARIOS["peering"])
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["replicas"] == 2
+    assert "--peering=pullhealth" in container(objects)["args"]
+    peering = one(objects, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1" and peering["metadata"]["name"] == "pullhealth"
+    table = rule_table(one(objects, "ClusterRole"))
+    assert table[("kopf.dev", "clusterkopfpeerings")] == PEERING_VERBS
+    assert ("kopf.dev", "kopfpeerings") not in table
+
+
+def test_peering_in_watched_namespaces(helm: str) -> None:
+    objects = render(helm, *SCENARIOS["peeringNamespaces"])
+    assert sorted(p["metadata"]["namespace"] for p in of_kind(objects, "KopfPeering")) == ["a", "b"]
+    assert not of_kind(objects, "ClusterKopfPeering")
+    for role in of_kind(objects, "Role"):
+        assert rule_table(role)[("kopf.dev", "kopfpeerings")] == PEERING_VERBS
+
+
+def test_replicas_without_peering_are_refused(helm: str) -> None:
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--set", "replicaCount=2")
+    assert result.returncode != 0 and "peering" in result.stderr
+
+
+def _metric_names() -> set[str]:
+    """Series names pullhealth exports (from the one registry in pullhealth.metrics)."""
+    names = set()
+    for family in metrics.REGISTRY.collect():
+        names.add(family.name)
+        suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"]}
+        names.update(family.name + s for s in suffixes.get(family.type, []))
+    return names
+
+
+def test_monitoring_objects(helm: str) -> None:
+    objects = render(helm, *SCENARIOS["monitoring"])
+    rules = {r["alert"]: r for r in one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert rules["PullhealthRegistryCheckUnhealthy"]["expr"] == "pullhealth_registry_check_healthy == 0"
+    assert rules["PullhealthRegistryCheckUnhealthy"]["for"] == "10m"
+    assert rules["PullhealthPodsFailingImagePulls"]["expr"] == "sum by (namespace, code) (pullhealth_pod_pull_failures) > 0"
+    assert rules["PullhealthPodsFailingImagePulls"]["for"] == "5m"
+    monitor = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    dashboard = one(objects, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["pullhealth.json"])
+    assert board["panels"]
+    # Every metric the alerts and the dashboard query is one pullhealth exports.
+    queries = " ".join(r["expr"] for r in rules.values())
+    queries += " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    used = set(re.findall(r"\bpullhealth_[a-z_]+", queries))
+    assert used and used <= _metric_names(), used - _metric_names()
+

@@ -1,0 +1,101 @@
+"""RegistryCheck domain: spec parsing, due-ness and status building (pure parts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pullhealth import registrycheck as rc
+from pullhealth.codes import Code
+from pullhealth.diagnose import make
+from pullhealth.model import AuthMode, RegistryCheckSpec
+
+CRD = Path(__file__).resolve().parents[1] / "crds" / "registrychecks.pullhealth.io.yaml"
+
+
+def test_defaults_match_the_crd() -> None:
+    crd = yaml.safe_load(CRD.read_text())
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    spec = RegistryCheckSpec(registry="r.io")
+    assert spec.interval_seconds == props["intervalSeconds"]["default"]
+    assert spec.timeout_seconds == props["timeoutSeconds"]["default"]
+    assert spec.platform == props["platform"]["default"]
+    assert spec.auth.mode.value == props["auth"]["properties"]["mode"]["default"]
+    assert {m.value for m in AuthMode} == set(props["auth"]["properties"]["mode"]["enum"])
+    # every spec field of the model exists in the CRD and the other way round
+    assert set(RegistryCheckSpec.model_json_schema(by_alias=True)["properties"]) == set(props)
+
+
+def test_every_crd_field_has_a_description() -> None:
+    crd = yaml.safe_load(CRD.read_text())
+
+    def walk(node: dict, path: str) -> None:  # type: ignore[type-arg]
+        for name, child in (node.get("properties") or {}).items():
+            if path == "" and name == "metadata":
+                continue
+            assert child.get("description"), f"{path}.{name} has no description"
+            walk(child, f"{path}.{name}")
+            if "items" in child:
+                walk(child["items"], f"{path}.{name}[]")
+
+    walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], "")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "spec.registry"),
+        ({"registry": "r.io", "intervalSeconds": 5}, "spec.intervalSeconds"),
+        ({"registry": "r.io", "timeoutSeconds": 0}, "spec.timeoutSeconds"),
+        ({"registry": "https://r.io"}, "spec.registry"),
+        ({"registry": "r.io", "image": "Bad/Name"}, "lowercase"),
+        ({"registry": "r.io", "auth": {"mode": "pullSecrets"}}, "spec.auth.pullSecrets"),
+        ({"registry": "r.io", "auth": {"mode": "magic"}}, "spec.auth.mode"),
+        ({"registry": "r.io", "unknownField": 1}, "unknownField"),
+    ],
+)
+def test_invalid_specs_say_what_is_wrong(raw: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(rc.InvalidSpec, match=message):
+        rc.parse_spec(raw)
+
+
+def test_image_is_joined_to_the_registry() -> None:
+    spec, image = rc.parse_spec({"registry": "MyACR.azurecr.io", "image": "team/app@sha256:" + "a" * 64})
+    assert image is not None and image.registry == "myacr.azurecr.io" and image.tag is None
+    assert spec.registry == "MyACR.azurecr.io"
+
+
+def test_due_on_new_generation_never_run_or_interval_passed() -> None:
+    now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+    status = {"observedGeneration": 2, "lastCheckTime": "2026-11-28T11:58:00Z"}
+    assert rc.is_due({}, 1, 300, now)
+    assert rc.is_due(status, 3, 300, now)
+    assert not rc.is_due(status, 2, 300, now)
+    assert rc.is_due(status, 2, 120, now)
+    assert rc.is_due({**status, "lastCheckTime": "garbage"}, 2, 300, now)
+
+
+def test_ready_transition_time_changes_only_when_status_flips() -> None:
+    bad = make(Code.TAG_NOT_FOUND, {"registry": "r.io", "repository": "a", "tag": "1"})
+    good = make(Code.OK, {"registry": "r.io", "image": "r.io/a:1"})
+    first = rc.build_status(bad, {}, 1, "2026-11-28T10:00:00Z")
+    assert first["phase"] == "Unhealthy" and first["conditions"][0]["status"] == "False"
+    again = rc.build_status(bad, first, 1, "2026-11-28T10:05:00Z")
+    assert again["conditions"][0]["lastTransitionTime"] == "2026-11-28T10:00:00Z"
+    assert again["lastCheckTime"] == "2026-11-28T10:05:00Z"
+    flipped = rc.build_status(good, again, 2, "2026-11-28T10:10:00Z")
+    assert flipped["conditions"][0] == {
+        "type": "Ready", "status": "True", "reason": "OK", "message": good.summary,
+        "lastTransitionTime": "2026-11-28T10:10:00Z", "observedGeneration": 2,
+    }
+    assert rc.result_changed(again, flipped) and not rc.result_changed(first, again)
+
+
+def test_invalid_status() -> None:
+    status = rc.invalid_status("spec.registry: required", {}, 4, "2026-11-28T10:00:00Z")
+    assert status["phase"] == "Invalid" and status["observedGeneration"] == 4
+    assert status["conditions"][0]["reason"] == "InvalidSpec"
+    assert "spec.registry" in status["summary"]
