@@ -131,6 +131,10 @@ SCENARIOS = [
     ("ratelimit", "ratelimit", "team/app:v1", [], {}, "rate_limited_429", "RATE_LIMITED"),
     ("no-pull-scope", "acr", "team/app:v1", ["nopull"], {"nopull": ("acr", "nopull", "nopull-pass")},
      "token_no_pull_scope", "PERMISSION_DENIED"),
+    # ACR with no pull secret: kubelet uses the node's identity (IMDS); the probe with that
+    # identity refines "pull access denied" to the missing repository.
+    ("acr-node-identity", "privatelink", "team/nosuch:v1", [], {}, "token_no_credentials_missing_repo",
+     "REPOSITORY_NOT_FOUND"),
 ]
 
 
@@ -225,3 +229,63 @@ def test_many_pods_one_image_share_one_probe_chain(operator: Any, world: World, 
     used = operator.probe_requests(world.anon) - before
     # One chain: GET /v2/, HEAD + GET manifest, GET tags/list (no token step: anonymous registry).
     assert 0 < used <= 6, used
+
+
+def test_missing_patch_permission_is_reported_once_not_looped(
+    dev_cluster: Any, operator: Any, world: World, namespace: str, api: Any, wait_for: Any, tmp_path: Path
+) -> None:
+    if dev_cluster.harness is None:
+        pytest.skip("needs the local dev cluster to mint a ServiceAccount token")
+    from support.operatorproc import OperatorProcess
+
+    ns = namespace
+    api.create_namespaced_service_account(ns, {"metadata": {"name": "limited"}})
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api.api_client)
+    rules = [
+        # everything the pod handler needs except patch on pods
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
+        {"apiGroups": ["pullhealth.io"], "resources": ["registrychecks"], "verbs": ["get", "list", "watch", "patch"]},
+    ]
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "limited"}, "rules": rules})
+    rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": "limited"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "limited"},
+        "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": ns}]})
+    # kopf discovers resources and namespaces cluster-wide, even when watching one namespace.
+    rbac.create_cluster_role({"metadata": {"name": f"{ns}-kopf"}, "rules": [
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": f"{ns}-kopf"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{ns}-kopf"},
+        "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": ns}]})
+    token = dev_cluster.harness.service_account_token(ns, "limited")
+    kubeconfig = dev_cluster.token_kubeconfig(token, tmp_path / "limited.kubeconfig", namespace=ns)
+    limited = OperatorProcess(kubeconfig, world, tmp_path / "limited.log", ["--namespace", ns])
+    operator.stop()  # the cluster-admin operator would annotate the pod first
+    try:
+        limited.start()
+        image = f"{world.anon}/team/app:rbac-missing"
+        pod = make_pod(api, ns, "rbac", image)
+        fail_pull(api, ns, pod, image, kubelet_message("tag_not_found", image))
+        wait_for(lambda: 'pullhealth_patch_forbidden_total{resource="pods"} 1.0' in limited.metrics(),
+                 "forbidden patch counted", timeout=60)
+        # kubelet keeps retrying: more pod events, no more attempts, no hot loop
+        for _ in range(5):
+            fresh = dict(api.api_client.sanitize_for_serialization(api.read_namespaced_pod("rbac", ns)))
+            fail_pull(api, ns, fresh, image, kubelet_message("tag_not_found", image), event=False)
+            time.sleep(0.5)
+        time.sleep(2)
+        assert 'pullhealth_patch_forbidden_total{resource="pods"} 1.0' in limited.metrics()
+        log = limited.log.read_text()
+        assert log.count("cannot annotate the pod (RBAC)") == 1, log[-3000:]
+        assert "grant patch on pods" in log
+        assert "pullhealth.io/diagnosis" not in annotations(api, ns, "rbac")
+    finally:
+        limited.stop()
+        operator.start()
+        rbac.delete_cluster_role_binding(f"{ns}-kopf")
+        rbac.delete_cluster_role(f"{ns}-kopf")

@@ -120,6 +120,10 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
         for secret in (world.acr_puller[1], world.basic_user[1]):
             assert secret not in json.dumps(status)
 
+    # kubectl explain reads as a reference.
+    explained = k("explain", "registrycheck.spec").stdout
+    assert "Login server of the registry" in explained and "intervalSeconds" in explained
+
     # Printer columns tell the story without -o yaml.
     table = k("-n", ns, "get", "regcheck").stdout
     header = table.splitlines()[0].split()
@@ -139,6 +143,17 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
     assert f'pullhealth_registry_check_healthy{{name="missingtag",namespace="{ns}",registry="{world.anon}"}} 0.0' in text
     assert f'pullhealth_registry_check_runs_total{{code="TAG_NOT_FOUND",name="missingtag",namespace="{ns}"}}' in text
     assert 'pullhealth_registry_check_duration_seconds_bucket{le="0.005",probe="dns"}' in text
+    assert f'pullhealth_registry_check_last_run_timestamp_seconds{{name="healthy",namespace="{ns}"}}' in text
+
+    # suspend: a suspended RegistryCheck is never checked.
+    k("-n", ns, "apply", "-f", "-", stdin=regcheck("suspended", {"registry": world.anon, "suspend": True}))
+    time.sleep(7)  # more than one timer tick
+    assert not get(cluster, ns, "suspended").get("status")
+
+    # The CRD's own validation rejects obviously wrong input before the operator sees it.
+    bad = cluster.kubectl("-n", ns, "apply", "-f", "-", check=False,
+                          stdin=regcheck("tooshort", {"registry": world.anon, "intervalSeconds": 5}))
+    assert bad.returncode != 0 and "intervalSeconds" in bad.stderr
 
     # Spec update -> re-check at once with the new generation; the fix flips the condition.
     before = get(cluster, ns, "missingtag")["status"]["conditions"][0]["lastTransitionTime"]

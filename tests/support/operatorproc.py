@@ -57,9 +57,10 @@ class OperatorProcess:
             "PULLHEALTH_IMDS_ENDPOINT": self.world.imds_url,
         }
         health = free_port()
+        scope = [] if "--namespace" in self.extra_args else ["--all-namespaces"]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pullhealth", "run", "--all-namespaces",
+                [sys.executable, "-m", "pullhealth", "run", *scope,
                  "--metrics-port", str(self.metrics_port),
                  "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json",
                  "--kubelet-client-id", self.world.imds_client_id, *self.extra_args],

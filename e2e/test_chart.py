@@ -1,0 +1,401 @@
+"""The Helm chart against a real API server: its RBAC is enough, and not more.
+
+``helm template`` renders charts/pullhealth; the objects go through
+``kubectl apply --dry-run=server`` and then for real into a namespace that enforces the
+restricted Pod Security Standard (so the ReplicaSet can only create the operator's pod
+if the chart's securityContext is restricted; no kubelet ever runs it). The operator
+then runs as a local process with a token of the chart's ServiceAccount, so every API
+call it makes is authorised by exactly the chart's ClusterRole, against real registries
+from the test world.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from support import guard
+from support.world import World, start_world
+
+if TYPE_CHECKING:
+    from conftest import Cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "pullhealth"
+RELEASE = "e2e-chart"
+
+guard.install()
+
+Waiter = Callable[..., Any]
+
+
+def find_helm() -> str:
+    """The helm binary: $HELM, helm on PATH, or the one hack/build-helm.sh built.
+
+    Skips the test without it, or fails when PULLHEALTH_REQUIRE_E2E is set (CI).
+    """
+    candidates = [os.environ.get("HELM", ""), shutil.which("helm") or ""]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        built = subprocess.run(
+            ["bash", str(ROOT / "hack" / "build-helm.sh"), "--print-dir"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()
+        candidates.append(str(Path(built) / "helm"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    reason = "no helm binary: run hack/build-helm.sh (or set HELM)"
+    if os.environ.get("PULLHEALTH_REQUIRE_E2E"):
+        pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def render(helm: str, namespace: str, *sets: str) -> list[dict[str, Any]]:
+    """``helm template`` with the CRDs, as parsed objects."""
+    args = [helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds"]
+    for value in sets:
+        args += ["--set", value]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def dump(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with tempfile.TemporaryDirectory(prefix="pullhealth-chart-world-") as tmp, contextlib.ExitStack() as stack:
+        yield start_world(stack, Path(tmp))
+
+
+class Installed:
+    """The chart applied to the cluster: its namespace, objects and ServiceAccount."""
+
+    def __init__(self, cluster: Cluster, namespace: str, objects: list[dict[str, Any]]) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.objects = objects
+        self.service_account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        (obj,) = [o for o in self.objects if o["kind"] == kind]
+        return obj
+
+    def token_kubeconfig(self, path: Path, service_account: str | None = None) -> Path:
+        """A kubeconfig that authenticates as the (chart's) ServiceAccount."""
+        token = self.cluster.kubectl(
+            "-n", self.namespace, "create", "token", service_account or self.service_account, "--duration=1h"
+        ).stdout.strip()
+        written: Path = self.cluster.token_kubeconfig(token, path)
+        return written
+
+
+@pytest.fixture(scope="module")
+def installed(dev_cluster: Cluster) -> Iterator[Installed]:
+    """The chart with default values, applied like `helm install` would."""
+    helm = find_helm()
+    ns = f"pullhealth-chart-{uuid.uuid4().hex[:6]}"
+    k = dev_cluster.kubectl
+    k("create", "namespace", ns)
+    # The namespace admits only pods that meet the restricted Pod Security Standard.
+    k("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
+      "pod-security.kubernetes.io/warn=restricted")
+    objects = render(helm, ns)
+    crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+    rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
+    cluster_scoped = [o for o in rest if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    try:
+        k("apply", "--dry-run=server", "-f", "-", stdin=dump(crds))
+        k("apply", "-f", "-", stdin=dump(crds))
+        for crd in crds:
+            k("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+        dry = k("apply", "--dry-run=server", "-f", "-", stdin=dump(rest))
+        assert "PodSecurity" not in dry.stderr, dry.stderr
+        applied = k("apply", "-f", "-", stdin=dump(rest))
+        assert "Warning" not in applied.stderr, applied.stderr
+        yield Installed(dev_cluster, ns, objects)
+    finally:
+        for obj in cluster_scoped:
+            k("delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found", "--wait=false")
+        k("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+
+
+class Operator:
+    """``pullhealth run`` as a local process, authenticated by a kubeconfig."""
+
+    def __init__(self, kubeconfig: Path, world: World, log: Path, *extra_args: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.world = world
+        self.log = log
+        self.extra_args = extra_args
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Operator:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONPATH": str(ROOT / "operator"),
+            "PULLHEALTH_NAMESERVER": self.world.nameserver,
+            "PULLHEALTH_CA_FILE": str(self.world.ca_bundle),
+            "PULLHEALTH_IMDS_ENDPOINT": self.world.imds_url,
+        }
+        health = free_port()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pullhealth", "run", "--all-namespaces",
+                 "--metrics-port", str(self.metrics_port),
+                 "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json", *self.extra_args],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"http://127.0.0.1:{health}/healthz", timeout=2
+            ):
+                return self
+            if self.proc.poll() is not None:
+                pytest.fail("operator exited:\n" + self.text()[-3000:])
+            time.sleep(0.3)
+        self.__exit__()
+        pytest.fail("operator did not become live:\n" + self.text()[-3000:])
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def lines(self) -> list[str]:
+        return [line for line in self.text().splitlines() if line.strip()]
+
+
+def rbac_denials(text: str) -> list[str]:
+    """Log lines of requests that RBAC refused (not e.g. a namespace being deleted)."""
+    return [line for line in text.splitlines() if 'forbidden: User \\"system:serviceaccount:' in line
+            or 'forbidden: User "system:serviceaccount:' in line]
+
+
+def docker_secret(name: str, server: str, user: str, password: str) -> str:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config = json.dumps({"auths": {server: {"auth": auth}}})
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": name},
+        "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
+    })
+
+
+def regcheck(name: str, spec: dict[str, Any]) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "pullhealth.io/v1alpha1", "kind": "RegistryCheck",
+        "metadata": {"name": name}, "spec": {"intervalSeconds": 30, "timeoutSeconds": 2, **spec},
+    })
+
+
+def status_of(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("-n", ns, "get", "regcheck", name, "-o", "json").stdout
+    return dict(json.loads(out).get("status") or {})
+
+
+def test_chart_objects_are_admitted_and_restricted(installed: Installed, wait_for: Waiter) -> None:
+    """The Deployment's pod passes restricted Pod Security admission (created by the ReplicaSet)."""
+    k = installed.cluster.kubectl
+    deployment = installed.one("Deployment")
+    selector = ",".join(f"{key}={value}" for key, value in deployment["spec"]["selector"]["matchLabels"].items())
+
+    def pod() -> dict[str, Any] | None:
+        items = json.loads(k("-n", installed.namespace, "get", "pods", "-l", selector, "-o", "json").stdout)["items"]
+        return items[0] if items else None
+
+    def replica_failure() -> str:
+        sets = json.loads(k("-n", installed.namespace, "get", "replicasets", "-o", "json").stdout)["items"]
+        return json.dumps([c for rs in sets for c in rs.get("status", {}).get("conditions", [])])
+
+    created = wait_for(lambda: pod() or (None if "ReplicaFailure" not in replica_failure() else "failed"),
+                       "the operator pod (restricted admission)")
+    assert created != "failed", replica_failure()
+    assert created["spec"]["serviceAccountName"] == installed.service_account
+    # No kubelet: the pod stays Pending, which is all this test needs.
+
+
+def test_operator_works_with_exactly_the_chart_rbac(
+    dev_cluster: Cluster, installed: Installed, world: World, namespace: str, wait_for: Waiter, tmp_path: Path,
+) -> None:
+    """RegistryChecks reach the right status with only the chart's ServiceAccount rights."""
+    kubeconfig = installed.token_kubeconfig(tmp_path / "operator.kubeconfig")
+    as_operator = dev_cluster.kubectl
+    # Least privilege, as the API server sees it.
+    for verb, resource, subresource, expected in (
+        ("get", "secrets", "", "yes"), ("list", "secrets", "", "no"), ("watch", "secrets", "", "no"),
+        ("patch", "registrychecks.pullhealth.io", "status", "yes"), ("create", "pods", "", "no"),
+        ("delete", "registrychecks.pullhealth.io", "", "no"), ("create", "serviceaccounts", "token", "yes"),
+        ("update", "registrychecks.pullhealth.io", "status", "no"),
+    ):
+        args = ["auth", "can-i", verb, resource, "-A"] + ([f"--subresource={subresource}"] if subresource else [])
+        result = as_operator(*args, check=False, kubeconfig=kubeconfig)
+        assert result.stdout.strip() == expected, (args, result.stdout, result.stderr)
+
+    k = dev_cluster.kubectl
+    k("-n", namespace, "apply", "-f", "-", stdin=docker_secret("acr-good", world.acr, *world.acr_puller))
+    k("-n", namespace, "apply", "-f", "-", stdin=docker_secret("basic-cred", world.basic, *world.basic_user))
+    k("-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "puller"},
+        "imagePullSecrets": [{"name": "basic-cred"}]}))
+    cases = {
+        "healthy": ({"registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}},
+                    "Healthy", "OK"),
+        "goodsecret": ({"registry": world.acr, "image": "team/app:v1", "auth": {"pullSecrets": ["acr-good"]}},
+                       "Healthy", "OK"),
+        "sasecret": ({"registry": world.basic, "image": "team/app:v1",
+                      "auth": {"mode": "serviceAccount", "serviceAccountName": "puller"}}, "Healthy", "OK"),
+        "nosecret": ({"registry": world.acr, "image": "team/app:v1", "auth": {"pullSecrets": ["absent"]}},
+                     "Unhealthy", "PULL_SECRET_MISSING"),
+    }
+    with Operator(kubeconfig, world, tmp_path / "operator.log") as op:
+        for name, (spec, _, _) in cases.items():
+            k("-n", namespace, "apply", "-f", "-", stdin=regcheck(name, spec))
+        for name, (_, phase, code) in cases.items():
+            status = wait_for(lambda n=name: (s := status_of(dev_cluster, namespace, n)).get("phase") and s,
+                              f"status of {name}", timeout=60)
+            assert (status["phase"], status["code"]) == (phase, code), (name, status, op.text()[-3000:])
+        # Events were posted with the chart's rights.
+        events = json.loads(k("-n", namespace, "get", "events", "-o", "json").stdout)["items"]
+        reasons = {(e["involvedObject"]["name"], e["reason"]) for e in events}
+        assert ("healthy", "CheckSucceeded") in reasons and ("nosecret", "CheckFailed") in reasons, reasons
+        log = op.text()
+    assert not rbac_denials(log), rbac_denials(log)[:3]
+    for secret in (world.acr_puller[1], world.basic_user[1]):
+        assert secret not in log
+
+
+def test_missing_verb_is_reported_once_and_not_retried_hot(
+    dev_cluster: Cluster, installed: Installed, world: World, namespace: str, wait_for: Waiter, tmp_path: Path,
+) -> None:
+    """Without patch on registrychecks/status: a clear permission error, no hot loop."""
+    k = dev_cluster.kubectl
+    limited = f"{RELEASE}-limited-{uuid.uuid4().hex[:4]}"
+    role = json.loads(json.dumps(installed.one("ClusterRole")))
+    role["metadata"] = {"name": limited}
+    for rule in role["rules"]:
+        if rule["resources"] == ["registrychecks/status"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": limited},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": limited},
+        "subjects": [{"kind": "ServiceAccount", "name": limited, "namespace": installed.namespace}],
+    }
+    k("-n", installed.namespace, "create", "serviceaccount", limited)
+    k("apply", "-f", "-", stdin=dump([role, binding]))
+    try:
+        kubeconfig = installed.token_kubeconfig(tmp_path / "limited.kubeconfig", limited)
+        with Operator(kubeconfig, world, tmp_path / "operator.log") as op:
+            k("-n", namespace, "apply", "-f", "-", stdin=regcheck("healthy", {
+                "registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}))
+
+            wait_for(lambda: rbac_denials(op.text()), "a permission error in the operator log", timeout=60)
+            before = len(op.lines())
+            time.sleep(10)
+            grown = len(op.lines()) - before
+            text = op.text()
+        # Clear: the log names the refused request.
+        errors = rbac_denials(text)
+        assert errors and all('cannot patch resource \\"registrychecks/status\\"' in line for line in errors), errors[:3]
+        # Not hot: a handful of lines in 10 s (one timer tick is 5 s), not hundreds.
+        assert grown <= 20, f"{grown} log lines in 10 s:\n" + "\n".join(text.splitlines()[-30:])
+        assert not status_of(dev_cluster, namespace, "healthy").get("phase")
+    finally:
+        k("delete", "clusterrolebinding", limited, "--ignore-not-found", "--wait=false")
+        k("delete", "clusterrole", limited, "--ignore-not-found", "--wait=false")
+
+
+def test_helm_install_and_uninstall(dev_cluster: Cluster, tmp_path: Path) -> None:
+    """A real `helm install` (CRDs from crds/, templates, NOTES) and `helm uninstall`."""
+    helm = find_helm()
+    ns = f"pullhealth-helm-{uuid.uuid4().hex[:6]}"
+    release = f"e2e-helm-{uuid.uuid4().hex[:4]}"
+    env = {**os.environ, "KUBECONFIG": str(dev_cluster.kubeconfig), "HELM_CACHE_HOME": str(tmp_path / "cache"),
+           "HELM_CONFIG_HOME": str(tmp_path / "config"), "HELM_DATA_HOME": str(tmp_path / "data")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    try:
+        out = run("install", release, str(CHART), "--namespace", ns, "--create-namespace",
+                  "--set", "prometheusRule.enabled=false").stdout
+        assert "kubectl get regcheck -A" in out and "STATUS: deployed" in out, out
+        assert dev_cluster.kubectl("get", "crd", "registrychecks.pullhealth.io", "clusterkopfpeerings.kopf.dev",
+                                   "kopfpeerings.kopf.dev").returncode == 0
+        assert dev_cluster.kubectl("-n", ns, "get", "deployment", f"{release}-pullhealth").returncode == 0
+        run("uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s")
+        left = dev_cluster.kubectl("get", "clusterrole", f"{release}-pullhealth", check=False)
+        assert left.returncode != 0 and "NotFound" in left.stderr
+        # Helm never deletes CRDs: RegistryChecks survive an uninstall.
+        dev_cluster.kubectl("get", "crd", "registrychecks.pullhealth.io")
+    finally:
+        subprocess.run([helm, "uninstall", release, "--namespace", ns, "--ignore-not-found"],
+                       capture_output=True, timeout=120, check=False, env=env)
+        dev_cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+
+
+def test_peering_rbac_lets_the_operator_keep_alive(
+    dev_cluster: Cluster, installed: Installed, world: World, namespace: str, wait_for: Waiter, tmp_path: Path,
+) -> None:
+    """peering.enabled: the ClusterKopfPeering exists and the chart's RBAC lets kopf use it."""
+    k = dev_cluster.kubectl
+    objects = render(find_helm(), installed.namespace, "peering.enabled=true", "peering.name=e2e-chart")
+    rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
+    peering = next(o for o in rest if o["kind"] == "ClusterKopfPeering")
+    k("apply", "-f", "-", stdin=dump(rest))
+    try:
+        kubeconfig = installed.token_kubeconfig(tmp_path / "operator.kubeconfig")
+        with Operator(kubeconfig, world, tmp_path / "operator.log", "--peering", "e2e-chart") as op:
+            k("-n", namespace, "apply", "-f", "-", stdin=regcheck("healthy", {
+                "registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}))
+
+            def keepalive() -> dict[str, Any] | None:
+                obj = json.loads(k("get", "clusterkopfpeering", "e2e-chart", "-o", "json").stdout)
+                return obj.get("status") or None
+
+            wait_for(keepalive, "the operator's keep-alive in the ClusterKopfPeering", timeout=60)
+            status = wait_for(lambda: (s := status_of(dev_cluster, namespace, "healthy")).get("phase") and s,
+                              "status of healthy (peering)", timeout=60)
+            assert (status["phase"], status["code"]) == ("Healthy", "OK"), (status, op.text()[-3000:])
+            log = op.text()
+        assert not rbac_denials(log), rbac_denials(log)[:3]
+    finally:
+        k("delete", "clusterkopfpeering", peering["metadata"]["name"], "--ignore-not-found", "--wait=false")
+        # Back to the default values for any later test.
+        k("apply", "-f", "-", stdin=dump([o for o in installed.objects if o["kind"] != "CustomResourceDefinition"]))
