@@ -106,3 +106,8 @@ fi
 for bin in "${k8s_dir}/kube-apiserver" "${k8s_dir}/kube-controller-manager" "${k8s_dir}/kubectl" "${etcd_dir}/etcd"; do
   printf '%s\t%s\n' "$(du -h "${bin}" | cut -f1)" "${bin}"
 done
+
+# --- helm (charts/pullhealth tests) ---------------------------------------------------
+# Built by its own script (see hack/build-helm.sh); called here so that CI, which runs
+# this script, also has helm for tests/test_chart_static.py and e2e/test_chart.py.
+bash "${root}/build-helm.sh"

@@ -1,0 +1,157 @@
+{{/*
+Chart name, truncated to the 63 characters a label value may have.
+*/}}
+{{- define "pullhealth.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources: <release>-pullhealth, or the release name when
+it already contains the chart name.
+*/}}
+{{- define "pullhealth.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+chart label value: name-version.
+*/}}
+{{- define "pullhealth.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels: stable for the life of a release (Deployment selectors are immutable).
+*/}}
+{{- define "pullhealth.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pullhealth.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Standard labels of every resource.
+*/}}
+{{- define "pullhealth.labels" -}}
+helm.sh/chart: {{ include "pullhealth.chart" . }}
+{{ include "pullhealth.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: pullhealth
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the operator runs as.
+*/}}
+{{- define "pullhealth.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pullhealth.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator image reference.
+*/}}
+{{- define "pullhealth.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+Rules for namespaced resources, shared by the ClusterRole (all namespaces) and the
+per-namespace Roles (watchNamespaces). Each rule says why the operator needs it;
+docs/install.md has the same table.
+*/}}
+{{- define "pullhealth.namespacedRules" -}}
+# RegistryChecks: kopf lists and watches them to run the checks, reads single objects,
+# and patches their annotations (kopf's last-handled state).
+- apiGroups: ["pullhealth.io"]
+  resources: ["registrychecks"]
+  verbs: ["get", "list", "watch", "patch"]
+# The result of each check is written to the status subresource.
+- apiGroups: ["pullhealth.io"]
+  resources: ["registrychecks/status"]
+  verbs: ["get", "patch"]
+# Pods: watched to find containers failing to pull; failing pods are annotated with the
+# diagnosis (pullhealth.io/diagnosis, ...).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "patch"]
+# Events: posted on RegistryChecks and pods (CheckSucceeded, CheckFailed, ...); list
+# reads kubelet's pull-error events of one failing pod (field selector on its uid).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch", "list"]
+# The same Events through the events.k8s.io API.
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+# Secrets: only get, of the pull secrets a RegistryCheck, pod or ServiceAccount names,
+# in that object's own namespace. Never list or watch: the operator does not need to
+# see every Secret (rbac.readSecretsClusterWide changes this; default off).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"{{ if .Values.rbac.readSecretsClusterWide }}, "list", "watch"{{ end }}]
+# ServiceAccounts: their imagePullSecrets and workload identity annotations
+# (azure.workload.identity/client-id) are what a pod would pull with.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get"]
+# Workload identity checks: a short-lived token of the ServiceAccount (TokenRequest),
+# exchanged with Azure AD exactly as the pod's token would be.
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+Peering (HA) rules: kopf watches the peering object and patches its keep-alive into it.
+*/}}
+{{- define "pullhealth.peeringRule" -}}
+- apiGroups: ["kopf.dev"]
+  resources: [{{ . | quote }}]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+
+{{/*
+Environment of the operator container (only what is set).
+*/}}
+{{- define "pullhealth.env" -}}
+{{- with .Values.azure.tenantId }}
+- name: AZURE_TENANT_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.azure.authorityHost }}
+- name: AZURE_AUTHORITY_HOST
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.azure.imdsEndpoint }}
+- name: PULLHEALTH_IMDS_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.nameserver }}
+- name: PULLHEALTH_NAMESERVER
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.caFile }}
+- name: PULLHEALTH_CA_FILE
+  value: {{ . | quote }}
+{{- end }}
+{{- range $name, $value := .Values.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{- toYaml . | nindent 0 }}
+{{- end }}
+{{- end }}
