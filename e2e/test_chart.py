@@ -328,9 +328,11 @@ def test_missing_verb_is_reported_once_and_not_retried_hot(
             time.sleep(10)
             grown = len(op.lines()) - before
             text = op.text()
-        # Clear: the log names the refused request.
+        # Clear: the log names the refused request and what to grant, once per check interval.
         errors = rbac_denials(text)
         assert errors and all('cannot patch resource \\"registrychecks/status\\"' in line for line in errors), errors[:3]
+        assert all("grant patch on registrychecks/status" in line for line in errors), errors[:3]
+        assert len(errors) == 1, errors
         # Not hot: a handful of lines in 10 s (one timer tick is 5 s), not hundreds.
         assert grown <= 20, f"{grown} log lines in 10 s:\n" + "\n".join(text.splitlines()[-30:])
         assert not status_of(dev_cluster, namespace, "healthy").get("phase")

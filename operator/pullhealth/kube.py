@@ -7,6 +7,7 @@ Reads are namespaced by construction: there is no call that lists secrets.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +30,8 @@ class KubeReader:
     """Namespaced reads of Secrets and ServiceAccounts, and ServiceAccount tokens."""
 
     def __init__(self, api: kubernetes.client.ApiClient | None = None) -> None:
-        self._core = kubernetes.client.CoreV1Api(api or load_config())
+        self.api = api or load_config()
+        self._core = kubernetes.client.CoreV1Api(self.api)
 
     async def secret(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """Read one Secret; None when absent."""
@@ -105,7 +107,50 @@ class KubeWriter(KubeReader):
             )
         except ApiException as exc:
             if exc.status == 403:
-                raise Forbidden(f"patch pods/{name} in {namespace} is forbidden") from None
+                raise Forbidden(_reason(exc) or f"patch pods/{name} in {namespace} is forbidden") from None
             if exc.status == 404:
                 return  # the pod is gone: nothing to annotate
             raise
+
+
+class StatusWriter:
+    """Writes RegistryCheck status through the status subresource (merge patch)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self._custom = kubernetes.client.CustomObjectsApi(api)
+
+    async def patch_status(
+        self, group: str, version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """Merge-patch ``status``.
+
+        Raises:
+            Forbidden: RBAC denies the write.
+        """
+        try:
+            await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object_status,
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                {"status": dict(status)},
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status == 403:
+                fallback = f"patch {plural}/status of {namespace}/{name} is forbidden"
+                raise Forbidden(_reason(exc) or fallback) from None
+            if exc.status == 404:
+                return  # deleted meanwhile
+            raise
+
+
+def _reason(exc: ApiException) -> str:
+    """The API server's own message (it names the user, verb and resource refused)."""
+    try:
+        doc = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        return ""
+    return str(doc.get("message", ""))[:500] if isinstance(doc, dict) else ""

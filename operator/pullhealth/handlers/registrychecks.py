@@ -13,13 +13,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
-from pullhealth import metrics, registrycheck
+from pullhealth import kube, metrics, registrycheck
 from pullhealth.handlers.state import State
 from pullhealth.model import Phase, StepStatus
 
 GROUP, VERSION, PLURAL = "pullhealth.io", "v1alpha1", "registrychecks"
 TICK_SECONDS = 5.0
+MAX_REMEMBERED = 10000
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS)
@@ -30,32 +32,37 @@ async def registry_check_tick(
     meta: kopf.Meta,
     namespace: str | None,
     name: str,
+    uid: str | None,
     body: kopf.Body,
-    patch: kopf.Patch,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
     """Run the check when due; write status; emit an Event when the result changes."""
     namespace = namespace or "default"
+    uid = uid or f"{namespace}/{name}"
     generation = int(meta.get("generation") or 0)
     previous = dict(status)
     now = datetime.now(UTC)
+    if State.kube is None or State.status is None:
+        return  # start-up has not finished; the next tick comes in seconds
     try:
         parsed, image = registrycheck.parse_spec(dict(spec))
     except registrycheck.InvalidSpec as exc:
         if previous.get("phase") == Phase.INVALID.value and previous.get("observedGeneration") == generation:
             return  # already reported for this generation: no retry storm
+        if _ran_recently(uid, generation, 300):
+            return
         new = registrycheck.invalid_status(str(exc), previous, generation, registrycheck.now_rfc3339(now))
-        patch.status.update(new)
-        kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1024])
+        if await _write(namespace, name, new, logger):
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1024])
         logger.warning("invalid spec: %s", exc)
         return
     if parsed.suspend:
         return
     if not registrycheck.is_due(previous, generation, parsed.interval_seconds, now):
         return
-    if State.kube is None:
-        raise kopf.TemporaryError("the operator has not finished starting", delay=5)
+    if _ran_recently(uid, generation, parsed.interval_seconds):
+        return  # ran, but the status could not be written: wait for the interval
 
     diagnosis = await registrycheck.run_registry_check(
         parsed,
@@ -68,7 +75,6 @@ async def registry_check_tick(
     )
     finished = datetime.now(UTC)
     new = registrycheck.build_status(diagnosis, previous, generation, registrycheck.now_rfc3339(finished))
-    patch.status.update(new)
     metrics.record_registry_check(
         namespace,
         name,
@@ -78,6 +84,8 @@ async def registry_check_tick(
         {c.name: c.duration_ms / 1000 for c in diagnosis.checks if c.status is not StepStatus.SKIPPED},
         time.time(),
     )
+    if not await _write(namespace, name, new, logger):
+        return
     if registrycheck.result_changed(previous, new):
         if diagnosis.healthy:
             kopf.event(body, type="Normal", reason="CheckSucceeded", message=diagnosis.summary[:1024])
@@ -89,6 +97,37 @@ async def registry_check_tick(
                 message=f"{diagnosis.code.value}: {diagnosis.summary}"[:1024],
             )
     logger.info("check %s: %s", diagnosis.code.value, diagnosis.summary)
+
+
+def _ran_recently(uid: str, generation: int, interval: int) -> bool:
+    """Remember this run; True when one already ran for this generation within interval."""
+    now = time.monotonic()
+    last = State.last_run.get(uid)
+    if last is not None and last[0] == generation and now - last[1] < interval:
+        return True
+    if len(State.last_run) > MAX_REMEMBERED:
+        State.last_run.clear()
+    State.last_run[uid] = (generation, now)
+    return False
+
+
+async def _write(namespace: str, name: str, status: dict[str, Any], logger: kopf.Logger) -> bool:
+    """Write the status; a refused write is logged and counted, never retried in a loop."""
+    assert State.status is not None
+    try:
+        await State.status.patch_status(GROUP, VERSION, PLURAL, namespace, name, status)
+    except kube.Forbidden as exc:
+        metrics.PATCH_FORBIDDEN.labels("registrychecks/status").inc()
+        logger.error(
+            "cannot write the status (RBAC): %s; grant patch on registrychecks/status to the "
+            "operator's service account. Retried after the check interval.",
+            exc,
+        )
+        return False
+    except ApiException as exc:
+        logger.warning("status write failed (HTTP %s); retried after the check interval", exc.status)
+        return False
+    return True
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

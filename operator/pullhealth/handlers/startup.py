@@ -49,6 +49,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.networking.request_timeout = 30
     settings.batching.error_delays = [1, 5, 15, 30, 60]
     State.kube = kube.KubeWriter()
+    State.status = kube.StatusWriter(State.kube.api)
     State.env = Environment.from_env()
     State.pod_settings = podcheck.PodSettings(
         acr_domains=tuple(d.strip() for d in OPTIONS.acr_domains.split(",") if d.strip()),

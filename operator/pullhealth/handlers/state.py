@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pullhealth import kube, podcheck
+from pullhealth import kube as kubeapi
+from pullhealth import podcheck
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
 from pullhealth.model import Diagnosis
@@ -13,7 +14,8 @@ from pullhealth.model import Diagnosis
 class State:
     """The API client, settings and the shared probe caches."""
 
-    kube: kube.KubeWriter | None = None
+    kube: kubeapi.KubeWriter | None = None
+    status: kubeapi.StatusWriter | None = None
     env: Environment = Environment()
     pod_settings: podcheck.PodSettings = podcheck.PodSettings()
     # Identical RegistryChecks (same registry, credentials, image) share one chain run.
@@ -22,3 +24,7 @@ class State:
     pod_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=60.0, per_registry=4)
     pod_pool: asyncio.Semaphore | None = None
     forbidden_until: dict[str, float] = {}
+    # RegistryCheck uid -> (generation, monotonic time) of the last check run here: a
+    # status write that failed (RBAC, conflict) must not turn the 5 s tick into a retry
+    # storm against the registry.
+    last_run: dict[str, tuple[int, float]] = {}
