@@ -16,22 +16,21 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import kubernetes
 import pytest
 import yaml
 
 from support import guard
-from support.world import World, start_world
+from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
+from support.operatorproc import OperatorProcess
+from support.world import World
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -66,12 +65,6 @@ def find_helm() -> str:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def render(helm: str, namespace: str, *sets: str) -> list[dict[str, Any]]:
     """``helm template`` with the CRDs, as parsed objects."""
     args = [helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds"]
@@ -83,12 +76,6 @@ def render(helm: str, namespace: str, *sets: str) -> list[dict[str, Any]]:
 
 def dump(objects: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False)
-
-
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    with tempfile.TemporaryDirectory(prefix="pullhealth-chart-world-") as tmp, contextlib.ExitStack() as stack:
-        yield start_world(stack, Path(tmp))
 
 
 class Installed:
@@ -141,62 +128,6 @@ def installed(dev_cluster: Cluster) -> Iterator[Installed]:
         for obj in cluster_scoped:
             k("delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found", "--wait=false")
         k("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
-
-
-class Operator:
-    """``pullhealth run`` as a local process, authenticated by a kubeconfig."""
-
-    def __init__(self, kubeconfig: Path, world: World, log: Path, *extra_args: str) -> None:
-        self.kubeconfig = kubeconfig
-        self.world = world
-        self.log = log
-        self.extra_args = extra_args
-        self.metrics_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Operator:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "PYTHONPATH": str(ROOT / "operator"),
-            "PULLHEALTH_NAMESERVER": self.world.nameserver,
-            "PULLHEALTH_CA_FILE": str(self.world.ca_bundle),
-            "PULLHEALTH_IMDS_ENDPOINT": self.world.imds_url,
-        }
-        health = free_port()
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pullhealth", "run", "--all-namespaces",
-                 "--metrics-port", str(self.metrics_port),
-                 "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json", *self.extra_args],
-                env=env, stdout=out, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                f"http://127.0.0.1:{health}/healthz", timeout=2
-            ):
-                return self
-            if self.proc.poll() is not None:
-                pytest.fail("operator exited:\n" + self.text()[-3000:])
-            time.sleep(0.3)
-        self.__exit__()
-        pytest.fail("operator did not become live:\n" + self.text()[-3000:])
-
-    def __exit__(self, *_: object) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def lines(self) -> list[str]:
-        return [line for line in self.text().splitlines() if line.strip()]
 
 
 def rbac_denials(text: str) -> list[str]:
@@ -281,17 +212,35 @@ def test_operator_works_with_exactly_the_chart_rbac(
         "nosecret": ({"registry": world.acr, "image": "team/app:v1", "auth": {"pullSecrets": ["absent"]}},
                      "Unhealthy", "PULL_SECRET_MISSING"),
     }
-    with Operator(kubeconfig, world, tmp_path / "operator.log") as op:
+    with OperatorProcess(kubeconfig, world, tmp_path / "operator.log") as op:
         for name, (spec, _, _) in cases.items():
             k("-n", namespace, "apply", "-f", "-", stdin=regcheck(name, spec))
         for name, (_, phase, code) in cases.items():
             status = wait_for(lambda n=name: (s := status_of(dev_cluster, namespace, n)).get("phase") and s,
                               f"status of {name}", timeout=60)
             assert (status["phase"], status["code"]) == (phase, code), (name, status, op.text()[-3000:])
+        # Failing pods, diagnosed and annotated with the chart's rights too.
+        api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(
+            config_file=str(dev_cluster.kubeconfig)))
+        ensure_node(api)
+        pods = {
+            "pod-nosecret": (f"{world.acr}/team/app:v1", ["absent"], "token_no_credentials_private_repo",
+                             "PULL_SECRET_MISSING"),
+            "pod-sa-secret-tag": (f"{world.basic}/team/app:v9", ["basic-cred"], "htpasswd_tag_not_found",
+                                  "TAG_NOT_FOUND"),
+        }
+        for name, (image, secrets, mode, _) in pods.items():
+            pod = make_pod(api, namespace, name, image, secrets)
+            fail_pull(api, namespace, pod, image, kubelet_message(mode, image))
+        for name, (*_, code) in pods.items():
+            got = wait_for(lambda n=name: annotations(api, namespace, n).get("pullhealth.io/diagnosis"),
+                           f"diagnosis of {name}", timeout=60)
+            assert got == code, (name, op.text()[-3000:])
         # Events were posted with the chart's rights.
         events = json.loads(k("-n", namespace, "get", "events", "-o", "json").stdout)["items"]
         reasons = {(e["involvedObject"]["name"], e["reason"]) for e in events}
         assert ("healthy", "CheckSucceeded") in reasons and ("nosecret", "CheckFailed") in reasons, reasons
+        assert ("pod-nosecret", "PullDiagnosed") in reasons, reasons
         log = op.text()
     assert not rbac_denials(log), rbac_denials(log)[:3]
     for secret in (world.acr_puller[1], world.basic_user[1]):
@@ -319,7 +268,7 @@ def test_missing_verb_is_reported_once_and_not_retried_hot(
     k("apply", "-f", "-", stdin=dump([role, binding]))
     try:
         kubeconfig = installed.token_kubeconfig(tmp_path / "limited.kubeconfig", limited)
-        with Operator(kubeconfig, world, tmp_path / "operator.log") as op:
+        with OperatorProcess(kubeconfig, world, tmp_path / "operator.log") as op:
             k("-n", namespace, "apply", "-f", "-", stdin=regcheck("healthy", {
                 "registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}))
 
@@ -383,7 +332,7 @@ def test_peering_rbac_lets_the_operator_keep_alive(
     k("apply", "-f", "-", stdin=dump(rest))
     try:
         kubeconfig = installed.token_kubeconfig(tmp_path / "operator.kubeconfig")
-        with Operator(kubeconfig, world, tmp_path / "operator.log", "--peering", "e2e-chart") as op:
+        with OperatorProcess(kubeconfig, world, tmp_path / "operator.log", ["--peering", "e2e-chart"]) as op:
             k("-n", namespace, "apply", "-f", "-", stdin=regcheck("healthy", {
                 "registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}))
 

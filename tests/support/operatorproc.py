@@ -88,6 +88,21 @@ class OperatorProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
 
+    def __enter__(self) -> OperatorProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def text(self) -> str:
+        """Everything the operator logged so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def lines(self) -> list[str]:
+        """Non-empty log lines."""
+        return [line for line in self.text().splitlines() if line.strip()]
+
     def metrics(self) -> str:
         """The /metrics text."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
