@@ -11,7 +11,6 @@ from the test world.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -29,6 +28,7 @@ import yaml
 
 from support import guard
 from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
+from support.objects import docker_secret_yaml, regcheck_yaml
 from support.operatorproc import OperatorProcess
 from support.world import World
 
@@ -136,23 +136,6 @@ def rbac_denials(text: str) -> list[str]:
             or 'forbidden: User "system:serviceaccount:' in line]
 
 
-def docker_secret(name: str, server: str, user: str, password: str) -> str:
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    config = json.dumps({"auths": {server: {"auth": auth}}})
-    return yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-        "metadata": {"name": name},
-        "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
-    })
-
-
-def regcheck(name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({
-        "apiVersion": "pullhealth.io/v1alpha1", "kind": "RegistryCheck",
-        "metadata": {"name": name}, "spec": {"intervalSeconds": 30, "timeoutSeconds": 2, **spec},
-    })
-
-
 def status_of(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     out = cluster.kubectl("-n", ns, "get", "regcheck", name, "-o", "json").stdout
     return dict(json.loads(out).get("status") or {})
@@ -197,8 +180,8 @@ def test_operator_works_with_exactly_the_chart_rbac(
         assert result.stdout.strip() == expected, (args, result.stdout, result.stderr)
 
     k = dev_cluster.kubectl
-    k("-n", namespace, "apply", "-f", "-", stdin=docker_secret("acr-good", world.acr, *world.acr_puller))
-    k("-n", namespace, "apply", "-f", "-", stdin=docker_secret("basic-cred", world.basic, *world.basic_user))
+    k("-n", namespace, "apply", "-f", "-", stdin=docker_secret_yaml("acr-good", world.acr, *world.acr_puller))
+    k("-n", namespace, "apply", "-f", "-", stdin=docker_secret_yaml("basic-cred", world.basic, *world.basic_user))
     k("-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "puller"},
         "imagePullSecrets": [{"name": "basic-cred"}]}))
@@ -214,7 +197,7 @@ def test_operator_works_with_exactly_the_chart_rbac(
     }
     with OperatorProcess(kubeconfig, world, tmp_path / "operator.log") as op:
         for name, (spec, _, _) in cases.items():
-            k("-n", namespace, "apply", "-f", "-", stdin=regcheck(name, spec))
+            k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(name, spec))
         for name, (_, phase, code) in cases.items():
             status = wait_for(lambda n=name: (s := status_of(dev_cluster, namespace, n)).get("phase") and s,
                               f"status of {name}", timeout=60)
@@ -269,7 +252,7 @@ def test_missing_verb_is_reported_once_and_not_retried_hot(
     try:
         kubeconfig = installed.token_kubeconfig(tmp_path / "limited.kubeconfig", limited)
         with OperatorProcess(kubeconfig, world, tmp_path / "operator.log") as op:
-            k("-n", namespace, "apply", "-f", "-", stdin=regcheck("healthy", {
+            k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml("healthy", {
                 "registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}))
 
             wait_for(lambda: rbac_denials(op.text()), "a permission error in the operator log", timeout=60)
@@ -333,7 +316,7 @@ def test_peering_rbac_lets_the_operator_keep_alive(
     try:
         kubeconfig = installed.token_kubeconfig(tmp_path / "operator.kubeconfig")
         with OperatorProcess(kubeconfig, world, tmp_path / "operator.log", ["--peering", "e2e-chart"]) as op:
-            k("-n", namespace, "apply", "-f", "-", stdin=regcheck("healthy", {
+            k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml("healthy", {
                 "registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}))
 
             def keepalive() -> dict[str, Any] | None:

@@ -7,31 +7,14 @@ would in a pod that uses a custom resolver and CA bundle.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any
 
 import yaml
 
+from support.objects import docker_secret_yaml, regcheck_yaml
 from support.world import World
-
-
-def docker_secret(name: str, server: str, user: str, password: str) -> str:
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    config = json.dumps({"auths": {server: {"auth": auth}}})
-    return yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-        "metadata": {"name": name},
-        "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
-    })
-
-
-def regcheck(name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({
-        "apiVersion": "pullhealth.io/v1alpha1", "kind": "RegistryCheck",
-        "metadata": {"name": name}, "spec": {"intervalSeconds": 30, "timeoutSeconds": 2, **spec},
-    })
 
 
 def get(cluster: Any, ns: str, name: str) -> dict[str, Any]:
@@ -97,17 +80,17 @@ def test_registrychecks_end_to_end(dev_cluster: Any, operator: Any, world: World
 
 def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, wait_for: Any) -> None:
     k = cluster.kubectl
-    k("-n", ns, "apply", "-f", "-", stdin=docker_secret("acr-wrong", world.acr, world.acr_puller[0], "nope"))
-    k("-n", ns, "apply", "-f", "-", stdin=docker_secret("acr-good", world.acr, *world.acr_puller))
-    k("-n", ns, "apply", "-f", "-", stdin=docker_secret("basic-cred", world.basic, *world.basic_user))
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("acr-wrong", world.acr, world.acr_puller[0], "nope"))
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("acr-good", world.acr, *world.acr_puller))
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("basic-cred", world.basic, *world.basic_user))
     k("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "puller"},
         "imagePullSecrets": [{"name": "basic-cred"}]}))
     # A valid secret with this name exists only in another namespace: it must not be used.
-    k("-n", other, "apply", "-f", "-", stdin=docker_secret("elsewhere", world.acr, *world.acr_puller))
+    k("-n", other, "apply", "-f", "-", stdin=docker_secret_yaml("elsewhere", world.acr, *world.acr_puller))
 
     for name, (spec, _, _) in CASES.items():
-        k("-n", ns, "apply", "-f", "-", stdin=regcheck(name, _fill(spec, world)))
+        k("-n", ns, "apply", "-f", "-", stdin=regcheck_yaml(name, _fill(spec, world)))
     for name, (_, phase, code) in CASES.items():
         status = wait_status(cluster, wait_for, ns, name)
         assert (status["phase"], status["code"]) == (phase, code), (name, status)
@@ -146,13 +129,13 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
     assert f'pullhealth_registry_check_last_run_timestamp_seconds{{name="healthy",namespace="{ns}"}}' in text
 
     # suspend: a suspended RegistryCheck is never checked.
-    k("-n", ns, "apply", "-f", "-", stdin=regcheck("suspended", {"registry": world.anon, "suspend": True}))
+    k("-n", ns, "apply", "-f", "-", stdin=regcheck_yaml("suspended", {"registry": world.anon, "suspend": True}))
     time.sleep(7)  # more than one timer tick
     assert not get(cluster, ns, "suspended").get("status")
 
     # The CRD's own validation rejects obviously wrong input before the operator sees it.
     bad = cluster.kubectl("-n", ns, "apply", "-f", "-", check=False,
-                          stdin=regcheck("tooshort", {"registry": world.anon, "intervalSeconds": 5}))
+                          stdin=regcheck_yaml("tooshort", {"registry": world.anon, "intervalSeconds": 5}))
     assert bad.returncode != 0 and "intervalSeconds" in bad.stderr
 
     # Spec update -> re-check at once with the new generation; the fix flips the condition.
@@ -165,7 +148,7 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
     assert status["conditions"][0]["lastTransitionTime"] >= before
 
     # Invalid spec -> phase Invalid with a message, no retry storm.
-    k("-n", ns, "apply", "-f", "-", stdin=regcheck("invalid", {"registry": world.anon, "image": "Bad/Name"}))
+    k("-n", ns, "apply", "-f", "-", stdin=regcheck_yaml("invalid", {"registry": world.anon, "image": "Bad/Name"}))
     status = wait_status(cluster, wait_for, ns, "invalid")
     assert status["phase"] == "Invalid" and "lowercase" in status["summary"]
 

@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         "--pod-interval",
         type=float,
         default=60.0,
-        help="seconds a probe result is reused for pods sharing registry, credential and image (default 60)",
+        help="seconds a probe result is reused for pods sharing registry, credential and image "
+        "(default 60; 0 = no sharing, for comparison only)",
     )
     run.add_argument(
         "--per-registry",
