@@ -9,6 +9,7 @@ right diagnosis and post one ``PullDiagnosed`` Event.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -60,6 +61,9 @@ SCENARIOS = [
     ("ratelimit", "ratelimit", "team/app:v1", [], {}, "rate_limited_429", "RATE_LIMITED"),
     ("no-pull-scope", "acr", "team/app:v1", ["nopull"], {"nopull": ("acr", "nopull", "nopull-pass")},
      "token_no_pull_scope", "PERMISSION_DENIED"),
+    # A malformed secret is skipped by kubelet; with nothing else to authenticate it is the cause.
+    ("bad-secret", "acr", "team/app:v1", ["not-docker"], {}, "token_no_credentials_private_repo",
+     "PULL_SECRET_INVALID"),
     # ACR with no pull secret: kubelet uses the node's identity (IMDS); the probe with that
     # identity refines "pull access denied" to the missing repository.
     ("acr-node-identity", "privatelink", "team/nosuch:v1", [], {}, "token_no_credentials_missing_repo",
@@ -74,6 +78,10 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
     dev_cluster.kubectl("create", "namespace", other)
     try:
         api.create_namespaced_secret(other, docker_secret("elsewhere", world.acr, *world.acr_puller))
+        # The API server validates dockerconfigjson secrets, so the malformed case that reaches
+        # kubelet is a secret of the wrong type (kubelet skips it).
+        api.create_namespaced_secret(ns, {"metadata": {"name": "not-docker"}, "type": "Opaque",
+                                          "data": {".dockerconfigjson": base64.b64encode(b"{}").decode()}})
         created = set()
         pods = {}
         for name, host_attr, path, secrets, secret_defs, mode, _ in SCENARIOS:
@@ -109,6 +117,8 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
             evs = our_events(api, ns, name)
             assert [e.reason for e in evs] == ["PullDiagnosed"], (name, [e.message for e in evs])
             assert evs[0].message.startswith(f"{expected}: ") and ". Try: " in evs[0].message
+            for secret in (world.acr_puller[1], world.acr_nopull[1], "rotated"):
+                assert secret not in evs[0].message
 
         # Metrics: failing containers by code, diagnoses by code.
         text = operator.metrics()

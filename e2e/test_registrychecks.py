@@ -51,6 +51,8 @@ CASES = {
                  "Healthy", "OK"),
     "nosecret": ({"registry": "{acr}", "image": "team/app:v1", "auth": {"pullSecrets": ["absent"]}},
                  "Unhealthy", "PULL_SECRET_MISSING"),
+    "badsecret": ({"registry": "{acr}", "image": "team/app:v1", "auth": {"pullSecrets": ["not-docker"]}},
+                  "Unhealthy", "PULL_SECRET_INVALID"),
     "othernamespace": ({"registry": "{acr}", "image": "team/app:v1", "auth": {"pullSecrets": ["elsewhere"]}},
                        "Unhealthy", "PULL_SECRET_MISSING"),
     "missingtag": ({"registry": "{anon}", "image": "team/app:nosuchtag"}, "Unhealthy", "TAG_NOT_FOUND"),
@@ -88,6 +90,8 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
         "imagePullSecrets": [{"name": "basic-cred"}]}))
     # A valid secret with this name exists only in another namespace: it must not be used.
     k("-n", other, "apply", "-f", "-", stdin=docker_secret_yaml("elsewhere", world.acr, *world.acr_puller))
+    # A malformed pull secret (wrong type, a password in it) gives a diagnosis, not a traceback.
+    k("-n", ns, "create", "secret", "generic", "not-docker", "--from-literal=password=opaque-s3cret")
 
     for name, (spec, _, _) in CASES.items():
         k("-n", ns, "apply", "-f", "-", stdin=regcheck_yaml(name, _fill(spec, world)))
@@ -100,7 +104,7 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
         assert status["summary"] and status["checks"] is not None
         if phase == "Unhealthy":
             assert status["remediation"]
-        for secret in (world.acr_puller[1], world.basic_user[1]):
+        for secret in (world.acr_puller[1], world.basic_user[1], "opaque-s3cret"):
             assert secret not in json.dumps(status)
 
     # kubectl explain reads as a reference.
