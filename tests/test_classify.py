@@ -125,3 +125,35 @@ def test_corpus_is_present_and_large() -> None:
 def test_corpus_message_gets_its_code(row: dict[str, object]) -> None:
     diagnosis = classify(str(row["text"]))
     assert diagnosis.code.value == row["code"], row.get("source")
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        # containerd 1.7 / 2.x phrasing (status line names the request)
+        ('failed to resolve reference "r.io/a:1": unexpected status from HEAD request to '
+         "https://r.io/v2/a/manifests/1: 401 Unauthorized", Code.ACCESS_DENIED),
+        ('failed to resolve reference "r.io/a:1": failed to authorize: failed to fetch anonymous token: '
+         "unexpected status from GET request to https://auth.r.io/token?scope=x: 401 Unauthorized",
+         Code.AUTH_REQUIRED),
+        ('failed to resolve reference "r.io/a:1": failed to authorize: failed to fetch oauth token: '
+         "unexpected status from POST request to https://r.io/oauth2/token: 401 Unauthorized",
+         Code.CREDENTIALS_REJECTED),
+        ('failed to pull and unpack image "docker.io/library/nosuch:latest": failed to resolve image: '
+         "docker.io/library/nosuch:latest: not found", Code.IMAGE_NOT_FOUND),
+        # ACR
+        ('Error response from daemon: manifest for myacr.azurecr.io/app:v2 not found: manifest unknown: '
+         'manifest tagged by "v2" is not found', Code.TAG_NOT_FOUND),
+        ('Head "https://myacr.azurecr.io/v2/app/manifests/v1": unauthorized: authentication required, '
+         "visit https://aka.ms/acr/authorization for more information.", Code.AUTH_REQUIRED),
+        # CRI-O
+        ('pinging container registry r.io: Get "https://r.io/v2/": dial tcp: lookup r.io: no such host',
+         Code.DNS_NXDOMAIN),
+        ('reading manifest v1 in r.io/a: name unknown: repository name not known to registry',
+         Code.REPOSITORY_NOT_FOUND),
+        ('choosing an image from manifest list docker://r.io/a:1: no image found in manifest list for '
+         "architecture amd64, variant \"\", OS linux", Code.PLATFORM_NOT_FOUND),
+    ],
+)
+def test_other_runtime_versions(text: str, code: Code) -> None:
+    assert classify(text).code is code

@@ -151,6 +151,8 @@ RULES: tuple[Rule, ...] = (
     ),
     _r(Code.ACCESS_DENIED, r"401 Unauthorized|unauthorized|authorization failed|denied", *_ACCESS),
     _r(Code.REPOSITORY_NOT_FOUND, r"NAME_UNKNOWN|name unknown|repository name not known"),
+    # ACR names the tag when the repository exists but the tag does not.
+    _r(Code.TAG_NOT_FOUND, r"manifest tagged by \"?[^ ]+\"? is not found"),
     # distribution answers MANIFEST_UNKNOWN for a missing repository too: coarse.
     _r(
         Code.IMAGE_NOT_FOUND,
