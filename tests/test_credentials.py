@@ -147,3 +147,12 @@ def test_credential_repr_and_describe_hide_the_secret() -> None:
     assert "topsecret" not in cred.describe()
     assert cred.describe() == "user alice from secret ns/s"
     assert len(cred.fingerprint) == 12 and "topsecret" not in cred.fingerprint
+
+
+def test_registry_only_matching_includes_docker_hub_aliases() -> None:
+    from pullhealth.credentials import for_target
+
+    entries = _keys("https://index.docker.io/v1/", "myacr.azurecr.io", "other.io/team")
+    assert [c.username for c in for_target(entries, "docker.io", None)] == ["https___index.docker.io_v1_"]
+    assert [c.username for c in for_target(entries, "myacr.azurecr.io", None)] == ["myacr.azurecr.io"]
+    assert [c.username for c in for_target(entries, "other.io", None)] == ["other.io_team"]

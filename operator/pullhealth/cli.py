@@ -21,7 +21,7 @@ from pullhealth.diagnose import make
 from pullhealth.model import Diagnosis, StepStatus
 from pullhealth.probes import identity
 from pullhealth.redact import Redactor
-from pullhealth.reference import InvalidReference, parse_target
+from pullhealth.reference import ImageReference, InvalidReference, parse_target
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -142,7 +142,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def _credentials(
-    args: argparse.Namespace, registry: str, image: object, secrets: list[str]
+    args: argparse.Namespace, registry: str, image: ImageReference | None, secrets: list[str]
 ) -> tuple[list[credentials.Credential] | None, Diagnosis | None]:
     """Credentials to try, or a diagnosis when the docker config itself is unusable."""
     if args.username:
@@ -168,12 +168,7 @@ def _credentials(
             {"secret": str(path), "detail": exc.detail, "registry": registry, "namespace": "<namespace>"},
         )
     secrets.extend(s for e in entries for s in e.credential.secrets())
-    ref = image if image is not None else None
-    if ref is None:
-        matched = [e.credential for e in entries if e.key.split("/")[0] == registry]
-    else:
-        matched = credentials.lookup(entries, ref)  # type: ignore[arg-type]
-    return matched, None
+    return credentials.for_target(entries, registry, image), None
 
 
 async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engine.IdentitySource | None:

@@ -253,3 +253,15 @@ def lookup(entries: list[KeyringEntry], image: ImageReference) -> list[Credentia
     if not found and image.registry == DOCKER_HUB and _is_default_registry(target):
         found = by_key.get(DOCKER_HUB_KEY, [])
     return found
+
+
+def for_target(entries: list[KeyringEntry], registry: str, image: ImageReference | None) -> list[Credential]:
+    """Credentials for an image (kubelet's rules), or for a bare registry host.
+
+    For a registry with no image, entries whose host part is that registry match (Docker
+    Hub aliases included).
+    """
+    if image is not None:
+        return lookup(entries, image)
+    wanted = {registry, DOCKER_HUB_KEY} if registry == DOCKER_HUB else {registry}
+    return [e.credential for e in entries if e.key.split("/")[0] in wanted]

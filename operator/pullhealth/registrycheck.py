@@ -121,11 +121,7 @@ async def run_registry_check(
         # The spec names these secrets explicitly: one that cannot be used is the finding.
         issue = keyring.issues[0]
         return make(issue.code, {**facts, "secret": issue.name, "detail": issue.detail})
-    entries = list(keyring.entries)
-    if image is not None:
-        matched = creds.lookup(entries, image)
-    else:
-        matched = [e.credential for e in entries if e.key.split("/")[0] == registry]
+    matched = creds.for_target(list(keyring.entries), registry, image)
     cred_key = ("creds", tuple(c.fingerprint for c in matched), image, options)
     return await _cached(
         cache,
