@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from pullhealth import kube, metrics, podcheck
 from pullhealth.handlers.state import State
@@ -48,7 +49,15 @@ async def pod_event(
         State.pod_pool = asyncio.Semaphore(16)
     async with State.pod_pool:
         failing = podcheck.failing_containers(body)
-        messages = await client.kubelet_pull_messages(namespace, uid) if failing else []
+        messages: list[str] = []
+        if failing:
+            try:
+                messages = await client.kubelet_pull_messages(namespace, uid)
+            except ApiException as exc:
+                # Without the events, the waiting message still carries kubelet's text.
+                logger.warning(
+                    "cannot list the pod's events (HTTP %s); using the waiting message", exc.status
+                )
         results = await podcheck.diagnose_pod(
             body,
             messages,
