@@ -92,6 +92,27 @@ def samples(world: World) -> list[dict[str, object]]:
     ]
 
 
+def failing_pod(world: World, kubeconfig: str, k: list[str]) -> None:
+    """A pod in ErrImagePull, as kubelet reports it (recorded containerd text), diagnosed."""
+    import kubernetes
+
+    from support.kubelet import ensure_node, fail_pull, kubelet_message, make_pod
+
+    banner("a pod fails to pull (kubelet's status and event written as kubelet does)")
+    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(config_file=kubeconfig))
+    ensure_node(api)
+    image = f"{world.acr}/team/app:v1"
+    pod = make_pod(api, "demo", "web", image, ["acr-stale"])
+    fail_pull(api, "demo", pod, image, kubelet_message("token_wrong_password", image))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if "pullhealth.io/diagnosis" in (api.read_namespaced_pod("web", "demo").metadata.annotations or {}):
+            break
+        time.sleep(0.5)
+    sh(*k, "-n", "demo", "get", "pod", "web", "-o", "jsonpath={.metadata.annotations}")
+    sh(*k, "-n", "demo", "get", "events", "--field-selector", "reason=PullDiagnosed")
+
+
 def cluster_demo(world: World, state: Path) -> None:
     binaries = devcluster.find_binaries()
     banner("starting a local control plane (etcd, kube-apiserver, kube-controller-manager)")
@@ -130,6 +151,7 @@ def cluster_demo(world: World, state: Path) -> None:
             sh(*k, "-n", "demo", "get", "regcheck", "acr-wrong-password", "-o",
                "jsonpath={.status.summary}{'\\n'}{range .status.remediation[*]}  - {@}{'\\n'}{end}")
             sh(*k, "-n", "demo", "get", "events", "--field-selector", "reason=CheckFailed")
+            failing_pod(world, kubeconfig, k)
         finally:
             op.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
