@@ -286,7 +286,13 @@ def test_default_render(helm: str) -> None:
     assert c["image"] == "pullhealth:0.1.0"
     assert c["command"] == ["pullhealth", "run"]
     assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--liveness=http://0.0.0.0:8081/healthz",
-                         "--log-format=json"]
+                         "--log-format=json", "--pod-interval=60", "--per-registry=4", "--workers=16",
+                         "--acr-domains=.azurecr.io,.azurecr.cn,.azurecr.us"]
+    # Every argument the chart passes is one `pullhealth run` accepts.
+    from pullhealth.cli import _parser
+
+    parsed = _parser().parse_args([*c["command"][1:], *c["args"]])
+    assert parsed.pod_interval == 60 and not parsed.no_pods
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
     for probe in ("livenessProbe", "readinessProbe"):
@@ -406,3 +412,18 @@ def test_monitoring_objects(helm: str) -> None:
     used = set(re.findall(r"\bpullhealth_[a-z_]+", queries))
     assert used and used <= _metric_names(), used - _metric_names()
 
+
+
+def test_pod_options_and_no_pods_render_to_valid_cli_arguments(helm: str) -> None:
+    from pullhealth.cli import _parser
+
+    for sets, check in (
+        (["pods.enabled=false"], lambda a: a.no_pods),
+        (["pods.interval=30", "pods.kubeletClientId=11111111-1111-4111-8111-111111111111",
+          "watchNamespaces={a,b}"],
+         lambda a: a.pod_interval == 30 and a.kubelet_client_id.startswith("1111") and a.namespace == ["a", "b"]),
+    ):
+        objects = render(helm, *sets)
+        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        c = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert check(_parser().parse_args([*c["command"][1:], *c["args"]])), c["args"]
