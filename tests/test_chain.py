@@ -309,3 +309,19 @@ async def test_credentials_never_appear_in_results(world: Any) -> None:
             dumped = d.model_dump_json()
             assert cred.secret is not None and cred.secret not in dumped
             assert "Bearer " not in dumped and "Basic " not in dumped
+
+
+async def test_each_matching_credential_is_tried_like_kubelet(world: Any) -> None:
+    from pullhealth.engine import check_credentials
+
+    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    stale = _basic((world.acr_puller[0], "stale"))
+    good = _basic(world.acr_puller)
+    ok = await check_credentials(registry, image, [stale, good], _opts(world))
+    assert ok.code is Code.OK
+    bad = await check_credentials(registry, image, [stale, _basic(world.acr_nopull)], _opts(world))
+    assert bad.code is Code.CREDENTIALS_REJECTED  # the first credential's failure is reported
+    none = await check_credentials(registry, image, [], _opts(world))
+    assert none.code is Code.PULL_SECRET_NO_MATCH
+    public = await check_credentials(registry, parse_target(f"{world.acr}/public/hello:1")[1], [], _opts(world))
+    assert public.code is Code.OK
