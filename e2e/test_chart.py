@@ -11,10 +11,8 @@ from the test world.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -27,6 +25,7 @@ import pytest
 import yaml
 
 from support import guard
+from support.helm import require_helm
 from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
 from support.objects import docker_secret_yaml, regcheck_yaml
 from support.operatorproc import OperatorProcess
@@ -42,27 +41,6 @@ RELEASE = "e2e-chart"
 guard.install()
 
 Waiter = Callable[..., Any]
-
-
-def find_helm() -> str:
-    """The helm binary: $HELM, helm on PATH, or the one hack/build-helm.sh built.
-
-    Skips the test without it, or fails when PULLHEALTH_REQUIRE_E2E is set (CI).
-    """
-    candidates = [os.environ.get("HELM", ""), shutil.which("helm") or ""]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        built = subprocess.run(
-            ["bash", str(ROOT / "hack" / "build-helm.sh"), "--print-dir"],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout.strip()
-        candidates.append(str(Path(built) / "helm"))
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    reason = "no helm binary: run hack/build-helm.sh (or set HELM)"
-    if os.environ.get("PULLHEALTH_REQUIRE_E2E"):
-        pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def render(helm: str, namespace: str, *sets: str) -> list[dict[str, Any]]:
@@ -103,7 +81,7 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed(dev_cluster: Cluster) -> Iterator[Installed]:
     """The chart with default values, applied like `helm install` would."""
-    helm = find_helm()
+    helm = require_helm()
     ns = f"pullhealth-chart-{uuid.uuid4().hex[:6]}"
     k = dev_cluster.kubectl
     k("create", "namespace", ns)
@@ -275,7 +253,7 @@ def test_missing_verb_is_reported_once_and_not_retried_hot(
 
 def test_helm_install_and_uninstall(dev_cluster: Cluster, tmp_path: Path) -> None:
     """A real `helm install` (CRDs from crds/, templates, NOTES) and `helm uninstall`."""
-    helm = find_helm()
+    helm = require_helm()
     ns = f"pullhealth-helm-{uuid.uuid4().hex[:6]}"
     release = f"e2e-helm-{uuid.uuid4().hex[:4]}"
     env = {**os.environ, "KUBECONFIG": str(dev_cluster.kubeconfig), "HELM_CACHE_HOME": str(tmp_path / "cache"),
@@ -309,7 +287,7 @@ def test_peering_rbac_lets_the_operator_keep_alive(
 ) -> None:
     """peering.enabled: the ClusterKopfPeering exists and the chart's RBAC lets kopf use it."""
     k = dev_cluster.kubectl
-    objects = render(find_helm(), installed.namespace, "peering.enabled=true", "peering.name=e2e-chart")
+    objects = render(require_helm(), installed.namespace, "peering.enabled=true", "peering.name=e2e-chart")
     rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
     peering = next(o for o in rest if o["kind"] == "ClusterKopfPeering")
     k("apply", "-f", "-", stdin=dump(rest))

@@ -6,11 +6,8 @@ without it those tests skip, or fail when PULLHEALTH_REQUIRE_E2E is set (CI).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +17,7 @@ import pytest
 import yaml
 
 from pullhealth import metrics
+from support.helm import require_helm
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "pullhealth"
@@ -46,28 +44,10 @@ PEERING_VERBS = {"get", "list", "watch", "patch"}
 # -- helpers ------------------------------------------------------------------------
 
 
-def find_helm() -> str | None:
-    """$HELM, helm on PATH, or the binary hack/build-helm.sh built; None if none."""
-    candidates = [os.environ.get("HELM", ""), shutil.which("helm") or ""]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        built = subprocess.run(
-            ["bash", str(ROOT / "hack" / "build-helm.sh"), "--print-dir"],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout.strip()
-        candidates.append(str(Path(built) / "helm"))
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
 @pytest.fixture(scope="module")
 def helm() -> str:
     """The helm binary; skips without it, fails without it in CI."""
-    found = find_helm()
-    if found is None:
-        reason = "no helm binary: run hack/build-helm.sh (or set HELM)"
-        if os.environ.get("PULLHEALTH_REQUIRE_E2E"):
-            pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return found
+    return require_helm()
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
