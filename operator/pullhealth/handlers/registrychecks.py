@@ -63,6 +63,10 @@ async def registry_check_tick(
         return
     if _ran_recently(uid, generation, parsed.interval_seconds):
         return  # ran, but the status could not be written: wait for the interval
+    if not previous.get("phase"):
+        # First sight: say so at once (kubectl shows Pending while the first chain runs).
+        pending = {"phase": Phase.PENDING.value, "summary": "first check running"}
+        await _write(namespace, name, pending, logger)
 
     diagnosis = await registrycheck.run_registry_check(
         parsed,
