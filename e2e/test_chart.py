@@ -177,7 +177,7 @@ def test_operator_works_with_exactly_the_chart_rbac(
         for name, (spec, _, _) in cases.items():
             k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(name, spec))
         for name, (_, phase, code) in cases.items():
-            status = wait_for(lambda n=name: (s := status_of(dev_cluster, namespace, n)).get("phase") and s,
+            status = wait_for(lambda n=name: (s := status_of(dev_cluster, namespace, n)).get("code") and s,
                               f"status of {name}", timeout=60)
             assert (status["phase"], status["code"]) == (phase, code), (name, status, op.text()[-3000:])
         # Failing pods, diagnosed and annotated with the chart's rights too.
@@ -302,7 +302,7 @@ def test_peering_rbac_lets_the_operator_keep_alive(
                 return obj.get("status") or None
 
             wait_for(keepalive, "the operator's keep-alive in the ClusterKopfPeering", timeout=60)
-            status = wait_for(lambda: (s := status_of(dev_cluster, namespace, "healthy")).get("phase") and s,
+            status = wait_for(lambda: (s := status_of(dev_cluster, namespace, "healthy")).get("code") and s,
                               "status of healthy (peering)", timeout=60)
             assert (status["phase"], status["code"]) == ("Healthy", "OK"), (status, op.text()[-3000:])
             log = op.text()

@@ -139,9 +139,9 @@ def cluster_demo(world: World, state: Path) -> None:
                                                                        "items": items}))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                out = subprocess.run([*k, "-n", "demo", "get", "regcheck", "-o",
-                                      "jsonpath={.items[*].status.phase}"], capture_output=True, text=True,
-                                     timeout=30, check=False).stdout.split()
+                query = "jsonpath={.items[*].status.lastCheckTime}"
+                out = subprocess.run([*k, "-n", "demo", "get", "regcheck", "-o", query],
+                                     capture_output=True, text=True, timeout=30, check=False).stdout.split()
                 if len(out) == len(items):
                     break
                 time.sleep(1)

@@ -66,7 +66,7 @@ async def registry_check_tick(
     if not previous.get("phase"):
         # First sight: say so at once (kubectl shows Pending while the first chain runs).
         pending = {"phase": Phase.PENDING.value, "summary": "first check running"}
-        await _write(namespace, name, pending, logger)
+        await _write(namespace, name, pending, logger, quiet=True)
 
     diagnosis = await registrycheck.run_registry_check(
         parsed,
@@ -115,21 +115,29 @@ def _ran_recently(uid: str, generation: int, interval: int) -> bool:
     return False
 
 
-async def _write(namespace: str, name: str, status: dict[str, Any], logger: kopf.Logger) -> bool:
-    """Write the status; a refused write is logged and counted, never retried in a loop."""
+async def _write(
+    namespace: str, name: str, status: dict[str, Any], logger: kopf.Logger, *, quiet: bool = False
+) -> bool:
+    """Write the status; a refused write is logged and counted, never retried in a loop.
+
+    ``quiet`` (the cosmetic Pending) fails silently: the result write that follows in the
+    same tick reports a refusal, once.
+    """
     assert State.status is not None
     try:
         await State.status.patch_status(GROUP, VERSION, PLURAL, namespace, name, status)
     except kube.Forbidden as exc:
-        metrics.PATCH_FORBIDDEN.labels("registrychecks/status").inc()
-        logger.error(
-            "cannot write the status (RBAC): %s; grant patch on registrychecks/status to the "
-            "operator's service account. Retried after the check interval.",
-            exc,
-        )
+        if not quiet:
+            metrics.PATCH_FORBIDDEN.labels("registrychecks/status").inc()
+            logger.error(
+                "cannot write the status (RBAC): %s; grant patch on registrychecks/status to the "
+                "operator's service account. Retried after the check interval.",
+                exc,
+            )
         return False
     except ApiException as exc:
-        logger.warning("status write failed (HTTP %s); retried after the check interval", exc.status)
+        if not quiet:
+            logger.warning("status write failed (HTTP %s); retried after the check interval", exc.status)
         return False
     return True
 
