@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(docker-registry containerd dnsmasq-base apache2-utils iproute2)
+PKGS=(docker-registry containerd dnsmasq-base apache2-utils iproute2 tinyproxy)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,6 +16,11 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q "${missing[@]}"
+  # Tests start their own dnsmasq and tinyproxy; the packages' system services are not
+  # wanted (they may have been started by the install).
+  for svc in tinyproxy dnsmasq; do
+    if [[ " ${missing[*]} " == *" $svc "* ]]; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
+  done
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -407,3 +407,15 @@ def test_pod_options_and_no_pods_render_to_valid_cli_arguments(helm: str) -> Non
         deployment = next(o for o in objects if o["kind"] == "Deployment")
         c = deployment["spec"]["template"]["spec"]["containers"][0]
         assert check(_parser().parse_args([*c["command"][1:], *c["args"]])), c["args"]
+
+
+def test_proxy_values_become_the_operator_environment(helm: str) -> None:
+    def env_of(*sets: str) -> dict[str, str]:
+        deployment = next(o for o in render(helm, *sets) if o["kind"] == "Deployment")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+    assert "PULLHEALTH_PROXY" not in env_of()
+    assert env_of("proxy.fromEnvironment=true")["PULLHEALTH_PROXY"] == "env"
+    both = env_of("proxy.fromEnvironment=true", "proxy.url=http://proxy.corp:3128", "proxy.noProxy=.svc")
+    assert both["PULLHEALTH_PROXY"] == "http://proxy.corp:3128" and both["PULLHEALTH_NO_PROXY"] == ".svc"

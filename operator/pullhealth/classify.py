@@ -226,7 +226,7 @@ def _facts(text: str) -> dict[str, str]:
     ip = _CLIENT_IP.search(text)
     if ip:
         facts["client_ip"] = ip.group(1)
-        facts["detail"] = f"; the registry saw client IP {ip.group(1)}"
+        facts["detail"] = f" (403); the registry saw client IP {ip.group(1)}"
     return facts
 
 

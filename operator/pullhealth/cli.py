@@ -20,6 +20,7 @@ from pullhealth.codes import Code
 from pullhealth.diagnose import make
 from pullhealth.model import Diagnosis, StepStatus
 from pullhealth.probes import identity
+from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
 from pullhealth.redact import Redactor
 from pullhealth.reference import ImageReference, InvalidReference, parse_target
 
@@ -71,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         help="fail when the registry resolves to a public address",
     )
     check.add_argument("--data-endpoint", help="ACR data endpoint host to resolve as well")
+    check.add_argument(
+        "--proxy",
+        metavar="URL|env",
+        help="egress HTTP proxy the runtime uses (http://[user:pass@]host:port), or 'env' for "
+        "HTTPS_PROXY/NO_PROXY",
+    )
+    check.add_argument(
+        "--no-proxy", metavar="LIST", help="NO_PROXY entries reached directly (comma-separated)"
+    )
     check.add_argument("--output", "-o", choices=("text", "json"), default="text")
 
     explain = sub.add_parser("explain", help="classify a pull-error message (no network)")
@@ -213,12 +223,33 @@ async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engi
     return None
 
 
+def _proxy(args: argparse.Namespace, secrets: list[str]) -> tuple[Proxy | None, tuple[str, ...]]:
+    """The proxy to probe through, like the runtime would use it."""
+    no_proxy = split_no_proxy(args.no_proxy)
+    if not args.proxy:
+        return None, no_proxy
+    try:
+        if args.proxy == "env":
+            proxy, env_no_proxy = from_environment()
+            no_proxy = no_proxy or env_no_proxy
+        else:
+            proxy = parse_proxy(args.proxy)
+    except ValueError as exc:
+        raise UsageError(f"--proxy: {exc}") from None
+    if proxy is not None and proxy.password:
+        secrets.append(proxy.password)
+    return proxy, no_proxy
+
+
 async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
     try:
         registry, image = parse_target(args.reference)
     except InvalidReference as exc:
         return make(Code.INVALID_IMAGE_NAME, {"reference": args.reference, "detail": str(exc)})
+    proxy, no_proxy = _proxy(args, secrets)
     options = engine.ChainOptions(
+        proxy=proxy,
+        no_proxy=no_proxy,
         nameserver=args.nameserver,
         timeout=args.timeout,
         ca_file=args.ca_file,

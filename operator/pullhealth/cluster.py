@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from pullhealth import credentials as creds
 from pullhealth.codes import Code
 from pullhealth.probes import identity
+from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
 
 MAX_SECRETS = 16
 WORKLOAD_CLIENT_ID = "azure.workload.identity/client-id"
@@ -87,6 +88,8 @@ class Environment:
     tenant_id: str | None = None
     nameserver: str | None = None
     ca_file: str | None = None
+    proxy: Proxy | None = None
+    no_proxy: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Environment:
@@ -97,4 +100,19 @@ class Environment:
             tenant_id=os.environ.get("AZURE_TENANT_ID"),
             nameserver=os.environ.get("PULLHEALTH_NAMESERVER") or None,
             ca_file=os.environ.get("PULLHEALTH_CA_FILE") or None,
+            **_proxy_settings(),
         )
+
+
+def _proxy_settings() -> dict[str, Any]:
+    """PULLHEALTH_PROXY: a proxy URL, or ``env`` for HTTPS_PROXY/NO_PROXY as the runtime
+    sees them (AKS injects them into pods when the cluster has an HTTP proxy);
+    PULLHEALTH_NO_PROXY adds entries."""
+    setting = os.environ.get("PULLHEALTH_PROXY", "").strip()
+    extra = split_no_proxy(os.environ.get("PULLHEALTH_NO_PROXY"))
+    if not setting:
+        return {"proxy": None, "no_proxy": extra}
+    if setting == "env":
+        proxy, no_proxy = from_environment()
+        return {"proxy": proxy, "no_proxy": no_proxy + extra}
+    return {"proxy": parse_proxy(setting), "no_proxy": extra}

@@ -156,12 +156,14 @@ CATALOG: Mapping[Code, CodeInfo] = {
         check_health_error="CONNECTIVITY_SSL_ERROR",
     ),
     Code.FIREWALL_FORBIDDEN: CodeInfo(
-        summary="{host} refused this client by network rule (403){detail}",
+        summary="{host} refused this client by network rule{detail}",
         remediation=(
             "List the registry's network rules: az acr show --name <registry> --query networkRuleSet",
             "Allow the cluster's egress IP: az acr network-rule add --name <registry> "
             "--ip-address <egress-ip>",
             "Or reach the registry through a private endpoint; see https://aka.ms/acr/firewall",
+            "If the cluster's egress proxy refused the tunnel, allow the registry and its data "
+            "endpoint on the proxy, or list them in NO_PROXY",
         ),
         check_health_error="CONNECTIVITY_FORBIDDEN_ERROR",
     ),

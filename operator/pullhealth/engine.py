@@ -20,7 +20,16 @@ from pullhealth.probes.dns import DnsFailure, Resolver, assess_routing
 from pullhealth.probes.http import Http
 from pullhealth.probes.identity import AadToken
 from pullhealth.probes.manifest import probe_manifest
-from pullhealth.probes.net import StepError, make_ssl_context, tcp_connect, tls_handshake
+from pullhealth.probes.net import (
+    Opener,
+    StepError,
+    Stream,
+    direct,
+    make_ssl_context,
+    tcp_connect,
+    tls_handshake,
+)
+from pullhealth.probes.proxy import Proxy, bypasses, open_tunnel
 from pullhealth.probes.token import Authorization, probe_token
 from pullhealth.reference import ImageReference, split_host_port
 
@@ -41,6 +50,8 @@ class ChainOptions:
         expect_private_endpoint: a public address is then a failure.
         data_endpoint: ACR data endpoint host to resolve too (``<reg>.<region>.data.azurecr.io``).
         on_request: called with (registry, probe step) before each HTTP request.
+        proxy: the egress HTTP proxy the runtime uses (HTTPS_PROXY), if any.
+        no_proxy: NO_PROXY entries: hosts reached directly.
     """
 
     nameserver: str | None = None
@@ -50,6 +61,8 @@ class ChainOptions:
     expect_private_endpoint: bool = False
     data_endpoint: str | None = None
     on_request: Callable[[str, str], None] | None = None
+    proxy: Proxy | None = None
+    no_proxy: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,9 @@ async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
         if options.on_request:
             options.on_request(target.registry, run.current)
 
-    http = Http(resolver, make_ssl_context(options.ca_file), options.timeout, count)
+    http = Http(
+        resolver, make_ssl_context(options.ca_file), options.timeout, count, options.proxy, options.no_proxy
+    )
     try:
         await _steps(run, target, options, resolver, http, host, port)
     finally:
@@ -154,87 +169,12 @@ async def _steps(
     host: str,
     port: int,
 ) -> None:
-    # dns
-    run.current = "dns"
-    started = time.perf_counter()
-    try:
-        found = await resolver.lookup(host)
-    except DnsFailure as exc:
-        run.fail("dns", started, exc.code, exc.message)
-        return
-    verdict = assess_routing(found, options.expect_private_endpoint)
-    details = {"addresses": ", ".join(found.addresses)}
-    if found.cnames:
-        details["cnames"] = " -> ".join(found.cnames)
-    if not verdict.ok:
-        run.fail(
-            "dns",
-            started,
-            Code.PRIVATE_ENDPOINT_DNS,
-            verdict.message,
-            address=verdict.address,
-            detail=verdict.message.split(": ", 1)[-1],
-            **details,
-        )
-        return
-    if options.data_endpoint:
-        try:
-            data = await resolver.lookup(options.data_endpoint)
-        except DnsFailure as exc:
-            run.fail(
-                "dns",
-                started,
-                exc.code,
-                f"data endpoint: {exc.message}",
-                host=options.data_endpoint,
-                **details,
-            )
+    via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
+    if via is not None:
+        if not await _proxy_path(run, options, resolver, via, host, port):
             return
-        data_verdict = assess_routing(data, options.expect_private_endpoint)
-        details["dataEndpoint"] = f"{options.data_endpoint} -> {', '.join(data.addresses)}"
-        if not data_verdict.ok:
-            run.fail(
-                "dns",
-                started,
-                Code.PRIVATE_ENDPOINT_DNS,
-                f"data endpoint: {data_verdict.message}",
-                host=options.data_endpoint,
-                address=data_verdict.address,
-                detail="the data endpoint resolves to a public address",
-                **details,
-            )
-            return
-    address = await resolver.address(host)
-    run.facts["address"] = address
-    literal = " (address literal)" if found.literal else ""
-    run.passed("dns", started, f"DNS lookup to {host} at IP {address}{literal} : OK", **details)
-
-    # tcp
-    run.current = "tcp"
-    started = time.perf_counter()
-    try:
-        await tcp_connect(host, address, port, options.timeout)
-    except StepError as exc:
-        run.fail("tcp", started, exc.code, exc.message, **exc.facts)
+    elif not await _direct_path(run, options, resolver, host, port):
         return
-    run.passed("tcp", started, f"TCP connect to {address}:{port} : OK", address=f"{address}:{port}")
-
-    # tls
-    run.current = "tls"
-    started = time.perf_counter()
-    try:
-        cert = await tls_handshake(host, address, port, make_ssl_context(options.ca_file), options.timeout)
-    except StepError as exc:
-        run.fail("tls", started, exc.code, exc.message, **exc.facts)
-        return
-    run.passed(
-        "tls",
-        started,
-        f"TLS handshake with {host} ({cert.protocol}, issuer {cert.issuer}) : OK",
-        issuer=cert.issuer,
-        subject=cert.subject,
-        notAfter=cert.not_after,
-    )
 
     # challenge
     run.current = "challenge"
@@ -290,6 +230,139 @@ async def _steps(
         f"Fetch manifest {target.image.repository}:{target.image.manifest_ref} : OK",
         **mdetails,
     )
+
+
+async def _direct_path(run: _Run, options: ChainOptions, resolver: Resolver, host: str, port: int) -> bool:
+    """dns, tcp and tls straight to the registry; False when a step failed."""
+    run.current = "dns"
+    started = time.perf_counter()
+    try:
+        found = await resolver.lookup(host)
+    except DnsFailure as exc:
+        run.fail("dns", started, exc.code, exc.message)
+        return False
+    verdict = assess_routing(found, options.expect_private_endpoint)
+    details = {"addresses": ", ".join(found.addresses)}
+    if found.cnames:
+        details["cnames"] = " -> ".join(found.cnames)
+    if not verdict.ok:
+        run.fail(
+            "dns",
+            started,
+            Code.PRIVATE_ENDPOINT_DNS,
+            verdict.message,
+            address=verdict.address,
+            detail=verdict.message.split(": ", 1)[-1],
+            **details,
+        )
+        return False
+    if options.data_endpoint:
+        try:
+            data = await resolver.lookup(options.data_endpoint)
+        except DnsFailure as exc:
+            run.fail(
+                "dns",
+                started,
+                exc.code,
+                f"data endpoint: {exc.message}",
+                host=options.data_endpoint,
+                **details,
+            )
+            return False
+        data_verdict = assess_routing(data, options.expect_private_endpoint)
+        details["dataEndpoint"] = f"{options.data_endpoint} -> {', '.join(data.addresses)}"
+        if not data_verdict.ok:
+            run.fail(
+                "dns",
+                started,
+                Code.PRIVATE_ENDPOINT_DNS,
+                f"data endpoint: {data_verdict.message}",
+                host=options.data_endpoint,
+                address=data_verdict.address,
+                detail="the data endpoint resolves to a public address",
+                **details,
+            )
+            return False
+    address = await resolver.address(host)
+    run.facts["address"] = address
+    literal = " (address literal)" if found.literal else ""
+    run.passed("dns", started, f"DNS lookup to {host} at IP {address}{literal} : OK", **details)
+
+    run.current = "tcp"
+    started = time.perf_counter()
+    try:
+        await tcp_connect(host, address, port, options.timeout)
+    except StepError as exc:
+        run.fail("tcp", started, exc.code, exc.message, **exc.facts)
+        return False
+    run.passed("tcp", started, f"TCP connect to {address}:{port} : OK", address=f"{address}:{port}")
+    return await _tls(run, options, host, direct(address, port, options.timeout), f"{address}:{port}")
+
+
+async def _proxy_path(
+    run: _Run, options: ChainOptions, resolver: Resolver, via: Proxy, host: str, port: int
+) -> bool:
+    """dns and tcp to the egress proxy, tls through its CONNECT tunnel; False on failure."""
+    run.current = "dns"
+    run.facts["proxy"] = via.shown
+    started = time.perf_counter()
+    try:
+        found = await resolver.lookup(via.host)
+    except DnsFailure as exc:
+        run.fail("dns", started, exc.code, f"proxy {via.shown}: {exc.message}", host=via.host)
+        return False
+    address = await resolver.address(via.host)
+    note = (
+        "; the proxy resolves the registry, so private-endpoint routing is the proxy's"
+        if options.expect_private_endpoint
+        else ""
+    )
+    run.passed(
+        "dns",
+        started,
+        f"DNS lookup to proxy {via.shown} at IP {address} : OK ({host} is resolved by the proxy{note})",
+        addresses=", ".join(found.addresses),
+        proxy=via.shown,
+    )
+
+    run.current = "tcp"
+    started = time.perf_counter()
+    try:
+        await tcp_connect(via.host, address, via.port, options.timeout)
+    except StepError as exc:
+        run.fail("tcp", started, exc.code, f"proxy {via.shown}: {exc.message}", host=via.host, **exc.facts)
+        return False
+    run.passed(
+        "tcp",
+        started,
+        f"TCP connect to proxy {address}:{via.port} : OK",
+        address=f"{address}:{via.port}",
+        proxy=via.shown,
+    )
+
+    async def tunnel() -> Stream:
+        return await open_tunnel(via, address, host, port, options.timeout)
+
+    return await _tls(run, options, host, tunnel, f"via proxy {via.shown}")
+
+
+async def _tls(run: _Run, options: ChainOptions, host: str, opener: Opener, where: str) -> bool:
+    run.current = "tls"
+    started = time.perf_counter()
+    try:
+        cert = await tls_handshake(host, opener, make_ssl_context(options.ca_file), options.timeout, where)
+    except StepError as exc:
+        run.fail("tls", started, exc.code, exc.message, **exc.facts)
+        return False
+    run.passed(
+        "tls",
+        started,
+        f"TLS handshake with {host} ({cert.protocol}, issuer {cert.issuer}) : OK",
+        issuer=cert.issuer,
+        subject=cert.subject,
+        notAfter=cert.not_after,
+    )
+    return True
 
 
 async def _token_step(

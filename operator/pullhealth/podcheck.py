@@ -220,6 +220,8 @@ async def _probe(
         ca_file=env.ca_file,
         platform=settings.platform,
         on_request=on_request,
+        proxy=env.proxy,
+        no_proxy=env.no_proxy,
     )
     registry = image.registry
     image_key = (image.registry, image.repository, image.manifest_ref, settings.platform)

@@ -80,6 +80,8 @@ async def run_registry_check(
         expect_private_endpoint=spec.network.expect_private_endpoint,
         data_endpoint=spec.network.data_endpoint,
         on_request=on_request,
+        proxy=env.proxy,
+        no_proxy=env.no_proxy,
     )
     registry = spec.registry.lower()
     mode = spec.auth.mode

@@ -147,6 +147,17 @@ Environment of the operator container (only what is set).
 - name: PULLHEALTH_CA_FILE
   value: {{ . | quote }}
 {{- end }}
+{{- if .Values.proxy.url }}
+- name: PULLHEALTH_PROXY
+  value: {{ .Values.proxy.url | quote }}
+{{- else if .Values.proxy.fromEnvironment }}
+- name: PULLHEALTH_PROXY
+  value: "env"
+{{- end }}
+{{- with .Values.proxy.noProxy }}
+- name: PULLHEALTH_NO_PROXY
+  value: {{ . | quote }}
+{{- end }}
 {{- range $name, $value := .Values.env }}
 - name: {{ $name }}
   value: {{ $value | quote }}

@@ -65,7 +65,7 @@ def fail_on_common(reply: Reply, host: str, what: str) -> None:
     if reply.status == 403:
         ip = _CLIENT_IP.search(text)
         if ip or "firewall" in text.lower() or what == "GET /v2/":
-            detail = f"; the registry saw client IP {ip.group(1)}" if ip else ""
+            detail = f" (403); the registry saw client IP {ip.group(1)}" if ip else " (403)"
             raise StepError(
                 Code.FIREWALL_FORBIDDEN,
                 f"{what} on {host} answered 403 Forbidden: {text or 'no body'}",

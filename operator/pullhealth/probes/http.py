@@ -9,8 +9,9 @@ are made against the name. Bodies are read up to a cap; redirects are not follow
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -18,6 +19,7 @@ import httpx
 from pullhealth.codes import Code
 from pullhealth.probes.dns import DnsFailure, Resolver
 from pullhealth.probes.net import StepError
+from pullhealth.probes.proxy import Proxy, bypasses
 
 MAX_BODY = 1 << 20
 USER_AGENT = "pullhealth/0.1"
@@ -57,21 +59,33 @@ class Http:
         ssl_context: ssl.SSLContext,
         timeout: float,
         on_request: Callable[[str], None] | None = None,
+        proxy: Proxy | None = None,
+        no_proxy: Sequence[str] = (),
     ) -> None:
         self._resolver = resolver
         self._timeout = timeout
         self._on_request = on_request
-        self._client = httpx.AsyncClient(
-            verify=ssl_context,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT},
-        )
+        self._proxy = proxy
+        self._no_proxy = tuple(no_proxy)
+        common: dict[str, Any] = {
+            "verify": ssl_context,
+            "timeout": httpx.Timeout(timeout),
+            "follow_redirects": False,
+            "trust_env": False,
+            "headers": {"User-Agent": USER_AGENT},
+        }
+        self._client = httpx.AsyncClient(**common)
+        # Through the proxy the proxy resolves names: requests keep their URL as is.
+        self._proxied = httpx.AsyncClient(proxy=proxy.url, **common) if proxy else None
 
     async def aclose(self) -> None:
         """Close pooled connections."""
         await self._client.aclose()
+        if self._proxied is not None:
+            await self._proxied.aclose()
+
+    def _via_proxy(self, host: str, port: int) -> bool:
+        return self._proxy is not None and not bypasses(host, port, self._no_proxy)
 
     async def request(
         self,
@@ -89,26 +103,31 @@ class Http:
         """
         parts = urlsplit(url)
         host = parts.hostname or ""
-        try:
-            address = await self._resolver.address(host)
-        except DnsFailure as exc:
-            raise StepError(exc.code, exc.message, host=host) from None
-        netloc = f"[{address}]" if ":" in address else address
-        if parts.port:
-            netloc += f":{parts.port}"
-        target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        client = self._client
         all_headers = {"Host": parts.netloc.rpartition("@")[2]}
         all_headers.update(headers or {})
+        extensions = {"sni_hostname": host}
+        if self._proxied is not None and self._via_proxy(host, parts.port or 443):
+            client, target, extensions = self._proxied, url, {}
+        else:
+            try:
+                address = await self._resolver.address(host)
+            except DnsFailure as exc:
+                raise StepError(exc.code, exc.message, host=host) from None
+            netloc = f"[{address}]" if ":" in address else address
+            if parts.port:
+                netloc += f":{parts.port}"
+            target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         if self._on_request:
             self._on_request(host)
         try:
-            async with self._client.stream(
+            async with client.stream(
                 method,
                 target,
                 headers=all_headers,
                 data=data,
                 params=params,
-                extensions={"sni_hostname": host},
+                extensions=extensions,
             ) as response:
                 body = b""
                 async for chunk in response.aiter_bytes():
@@ -116,6 +135,13 @@ class Http:
                     if len(body) >= MAX_BODY:
                         break
                 return Reply(response.status_code, response.headers, body[:MAX_BODY])
+        except httpx.ProxyError as exc:
+            raise StepError(
+                Code.FIREWALL_FORBIDDEN,
+                f"the egress proxy refused the tunnel to {host}: {exc}",
+                host="the egress proxy",
+                detail=f" (it refused the tunnel to {host})",
+            ) from None
         except httpx.ConnectTimeout:
             raise StepError(Code.CONNECT_TIMEOUT, f"connecting to {host} timed out", host=host) from None
         except httpx.TimeoutException:

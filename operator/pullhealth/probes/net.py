@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -103,15 +104,37 @@ def describe_cert(der: bytes) -> PeerCert:
     )
 
 
-async def _peer_cert_unverified(host: str, address: str, port: int, timeout: float) -> PeerCert | None:
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Opener = Callable[[], Awaitable[Stream]]
+
+
+def direct(address: str, port: int, timeout: float) -> Opener:
+    """An opener of plain TCP connections to address:port (bounded by timeout)."""
+
+    async def open_tcp() -> Stream:
+        return await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+
+    return open_tcp
+
+
+async def _open_tls(host: str, opener: Opener, ctx: ssl.SSLContext, timeout: float) -> asyncio.StreamWriter:
+    """Open the stream (direct, or a proxy tunnel) and upgrade it to TLS."""
+    _, writer = await opener()
+    try:
+        await asyncio.wait_for(writer.start_tls(ctx, server_hostname=host), timeout)
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
+async def _peer_cert_unverified(host: str, opener: Opener, timeout: float) -> PeerCert | None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(address, port, ssl=ctx, server_hostname=host), timeout
-        )
-    except (OSError, TimeoutError, ssl.SSLError):
+        writer = await _open_tls(host, opener, ctx, timeout)
+    except (OSError, TimeoutError, ssl.SSLError, StepError):
         return None
     ssl_obj = writer.get_extra_info("ssl_object")
     der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
@@ -119,10 +142,10 @@ async def _peer_cert_unverified(host: str, address: str, port: int, timeout: flo
     return describe_cert(der) if der else None
 
 
-async def _speaks_plain_http(address: str, port: int, timeout: float) -> bool:
+async def _speaks_plain_http(opener: Opener, timeout: float) -> bool:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
-    except (OSError, TimeoutError):
+        reader, writer = await opener()
+    except (OSError, TimeoutError, StepError):
         return False
     try:
         writer.write(b"HEAD /v2/ HTTP/1.0\r\nHost: pullhealth\r\n\r\n")
@@ -135,19 +158,29 @@ async def _speaks_plain_http(address: str, port: int, timeout: float) -> bool:
     return head.startswith(b"HTTP/")
 
 
-async def tls_handshake(host: str, address: str, port: int, ctx: ssl.SSLContext, timeout: float) -> PeerCert:
-    """Handshake with verification; return the verified peer certificate's facts.
+async def tls_handshake(
+    host: str, opener: Opener, ctx: ssl.SSLContext, timeout: float, where: str
+) -> PeerCert:
+    """Handshake with verification over ``opener``'s stream; return the peer certificate.
+
+    Args:
+        host: the name to verify (and send as SNI).
+        opener: opens the raw stream: :func:`direct`, or a proxy tunnel.
+        ctx: the verification context.
+        timeout: seconds for the connection and for the handshake.
+        where: what to call the peer in messages (address:port, or "via proxy ...").
 
     Raises:
-        StepError: TLS_UNTRUSTED, TLS_HOSTNAME_MISMATCH, TLS_PROTOCOL_ERROR, or
-            CONNECT_TIMEOUT when the server accepts TCP but never answers the handshake.
+        StepError: TLS_UNTRUSTED, TLS_HOSTNAME_MISMATCH, TLS_PROTOCOL_ERROR, CONNECT_* when
+            the stream cannot be opened or the server never answers the handshake, or the
+            proxy's refusal.
     """
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(address, port, ssl=ctx, server_hostname=host), timeout
-        )
+        writer = await _open_tls(host, opener, ctx, timeout)
+    except StepError:
+        raise
     except ssl.SSLCertVerificationError as exc:
-        peer = await _peer_cert_unverified(host, address, port, timeout)
+        peer = await _peer_cert_unverified(host, opener, timeout)
         issuer = peer.issuer if peer else "unknown"
         if exc.verify_code == _HOSTNAME_MISMATCH:
             names = ", ".join(peer.names) if peer else "unknown"
@@ -167,12 +200,15 @@ async def tls_handshake(host: str, address: str, port: int, ctx: ssl.SSLContext,
     except TimeoutError:
         raise StepError(
             Code.CONNECT_TIMEOUT,
-            f"{host} at {address}:{port} accepted TCP but did not complete a TLS handshake "
-            f"within {timeout:g}s",
-            address=f"{address}:{port}",
+            f"{host} ({where}) accepted TCP but did not complete a TLS handshake within {timeout:g}s",
+            address=where,
+        ) from None
+    except ConnectionRefusedError:
+        raise StepError(
+            Code.CONNECT_REFUSED, f"the connection to {host} ({where}) was refused", address=where
         ) from None
     except (ssl.SSLError, ConnectionError, OSError) as exc:
-        if await _speaks_plain_http(address, port, timeout):
+        if await _speaks_plain_http(opener, timeout):
             detail = "the server answers plain HTTP, not TLS"
         else:
             detail = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
