@@ -142,13 +142,19 @@ RULES: tuple[Rule, ...] = (
         r"|incorrect username or password|invalid username/password|authentication failed"
         r"|invalid credentials|unauthorized: (incorrect|invalid)|not registered with AAD",
     ),
+    # A 403 from the token service: the registry answered its challenge, so no network rule
+    # is in the way; missing permission, a private or missing repository remain.
     _r(
         Code.ACCESS_DENIED,
-        r"\b403\b|Forbidden",
-        Code.FIREWALL_FORBIDDEN,
-        Code.PERMISSION_DENIED,
+        r"(fetch (anonymous |oauth )?token|bear(er)? token|login attempt failed)[^\n]*(\b403\b|Forbidden)",
         Code.AUTH_REQUIRED,
+        Code.PERMISSION_DENIED,
+        Code.REPOSITORY_NOT_FOUND,
     ),
+    # A bare 403 on the registry's own endpoints (manifests, blobs, /v2/): ACR's firewall
+    # (registry or dedicated data endpoint) answers exactly this way; distribution-style
+    # registries answer missing permission with 401, not 403.
+    _r(Code.FIREWALL_FORBIDDEN, r"\b403\b|Forbidden", Code.PERMISSION_DENIED),
     _r(Code.ACCESS_DENIED, r"401 Unauthorized|unauthorized|authorization failed|denied", *_ACCESS),
     _r(Code.REPOSITORY_NOT_FOUND, r"NAME_UNKNOWN|name unknown|repository name not known"),
     # ACR names the tag when the repository exists but the tag does not.

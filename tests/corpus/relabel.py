@@ -19,9 +19,14 @@ RULES: list[tuple[re.Pattern[str], str, list[str], str]] = [
     (re.compile(r"\[manifests [^\]]+\]: 401 Unauthorized|/manifests/[^: ]+: 401 Unauthorized$"), "ACCESS_DENIED",
      ["AUTH_REQUIRED", "CREDENTIALS_REJECTED", "PERMISSION_DENIED"],
      "the same 401 text is printed for no, wrong and insufficient credentials"),
-    (re.compile(r"unexpected status: 403 Forbidden$|\[manifests [^\]]+\]: 403 Forbidden$|: 403 Forbidden$"),
-     "ACCESS_DENIED", ["FIREWALL_FORBIDDEN", "PERMISSION_DENIED", "AUTH_REQUIRED"],
-     "a bare 403 cannot tell a network rule from a missing permission"),
+    (re.compile(r"(fetch (anonymous |oauth )?token|bear(er)? token)[^\n]*(403 Forbidden|403 \(Forbidden\))"),
+     "ACCESS_DENIED", ["AUTH_REQUIRED", "PERMISSION_DENIED", "REPOSITORY_NOT_FOUND"],
+     "a 403 from the token service comes after the registry answered: not a network rule"),
+    (re.compile(r"\[manifests [^\]]+\]: 403 Forbidden$|/(manifests|blobs)/[^ ]+: 403 Forbidden$"
+                r"|/manifests/[^\"]+\": Forbidden$"),
+     "FIREWALL_FORBIDDEN", ["PERMISSION_DENIED"],
+     "a bare 403 on the registry's own endpoints is how ACR's firewall answers (missing "
+     "permission is a 401 on distribution-style registries)"),
     (re.compile(r"failed to fetch anonymous token: unexpected status: 5\d\d"), "REGISTRY_ERROR",
      ["CHALLENGE_ERROR"], "a 5xx from the token service is a server-side error (as the probe reports)"),
     (re.compile(r"failed to fetch anonymous token: Get [^:]+:[^ ]+ dial tcp [^ ]+: connect: connection refused"),
