@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(docker-registry containerd dnsmasq-base apache2-utils iproute2 tinyproxy)
+PKGS=(docker-registry dnsmasq-base apache2-utils tinyproxy)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
