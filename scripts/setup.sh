@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything pullhealth's tests and demo need on a fresh Debian machine:
-# Debian packages (real registry, DNS server, runtime), a virtualenv with the package and
+# Debian packages (real registry, DNS server, HTTP proxy, htpasswd), a virtualenv with the package and
 # its dev extras. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
