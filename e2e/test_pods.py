@@ -228,3 +228,20 @@ def test_missing_patch_permission_is_reported_once_not_looped(
         operator.start()
         rbac.delete_cluster_role_binding(f"{ns}-kopf")
         rbac.delete_cluster_role(f"{ns}-kopf")
+
+
+def test_the_pods_node_platform_is_checked(operator: Any, world: World, namespace: str, api: Any,
+                                           wait_for: Any) -> None:
+    ensure_node(api, "pullhealth-e2e-arm64", "arm64")
+    image = f"{world.anon}/multi/amd:1"  # an index with linux/amd64 only
+    pod = make_pod(api, namespace, "on-arm", image, node="pullhealth-e2e-arm64")
+    fail_pull(api, namespace, pod, image, kubelet_message("platform_not_found", image))
+    got = wait_for(lambda: annotations(api, namespace, "on-arm").get("pullhealth.io/diagnosis"), "diagnosis")
+    assert got == "PLATFORM_NOT_FOUND"
+    cause = annotations(api, namespace, "on-arm")["pullhealth.io/probable-cause"]
+    assert "linux/arm64" in cause and "available: linux/amd64" in cause, cause
+    # the same image on the amd64 node pulls fine: the probe does not confirm a platform problem
+    ok_pod = make_pod(api, namespace, "on-amd", image)
+    fail_pull(api, namespace, ok_pod, image, kubelet_message("tag_not_found", image))
+    got = wait_for(lambda: annotations(api, namespace, "on-amd").get("pullhealth.io/diagnosis"), "diagnosis")
+    assert got == "IMAGE_NOT_FOUND"  # the probe finds the image: the message's code stays

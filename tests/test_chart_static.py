@@ -36,7 +36,11 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("", "serviceaccounts"): {"get"},
     ("", "serviceaccounts/token"): {"create"},
 }
-CRD_RULE = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+CRD_RULE = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    # cluster-scoped: the platform of the node a failing pod runs on
+    ("", "nodes"): {"get"},
+}
 NAMESPACES_RULE = {("", "namespaces"): {"get", "list", "watch"}}
 PEERING_VERBS = {"get", "list", "watch", "patch"}
 

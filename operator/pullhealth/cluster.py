@@ -37,6 +37,10 @@ class ClusterReader(Protocol):
         """A short-lived token of the ServiceAccount for an audience (TokenRequest)."""
         ...
 
+    async def node(self, name: str) -> Mapping[str, Any] | None:
+        """The Node a pod runs on, or None when absent or not readable."""
+        ...
+
 
 @dataclass(frozen=True)
 class SecretIssue:

@@ -41,6 +41,17 @@ class KubeReader:
         """Read one ServiceAccount; None when absent."""
         return await self._read(self._core.read_namespaced_service_account, name, namespace)
 
+    async def node(self, name: str) -> Mapping[str, Any] | None:
+        """Read a Node (cluster-scoped); None when absent or RBAC does not allow it."""
+        try:
+            obj = await asyncio.to_thread(self._core.read_node, name, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return None  # the default platform is used instead
+            raise
+        data: Mapping[str, Any] = self._core.api_client.sanitize_for_serialization(obj)
+        return data
+
     async def service_account_token(self, namespace: str, name: str, audience: str) -> str:
         """Request a 10-minute token for the ServiceAccount (TokenRequest API)."""
         body = kubernetes.client.AuthenticationV1TokenRequest(

@@ -127,6 +127,16 @@ def is_acr(registry: str, domains: Sequence[str]) -> bool:
     return any(host == d.lstrip(".") or host.endswith(d if d.startswith(".") else "." + d) for d in domains)
 
 
+async def node_platform(reader: ClusterReader, node_name: object, default: str) -> str:
+    """``os/arch`` of the pod's node from its well-known labels, else the default."""
+    if not node_name:
+        return default
+    node = await reader.node(str(node_name))
+    labels = ((node or {}).get("metadata") or {}).get("labels") or {}
+    os_name, arch = labels.get("kubernetes.io/os"), labels.get("kubernetes.io/arch")
+    return f"{os_name}/{arch}" if os_name and arch else default
+
+
 @dataclass(frozen=True)
 class PodResult:
     """The outcome for one pod: the container diagnosed and the diagnosis."""
@@ -190,15 +200,18 @@ async def diagnose_container(
         return PodResult(container, diag, image.registry)
     if container.reason == "InvalidImageName":
         return PodResult(container, make(Code.INVALID_IMAGE_NAME, facts), image.registry)
+    platform = await node_platform(reader, (pod.get("spec") or {}).get("nodeName"), settings.platform)
+    facts["platform"] = platform
     message = make(message.code, facts, candidates=message.candidates)
 
-    probed = await _probe(pod, image, namespace, reader, env, settings, cache, on_request)
+    probed = await _probe(pod, image, platform, namespace, reader, env, settings, cache, on_request)
     return PodResult(container, combine(message, probed), image.registry)
 
 
 async def _probe(
     pod: Mapping[str, Any],
     image: ImageReference,
+    platform: str,
     namespace: str,
     reader: ClusterReader,
     env: Environment,
@@ -218,13 +231,13 @@ async def _probe(
         nameserver=env.nameserver,
         timeout=settings.timeout,
         ca_file=env.ca_file,
-        platform=settings.platform,
+        platform=platform,
         on_request=on_request,
         proxy=env.proxy,
         no_proxy=env.no_proxy,
     )
     registry = image.registry
-    image_key = (image.registry, image.repository, image.manifest_ref, settings.platform)
+    image_key = (image.registry, image.repository, image.manifest_ref, platform)
 
     if matched:
         cred_key = ("creds", tuple(c.fingerprint for c in matched), *image_key)

@@ -31,11 +31,11 @@ def kubelet_message(mode: str, image: str) -> str:
 
 
 
-def ensure_node(api: Any) -> None:
-    """The Node pods are bound to (without it, the pod GC would delete them)."""
+def ensure_node(api: Any, name: str = NODE, arch: str = "amd64") -> None:
+    """A Node pods are bound to (without it, the pod GC would delete them)."""
     try:
-        api.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE,
-                         "labels": {"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux"}}})
+        api.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+                         "labels": {"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"}}})
     except kubernetes.client.exceptions.ApiException as exc:
         if exc.status != 409:
             raise
@@ -49,9 +49,9 @@ def docker_secret(name: str, server: str, user: str, password: str) -> dict[str,
 
 
 def make_pod(api: Any, ns: str, name: str, image: str, secrets: list[str] | None = None,
-             init: bool = False) -> dict[str, Any]:
+             init: bool = False, node: str = NODE) -> dict[str, Any]:
     container = {"name": "app", "image": image}
-    spec: dict[str, Any] = {"nodeName": NODE, "containers": [{"name": "main", "image": "pause:ok"}]
+    spec: dict[str, Any] = {"nodeName": node, "containers": [{"name": "main", "image": "pause:ok"}]
                             if init else [container]}
     if init:
         spec["initContainers"] = [container]

@@ -147,6 +147,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         ("anon", "library/alpine", "3.19", None),
         ("anon", "team/app", "v1", None),
         ("anon", "multi/arm", "1", ["linux/arm64"]),
+        ("anon", "multi/amd", "1", ["linux/amd64"]),
         ("basic", "team/app", "v1", None),
         ("acr", "team/app", "v1", None),
         ("acr", "public/hello", "1", None),
