@@ -7,6 +7,7 @@ code (or OK). Everything is bounded by the per-request timeout.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -143,11 +144,12 @@ async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
         if options.on_request:
             options.on_request(target.registry, run.current)
 
-    http = Http(
-        resolver, make_ssl_context(options.ca_file), options.timeout, count, options.proxy, options.no_proxy
-    )
+    # One verification context for the TLS step and every HTTP request (the CA bundle is
+    # read once per chain).
+    ctx = make_ssl_context(options.ca_file)
+    http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy)
     try:
-        await _steps(run, target, options, resolver, http, host, port)
+        await _steps(run, target, options, resolver, http, ctx, host, port)
     finally:
         await http.aclose()
     for name in STEPS:
@@ -166,21 +168,23 @@ async def _steps(
     options: ChainOptions,
     resolver: Resolver,
     http: Http,
+    ctx: ssl.SSLContext,
     host: str,
     port: int,
 ) -> None:
     via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
     if via is not None:
-        if not await _proxy_path(run, options, resolver, via, host, port):
+        if not await _proxy_path(run, options, resolver, ctx, via, host, port):
             return
-    elif not await _direct_path(run, options, resolver, host, port):
+    elif not await _direct_path(run, options, resolver, ctx, host, port):
         return
+    registry_host = f"{host}:{port}" if port != 443 else host
 
     # challenge
     run.current = "challenge"
     started = time.perf_counter()
     try:
-        challenge = await probe_challenge(http, f"{host}:{port}" if port != 443 else host)
+        challenge = await probe_challenge(http, registry_host)
     except StepError as exc:
         run.fail("challenge", started, exc.code, exc.message, **exc.facts)
         return
@@ -205,7 +209,7 @@ async def _steps(
         run.facts["credential"] = credential.describe()
         run.passed("identity", started, f"Azure AD token for {aad.source} : OK")
 
-    auth = await _token_step(run, http, target, challenge, credential, host, port)
+    auth = await _token_step(run, http, target, challenge, credential, registry_host)
     if auth is None:
         return
     if target.image is None:
@@ -232,7 +236,9 @@ async def _steps(
     )
 
 
-async def _direct_path(run: _Run, options: ChainOptions, resolver: Resolver, host: str, port: int) -> bool:
+async def _direct_path(
+    run: _Run, options: ChainOptions, resolver: Resolver, ctx: ssl.SSLContext, host: str, port: int
+) -> bool:
     """dns, tcp and tls straight to the registry; False when a step failed."""
     run.current = "dns"
     started = time.perf_counter()
@@ -296,11 +302,17 @@ async def _direct_path(run: _Run, options: ChainOptions, resolver: Resolver, hos
         run.fail("tcp", started, exc.code, exc.message, **exc.facts)
         return False
     run.passed("tcp", started, f"TCP connect to {address}:{port} : OK", address=f"{address}:{port}")
-    return await _tls(run, options, host, direct(address, port, options.timeout), f"{address}:{port}")
+    return await _tls(run, options, ctx, host, direct(address, port, options.timeout), f"{address}:{port}")
 
 
 async def _proxy_path(
-    run: _Run, options: ChainOptions, resolver: Resolver, via: Proxy, host: str, port: int
+    run: _Run,
+    options: ChainOptions,
+    resolver: Resolver,
+    ctx: ssl.SSLContext,
+    via: Proxy,
+    host: str,
+    port: int,
 ) -> bool:
     """dns and tcp to the egress proxy, tls through its CONNECT tunnel; False on failure."""
     run.current = "dns"
@@ -343,14 +355,16 @@ async def _proxy_path(
     async def tunnel() -> Stream:
         return await open_tunnel(via, address, host, port, options.timeout)
 
-    return await _tls(run, options, host, tunnel, f"via proxy {via.shown}")
+    return await _tls(run, options, ctx, host, tunnel, f"via proxy {via.shown}")
 
 
-async def _tls(run: _Run, options: ChainOptions, host: str, opener: Opener, where: str) -> bool:
+async def _tls(
+    run: _Run, options: ChainOptions, ctx: ssl.SSLContext, host: str, opener: Opener, where: str
+) -> bool:
     run.current = "tls"
     started = time.perf_counter()
     try:
-        cert = await tls_handshake(host, opener, make_ssl_context(options.ca_file), options.timeout, where)
+        cert = await tls_handshake(host, opener, ctx, options.timeout, where)
     except StepError as exc:
         run.fail("tls", started, exc.code, exc.message, **exc.facts)
         return False
@@ -371,8 +385,7 @@ async def _token_step(
     target: Target,
     challenge: Challenge,
     credential: Credential,
-    host: str,
-    port: int,
+    registry_host: str,
 ) -> Authorization | None:
     run.current = "token"
     started = time.perf_counter()
@@ -381,9 +394,7 @@ async def _token_step(
         run.skip("token", "skipped: no credentials and no image; nothing to authenticate")
         return None
     try:
-        auth = await probe_token(
-            http, f"{host}:{port}" if port != 443 else host, challenge, credential, repository
-        )
+        auth = await probe_token(http, registry_host, challenge, credential, repository)
     except StepError as exc:
         run.fail("token", started, exc.code, exc.message, **exc.facts)
         return None

@@ -7,7 +7,6 @@ events (kubelet back-off retries, our own patch) write nothing and post no Event
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -42,12 +41,10 @@ async def pod_event(
     if event.get("type") == "DELETED":
         metrics.POD_FAILURES.forget(uid)
         return
-    client = State.kube
-    if client is None or not namespace or not name:
-        return
-    if State.pod_pool is None:
-        State.pod_pool = asyncio.Semaphore(16)
-    async with State.pod_pool:
+    client, pool = State.kube, State.pod_pool
+    if client is None or pool is None or not namespace or not name:
+        return  # start-up has not finished
+    async with pool:
         failing = podcheck.failing_containers(body)
         messages: list[str] = []
         if failing:
