@@ -94,3 +94,74 @@ async def test_ttl_zero_shares_nothing() -> None:
 
     await asyncio.gather(*(flight.get("r", "same", work) for _ in range(10)))
     assert flight.runs == 10
+
+
+async def test_entry_expires_when_its_run_ends_even_if_the_starter_was_cancelled() -> None:
+    now = [0.0]
+    flight: SingleFlight[int] = SingleFlight(ttl=5, clock=lambda: now[0])
+    release = asyncio.Event()
+
+    async def work() -> int:
+        await release.wait()
+        return 1
+
+    starter = asyncio.ensure_future(flight.get("r", "k", work))
+    await asyncio.sleep(0)
+    starter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starter
+    release.set()
+    assert await flight.get("r", "k", work) == 1  # the run went on and is shared
+    now[0] = 6.0
+    flight._prune()
+    assert len(flight) == 0  # and it expired: nothing stays forever
+
+
+async def test_failures_are_shared_for_the_short_failure_ttl_only() -> None:
+    now = [0.0]
+    flight: SingleFlight[int] = SingleFlight(ttl=60, clock=lambda: now[0], failure_ttl=5,
+                                             is_failure=lambda v: v < 0)
+    results = iter([-1, 2, 3])
+
+    async def work() -> int:
+        return next(results)
+
+    assert await flight.get("r", "k", work) == -1
+    now[0] = 4.0
+    assert await flight.get("r", "k", work) == -1  # shared within the failure TTL
+    now[0] = 6.0
+    assert await flight.get("r", "k", work) == 2  # then checked again
+    now[0] = 50.0
+    assert await flight.get("r", "k", work) == 2  # a success lives for the full TTL
+    assert flight.runs == 2
+
+
+async def test_limiters_of_unused_registries_are_dropped() -> None:
+    flight: SingleFlight[int] = SingleFlight(ttl=60)
+
+    async def work() -> int:
+        assert flight.registries >= 1
+        return 1
+
+    for i in range(100):
+        await flight.get(f"registry-{i}", i, work)
+    assert flight.registries == 0
+
+
+async def test_a_slow_registry_holds_at_most_its_share_of_the_shared_slots() -> None:
+    shared = asyncio.Semaphore(4)
+    flight: SingleFlight[str] = SingleFlight(ttl=0, per_registry=2, shared_limit=shared)
+    stuck = asyncio.Event()
+
+    async def slow() -> str:
+        await stuck.wait()
+        return "slow"
+
+    async def fast() -> str:
+        return "fast"
+
+    slow_callers = [asyncio.ensure_future(flight.get("slow", i, slow)) for i in range(16)]
+    await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(flight.get("fast", "x", fast), 1) == "fast"
+    stuck.set()
+    assert await asyncio.gather(*slow_callers) == ["slow"] * 16

@@ -1,5 +1,7 @@
 """Image references are normalised the way Docker and kubelet do."""
 
+from pathlib import Path
+
 import pytest
 
 from pullhealth.reference import InvalidReference, parse, parse_target
@@ -65,3 +67,34 @@ def test_parse_target_distinguishes_registry_host_from_image() -> None:
     assert parse_target("localhost:5000") == ("localhost:5000", None)
     registry, image = parse_target("nginx:1")
     assert registry == "docker.io" and image is not None and image.tag == "1"
+
+
+def test_hosts_ports_and_labels_are_validated_like_the_crd() -> None:
+    import re
+
+    import yaml
+
+    from pullhealth.reference import check_host, parse_target
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[1] / "crds/registrychecks.pullhealth.io.yaml").read_text())
+    pattern = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "registry"]["pattern"]
+    cases = {
+        "myacr.azurecr.io": True, "harbor.test:8443": True, "[fd00::1]:5000": True, "[fd00::1]": True,
+        "h.test:65535": True, "h.test:1": True, "localhost:5000": True, "a." + "x" * 63: True,
+        "h.test:65536": False, "h.test:99999": False, "h.test:0": False, "a." + "x" * 64: False,
+        "a..b": False, "-a.test": False, "régistry.test": False, "h.test:": False,
+    }
+    for host, valid in cases.items():
+        assert bool(re.search(pattern, host)) is valid, f"CRD pattern on {host!r}"
+        try:
+            check_host(host)
+            ok = True
+        except InvalidReference:
+            ok = False
+        assert ok is valid, f"parser on {host!r}"
+    assert parse_target("[fd00::1]:5000/team/app:v1")[1].registry == "[fd00::1]:5000"  # type: ignore[union-attr]
+    with pytest.raises(InvalidReference, match="punycode"):
+        parse_target("régistry.test/app")
+    with pytest.raises(InvalidReference, match="1-65535"):
+        parse_target("h.test:99999/app")

@@ -76,6 +76,14 @@ def test_due_on_new_generation_never_run_or_interval_passed() -> None:
     assert not rc.is_due(status, 2, 300, now)
     assert rc.is_due(status, 2, 120, now)
     assert rc.is_due({**status, "lastCheckTime": "garbage"}, 2, 300, now)
+    # Clock skew between replicas: a lastCheckTime in the future does not pause checks.
+    assert rc.is_due({**status, "lastCheckTime": "2026-11-28T13:00:00Z"}, 2, 300, now)
+
+
+@pytest.mark.parametrize("registry", ["h.test:99999", "a." + "x" * 64, "a..b", "régistry.test"])
+def test_crd_invalid_hosts_are_invalid_specs(registry: str) -> None:
+    with pytest.raises(rc.InvalidSpec, match=r"spec\.registry"):
+        rc.parse_spec({"registry": registry})
 
 
 def test_ready_transition_time_changes_only_when_status_flips() -> None:

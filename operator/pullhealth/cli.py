@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pullhealth import classify, credentials, docgen, engine
 from pullhealth.codes import Code
-from pullhealth.diagnose import make
+from pullhealth.diagnose import make, redacted
 from pullhealth.model import Diagnosis, StepStatus
 from pullhealth.probes import identity
 from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
@@ -277,6 +277,10 @@ async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
 
 
 def _print_check(diagnosis: Diagnosis, reference: str, output: str, redactor: Redactor) -> None:
+    # Mask values first, then serialize: escaping cannot hide a secret, masking cannot
+    # break the JSON.
+    diagnosis = redacted(diagnosis, redactor)
+    reference = redactor(reference)
     if output == "json":
         doc = {
             "reference": reference,
@@ -295,7 +299,7 @@ def _print_check(diagnosis: Diagnosis, reference: str, output: str, redactor: Re
                 for c in diagnosis.checks
             ],
         }
-        print(redactor(json.dumps(doc, indent=2)))
+        print(json.dumps(doc, indent=2))
         return
     lines = [f"Checking {reference} ({diagnosis.facts.get('credential', 'anonymous')})"]
     for check in diagnosis.checks:
@@ -311,11 +315,11 @@ def _print_check(diagnosis: Diagnosis, reference: str, output: str, redactor: Re
     lines.append(f"{diagnosis.code.value}: {diagnosis.summary}")
     for i, step in enumerate(diagnosis.remediation, 1):
         lines.append(f"  {i}. {step}")
-    print(redactor("\n".join(lines)))
+    print("\n".join(lines))
 
 
 def _print_explain(diagnosis: Diagnosis, output: str) -> None:
-    redactor = Redactor()
+    diagnosis = redacted(diagnosis, Redactor())
     if output == "json":
         doc = {
             "code": diagnosis.code.value,
@@ -323,13 +327,13 @@ def _print_explain(diagnosis: Diagnosis, output: str) -> None:
             "remediation": diagnosis.remediation,
             "candidates": [c.value for c in diagnosis.candidates],
         }
-        print(redactor(json.dumps(doc, indent=2)))
+        print(json.dumps(doc, indent=2))
         return
     lines = [f"{diagnosis.code.value}: {diagnosis.summary}"]
     if diagnosis.candidates:
         lines.append("  could also be: " + ", ".join(c.value for c in diagnosis.candidates))
     lines.extend(f"  {i}. {step}" for i, step in enumerate(diagnosis.remediation, 1))
-    print(redactor("\n".join(lines)))
+    print("\n".join(lines))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

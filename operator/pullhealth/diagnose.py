@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pullhealth import codes
 from pullhealth.codes import Code
 from pullhealth.model import CheckResult, Diagnosis, StepStatus
+from pullhealth.redact import Redactor
 
 
 def make(
@@ -55,3 +56,22 @@ def combine(message: Diagnosis, probed: Diagnosis | None) -> Diagnosis:
     facts = {**message.facts, **probed.facts}
     candidates = [c for c in message.candidates if c is not probed.code]
     return make(probed.code, facts, checks=probed.checks, candidates=candidates)
+
+
+def redacted(diagnosis: Diagnosis, redactor: Redactor) -> Diagnosis:
+    """The diagnosis with every human-readable value masked (summary, remediation, step
+    messages and details, facts): what every surface shows is built from this, before
+    any serialization or truncation."""
+    return diagnosis.model_copy(
+        update={
+            "summary": redactor(diagnosis.summary),
+            "remediation": redactor.value(list(diagnosis.remediation)),
+            "facts": redactor.value(dict(diagnosis.facts)),
+            "checks": [
+                c.model_copy(
+                    update={"message": redactor(c.message), "details": redactor.value(dict(c.details))}
+                )
+                for c in diagnosis.checks
+            ],
+        }
+    )

@@ -2,11 +2,22 @@
 
 Each step yields a :class:`CheckResult`. The chain stops at the first failure that makes
 later steps meaningless and marks the rest skipped; the diagnosis is the first failure's
-code (or OK). Everything is bounded by the per-request timeout.
+code (or OK).
+
+Bounded and total: ``ChainOptions.timeout`` is the budget of the whole chain (every step
+and request included, and of all the credentials :func:`check_credentials` tries); each
+request also has it as its total deadline (connect + TLS + headers + body). A chain that
+runs out reports the step that was running. The chain never raises: an unexpected
+exception becomes an UNKNOWN diagnosis with a one-line, masked message (the traceback goes
+to the log). Every string of the result is masked with the secrets of the run (the
+credential, the identity token, everything the HTTP client sent as a credential) before
+it is returned.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +25,7 @@ from dataclasses import dataclass, field
 
 from pullhealth.codes import Code
 from pullhealth.credentials import ANONYMOUS, Credential, CredentialKind
-from pullhealth.diagnose import from_checks, make
+from pullhealth.diagnose import from_checks, make, redacted
 from pullhealth.model import CheckResult, Diagnosis, StepStatus
 from pullhealth.probes.challenge import Challenge, probe_challenge
 from pullhealth.probes.dns import DnsFailure, Resolver, assess_routing
@@ -32,7 +43,10 @@ from pullhealth.probes.net import (
 )
 from pullhealth.probes.proxy import Proxy, bypasses, open_tunnel
 from pullhealth.probes.token import Authorization, probe_token
-from pullhealth.reference import ImageReference, split_host_port
+from pullhealth.redact import Redactor, one_line
+from pullhealth.reference import ImageReference, InvalidReference, check_host, join_host_port, split_host_port
+
+log = logging.getLogger(__name__)
 
 STEPS = ("dns", "tcp", "tls", "challenge", "identity", "token", "manifest")
 
@@ -45,7 +59,7 @@ class ChainOptions:
 
     Attributes:
         nameserver: ``ip[:port]`` to resolve with, or None for the system resolver.
-        timeout: seconds per network call.
+        timeout: seconds for the whole check (the total of every step and request).
         ca_file: extra CA bundle trusted beside the system CAs.
         platform: ``os/arch[/variant]`` the image must provide.
         expect_private_endpoint: a public address is then a failure.
@@ -76,6 +90,22 @@ class Target:
     identity: IdentitySource | None = field(default=None, compare=False)
 
 
+class Deadline:
+    """A point in monotonic time shared by everything one check does."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left (never negative)."""
+        return max(self.at - time.monotonic(), 0.0)
+
+
+# What a step that ran out of the chain's time is reported as.
+_TIMEOUT_CODES = {"dns": Code.DNS_TIMEOUT, "identity": Code.IDENTITY_UNAVAILABLE}
+
+
 class _Run:
     """Collects step results; knows which step is current for request counting."""
 
@@ -83,7 +113,14 @@ class _Run:
         self.checks: list[CheckResult] = []
         self.facts: dict[str, str] = {}
         self.current = "dns"
+        self.started = time.perf_counter()
         self.failed = False
+
+    def begin(self, name: str) -> float:
+        """Mark ``name`` as the running step; returns its start time."""
+        self.current = name
+        self.started = time.perf_counter()
+        return self.started
 
     def passed(self, name: str, started: float, message: str, **details: str) -> None:
         self.checks.append(
@@ -115,17 +152,25 @@ class _Run:
         self.checks.append(CheckResult(name=name, status=StepStatus.SKIPPED, code=Code.OK, message=message))
 
 
-async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
-    """Run every step that makes sense and diagnose the result.
+async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | None = None) -> Diagnosis:
+    """Run every step that makes sense and diagnose the result, within the deadline.
 
-    Never raises for network or registry problems: they become failed steps.
+    Args:
+        target: what to check, with which credential or identity.
+        options: how to probe; ``options.timeout`` is the total when no deadline is given.
+        deadline: a deadline shared with other chains of the same check.
+
+    Never raises (cancellation aside): network and registry problems become failed
+    steps, running out of time fails the running step, anything unexpected becomes UNKNOWN.
     """
+    deadline = deadline or Deadline(options.timeout)
     run = _Run()
-    host, port = split_host_port(target.image.api_host if target.image else target.registry)
+    redactor = Redactor()
+    credential = target.credential
+    redactor.add(credential.secrets(), [(credential.username or "", s) for s in credential.secrets()])
     run.facts.update(
         registry=target.registry,
-        host=host,
-        credential=target.credential.describe(),
+        credential=credential.describe(),
         platform=options.platform,
     )
     if target.image:
@@ -137,21 +182,64 @@ async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
         )
     else:
         run.facts.update(image="the registry")
-
-    resolver = Resolver(options.nameserver, options.timeout)
+    try:
+        api_host = target.image.api_host if target.image else target.registry
+        check_host(api_host)
+        host, port = split_host_port(api_host)
+    except InvalidReference as exc:
+        run.facts["host"] = target.registry
+        run.fail("dns", run.started, Code.INVALID_IMAGE_NAME, str(exc), reference=target.registry,
+                 detail=str(exc))
+        return _finish(run, target, redactor)
+    run.facts["host"] = host
 
     def count(_host: str) -> None:
         if options.on_request:
             options.on_request(target.registry, run.current)
 
-    # One verification context for the TLS step and every HTTP request (the CA bundle is
-    # read once per chain).
-    ctx = make_ssl_context(options.ca_file)
-    http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy)
+    http: Http | None = None
     try:
-        await _steps(run, target, options, resolver, http, ctx, host, port)
-    finally:
-        await http.aclose()
+        async with asyncio.timeout(deadline.remaining()):
+            resolver = Resolver(options.nameserver, options.timeout)
+            # One verification context for the TLS step and every HTTP request (the CA
+            # bundle is read once per chain).
+            ctx = make_ssl_context(options.ca_file)
+            http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy, redactor)
+            try:
+                await _steps(run, target, options, resolver, http, ctx, host, port, redactor)
+            finally:
+                await http.aclose()
+    except TimeoutError:
+        step = _running(run)
+        run.fail(
+            step,
+            run.started,
+            _TIMEOUT_CODES.get(step, Code.CONNECT_TIMEOUT),
+            f"the check ran out of its {deadline.seconds:g}s total during the {step} step "
+            f"({host} too slow to answer)",
+            detail=f"no complete answer within {deadline.seconds:g}s (step {step})",
+            address=run.facts.get("address", f"{host}:{port}"),
+        )
+    except Exception as exc:  # the chain never raises: an unexpected error is a finding
+        step = _running(run)
+        log.error("unexpected error in the %s step of %s", step, target.registry, exc_info=True)
+        text = one_line(f"{type(exc).__name__}: {exc}", 300, redactor)
+        run.fail(step, run.started, Code.UNKNOWN, f"{step} step failed unexpectedly: {text}",
+                 detail=f"unexpected error in the {step} step: {text}")
+    return _finish(run, target, redactor)
+
+
+def _running(run: _Run) -> str:
+    """The step that was running: the current one, or the next when it had finished."""
+    done = {c.name for c in run.checks}
+    if run.current not in done:
+        return run.current
+    later = STEPS[STEPS.index(run.current) + 1 :]
+    return next((s for s in later if s not in done and s != "identity"), run.current)
+
+
+def _finish(run: _Run, target: Target, redactor: Redactor) -> Diagnosis:
+    """Skip what did not run, order the steps, diagnose and mask."""
     for name in STEPS:
         if name == "identity" and target.identity is None:
             continue
@@ -159,7 +247,7 @@ async def run_chain(target: Target, options: ChainOptions) -> Diagnosis:
             run.skip(name, "skipped: an earlier step failed" if run.failed else "skipped")
     order = {n: i for i, n in enumerate(STEPS)}
     run.checks.sort(key=lambda c: order[c.name])
-    return from_checks(run.checks, run.facts)
+    return redacted(from_checks(run.checks, run.facts), redactor)
 
 
 async def _steps(
@@ -171,6 +259,7 @@ async def _steps(
     ctx: ssl.SSLContext,
     host: str,
     port: int,
+    redactor: Redactor,
 ) -> None:
     via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
     if via is not None:
@@ -178,11 +267,10 @@ async def _steps(
             return
     elif not await _direct_path(run, options, resolver, ctx, host, port):
         return
-    registry_host = f"{host}:{port}" if port != 443 else host
+    registry_host = join_host_port(host, port)
 
     # challenge
-    run.current = "challenge"
-    started = time.perf_counter()
+    started = run.begin("challenge")
     try:
         challenge = await probe_challenge(http, registry_host)
     except StepError as exc:
@@ -198,13 +286,13 @@ async def _steps(
 
     credential = target.credential
     if target.identity is not None:
-        run.current = "identity"
-        started = time.perf_counter()
+        started = run.begin("identity")
         try:
             aad = await target.identity()
         except StepError as exc:
             run.fail("identity", started, exc.code, exc.message, **exc.facts)
             return
+        redactor.add([aad.token])
         credential = Credential(CredentialKind.AAD, aad.source, None, aad.token)
         run.facts["credential"] = credential.describe()
         run.passed("identity", started, f"Azure AD token for {aad.source} : OK")
@@ -216,8 +304,7 @@ async def _steps(
         run.skip("manifest", "skipped: no image given")
         return
 
-    run.current = "manifest"
-    started = time.perf_counter()
+    started = run.begin("manifest")
     try:
         found_manifest = await probe_manifest(
             http, target.image, auth, options.platform, credential.kind is CredentialKind.ANONYMOUS
@@ -240,8 +327,7 @@ async def _direct_path(
     run: _Run, options: ChainOptions, resolver: Resolver, ctx: ssl.SSLContext, host: str, port: int
 ) -> bool:
     """dns, tcp and tls straight to the registry; False when a step failed."""
-    run.current = "dns"
-    started = time.perf_counter()
+    started = run.begin("dns")
     try:
         found = await resolver.lookup(host)
     except DnsFailure as exc:
@@ -294,8 +380,7 @@ async def _direct_path(
     literal = " (address literal)" if found.literal else ""
     run.passed("dns", started, f"DNS lookup to {host} at IP {address}{literal} : OK", **details)
 
-    run.current = "tcp"
-    started = time.perf_counter()
+    started = run.begin("tcp")
     try:
         await tcp_connect(host, address, port, options.timeout)
     except StepError as exc:
@@ -315,9 +400,8 @@ async def _proxy_path(
     port: int,
 ) -> bool:
     """dns and tcp to the egress proxy, tls through its CONNECT tunnel; False on failure."""
-    run.current = "dns"
+    started = run.begin("dns")
     run.facts["proxy"] = via.shown
-    started = time.perf_counter()
     try:
         found = await resolver.lookup(via.host)
     except DnsFailure as exc:
@@ -337,8 +421,7 @@ async def _proxy_path(
         proxy=via.shown,
     )
 
-    run.current = "tcp"
-    started = time.perf_counter()
+    started = run.begin("tcp")
     try:
         await tcp_connect(via.host, address, via.port, options.timeout)
     except StepError as exc:
@@ -361,8 +444,7 @@ async def _proxy_path(
 async def _tls(
     run: _Run, options: ChainOptions, ctx: ssl.SSLContext, host: str, opener: Opener, where: str
 ) -> bool:
-    run.current = "tls"
-    started = time.perf_counter()
+    started = run.begin("tls")
     try:
         cert = await tls_handshake(host, opener, ctx, options.timeout, where)
     except StepError as exc:
@@ -387,8 +469,7 @@ async def _token_step(
     credential: Credential,
     registry_host: str,
 ) -> Authorization | None:
-    run.current = "token"
-    started = time.perf_counter()
+    started = run.begin("token")
     repository = target.image.repository if target.image else None
     if credential.kind is CredentialKind.ANONYMOUS and challenge.scheme != "none" and not repository:
         run.skip("token", "skipped: no credentials and no image; nothing to authenticate")
@@ -426,15 +507,16 @@ async def check_credentials(
         credentials: the credentials matched for the image, in kubelet's order; None when
             no credential source was given (anonymous). An empty list means a source was
             given but had nothing for this registry.
-        options: chain options.
+        options: chain options; ``options.timeout`` bounds all the chains together.
         no_match_facts: facts for the PULL_SECRET_NO_MATCH summary.
 
     Returns:
         The first healthy result, else the first credential's failure. With an empty
         list: OK when anonymous pull works, else PULL_SECRET_NO_MATCH with the checks.
     """
+    deadline = Deadline(options.timeout)
     if not credentials:
-        result = await run_chain(Target(registry, image), options)
+        result = await run_chain(Target(registry, image), options, deadline)
         if credentials is None or result.healthy:
             return result
         if result.code not in (Code.AUTH_REQUIRED, Code.ACCESS_DENIED):
@@ -443,9 +525,11 @@ async def check_credentials(
         return make(Code.PULL_SECRET_NO_MATCH, facts, checks=result.checks)
     first: Diagnosis | None = None
     for credential in credentials[:MAX_CREDENTIALS_TRIED]:
-        result = await run_chain(Target(registry, image, credential), options)
+        result = await run_chain(Target(registry, image, credential), options, deadline)
         if result.healthy:
             return result
         first = first or result
+        if deadline.remaining() <= 0:
+            break
     assert first is not None
     return first

@@ -15,6 +15,7 @@ No kopf here. The flow for one pod:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +32,14 @@ from pullhealth.cluster import (
 )
 from pullhealth.coalesce import SingleFlight
 from pullhealth.codes import Code
-from pullhealth.diagnose import combine, make
+from pullhealth.diagnose import combine, make, redacted
 from pullhealth.engine import ChainOptions, Target, check_credentials, run_chain
 from pullhealth.model import Diagnosis
 from pullhealth.probes import identity
+from pullhealth.redact import Redactor, one_line
 from pullhealth.reference import ImageReference, InvalidReference, parse
+
+log = logging.getLogger(__name__)
 
 PULL_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
@@ -176,7 +180,32 @@ async def diagnose_container(
     cache: SingleFlight[Diagnosis],
     on_request: Any = None,
 ) -> PodResult:
-    """Classify the container's pull error, then confirm it on the pod's own pull path."""
+    """Classify the container's pull error, then confirm it on the pod's own pull path.
+
+    Never raises (cancellation aside): an unexpected error becomes UNKNOWN with a one-line
+    masked message (traceback to the log). The diagnosis is masked for secret-shaped text.
+    """
+    try:
+        result = await _diagnose_container(
+            pod, container, kubelet_messages, reader, env, settings, cache, on_request
+        )
+    except Exception as exc:
+        log.error("unexpected error diagnosing container %s", container.name, exc_info=True)
+        text = one_line(f"{type(exc).__name__}: {exc}")
+        result = PodResult(container, make(Code.UNKNOWN, {"container": container.name, "detail": text}), "")
+    return PodResult(result.container, redacted(result.diagnosis, Redactor()), result.registry)
+
+
+async def _diagnose_container(
+    pod: Mapping[str, Any],
+    container: FailingContainer,
+    kubelet_messages: Sequence[str],
+    reader: ClusterReader,
+    env: Environment,
+    settings: PodSettings,
+    cache: SingleFlight[Diagnosis],
+    on_request: Any,
+) -> PodResult:
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace") or "default")
     text = pick_message(container, kubelet_messages)

@@ -8,6 +8,7 @@ optional tag and an optional digest. Docker Hub shorthand (``nginx``) becomes
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ _DOMAIN = re.compile(
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
 _MAX_NAME = 255
+_MAX_HOST = 253
+_MAX_LABEL = 63
 
 
 class InvalidReference(ValueError):
@@ -71,17 +74,67 @@ class ImageReference:
         return self.familiar
 
 
+def _port(text: str, hostport: str) -> int:
+    if not text.isdigit() or not text.isascii() or not 1 <= int(text) <= 65535:
+        raise InvalidReference(f"invalid port {text!r} in {hostport!r} (1-65535)")
+    return int(text)
+
+
 def split_host_port(hostport: str) -> tuple[str, int]:
-    """Split ``host[:port]`` (IPv6 in brackets) into host and port (default 443)."""
+    """Split ``host[:port]`` (IPv6 in brackets) into host and port (default 443).
+
+    Raises:
+        InvalidReference: a port outside 1-65535, or an unclosed bracket.
+    """
     if hostport.startswith("["):
         end = hostport.find("]")
+        if end < 0:
+            raise InvalidReference(f"unclosed bracket in {hostport!r}")
         host = hostport[1:end]
         rest = hostport[end + 1 :]
-        return host, int(rest[1:]) if rest.startswith(":") else 443
+        if rest and not rest.startswith(":"):
+            raise InvalidReference(f"invalid text after the IPv6 address in {hostport!r}")
+        return host, _port(rest[1:], hostport) if rest else 443
     if ":" in hostport:
         host, _, port = hostport.rpartition(":")
-        return host, int(port)
+        return host, _port(port, hostport)
     return hostport, 443
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host[:port]`` for URLs: IPv6 in brackets, the default port 443 left out."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == 443 else f"{shown}:{port}"
+
+
+def check_host(hostport: str) -> None:
+    """Validate a registry ``host[:port]`` beyond the grammar: DNS label and name lengths,
+    the port range, IPv6 literals, and ASCII only (with a clear message for unicode).
+
+    Raises:
+        InvalidReference: naming what is wrong.
+    """
+    if not hostport.isascii():
+        raise InvalidReference(
+            f"registry host {hostport!r} has non-ASCII characters; write an internationalised "
+            "name in its punycode (xn--) form"
+        )
+    host, _ = split_host_port(hostport)
+    if not _DOMAIN.fullmatch(hostport):
+        raise InvalidReference(f"invalid registry host {hostport!r} (host[:port], letters, digits, - and .)")
+    if hostport.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise InvalidReference(f"invalid IPv6 address {host!r} in {hostport!r}") from None
+        return
+    if len(host) > _MAX_HOST:
+        raise InvalidReference(f"registry host longer than {_MAX_HOST} characters")
+    for label in host.split("."):
+        if not label:
+            raise InvalidReference(f"registry host {host!r} has an empty label")
+        if len(label) > _MAX_LABEL:
+            raise InvalidReference(f"registry host {host!r} has a label longer than {_MAX_LABEL} characters")
 
 
 def normalize_registry(host: str) -> str:
@@ -126,8 +179,10 @@ def parse(text: str) -> ImageReference:
 
     first, sep, rest = ref.partition("/")
     if sep and _looks_like_domain(first):
-        if not _DOMAIN.fullmatch(first):
+        if not first.isascii() or not _DOMAIN.fullmatch(first):
+            check_host(first)  # says why when it can (unicode, lengths, port)
             raise InvalidReference(f"invalid registry host {first!r}")
+        check_host(first)
         registry = normalize_registry(first)
         remainder = rest
     else:
@@ -176,9 +231,12 @@ def parse_target(text: str) -> tuple[str, ImageReference | None]:
     for prefix in ("https://", "http://"):
         if stripped.startswith(prefix):
             stripped = stripped[len(prefix) :].rstrip("/")
+    if "/" not in stripped and "@" not in stripped and not stripped.isascii():
+        check_host(stripped)
     if "/" not in stripped and "@" not in stripped and _DOMAIN.fullmatch(stripped):
         host = stripped.rsplit(":", 1)[0] if not stripped.endswith("]") else stripped
         if "." in host or host == "localhost" or host.startswith("["):
+            check_host(stripped)
             return normalize_registry(stripped), None
     image = parse(stripped)
     return image.registry, image

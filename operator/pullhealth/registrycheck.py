@@ -7,6 +7,7 @@ RegistryCheck's own namespace: every read takes that namespace.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,11 +26,14 @@ from pullhealth.cluster import (
 )
 from pullhealth.coalesce import SingleFlight
 from pullhealth.codes import Code
-from pullhealth.diagnose import make
+from pullhealth.diagnose import make, redacted
 from pullhealth.engine import ChainOptions, IdentitySource, Target, check_credentials, run_chain
 from pullhealth.model import AuthMode, Diagnosis, Phase, RegistryCheckSpec
 from pullhealth.probes import identity
-from pullhealth.reference import ImageReference, InvalidReference, parse
+from pullhealth.redact import Redactor, one_line
+from pullhealth.reference import ImageReference, InvalidReference, check_host, parse
+
+log = logging.getLogger(__name__)
 
 
 class InvalidSpec(ValueError):
@@ -51,6 +55,10 @@ def parse_spec(raw: Mapping[str, Any]) -> tuple[RegistryCheckSpec, ImageReferenc
         raise InvalidSpec(problems) from None
     if "/" in spec.registry or "://" in spec.registry:
         raise InvalidSpec("spec.registry: a login server host[:port], without scheme or path")
+    try:
+        check_host(spec.registry)
+    except InvalidReference as exc:
+        raise InvalidSpec(f"spec.registry: {exc}") from None
     image = None
     if spec.image:
         try:
@@ -71,7 +79,30 @@ async def run_registry_check(
     cache: SingleFlight[Diagnosis] | None = None,
     on_request: Any = None,
 ) -> Diagnosis:
-    """Resolve the credentials the spec asks for (in ``namespace`` only) and check."""
+    """Resolve the credentials the spec asks for (in ``namespace`` only) and check.
+
+    Never raises (cancellation aside): an unexpected error (an API read that fails, a bug)
+    becomes UNKNOWN with a one-line masked message, the traceback goes to the log. The
+    result is masked for secret-shaped text (the chain already masked the run's secrets).
+    """
+    try:
+        diagnosis = await _run_registry_check(spec, image, namespace, reader, env, cache, on_request)
+    except Exception as exc:
+        log.error("unexpected error checking %s", spec.registry, exc_info=True)
+        text = one_line(f"{type(exc).__name__}: {exc}")
+        diagnosis = make(Code.UNKNOWN, {"registry": spec.registry, "namespace": namespace, "detail": text})
+    return redacted(diagnosis, Redactor())
+
+
+async def _run_registry_check(
+    spec: RegistryCheckSpec,
+    image: ImageReference | None,
+    namespace: str,
+    reader: ClusterReader,
+    env: Environment,
+    cache: SingleFlight[Diagnosis] | None,
+    on_request: Any,
+) -> Diagnosis:
     options = ChainOptions(
         nameserver=env.nameserver,
         timeout=float(spec.timeout_seconds),
@@ -267,14 +298,19 @@ def invalid_status(message: str, previous: Mapping[str, Any], generation: int, n
 
 
 def is_due(status: Mapping[str, Any], generation: int, interval: int, now: datetime) -> bool:
-    """A check is due on a new generation, when never run, or when the interval passed."""
+    """A check is due on a new generation, when never run, or when the interval passed.
+
+    A ``lastCheckTime`` in the future (clock skew between replicas, a hand-edited status)
+    counts as due: waiting for it could pause checks for as long as the skew.
+    """
     if status.get("observedGeneration") != generation or not status.get("lastCheckTime"):
         return True
     try:
         last = datetime.strptime(str(status["lastCheckTime"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return True
-    return (now - last).total_seconds() >= interval
+    elapsed = (now - last).total_seconds()
+    return elapsed < 0 or elapsed >= interval
 
 
 def result_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

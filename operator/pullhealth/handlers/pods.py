@@ -41,29 +41,28 @@ async def pod_event(
     if event.get("type") == "DELETED":
         metrics.POD_FAILURES.forget(uid)
         return
-    client, pool = State.kube, State.pod_pool
-    if client is None or pool is None or not namespace or not name:
+    client = State.kube
+    if client is None or State.pod_pool is None or not namespace or not name:
         return  # start-up has not finished
-    async with pool:
-        failing = podcheck.failing_containers(body)
-        messages: list[str] = []
-        if failing:
-            try:
-                messages = await client.kubelet_pull_messages(namespace, uid)
-            except ApiException as exc:
-                # Without the events, the waiting message still carries kubelet's text.
-                logger.warning(
-                    "cannot list the pod's events (HTTP %s); using the waiting message", exc.status
-                )
-        results = await podcheck.diagnose_pod(
-            body,
-            messages,
-            client,
-            State.env,
-            State.pod_settings,
-            State.pod_cache,
-            metrics.count_probe_request,
-        )
+    # No worker slot is held here: the pod cache takes one per probe chain, after the
+    # registry's own slot, so pods queued behind a slow registry do not block the others.
+    failing = podcheck.failing_containers(body)
+    messages: list[str] = []
+    if failing:
+        try:
+            messages = await client.kubelet_pull_messages(namespace, uid)
+        except ApiException as exc:
+            # Without the events, the waiting message still carries kubelet's text.
+            logger.warning("cannot list the pod's events (HTTP %s); using the waiting message", exc.status)
+    results = await podcheck.diagnose_pod(
+        body,
+        messages,
+        client,
+        State.env,
+        State.pod_settings,
+        State.pod_cache,
+        metrics.count_probe_request,
+    )
     metrics.POD_FAILURES.set(
         uid, [(namespace, r.registry or "unknown", r.diagnosis.code.value) for r in results]
     )

@@ -55,8 +55,16 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         acr_domains=tuple(d.strip() for d in OPTIONS.acr_domains.split(",") if d.strip()),
         kubelet_client_id=OPTIONS.kubelet_client_id,
     )
-    State.pod_cache = SingleFlight(ttl=OPTIONS.pod_interval, per_registry=OPTIONS.per_registry)
+    # Probe chains for pods: at most `per_registry` per registry and `workers` in all; a
+    # worker slot is taken only once the registry's slot is held (a slow registry holds at
+    # most `per_registry` of them). Failures are shared for a short time only.
     State.pod_pool = asyncio.Semaphore(OPTIONS.workers)
+    State.pod_cache = SingleFlight(
+        ttl=OPTIONS.pod_interval,
+        per_registry=OPTIONS.per_registry,
+        is_failure=lambda d: not d.healthy,
+        shared_limit=State.pod_pool,
+    )
     if OPTIONS.metrics_port:
         metrics.serve(OPTIONS.metrics_port)
         logger.info("metrics on :%d/metrics", OPTIONS.metrics_port)

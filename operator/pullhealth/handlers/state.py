@@ -19,7 +19,7 @@ class State:
     env: Environment = Environment()
     pod_settings: podcheck.PodSettings = podcheck.PodSettings()
     # Identical RegistryChecks (same registry, credentials, image) share one chain run.
-    registry_check_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=20.0)
+    registry_check_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=20.0, is_failure=lambda d: not d.healthy)
     # Failing pods: one chain per (registry, credential, image) per interval.
     pod_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=60.0, per_registry=4)
     pod_pool: asyncio.Semaphore | None = None

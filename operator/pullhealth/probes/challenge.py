@@ -49,7 +49,7 @@ def error_messages(reply: Reply) -> list[str]:
     if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
         for err in doc["errors"][:5]:
             if isinstance(err, dict):
-                out.append(f"{err.get('code', '?')}: {str(err.get('message', ''))[:300]}")
+                out.append(f"{str(err.get('code', '?'))[:64]}: {str(err.get('message', ''))[:300]}")
     return out
 
 

@@ -4,10 +4,17 @@ Every request resolves its host through the chain's :class:`Resolver` (so a test
 pod-specific nameserver is honoured for the registry and the token realm alike), connects
 to that address, and still sends the real Host header and SNI name so certificate checks
 are made against the name. Bodies are read up to a cap; redirects are not followed.
+
+Every request has a total deadline (connect + TLS + headers + body: a registry that drips
+one byte a second cannot hold it longer). Every credential a request carries (the
+Authorization value, ``password``/``refresh_token``/``access_token`` form fields) is
+remembered by the chain's :class:`~pullhealth.redact.Redactor`, and masked out of every
+reply (body and headers) before the probes read it: an echo never reaches a message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,9 +27,12 @@ from pullhealth.codes import Code
 from pullhealth.probes.dns import DnsFailure, Resolver
 from pullhealth.probes.net import StepError
 from pullhealth.probes.proxy import Proxy, bypasses
+from pullhealth.redact import Redactor
 
 MAX_BODY = 1 << 20
 USER_AGENT = "pullhealth/0.1"
+# Form fields that carry a credential (their values are remembered as secrets).
+_SECRET_FIELDS = frozenset({"password", "refresh_token", "access_token", "client_assertion", "client_secret"})
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class Reply:
 
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
             return None
 
 
@@ -49,8 +59,10 @@ class Http:
     Args:
         resolver: the chain's resolver.
         ssl_context: verification context (system CAs plus the optional bundle).
-        timeout: seconds per request.
+        timeout: seconds per request, in total (connect, TLS, headers and body).
         on_request: called with the URL host before every request (metrics, counters).
+        proxy: the egress proxy, if any; ``no_proxy`` lists hosts reached directly.
+        redactor: learns every credential sent and masks replies (a private one if None).
     """
 
     def __init__(
@@ -61,8 +73,10 @@ class Http:
         on_request: Callable[[str], None] | None = None,
         proxy: Proxy | None = None,
         no_proxy: Sequence[str] = (),
+        redactor: Redactor | None = None,
     ) -> None:
         self._resolver = resolver
+        self.redactor = redactor if redactor is not None else Redactor()
         self._timeout = timeout
         self._on_request = on_request
         self._proxy = proxy
@@ -96,18 +110,75 @@ class Http:
         data: Mapping[str, str] | None = None,
         params: Mapping[str, str | list[str]] | None = None,
     ) -> Reply:
-        """Send one request.
+        """Send one request; the reply has every credential of the chain masked out.
 
         Raises:
-            StepError: DNS, connect, TLS or timeout failures, with the matching code.
+            StepError: DNS, connect, TLS or timeout failures, with the matching code; an
+                unusable URL (from a registry's challenge) as CHALLENGE_ERROR.
         """
-        parts = urlsplit(url)
-        host = parts.hostname or ""
+        self._remember(headers, data)
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            port = parts.port
+        except ValueError as exc:
+            raise StepError(
+                Code.CHALLENGE_ERROR,
+                f"the registry sent an unusable URL {self.redactor(url)[:200]!r}: {exc}",
+                detail="an unusable URL in the registry's answer",
+            ) from None
+        if parts.scheme not in ("https", "http") or not host:
+            raise StepError(
+                Code.CHALLENGE_ERROR,
+                f"the registry sent an unusable URL {self.redactor(url)[:200]!r}",
+                detail="an unusable URL in the registry's answer",
+            )
+        try:
+            return await asyncio.wait_for(self._send(method, url, parts, host, port, headers, data, params),
+                                          self._timeout)
+        except TimeoutError:
+            raise StepError(
+                Code.CONNECT_TIMEOUT,
+                f"{host} did not answer {method} {parts.path} completely within {self._timeout:g}s",
+                host=host,
+            ) from None
+
+    def _remember(self, headers: Mapping[str, str] | None, data: Mapping[str, str] | None) -> None:
+        secrets: list[str] = []
+        for key, value in (headers or {}).items():
+            if key.lower() in ("authorization", "proxy-authorization") and value:
+                secrets.append(value)
+                credential = value.partition(" ")[2]
+                secrets.append(credential)
+        secrets.extend(v for k, v in (data or {}).items() if k in _SECRET_FIELDS and v)
+        if secrets:
+            self.redactor.add(secrets)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        parts: Any,
+        host: str,
+        port: int | None,
+        headers: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+        params: Mapping[str, str | list[str]] | None,
+    ) -> Reply:
         client = self._client
         all_headers = {"Host": parts.netloc.rpartition("@")[2]}
         all_headers.update(headers or {})
         extensions = {"sni_hostname": host}
-        if self._proxied is not None and self._via_proxy(host, parts.port or 443):
+        for value in all_headers.values():
+            if not value.isascii() or not value.isprintable():
+                raise StepError(
+                    Code.REGISTRY_ERROR,
+                    f"a value to send to {host} is not printable ASCII (a header cannot carry it); "
+                    "the token or credential is malformed",
+                    detail="a token or credential that is not printable ASCII",
+                    host=host,
+                )
+        if self._proxied is not None and self._via_proxy(host, port or 443):
             client, target, extensions = self._proxied, url, {}
         else:
             try:
@@ -115,8 +186,8 @@ class Http:
             except DnsFailure as exc:
                 raise StepError(exc.code, exc.message, host=host) from None
             netloc = f"[{address}]" if ":" in address else address
-            if parts.port:
-                netloc += f":{parts.port}"
+            if port:
+                netloc += f":{port}"
             target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         if self._on_request:
             self._on_request(host)
@@ -134,7 +205,7 @@ class Http:
                     body += chunk
                     if len(body) >= MAX_BODY:
                         break
-                return Reply(response.status_code, response.headers, body[:MAX_BODY])
+                return self._masked(Reply(response.status_code, response.headers, body[:MAX_BODY]))
         except httpx.ProxyError as exc:
             raise StepError(
                 Code.FIREWALL_FORBIDDEN,
@@ -165,3 +236,10 @@ class Http:
             raise StepError(
                 Code.REGISTRY_ERROR, f"{method} {parts.path} on {host} failed: {exc}", host=host
             ) from None
+
+    def _masked(self, reply: Reply) -> Reply:
+        """The reply with every known credential masked out of its body and headers."""
+        if not self.redactor.known:
+            return reply
+        headers = httpx.Headers([(k, self.redactor.exact(v)) for k, v in reply.headers.multi_items()])
+        return Reply(reply.status, headers, self.redactor.bytes(reply.body))

@@ -38,8 +38,11 @@ def platform_of(entry: object) -> str | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("platform"), dict):
         return None
     p = entry["platform"]
-    out = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
-    return out + f"/{p['variant']}" if p.get("variant") else out
+    os_name, arch, variant = p.get("os", "?"), p.get("architecture", "?"), p.get("variant")
+    if not isinstance(os_name, str) or not isinstance(arch, str):
+        return None
+    out = f"{os_name[:64]}/{arch[:64]}"
+    return out + f"/{variant[:64]}" if isinstance(variant, str) and variant else out
 
 
 def platform_matches(available: str, wanted: str) -> bool:
@@ -112,7 +115,13 @@ async def probe_manifest(
         return ManifestFound(media or "unknown", digest)
     doc = reply.json()
     entries = doc.get("manifests") if isinstance(doc, dict) else None
-    platforms = tuple(p for p in (platform_of(e) for e in entries or []) if p)
+    if not isinstance(entries, list):
+        raise StepError(
+            Code.REGISTRY_ERROR,
+            f"{what} is served as an index ({media}) whose manifests field is not a list",
+            detail="a malformed image index",
+        )
+    platforms = tuple(p for p in (platform_of(e) for e in entries[:1000]) if p)
     real = tuple(p for p in platforms if p != "unknown/unknown")  # attestation entries
     if not any(platform_matches(p, platform) for p in real):
         shown = ", ".join(real[:_MAX_PLATFORMS_SHOWN]) or "none"

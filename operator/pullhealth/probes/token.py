@@ -66,18 +66,23 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
 
 
 def granted_actions(token: str, repository: str) -> tuple[str, ...] | None:
-    """Actions the token's ``access`` claim grants on a repository (None if opaque)."""
+    """Actions the token's ``access`` claim grants on a repository (None if opaque).
+
+    A claim of the wrong shape (``access`` not a list, ``actions`` not a list of strings)
+    counts as opaque: the registry's own answer to the manifest request decides then.
+    """
     claims = jwt_claims(token)
-    if claims is None or "access" not in claims:
+    if claims is None or not isinstance(claims.get("access"), list):
         return None
     actions: list[str] = []
-    for entry in claims.get("access") or []:
+    for entry in claims["access"]:
         if (
             isinstance(entry, dict)
             and entry.get("type") == "repository"
             and entry.get("name") in (repository, "*")
+            and isinstance(entry.get("actions"), list)
         ):
-            actions.extend(str(a) for a in entry.get("actions") or [])
+            actions.extend(a for a in entry["actions"] if isinstance(a, str))
     return tuple(sorted(set(actions)))
 
 
@@ -94,7 +99,15 @@ def _token_of(reply: Reply) -> str | None:
     if isinstance(doc, dict):
         for key in ("token", "access_token"):
             if isinstance(doc.get(key), str) and doc[key]:
-                return str(doc[key])
+                token = str(doc[key])
+                if not token.isascii() or not token.isprintable():
+                    # No client can send it in an Authorization header.
+                    raise StepError(
+                        Code.REGISTRY_ERROR,
+                        "the token service answered a token that is not printable ASCII",
+                        detail="a malformed token from the token service",
+                    )
+                return token
     return None
 
 
