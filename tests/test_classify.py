@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pullhealth.classify import classify
+from pullhealth.classify import classify, reached
 from pullhealth.codes import Code
+from pullhealth.diagnose import Layer
 
 DATA = Path(__file__).parent / "data"
 REF = "myacr.azurecr.io/team/app:v1"
@@ -76,6 +77,94 @@ def test_aggregate_prefers_the_precise_cause() -> None:
     diagnosis = classify(text)
     assert diagnosis.code is Code.CREDENTIALS_REJECTED
     assert Code.ACCESS_DENIED in diagnosis.candidates
+
+
+def test_aggregate_a_registry_answer_beats_another_paths_transport_failure() -> None:
+    # containerd tried a mirror (timed out) and then the registry (a precise answer)
+    mirror = (
+        f'failed to pull and unpack image "{REF}": failed to resolve reference "{REF}": failed to do '
+        'request: Head "https://mirror.local/v2/team/app/manifests/v1": dial tcp 10.1.2.3:443: i/o timeout'
+    )
+    upstream = (
+        f'failed to pull and unpack image "{REF}": failed to resolve reference "{REF}": '
+        'reading manifest v1 in myacr.azurecr.io/team/app: name unknown: repository name not known to registry'
+    )
+    diagnosis = classify(f"[{mirror}, {upstream}]")
+    assert diagnosis.code is Code.REPOSITORY_NOT_FOUND
+    assert Code.CONNECT_TIMEOUT in diagnosis.candidates
+    # a coarse registry answer still beats a transport failure
+    coarse = classify(f"[{mirror}, {REF}: pull access denied, repository does not exist or may require "
+                      "authorization: server message: insufficient_scope: authorization failed]")
+    assert coarse.code is Code.ACCESS_DENIED
+
+
+def test_containers_image_aggregate_is_split() -> None:
+    text = (
+        "Error: 2 errors occurred while pulling:\n * initializing source docker://a.io/x:1: dial tcp "
+        "10.0.0.1:443: connect: connection refused\n * initializing source docker://b.io/x:1: reading "
+        "manifest 1 in b.io/x: manifest unknown: manifest unknown"
+    )
+    assert classify(text).code is Code.IMAGE_NOT_FOUND
+    assert Code.CONNECT_REFUSED in classify(text).candidates
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        # a bare 403 decides by registry: ACR's firewall only on an ACR host
+        ('failed to resolve reference "myacr.azurecr.io/a:1": unexpected status from HEAD request to '
+         "https://myacr.azurecr.io/v2/a/manifests/1: 403 Forbidden", Code.FIREWALL_FORBIDDEN),
+        ('failed to copy: httpReadSeeker: failed open: unexpected status code https://myacr.westeurope.'
+         "data.azurecr.io/v2/a/blobs/sha256:ab: 403 Forbidden", Code.FIREWALL_FORBIDDEN),
+        ('failed to resolve reference "1234.dkr.ecr.eu-west-1.amazonaws.com/a:1": unexpected status from '
+         "HEAD request to https://1234.dkr.ecr.eu-west-1.amazonaws.com/v2/a/manifests/1: 403 Forbidden",
+         Code.PERMISSION_DENIED),
+        ('Error response from daemon: Head "https://quay.io/v2/org/a/manifests/1": Forbidden',
+         Code.PERMISSION_DENIED),
+        # proxies
+        ('failed to do request: Head "https://r.io/v2/a/manifests/1": proxyconnect tcp: dial tcp: '
+         "lookup proxy.corp on 10.0.0.10:53: no such host", Code.PROXY_ERROR),
+        ("Get https://r.io/v2/: Proxy Authentication Required", Code.PROXY_ERROR),
+        ('Head "https://r.io/v2/a/manifests/1": proxyconnect tcp: Forbidden', Code.PROXY_ERROR),
+        # expired credentials
+        ("denied: Your authorization token has expired. Reauthenticate and try again.",
+         Code.CREDENTIALS_REJECTED),
+        # cloud IAM
+        ('denied: Permission "artifactregistry.repositories.downloadArtifacts" denied on resource '
+         '"projects/p/locations/us/repositories/r" (or it may not exist)', Code.PERMISSION_DENIED),
+        # plain HTTP against TLS, both directions
+        ('Get "https://r.io:5000/v2/": http: server gave HTTP response to HTTPS client', Code.TLS_PROTOCOL_ERROR),
+        ('Get "http://r.io:443/v2/": malformed HTTP response "\\x15\\x03\\x01\\x00\\x02\\x02"',
+         Code.TLS_PROTOCOL_ERROR),
+    ],
+)
+def test_registry_and_runtime_aware_rules(text: str, code: Code) -> None:
+    assert classify(text).code is code
+
+
+def test_plain_http_directions_are_named_apart() -> None:
+    served = classify('Get "https://r.io/v2/": http: server gave HTTP response to HTTPS client')
+    sent = classify('Get "http://r.io:443/v2/": malformed HTTP response "\\x15\\x03\\x01"')
+    assert "nothing speaks TLS" in served.summary
+    assert "plain HTTP was sent to a port that speaks TLS" in sent.summary
+
+
+def test_reset_during_the_handshake_names_a_middlebox() -> None:
+    diagnosis = classify('Get "https://r.io/v2/": read tcp 10.0.0.5:5555->1.2.3.4:443: read: connection reset by peer')
+    assert diagnosis.code is Code.FIREWALL_FORBIDDEN
+    assert "firewall, DPI or TLS-inspecting proxy" in diagnosis.summary
+    assert reached('read tcp 10.0.0.5:5555->1.2.3.4:443: read: connection reset by peer') is Layer.TLS
+
+
+def test_reached_tells_how_far_the_node_got() -> None:
+    assert reached("dial tcp: lookup r.io on 10.0.0.10:53: no such host") is Layer.DNS
+    assert reached("dial tcp 1.2.3.4:443: connect: connection refused") is Layer.TCP
+    assert reached("x509: certificate signed by unknown authority") is Layer.TLS
+    assert reached("toomanyrequests: You have reached your pull rate limit") is Layer.HTTP
+    assert reached("failed to fetch anonymous token: unexpected status: 401 Unauthorized") is Layer.TOKEN
+    assert reached("manifest unknown: manifest unknown") is Layer.MANIFEST
+    assert reached("Unable to retrieve some image pull secrets (regcred)") is None
+    assert reached("something odd") is None
 
 
 def test_acr_firewall_text_names_the_client_ip() -> None:

@@ -59,20 +59,23 @@ async def test_healthy_through_the_proxy(world: Any, proxies: Any) -> None:
     assert d.checks[1].message.startswith("TCP connect to proxy")
 
 
-async def test_proxy_refusing_the_tunnel_is_firewall_forbidden(world: Any, proxies: Any) -> None:
-    tiny, _ = proxies
+async def test_proxy_refusing_connect_is_proxy_error(world: Any, proxies: Any) -> None:
+    tiny, _ = proxies  # CONNECT is allowed to the anonymous registry's port only
     d = await check(world, f"127.0.0.1:{port_of(world.basic)}/team/app:v1", parse_proxy(tiny.address))
-    assert d.code is Code.FIREWALL_FORBIDDEN, d.checks
-    assert "proxy" in d.summary and "403" in d.summary
+    assert d.code is Code.PROXY_ERROR, d.checks
+    assert d.summary.startswith(f"the egress HTTP proxy {tiny.address} failed the connection to 127.0.0.1")
+    assert "refused CONNECT" in d.summary and "403" in d.summary
+    assert any("NO_PROXY" in step for step in d.remediation)
+    assert [c.status for c in d.checks][:3] == [StepStatus.PASSED, StepStatus.PASSED, StepStatus.FAILED]
 
 
-async def test_proxy_down_is_connect_refused(world: Any) -> None:
+async def test_proxy_down_is_proxy_error(world: Any) -> None:
     from support.httpfixtures import closed_port
 
     d = await check(world, f"127.0.0.1:{port_of(world.anon)}/library/alpine:3.19",
                     parse_proxy(f"127.0.0.1:{closed_port()}"))
-    assert d.code is Code.CONNECT_REFUSED
-    assert "proxy" in d.checks[1].message
+    assert d.code is Code.PROXY_ERROR
+    assert "proxy" in d.checks[1].message and "CONNECT_REFUSED" in d.summary
     assert d.checks[2].status is StepStatus.SKIPPED
 
 
@@ -80,8 +83,11 @@ async def test_proxy_credentials(world: Any, proxies: Any) -> None:
     _, auth = proxies
     ref = f"127.0.0.1:{port_of(world.anon)}/library/alpine:3.19"
     denied = await check(world, ref, parse_proxy(auth.address))
-    assert denied.code is Code.FIREWALL_FORBIDDEN and "needs credentials" in denied.summary
-    assert denied.summary.startswith("the egress proxy 127.0.0.1:")
+    assert denied.code is Code.PROXY_ERROR and "demands proxy credentials (HTTP/1.0 407" in denied.summary
+    assert denied.summary.startswith("the egress HTTP proxy 127.0.0.1:")
+    wrong = await check(world, ref, parse_proxy(f"http://proxyuser:wrong-pw@{auth.address}"))
+    assert wrong.code is Code.PROXY_ERROR and "rejected the proxy credentials" in wrong.summary
+    assert "wrong-pw" not in wrong.model_dump_json()
     ok = await check(world, ref, parse_proxy(f"http://proxyuser:proxy-s3cret@{auth.address}"))
     assert ok.code is Code.OK, ok.checks
     assert "proxy-s3cret" not in ok.model_dump_json()

@@ -17,21 +17,35 @@ from dataclasses import dataclass
 
 from pullhealth import reference
 from pullhealth.codes import CATALOG, Code
-from pullhealth.diagnose import make
+from pullhealth.diagnose import LAYER_OF_CODE, Layer, make
 from pullhealth.model import Diagnosis
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A regular expression that, when found, means ``code``."""
+    """A regular expression that, when found, means ``code``.
+
+    ``layer`` is how far the pull got when the text is seen (the code's usual layer unless
+    the rule says otherwise); ``detail`` replaces the quoted text in the summary when the
+    rule knows better words for it.
+    """
 
     code: Code
     pattern: re.Pattern[str]
     candidates: tuple[Code, ...] = ()
+    layer: Layer | None = None
+    detail: str | None = None
+
+    @property
+    def reached(self) -> Layer | None:
+        """The layer of the failure this rule recognises (None: not a network failure)."""
+        return self.layer if self.layer is not None else LAYER_OF_CODE.get(self.code)
 
 
-def _r(code: Code, pattern: str, *candidates: Code) -> Rule:
-    return Rule(code, re.compile(pattern, re.IGNORECASE | re.DOTALL), candidates)
+def _r(
+    code: Code, pattern: str, *candidates: Code, layer: Layer | None = None, detail: str | None = None
+) -> Rule:
+    return Rule(code, re.compile(pattern, re.IGNORECASE | re.DOTALL), candidates, layer, detail)
 
 
 _ACCESS = (Code.AUTH_REQUIRED, Code.CREDENTIALS_REJECTED, Code.PERMISSION_DENIED, Code.REPOSITORY_NOT_FOUND)
@@ -61,6 +75,18 @@ RULES: tuple[Rule, ...] = (
         r"|no image found in (image index|manifest list) for architecture"
         r"|does not match the specified platform",
     ),
+    # The egress proxy failed, before any network text: Go prefixes the proxy's own dial,
+    # TLS and DNS errors with "proxyconnect tcp:", and a proxy that refuses CONNECT or wants
+    # credentials answers 403/407 to the tunnel request, not the registry.
+    _r(
+        Code.PROXY_ERROR,
+        r"proxyconnect tcp|Proxy Authentication Required|\b407 Proxy|status:? 407\b"
+        r"|error connecting to proxy"
+        r"|proxy (server )?(refused|rejected)|CONNECT tunnel failed|tunnel (connection )?failed"
+        r"|failed to connect to proxy|Unable to connect to proxy",
+        Code.CONNECT_REFUSED,
+        Code.CONNECT_TIMEOUT,
+    ),
     # identity providers (node / workload identity), before generic network text
     _r(
         Code.IDENTITY_UNAVAILABLE,
@@ -86,11 +112,29 @@ RULES: tuple[Rule, ...] = (
         r"|x509: certificate has expired|certificate is not yet valid|self[- ]signed certificate"
         r"|unable to get local issuer certificate|CERTIFICATE_VERIFY_FAILED",
     ),
+    # Plain HTTP on one side, TLS on the other. Go's client says "server gave HTTP response
+    # to HTTPS client" when a plain-HTTP server answers its ClientHello, and "malformed HTTP
+    # response" (the bytes of a TLS alert, \x15\x03...) when it spoke plain HTTP to a TLS
+    # server (an "insecure"/http:// registry setting, or HTTPS_PROXY pointing at a TLS port).
     _r(
         Code.TLS_PROTOCOL_ERROR,
-        r"server gave HTTP response to HTTPS client|first record does "
-        r"not look like a TLS handshake|tls: (?!.*certificate)[a-z ]+error|remote error: tls"
-        r"|wrong version number|tls: handshake failure",
+        r"server gave HTTP response to HTTPS client|first record does not look like a TLS "
+        r"handshake|oversized record received",
+        Code.PROXY_ERROR,
+        detail="the server answered in plain HTTP: nothing speaks TLS on that port (a plain-HTTP "
+        "registry, or a proxy or load balancer answering there)",
+    ),
+    _r(
+        Code.TLS_PROTOCOL_ERROR,
+        r"malformed HTTP response",
+        Code.PROXY_ERROR,
+        detail="plain HTTP was sent to a port that speaks TLS (an http:// or insecure-registry "
+        "setting for a TLS registry, or HTTP(S)_PROXY pointing at a TLS port)",
+    ),
+    _r(
+        Code.TLS_PROTOCOL_ERROR,
+        r"tls: (?!.*certificate)[a-z ]+error|remote error: tls|wrong version number"
+        r"|tls: handshake failure",
     ),
     _r(Code.CONNECT_REFUSED, r"connection refused|actively refused"),
     _r(
@@ -100,10 +144,21 @@ RULES: tuple[Rule, ...] = (
         r"|context deadline exceeded|Client\.Timeout exceeded|connection timed out"
         r"|i/o timeout",
     ),
-    # the connection broke mid-handshake: a middlebox or a non-TLS listener
+    # A reset after the connection was accepted: registries do not reset a ClientHello,
+    # firewalls, DPI and TLS-inspecting proxies on the path do.
+    _r(
+        Code.FIREWALL_FORBIDDEN,
+        r"connection reset by peer|forcibly closed by the remote host",
+        Code.PROXY_ERROR,
+        Code.TLS_PROTOCOL_ERROR,
+        layer=Layer.TLS,
+        detail=" (the connection was reset after it was accepted: a firewall, DPI or "
+        "TLS-inspecting proxy between the node and the registry usually does this)",
+    ),
+    # EOF right after the ClientHello: a non-TLS listener or a middlebox
     _r(
         Code.TLS_PROTOCOL_ERROR,
-        r"connection reset by peer|\": EOF\s*$|: EOF\s*$",
+        r"\": EOF\s*$|: EOF\s*$",
         Code.FIREWALL_FORBIDDEN,
         Code.CONNECT_REFUSED,
     ),
@@ -112,6 +167,49 @@ RULES: tuple[Rule, ...] = (
         Code.FIREWALL_FORBIDDEN,
         r"client with IP '[^']+' is not allowed access|aka\.ms/acr/firewall"
         r"|CONNECTIVITY_FORBIDDEN_ERROR",
+    ),
+    # Expired credentials: ECR's registry tokens last 12 hours ("Your authorization token
+    # has expired"); other registries and cloud identities say "token expired" / "expired".
+    _r(
+        Code.CREDENTIALS_REJECTED,
+        r"(authorization|access|auth|registry|bearer|identity) token (has |is )?expired"
+        r"|\btoken (has )?expired|expired (access |auth |bearer |registry )?token|ExpiredToken"
+        r"|credentials? (have |has )?expired|password (has )?expired",
+        Code.IDENTITY_UNAVAILABLE,
+    ),
+    # Cloud IAM wordings. The identity authenticated but lacks the permission: ECR's
+    # "is not authorized to perform: ecr:BatchGetImage", Artifact Registry's
+    # 'Permission "artifactregistry.repositories.downloadArtifacts" denied ... (or it may not
+    # exist)'. Anonymous requests say so: "Unauthenticated requests do not have permission".
+    _r(
+        Code.AUTH_REQUIRED,
+        r"Unauthenticated requests do not have permission|anonymous (caller|user)s? "
+        r"(does|do) not have",
+        Code.REPOSITORY_NOT_FOUND,
+        Code.PERMISSION_DENIED,
+    ),
+    _r(
+        Code.PERMISSION_DENIED,
+        r"is not authorized to perform: ecr:|no (identity|resource)-based policy allows"
+        r"|Permission [\"']?artifactregistry\.[a-zA-Z.]+[\"']? denied"
+        r"|does not have (storage\.objects\.get|artifactregistry\.[a-zA-Z.]+) access",
+        Code.REPOSITORY_NOT_FOUND,
+    ),
+    # GHCR: a personal access token that is wrong, revoked or expired.
+    _r(
+        Code.CREDENTIALS_REJECTED,
+        r"unauthenticated: User cannot be authenticated with the token provided",
+        Code.AUTH_REQUIRED,
+    ),
+    # GCR/Artifact Registry's 401 names both causes: coarse.
+    _r(
+        Code.ACCESS_DENIED,
+        r"You don't have the needed permissions to perform this operation, and you may have "
+        r"invalid credentials|please verify that it exists and you have permission",
+        Code.PERMISSION_DENIED,
+        Code.CREDENTIALS_REJECTED,
+        Code.AUTH_REQUIRED,
+        Code.REPOSITORY_NOT_FOUND,
     ),
     _r(Code.RATE_LIMITED, r"429 Too Many Requests|toomanyrequests|pull rate limit|\b429\b"),
     _r(
@@ -151,10 +249,22 @@ RULES: tuple[Rule, ...] = (
         Code.PERMISSION_DENIED,
         Code.REPOSITORY_NOT_FOUND,
     ),
-    # A bare 403 on the registry's own endpoints (manifests, blobs, /v2/): ACR's firewall
-    # (registry or dedicated data endpoint) answers exactly this way; distribution-style
-    # registries answer missing permission with 401, not 403.
-    _r(Code.FIREWALL_FORBIDDEN, r"\b403\b|Forbidden", Code.PERMISSION_DENIED),
+    # A bare 403 on the registry's own endpoints (manifests, blobs, /v2/). On an ACR host
+    # (registry or dedicated data endpoint) that is how its firewall answers when the body
+    # is not quoted. Everywhere else (ECR, GCR/Artifact Registry, Quay, Harbor, ...) a 403
+    # means the identity may not pull, or the repository went private or away.
+    _r(
+        Code.FIREWALL_FORBIDDEN,
+        r"^(?=.*\.azurecr\.(?:io|cn|us)\b).*(?:\b403\b|Forbidden)",
+        Code.PERMISSION_DENIED,
+        detail=" (403 Forbidden without a body)",
+    ),
+    _r(
+        Code.PERMISSION_DENIED,
+        r"\b403\b|Forbidden",
+        Code.REPOSITORY_NOT_FOUND,
+        Code.FIREWALL_FORBIDDEN,
+    ),
     _r(Code.ACCESS_DENIED, r"401 Unauthorized|unauthorized|authorization failed|denied", *_ACCESS),
     _r(Code.REPOSITORY_NOT_FOUND, r"NAME_UNKNOWN|name unknown|repository name not known"),
     # ACR names the tag when the repository exists but the tag does not.
@@ -183,9 +293,29 @@ _NEVER_PULL = re.compile(r"is not present with pull policy of Never|ErrImageNeve
 _BACKOFF_ONLY = re.compile(r'^\s*Back-off pulling image "[^"]+"\s*$')
 
 
+_MULTI_HEAD = re.compile(r"\b\d+ errors occurred[^:\n]*:\s*(?=\n|\t|\*)")
+_MULTI_ITEM = re.compile(r"\n\s*\*\s+")
+_DOCKER_ERRORS = re.compile(r"^\s*errors:\s*\n")
+
+
 def _split_aggregate(text: str) -> list[str]:
-    """Split kubelet's ``[e1, e2]`` aggregate (one error per credential) at top level."""
+    """Split an aggregate of errors into its members.
+
+    Shapes: kubelet's ``[e1, e2]`` (one error per credential, or old kubelet+docker
+    retries); containers/image's (CRI-O, podman) ``N errors occurred:\n\t* e1\n\t* e2``
+    (one per registry or mirror tried); Docker's ``errors:\ne1\ne2``.
+    """
     body = text.strip()
+    head = _MULTI_HEAD.search(body)
+    if head:
+        items = [p.strip() for p in _MULTI_ITEM.split(body[head.end() :])]
+        items = [p for p in items if p]
+        if len(items) > 1:
+            return items
+    if _DOCKER_ERRORS.match(body):
+        items = [line.strip() for line in body.splitlines()[1:] if line.strip()]
+        if items:
+            return items
     if not (body.startswith("[") and body.endswith("]")):
         return [text]
     parts: list[str] = []
@@ -271,14 +401,12 @@ def classify(text: str) -> Diagnosis:
         )
         return make(Code.UNKNOWN, facts)
 
-    found: list[Rule] = []
-    for part in _split_aggregate(text):
-        rule = match(part)
-        if rule:
-            found.append(rule)
+    found = _decide(text)
     if not found:
         return make(Code.UNKNOWN, facts)
-    best = _most_specific(found)
+    best = found[0]
+    if best.detail is not None:
+        facts["detail"] = best.detail
     candidates = list(
         dict.fromkeys(
             [c for r in found for c in r.candidates] + [r.code for r in found if r.code != best.code]
@@ -287,7 +415,37 @@ def classify(text: str) -> Diagnosis:
     return make(best.code, facts, candidates=candidates)
 
 
+def _decide(text: str) -> list[Rule]:
+    """The rules found in each member of the text, the deciding one first."""
+    found = [rule for rule in (match(part) for part in _split_aggregate(text)) if rule is not None]
+    if not found:
+        return []
+    best = _most_specific(found)
+    return [best, *(r for r in found if r is not best)]
+
+
+def reached(text: str) -> Layer | None:
+    """How far the pull described by the text got (the layer its failure is at).
+
+    None when the text names no failure on the network path (kubelet-side problems,
+    unknown text). Pod diagnosis compares this with the layer the operator's own probe
+    failed at.
+    """
+    if not text.strip() or _check_health_codes(text) or _NEVER_PULL.search(text):
+        return None
+    found = _decide(text)
+    return found[0].reached if found else None
+
+
 def _most_specific(found: Sequence[Rule]) -> Rule:
-    """Prefer a rule whose code is not coarse; among equals, the first (first credential)."""
-    precise = [r for r in found if not CATALOG[r.code].coarse and r.code is not Code.UNKNOWN]
-    return (precise or list(found))[0]
+    """The member that says most: a registry's own answer (HTTP layer or later) over a
+    transport failure of another path (a mirror, a retry), a precise code over a coarse
+    one; among equals, the first (first credential or registry tried)."""
+
+    def rank(rule: Rule) -> tuple[int, int]:
+        layer = rule.reached
+        answered = layer is not None and layer >= Layer.HTTP
+        precise = not CATALOG[rule.code].coarse and rule.code is not Code.UNKNOWN
+        return (0 if answered else 1, 0 if precise else 1)
+
+    return min(found, key=rank)

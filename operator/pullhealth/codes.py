@@ -35,6 +35,7 @@ class Code(StrEnum):
     PRIVATE_ENDPOINT_DNS = "PRIVATE_ENDPOINT_DNS"
     CONNECT_REFUSED = "CONNECT_REFUSED"
     CONNECT_TIMEOUT = "CONNECT_TIMEOUT"
+    PROXY_ERROR = "PROXY_ERROR"
     TLS_UNTRUSTED = "TLS_UNTRUSTED"
     TLS_HOSTNAME_MISMATCH = "TLS_HOSTNAME_MISMATCH"
     TLS_PROTOCOL_ERROR = "TLS_PROTOCOL_ERROR"
@@ -127,6 +128,20 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "Check HTTP(S)_PROXY / NO_PROXY settings of the node runtime",
         ),
         check_health_error="CONNECTIVITY_SSL_ERROR",
+    ),
+    Code.PROXY_ERROR: CodeInfo(
+        summary="the egress HTTP proxy {proxy} failed the connection to {host}: {detail}",
+        remediation=(
+            "Check the proxy the runtime uses (HTTPS_PROXY of containerd/CRI-O/dockerd on the "
+            "node); on AKS it comes from the cluster's httpProxyConfig: az aks show -n <cluster> "
+            "-g <rg> --query httpProxyConfig",
+            "If the registry should be reached directly, list it and its data endpoint in NO_PROXY "
+            "(for ACR: <registry>.azurecr.io and <registry>.<region>.data.azurecr.io); on AKS: "
+            "az aks update -n <cluster> -g <rg> --http-proxy-config <file.json>",
+            "If the proxy answered 407, give the runtime proxy credentials "
+            "(http://<user>:<password>@proxy:port in HTTPS_PROXY) or allow the nodes without them",
+            "If the proxy refused CONNECT, allow the registry and its data endpoint (port 443) on the proxy",
+        ),
     ),
     Code.TLS_UNTRUSTED: CodeInfo(
         summary="the TLS certificate of {host} is not trusted (issuer: {issuer})",

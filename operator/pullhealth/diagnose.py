@@ -7,11 +7,64 @@ classification is used when no probe ran, and is refined by probes when both exi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import IntEnum
 
 from pullhealth import codes
 from pullhealth.codes import Code
 from pullhealth.model import CheckResult, Diagnosis, StepStatus
 from pullhealth.redact import Redactor
+
+
+class Layer(IntEnum):
+    """How far a pull got on the path to the registry, in path order."""
+
+    DNS = 0
+    TCP = 1
+    TLS = 2
+    HTTP = 3
+    TOKEN = 4
+    MANIFEST = 5
+
+
+# The layer at which each code's failure happens (codes with no network meaning: absent).
+# A few message texts decide otherwise (a reset during the handshake is FIREWALL_FORBIDDEN
+# at the TLS layer): the classifier's rules carry their own layer for those.
+LAYER_OF_CODE: Mapping[Code, Layer] = {
+    Code.DNS_NXDOMAIN: Layer.DNS,
+    Code.DNS_TIMEOUT: Layer.DNS,
+    Code.PRIVATE_ENDPOINT_DNS: Layer.TCP,
+    Code.CONNECT_REFUSED: Layer.TCP,
+    Code.CONNECT_TIMEOUT: Layer.TCP,
+    Code.PROXY_ERROR: Layer.TCP,
+    Code.TLS_UNTRUSTED: Layer.TLS,
+    Code.TLS_HOSTNAME_MISMATCH: Layer.TLS,
+    Code.TLS_PROTOCOL_ERROR: Layer.TLS,
+    Code.FIREWALL_FORBIDDEN: Layer.HTTP,
+    Code.CHALLENGE_ERROR: Layer.HTTP,
+    Code.RATE_LIMITED: Layer.HTTP,
+    Code.REGISTRY_ERROR: Layer.HTTP,
+    Code.AUTH_REQUIRED: Layer.TOKEN,
+    Code.CREDENTIALS_REJECTED: Layer.TOKEN,
+    Code.TOKEN_EXCHANGE_DENIED: Layer.TOKEN,
+    Code.PERMISSION_DENIED: Layer.TOKEN,
+    Code.ACCESS_DENIED: Layer.TOKEN,
+    Code.IMAGE_NOT_FOUND: Layer.MANIFEST,
+    Code.REPOSITORY_NOT_FOUND: Layer.MANIFEST,
+    Code.TAG_NOT_FOUND: Layer.MANIFEST,
+    Code.PLATFORM_NOT_FOUND: Layer.MANIFEST,
+}
+
+# The layer of each probe step (the chain's step names).
+LAYER_OF_STEP: Mapping[str, Layer] = {
+    "dns": Layer.DNS,
+    "tcp": Layer.TCP,
+    "tls": Layer.TLS,
+    "challenge": Layer.HTTP,
+    "identity": Layer.TOKEN,
+    "token": Layer.TOKEN,
+    "manifest": Layer.MANIFEST,
+}
+VANTAGE_CHECK = "vantage"
 
 
 def make(
@@ -42,20 +95,68 @@ def from_checks(checks: Sequence[CheckResult], facts: Mapping[str, str]) -> Diag
     return make(failed.code, all_facts, checks=checks)
 
 
-def combine(message: Diagnosis, probed: Diagnosis | None) -> Diagnosis:
+def failed_layer(checks: Sequence[CheckResult]) -> tuple[CheckResult, Layer] | None:
+    """The first failed probe step and its layer, if a step with a layer failed."""
+    failed = next((c for c in checks if c.status is StepStatus.FAILED), None)
+    if failed is None or failed.name not in LAYER_OF_STEP:
+        return None
+    return failed, LAYER_OF_STEP[failed.name]
+
+
+def combine(message: Diagnosis, probed: Diagnosis | None, reached: Layer | None = None) -> Diagnosis:
     """Merge what the kubelet message says with what the probes found.
 
-    The probe result wins when it is a failure: it was observed on the pod's own path now.
-    A healthy probe result keeps the message's code (the failure may be node-local or
-    transient) but carries the checks as evidence.
+    The probe result wins when it is a failure at the layer the node reached or a later
+    one: it was observed on the pod's own path now. A probe that failed at an *earlier*
+    layer than the node reached (``reached``: the layer of the message's failure) shows a
+    difference of vantage point, not the cause: the operator probes from its own pod
+    network, kubelet pulls from the node's. The message's code is then kept, the probe's
+    checks are kept as evidence and a ``vantage`` check says what the operator could not
+    reach. A healthy probe result keeps the message's code (the failure may be node-local
+    or transient) but carries the checks as evidence.
     """
     if probed is None:
         return message
     if probed.code is Code.OK:
         return message.model_copy(update={"checks": probed.checks})
+    failed = failed_layer(probed.checks)
+    if reached is not None and failed is not None and failed[1] < reached:
+        return _vantage(message, probed, failed[0], failed[1], reached)
     facts = {**message.facts, **probed.facts}
     candidates = [c for c in message.candidates if c is not probed.code]
     return make(probed.code, facts, checks=probed.checks, candidates=candidates)
+
+
+def _vantage(
+    message: Diagnosis, probed: Diagnosis, step: CheckResult, at: Layer, reached: Layer
+) -> Diagnosis:
+    """The message's cause, with the operator's own failure as evidence beside it."""
+    facts = {**probed.facts, **message.facts}
+    host = facts.get("host") or facts.get("registry") or "the registry"
+    note = (
+        f"the operator's own network could not reach {host} ({step.name} failed: "
+        f"{probed.code.value}) though the node got as far as {reached.name}; the cause above "
+        "comes from kubelet's message. Check NetworkPolicies, DNS (CoreDNS) settings and "
+        "routes that apply to the operator's pod but not to the node"
+    )
+    check = CheckResult(
+        name=VANTAGE_CHECK,
+        status=StepStatus.FAILED,
+        code=probed.code,
+        message=note,
+        details={"operatorFailedAt": at.name.lower(), "nodeReached": reached.name.lower()},
+    )
+    kept = make(message.code, facts, checks=[*probed.checks, check], candidates=message.candidates)
+    summary = f"{kept.summary.rstrip('.')} (the operator's own network could not reach {host})"
+    return kept.model_copy(update={"summary": summary})
+
+
+def vantage_layer(diagnosis: Diagnosis) -> str | None:
+    """The layer the operator's probe failed at when it was a vantage difference, else None."""
+    for check in diagnosis.checks:
+        if check.name == VANTAGE_CHECK:
+            return check.details.get("operatorFailedAt")
+    return None
 
 
 def redacted(diagnosis: Diagnosis, redactor: Redactor) -> Diagnosis:

@@ -405,7 +405,14 @@ async def _proxy_path(
     try:
         found = await resolver.lookup(via.host)
     except DnsFailure as exc:
-        run.fail("dns", started, exc.code, f"proxy {via.shown}: {exc.message}", host=via.host)
+        # The proxy itself is unreachable: PROXY_ERROR (the resolver's code is in the message).
+        run.fail(
+            "dns",
+            started,
+            Code.PROXY_ERROR,
+            f"proxy {via.shown}: {exc.message} ({exc.code.value})",
+            detail=f"its name does not resolve: {exc.message}",
+        )
         return False
     address = await resolver.address(via.host)
     note = (
@@ -425,7 +432,8 @@ async def _proxy_path(
     try:
         await tcp_connect(via.host, address, via.port, options.timeout)
     except StepError as exc:
-        run.fail("tcp", started, exc.code, f"proxy {via.shown}: {exc.message}", host=via.host, **exc.facts)
+        details = {**exc.facts, "detail": f"{exc.message} ({exc.code.value})"}
+        run.fail("tcp", started, Code.PROXY_ERROR, f"proxy {via.shown}: {exc.message}", **details)
         return False
     run.passed(
         "tcp",

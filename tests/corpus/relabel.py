@@ -22,11 +22,18 @@ RULES: list[tuple[re.Pattern[str], str, list[str], str]] = [
     (re.compile(r"(fetch (anonymous |oauth )?token|bear(er)? token)[^\n]*(403 Forbidden|403 \(Forbidden\))"),
      "ACCESS_DENIED", ["AUTH_REQUIRED", "PERMISSION_DENIED", "REPOSITORY_NOT_FOUND"],
      "a 403 from the token service comes after the registry answered: not a network rule"),
+    (re.compile(r"^(?=.*\.azurecr\.(?:io|cn|us)\b).*(\[manifests [^\]]+\]: 403 Forbidden$"
+                r"|/(manifests|blobs)/[^ ]+: 403 Forbidden$|/manifests/[^\"]+\": Forbidden$)", re.DOTALL),
+     "FIREWALL_FORBIDDEN", ["PERMISSION_DENIED"],
+     "a bare 403 on an ACR host (registry or data endpoint) is how ACR's firewall answers"),
     (re.compile(r"\[manifests [^\]]+\]: 403 Forbidden$|/(manifests|blobs)/[^ ]+: 403 Forbidden$"
                 r"|/manifests/[^\"]+\": Forbidden$"),
-     "FIREWALL_FORBIDDEN", ["PERMISSION_DENIED"],
-     "a bare 403 on the registry's own endpoints is how ACR's firewall answers (missing "
-     "permission is a 401 on distribution-style registries)"),
+     "PERMISSION_DENIED", ["REPOSITORY_NOT_FOUND", "FIREWALL_FORBIDDEN"],
+     "a bare 403 on any registry but ACR means the identity may not pull (or the repository "
+     "went private); ACR's firewall is recognised by its own text or an ACR host"),
+    (re.compile(r"read: connection reset by peer$"), "FIREWALL_FORBIDDEN", ["PROXY_ERROR", "TLS_PROTOCOL_ERROR"],
+     "a reset after the connection was accepted comes from a middlebox (firewall, DPI, "
+     "TLS-inspecting proxy), not from a registry"),
     (re.compile(r"failed to fetch anonymous token: unexpected status: 5\d\d"), "REGISTRY_ERROR",
      ["CHALLENGE_ERROR"], "a 5xx from the token service is a server-side error (as the probe reports)"),
     (re.compile(r"failed to fetch anonymous token: Get [^:]+:[^ ]+ dial tcp [^ ]+: connect: connection refused"),

@@ -129,24 +129,19 @@ async def open_tunnel(
     """TCP to the proxy, then ``CONNECT target``; returns the open tunnel.
 
     Raises:
-        StepError: the proxy refused (FIREWALL_FORBIDDEN), could not reach the registry
-            (CONNECT_TIMEOUT), or did not answer like a proxy (CHALLENGE_ERROR).
+        StepError: PROXY_ERROR when the proxy itself fails (unreachable, silent, refuses
+            CONNECT, demands credentials, answers something else), CONNECT_TIMEOUT when it
+            says it could not reach the registry (502/503/504).
     """
     where = f"{address}:{proxy.port}"
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(address, proxy.port), timeout)
     except TimeoutError:
-        raise StepError(
-            Code.CONNECT_TIMEOUT, f"TCP connect to proxy {proxy.shown} at {where} timed out", address=where
-        ) from None
+        raise _proxy_error(proxy, f"TCP connect to the proxy at {where} timed out", address=where) from None
     except ConnectionRefusedError:
-        raise StepError(
-            Code.CONNECT_REFUSED, f"the proxy {proxy.shown} at {where} refused the connection", address=where
-        ) from None
+        raise _proxy_error(proxy, f"the proxy at {where} refused the connection", address=where) from None
     except OSError as exc:
-        raise StepError(
-            Code.CONNECT_TIMEOUT, f"TCP connect to proxy {proxy.shown} failed: {exc.strerror}", address=where
-        ) from None
+        raise _proxy_error(proxy, f"TCP connect to the proxy failed: {exc.strerror}", address=where) from None
     target = f"[{target_host}]:{target_port}" if ":" in target_host else f"{target_host}:{target_port}"
     request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: pullhealth\r\n"
     auth = proxy.authorization()
@@ -158,10 +153,8 @@ async def open_tunnel(
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
     except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
         writer.close()
-        raise StepError(
-            Code.CONNECT_TIMEOUT,
-            f"the proxy {proxy.shown} did not answer CONNECT {target} within {timeout:g}s",
-            address=where,
+        raise _proxy_error(
+            proxy, f"no answer to CONNECT {target} within {timeout:g}s", address=where
         ) from None
     status_line = head[:MAX_RESPONSE_HEAD].split(b"\r\n", 1)[0].decode("latin-1")
     parts = status_line.split(" ", 2)
@@ -170,22 +163,24 @@ async def open_tunnel(
         return reader, writer
     writer.close()
     said = status_line.strip()[:120]
-    if status in (403, 407):
-        why = "needs credentials" if status == 407 else f"refused the tunnel to {target}"
-        raise StepError(
-            Code.FIREWALL_FORBIDDEN,
-            f"the proxy {proxy.shown} {why} ({said})",
-            host=f"the egress proxy {proxy.shown}",
-            detail=f" ({status}: it {why})",
-        )
+    if status in (401, 407):
+        # 407 is the standard answer; some proxies (tinyproxy) answer 401 to a CONNECT
+        # with wrong credentials. Either way it is the proxy's own authentication.
+        why = "rejected the proxy credentials" if auth else "demands proxy credentials"
+        raise _proxy_error(proxy, f"it {why} ({said})", address=where, status=str(status))
+    if status == 403:
+        raise _proxy_error(proxy, f"it refused CONNECT to {target} ({said})", address=where, status="403")
     if status in (502, 503, 504):
         raise StepError(
             Code.CONNECT_TIMEOUT,
             f"the proxy {proxy.shown} could not reach {target} ({said})",
             address=f"{target} via proxy {proxy.shown}",
         )
-    raise StepError(
-        Code.CHALLENGE_ERROR,
-        f"the proxy {proxy.shown} answered CONNECT with {said!r}",
-        detail=f"proxy answered {said!r}",
+    raise _proxy_error(proxy, f"it answered CONNECT {target} with {said!r}", address=where)
+
+
+def _proxy_error(proxy: Proxy, detail: str, **facts: str) -> StepError:
+    """A PROXY_ERROR step failure; the message never carries the proxy's credentials."""
+    return StepError(
+        Code.PROXY_ERROR, f"egress proxy {proxy.shown}: {detail}", proxy=proxy.shown, detail=detail, **facts
     )
