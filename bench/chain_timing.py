@@ -23,7 +23,7 @@ from pullhealth.credentials import Credential, CredentialKind  # noqa: E402
 from pullhealth.engine import ChainOptions, Target, run_chain  # noqa: E402
 from pullhealth.reference import parse_target  # noqa: E402
 from support import guard  # noqa: E402
-from support.world import start_world  # noqa: E402
+from support.world import TEST_DESTINATIONS, start_world  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -32,7 +32,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(world, n: int) -> None:  # type: ignore[no-untyped-def]
-    options = ChainOptions(nameserver=world.nameserver, ca_file=str(world.ca_bundle), timeout=5)
+    options = ChainOptions(nameserver=world.nameserver, ca_file=str(world.ca_bundle), timeout=5,
+                           destinations=TEST_DESTINATIONS)
     cases = {
         "anonymous": (f"{world.anon}/library/alpine:3.19", None),
         "htpasswd": (f"{world.basic}/team/app:v1", world.basic_user),

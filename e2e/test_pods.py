@@ -66,7 +66,7 @@ SCENARIOS = [
      "PULL_SECRET_INVALID"),
     # ACR with no pull secret: kubelet uses the node's identity (IMDS); the probe with that
     # identity refines "pull access denied" to the missing repository.
-    ("acr-node-identity", "privatelink", "team/nosuch:v1", [], {}, "token_no_credentials_missing_repo",
+    ("acr-node-identity", "myacr", "team/nosuch:v1", [], {}, "token_no_credentials_missing_repo",
      "REPOSITORY_NOT_FOUND"),
 ]
 

@@ -57,14 +57,14 @@ CASES = {
                        "Unhealthy", "PULL_SECRET_MISSING"),
     "missingtag": ({"registry": "{anon}", "image": "team/app:nosuchtag"}, "Unhealthy", "TAG_NOT_FOUND"),
     "dnsfail": ({"registry": "{missing}", "image": "team/app:v1"}, "Unhealthy", "DNS_NXDOMAIN"),
-    "mi": ({"registry": "{acr}", "image": "team/app:v1",
+    "mi": ({"registry": "{myacr}", "image": "team/app:v1",
             "auth": {"mode": "managedIdentity", "clientId": "{imds_client_id}"}}, "Healthy", "OK"),
 }
 
 
 def _fill(spec: dict[str, Any], world: World) -> dict[str, Any]:
     text = json.dumps(spec)
-    for key in ("anon", "acr", "basic", "missing", "imds_client_id"):
+    for key in ("anon", "acr", "myacr", "basic", "missing", "imds_client_id"):
         text = text.replace("{" + key + "}", str(getattr(world, key)))
     return dict(json.loads(text))
 

@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
 
 from pullhealth import devcluster  # noqa: E402
 from support import guard  # noqa: E402
-from support.world import World, start_world  # noqa: E402
+from support.world import TEST_ALLOW_CIDR, World, start_world  # noqa: E402
 
 KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl") or "kubectl"
 
@@ -82,7 +82,7 @@ def samples(world: World) -> list[dict[str, object]]:
         rc("acr-app", {"registry": world.acr, "image": "team/app:v1", "auth": {"pullSecrets": ["acr-pull"]}}),
         rc("acr-wrong-password", {"registry": world.acr, "image": "team/app:v1",
                                   "auth": {"pullSecrets": ["acr-stale"]}}),
-        rc("acr-node-identity", {"registry": world.acr, "image": "team/app:v1",
+        rc("acr-node-identity", {"registry": world.myacr, "image": "team/app:v1",
                                  "auth": {"mode": "managedIdentity", "clientId": world.imds_client_id}}),
         rc("missing-tag", {"registry": world.anon, "image": "team/app:v9"}),
         rc("arm-only-image", {"registry": world.anon, "image": "multi/arm:1"}),
@@ -130,8 +130,12 @@ def cluster_demo(world: World, state: Path) -> None:
                "PULLHEALTH_NAMESERVER": world.nameserver, "PULLHEALTH_CA_FILE": str(world.ca_bundle),
                "PULLHEALTH_IMDS_ENDPOINT": world.imds_url}
         log = (state / "operator.log").open("wb")
+        # The demo world lives on 127.0.0.1, which the operator's destination policy refuses
+        # by default (docs/security.md); the kubelet identity is the IMDS fixture's.
         op = subprocess.Popen([sys.executable, "-m", "pullhealth", "run", "--metrics-port", "0",
-                               "--liveness", "http://127.0.0.1:0/healthz"], env=env,
+                               "--liveness", "http://127.0.0.1:0/healthz",
+                               "--allow-cidr", TEST_ALLOW_CIDR, "--kubelet-client-id", world.imds_client_id],
+                              env=env,
                               stdout=log, stderr=subprocess.STDOUT)
         try:
             items = samples(world)

@@ -17,10 +17,12 @@ from pullhealth.credentials import Credential, CredentialKind
 from pullhealth.engine import ChainOptions, Target, run_chain
 from pullhealth.model import Diagnosis, StepStatus
 from pullhealth.reference import parse_target
+from support.world import TEST_DESTINATIONS
 
 
 def _opts(world: Any, **kw: Any) -> ChainOptions:
-    base: dict[str, Any] = {"nameserver": world.nameserver, "ca_file": str(world.ca_bundle), "timeout": 2.0}
+    base: dict[str, Any] = {"nameserver": world.nameserver, "ca_file": str(world.ca_bundle), "timeout": 2.0,
+                            "destinations": TEST_DESTINATIONS}
     base.update(kw)
     return ChainOptions(**base)
 
@@ -187,10 +189,11 @@ def test_guard_refuses_off_loopback_connects() -> None:
 async def test_managed_identity_pulls_through_acr_exchange(world: Any) -> None:
     from pullhealth.probes.identity import managed_identity_token
 
-    async def source() -> Any:
-        return await managed_identity_token(client_id=world.imds_client_id, endpoint=world.imds_url)
+    async def source(resource: str) -> Any:
+        return await managed_identity_token(client_id=world.imds_client_id, endpoint=world.imds_url,
+                                            resource=resource)
 
-    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    registry, image = parse_target(f"{world.myacr}/team/app:v1")
     d = await run_chain(Target(registry, image, identity=source), _opts(world))
     assert d.code is Code.OK, d.checks
     assert _statuses(d)["identity"] == "passed"
@@ -200,11 +203,11 @@ async def test_managed_identity_pulls_through_acr_exchange(world: Any) -> None:
 async def test_managed_identity_unknown_client_is_identity_unavailable(world: Any) -> None:
     from pullhealth.probes.identity import managed_identity_token
 
-    async def source() -> Any:
+    async def source(resource: str) -> Any:
         return await managed_identity_token(client_id="99999999-0000-4000-8000-000000000000",
-                                            endpoint=world.imds_url)
+                                            endpoint=world.imds_url, resource=resource)
 
-    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    registry, image = parse_target(f"{world.myacr}/team/app:v1")
     d = await run_chain(Target(registry, image, identity=source), _opts(world))
     assert d.code is Code.IDENTITY_UNAVAILABLE
     assert "Identity not found" in d.summary
@@ -213,17 +216,18 @@ async def test_managed_identity_unknown_client_is_identity_unavailable(world: An
 async def test_identity_without_acrpull_is_denied(world: Any) -> None:
     from pullhealth.probes.identity import managed_identity_token
 
-    async def source() -> Any:
-        return await managed_identity_token(client_id=world.imds_nogrant_client_id, endpoint=world.imds_url)
+    async def source(resource: str) -> Any:
+        return await managed_identity_token(client_id=world.imds_nogrant_client_id, endpoint=world.imds_url,
+                                            resource=resource)
 
-    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    registry, image = parse_target(f"{world.myacr}/team/app:v1")
     d = await run_chain(Target(registry, image, identity=source), _opts(world))
     assert d.code in (Code.PERMISSION_DENIED, Code.TOKEN_EXCHANGE_DENIED), d.checks
 
 
 async def test_revoked_aad_token_is_token_exchange_denied(world: Any) -> None:
     cred = Credential(CredentialKind.AAD, "test", None, "not-a-token-the-exchange-knows")
-    d = await _check(world, f"{world.acr}/team/app:v1", cred)
+    d = await _check(world, f"{world.myacr}/team/app:v1", cred)
     assert d.code is Code.TOKEN_EXCHANGE_DENIED
 
 
@@ -234,11 +238,12 @@ async def test_workload_identity_pulls(world: Any) -> None:
 
     federated = Path(world.wi_token_file).read_text().strip()
 
-    async def source() -> Any:
+    async def source(resource: str) -> Any:
         return await workload_identity_token(client_id=world.wi_client_id, tenant_id=world.aad_tenant,
-                                             federated_token=federated, authority=world.aad_authority)
+                                             federated_token=federated, authority=world.aad_authority,
+                                             resource=resource)
 
-    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    registry, image = parse_target(f"{world.myacr}/team/app:v1")
     d = await run_chain(Target(registry, image, identity=source), _opts(world))
     assert d.code is Code.OK, d.checks
 
@@ -250,12 +255,12 @@ async def test_workload_identity_wrong_client_is_identity_unavailable(world: Any
 
     federated = Path(world.wi_token_file).read_text().strip()
 
-    async def source() -> Any:
+    async def source(resource: str) -> Any:
         return await workload_identity_token(client_id="44444444-0000-4000-8000-000000000000",
                                              tenant_id=world.aad_tenant, federated_token=federated,
-                                             authority=world.aad_authority)
+                                             authority=world.aad_authority, resource=resource)
 
-    registry, image = parse_target(f"{world.acr}/team/app:v1")
+    registry, image = parse_target(f"{world.myacr}/team/app:v1")
     d = await run_chain(Target(registry, image, identity=source), _opts(world))
     assert d.code is Code.IDENTITY_UNAVAILABLE
     assert "AADSTS" in d.summary or "AAD" in d.summary
@@ -272,7 +277,7 @@ async def test_refresh_token_credential(world: Any) -> None:
         assert reply.status_code == 200, reply.text
         refresh = reply.json()["refresh_token"]
     cred = Credential(CredentialKind.REFRESH_TOKEN, "test", None, refresh)
-    d = await _check(world, f"{world.acr}/team/app:v1", cred)
+    d = await _check(world, f"{world.myacr}/team/app:v1", cred)
     assert d.code is Code.OK, d.checks
 
 

@@ -21,6 +21,7 @@ from pullhealth.model import StepStatus
 from pullhealth.probes.proxy import Proxy, bypasses, from_environment, parse_proxy
 from pullhealth.reference import parse_target
 from support.proxy import TinyProxy
+from support.world import TEST_DESTINATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def proxies(world: Any) -> Iterator[tuple[TinyProxy, TinyProxy]]:
 
 def options(world: Any, proxy: Proxy | None, no_proxy: tuple[str, ...] = ()) -> ChainOptions:
     return ChainOptions(nameserver=world.nameserver, ca_file=str(world.ca_bundle), timeout=3.0,
-                        proxy=proxy, no_proxy=no_proxy)
+                        proxy=proxy, no_proxy=no_proxy, destinations=TEST_DESTINATIONS)
 
 
 async def check(world: Any, ref: str, proxy: Proxy | None, no_proxy: tuple[str, ...] = ()) -> Any:

@@ -20,6 +20,7 @@ from pullhealth.codes import Code
 from pullhealth.diagnose import make, redacted
 from pullhealth.model import Diagnosis, StepStatus
 from pullhealth.probes import identity
+from pullhealth.probes.destinations import DestinationPolicy
 from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
 from pullhealth.redact import Redactor
 from pullhealth.reference import ImageReference, InvalidReference, parse_target
@@ -58,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     check.add_argument("--client-id", help="managed/workload identity client id")
     check.add_argument("--tenant-id", help="workload identity tenant id")
+    check.add_argument(
+        "--arm-audience",
+        action="store_true",
+        help="also exchange an ARM-audience token (ACR audience is always used first)",
+    )
     check.add_argument("--imds-endpoint", default=identity.IMDS_ENDPOINT, help=argparse.SUPPRESS)
     check.add_argument("--authority-host", default=None, help=argparse.SUPPRESS)
     check.add_argument("--ca-file", help="extra CA bundle to trust (PEM)")
@@ -135,6 +141,47 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("PULLHEALTH_KUBELET_CLIENT_ID"),
         help="client id of the kubelet managed identity (default: the node's only one)",
     )
+    security = run.add_argument_group(
+        "trust boundary", "what the operator may do for RegistryCheck authors (docs/security.md)"
+    )
+    security.add_argument(
+        "--allow-managed-identity",
+        action="append",
+        default=[],
+        metavar="CLIENT_ID",
+        help="a managed identity RegistryChecks may name besides the kubelet identity (repeatable)",
+    )
+    security.add_argument(
+        "--workload-identity",
+        action="store_true",
+        help="check workload identities (mints service-account tokens; needs serviceaccounts/token create)",
+    )
+    security.add_argument(
+        "--arm-audience",
+        action="store_true",
+        help="also ask for ARM-audience Azure AD tokens, to tell when a registry refuses them",
+    )
+    security.add_argument(
+        "--allow-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="addresses probes may reach although the policy refuses them (e.g. loopback; repeatable)",
+    )
+    security.add_argument(
+        "--deny-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="addresses probes never reach (repeatable)",
+    )
+    security.add_argument(
+        "--registry-host",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only registries matching these host patterns are probed, e.g. '*.azurecr.io' (repeatable)",
+    )
     run.add_argument("--verbose", "-v", action="store_true")
 
     dev = sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos", add_help=False)
@@ -184,9 +231,9 @@ def _credentials(
 async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engine.IdentitySource | None:
     if args.managed_identity:
 
-        async def imds() -> identity.AadToken:
+        async def imds(resource: str) -> identity.AadToken:
             token = await identity.managed_identity_token(
-                client_id=args.client_id, endpoint=args.imds_endpoint, timeout=args.timeout
+                client_id=args.client_id, endpoint=args.imds_endpoint, resource=resource, timeout=args.timeout
             )
             secrets.append(token.token)
             return token
@@ -208,12 +255,13 @@ async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engi
             raise UsageError(f"cannot read AZURE_FEDERATED_TOKEN_FILE: {exc.strerror}") from None
         secrets.append(federated)
 
-        async def wi() -> identity.AadToken:
+        async def wi(resource: str) -> identity.AadToken:
             token = await identity.workload_identity_token(
                 client_id=client_id,
                 tenant_id=tenant_id,
                 federated_token=federated,
                 authority=authority,
+                resource=resource,
                 timeout=args.timeout,
             )
             secrets.append(token.token)
@@ -256,12 +304,16 @@ async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
         platform=args.platform,
         expect_private_endpoint=args.expect_private_endpoint,
         data_endpoint=args.data_endpoint,
+        # The CLI's user probes with their own identity and network: no destination policy.
+        destinations=DestinationPolicy.unrestricted(),
     )
     if args.ca_file and not Path(args.ca_file).is_file():
         raise UsageError(f"--ca-file {args.ca_file}: no such file")
     source = await _identity_source(args, secrets)
     if source is not None:
-        return await engine.run_chain(engine.Target(registry, image, identity=source), options)
+        audiences = (identity.ACR_RESOURCE,) + ((identity.ARM_RESOURCE,) if args.arm_audience else ())
+        target = engine.Target(registry, image, identity=source, audiences=audiences)
+        return await engine.run_chain(target, options)
     if args.anonymous:
         return await engine.run_chain(engine.Target(registry, image), options)
     matched, problem = _credentials(args, registry, image, secrets)

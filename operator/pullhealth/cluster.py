@@ -15,6 +15,7 @@ from pullhealth import credentials as creds
 from pullhealth.codes import Code
 from pullhealth.probes import identity
 from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
+from pullhealth.trust import TrustPolicy
 
 MAX_SECRETS = 16
 WORKLOAD_CLIENT_ID = "azure.workload.identity/client-id"
@@ -85,7 +86,8 @@ def service_account_secret_names(account: Mapping[str, Any] | None) -> list[str]
 
 @dataclass(frozen=True)
 class Environment:
-    """Operator-wide settings that specs do not carry (endpoints for identities)."""
+    """Operator-wide settings that specs do not carry: endpoints for identities, the
+    network path, and the powers the admin lends to namespaces (``trust``)."""
 
     imds_endpoint: str = identity.IMDS_ENDPOINT
     aad_authority: str = identity.AAD_AUTHORITY
@@ -94,6 +96,7 @@ class Environment:
     ca_file: str | None = None
     proxy: Proxy | None = None
     no_proxy: tuple[str, ...] = ()
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
 
     @classmethod
     def from_env(cls) -> Environment:

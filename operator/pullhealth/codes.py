@@ -39,6 +39,7 @@ class Code(StrEnum):
     TLS_UNTRUSTED = "TLS_UNTRUSTED"
     TLS_HOSTNAME_MISMATCH = "TLS_HOSTNAME_MISMATCH"
     TLS_PROTOCOL_ERROR = "TLS_PROTOCOL_ERROR"
+    DESTINATION_REFUSED = "DESTINATION_REFUSED"
     FIREWALL_FORBIDDEN = "FIREWALL_FORBIDDEN"
     CHALLENGE_ERROR = "CHALLENGE_ERROR"
     RATE_LIMITED = "RATE_LIMITED"
@@ -49,7 +50,10 @@ class Code(StrEnum):
     AUTH_REQUIRED = "AUTH_REQUIRED"
     CREDENTIALS_REJECTED = "CREDENTIALS_REJECTED"
     IDENTITY_UNAVAILABLE = "IDENTITY_UNAVAILABLE"
+    IDENTITY_NOT_ALLOWED = "IDENTITY_NOT_ALLOWED"
+    TOKEN_REALM_REFUSED = "TOKEN_REALM_REFUSED"
     TOKEN_EXCHANGE_DENIED = "TOKEN_EXCHANGE_DENIED"
+    AAD_AUDIENCE_REJECTED = "AAD_AUDIENCE_REJECTED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     ACCESS_DENIED = "ACCESS_DENIED"
     IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"
@@ -182,6 +186,17 @@ CATALOG: Mapping[Code, CodeInfo] = {
         ),
         check_health_error="CONNECTIVITY_FORBIDDEN_ERROR",
     ),
+    Code.DESTINATION_REFUSED: CodeInfo(
+        summary="pullhealth did not connect to {host}: {detail}",
+        remediation=(
+            "A registry on localhost or 127.0.0.0/8 is the node's own loopback: kubelet pulls "
+            "from the node, so check it there (crictl pull <image>) or publish the registry "
+            "on a routable address",
+            "If the address is a legitimate registry, the cluster admin can allow it: "
+            "helm upgrade ... --set security.destinations.allowCidrs={{<cidr>}} "
+            "(pullhealth run --allow-cidr <cidr>); see docs/security.md",
+        ),
+    ),
     Code.CHALLENGE_ERROR: CodeInfo(
         summary="{host} did not answer GET /v2/ like an OCI registry: {detail}",
         remediation=(
@@ -270,6 +285,27 @@ CATALOG: Mapping[Code, CodeInfo] = {
         ),
         check_health_error="CONNECTIVITY_AAD_LOGIN_ERROR",
     ),
+    Code.IDENTITY_NOT_ALLOWED: CodeInfo(
+        summary="pullhealth did not use the identity: {detail}",
+        remediation=(
+            "Identity checks run only for registries in the operator's ACR domains, with the "
+            "kubelet identity or a client id the cluster admin allowed: helm upgrade ... "
+            "--set security.identities.managedIdentityClientIds={{<client-id>}} "
+            "(pullhealth run --allow-managed-identity <client-id>)",
+            "Workload identity checks need security.identities.workloadIdentity=true and use "
+            "only the service account's own azure.workload.identity/client-id annotation",
+        ),
+    ),
+    Code.TOKEN_REALM_REFUSED: CodeInfo(
+        summary="pullhealth did not send credentials to the token service {realm} named by "
+        "{host}: {detail}",
+        remediation=(
+            "Check the registry's WWW-Authenticate realm: curl -sI https://{registry}/v2/ | "
+            "grep -i www-authenticate",
+            "A token service must be reached over HTTPS; an Azure AD token is exchanged only at "
+            "the ACR registry's own https://{host}/oauth2/exchange",
+        ),
+    ),
     Code.TOKEN_EXCHANGE_DENIED: CodeInfo(
         summary="{registry} refused to exchange the Azure AD token for a registry token",
         remediation=(
@@ -278,6 +314,17 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "--query id -o tsv)",
             "Check that the registry allows Azure AD authentication (not disabled by policy) "
             "and that the token's tenant is the registry's tenant",
+        ),
+        check_health_error="CONNECTIVITY_REFRESH_TOKEN_ERROR",
+    ),
+    Code.AAD_AUDIENCE_REJECTED: CodeInfo(
+        summary="{registry} refused the Azure AD token's audience ({audience}): {detail}",
+        remediation=(
+            "ARM-audience tokens can be disabled on the registry: az acr config "
+            "authentication-as-arm show -r <registry>",
+            "Use ACR-audience tokens (https://containerregistry.azure.net), the operator's "
+            "default; or enable ARM-audience authentication: az acr config "
+            "authentication-as-arm update -r <registry> --status enabled",
         ),
         check_health_error="CONNECTIVITY_REFRESH_TOKEN_ERROR",
     ),

@@ -28,9 +28,10 @@ from pullhealth.credentials import ANONYMOUS, Credential, CredentialKind
 from pullhealth.diagnose import from_checks, make, redacted
 from pullhealth.model import CheckResult, Diagnosis, StepStatus
 from pullhealth.probes.challenge import Challenge, probe_challenge
-from pullhealth.probes.dns import DnsFailure, Resolver, assess_routing
+from pullhealth.probes.destinations import DestinationPolicy
+from pullhealth.probes.dns import DnsFailure, Resolver, assess_routing, preferred
 from pullhealth.probes.http import Http
-from pullhealth.probes.identity import AadToken
+from pullhealth.probes.identity import ACR_RESOURCE, AadToken
 from pullhealth.probes.manifest import probe_manifest
 from pullhealth.probes.net import (
     Opener,
@@ -42,7 +43,7 @@ from pullhealth.probes.net import (
     tls_handshake,
 )
 from pullhealth.probes.proxy import Proxy, bypasses, open_tunnel
-from pullhealth.probes.token import Authorization, probe_token
+from pullhealth.probes.token import Authorization, probe_token, realm_elsewhere
 from pullhealth.redact import Redactor, one_line
 from pullhealth.reference import ImageReference, InvalidReference, check_host, join_host_port, split_host_port
 
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 
 STEPS = ("dns", "tcp", "tls", "challenge", "identity", "token", "manifest")
 
-IdentitySource = Callable[[], Awaitable[AadToken]]
+# Gets an Azure AD token of the identity for a resource (audience).
+IdentitySource = Callable[[str], Awaitable[AadToken]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class ChainOptions:
         on_request: called with (registry, probe step) before each HTTP request.
         proxy: the egress HTTP proxy the runtime uses (HTTPS_PROXY), if any.
         no_proxy: NO_PROXY entries: hosts reached directly.
+        destinations: where the chain may connect (default: the operator's safe policy;
+            the CLI passes :meth:`DestinationPolicy.unrestricted`).
     """
 
     nameserver: str | None = None
@@ -78,16 +82,23 @@ class ChainOptions:
     on_request: Callable[[str, str], None] | None = None
     proxy: Proxy | None = None
     no_proxy: tuple[str, ...] = ()
+    destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
 
 
 @dataclass(frozen=True)
 class Target:
-    """What to check, and with which credential or identity."""
+    """What to check, and with which credential or identity.
+
+    With an identity, a token is asked for each of ``audiences`` in order; the first one
+    is used to pull, the others are exchanged too, to tell an audience the registry
+    refuses (ACR can disable ARM-audience tokens).
+    """
 
     registry: str
     image: ImageReference | None = None
     credential: Credential = ANONYMOUS
     identity: IdentitySource | None = field(default=None, compare=False)
+    audiences: tuple[str, ...] = (ACR_RESOURCE,)
 
 
 class Deadline:
@@ -200,7 +211,7 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
     http: Http | None = None
     try:
         async with asyncio.timeout(deadline.remaining()):
-            resolver = Resolver(options.nameserver, options.timeout)
+            resolver = Resolver(options.nameserver, options.timeout, options.destinations)
             # One verification context for the TLS step and every HTTP request (the CA
             # bundle is read once per chain).
             ctx = make_ssl_context(options.ca_file)
@@ -261,6 +272,13 @@ async def _steps(
     port: int,
     redactor: Redactor,
 ) -> None:
+    started = run.begin("dns")
+    try:
+        options.destinations.check_host(host)
+        options.destinations.check_peer_name(host, port)
+    except StepError as exc:
+        run.fail("dns", started, exc.code, exc.message, **exc.facts)
+        return
     via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
     if via is not None:
         if not await _proxy_path(run, options, resolver, ctx, via, host, port):
@@ -285,19 +303,22 @@ async def _steps(
     )
 
     credential = target.credential
+    also: tuple[AadToken, ...] = ()
     if target.identity is not None:
         started = run.begin("identity")
         try:
-            aad = await target.identity()
+            tokens = [await target.identity(audience) for audience in target.audiences or (ACR_RESOURCE,)]
         except StepError as exc:
             run.fail("identity", started, exc.code, exc.message, **exc.facts)
             return
-        redactor.add([aad.token])
+        aad, also = tokens[0], tuple(tokens[1:])
+        redactor.add([t.token for t in tokens])
         credential = Credential(CredentialKind.AAD, aad.source, None, aad.token)
         run.facts["credential"] = credential.describe()
-        run.passed("identity", started, f"Azure AD token for {aad.source} : OK")
+        shown = ", ".join(t.audience for t in tokens)
+        run.passed("identity", started, f"Azure AD token for {aad.source} ({shown} audience) : OK")
 
-    auth = await _token_step(run, http, target, challenge, credential, registry_host)
+    auth = await _token_step(run, http, target, challenge, credential, registry_host, also)
     if auth is None:
         return
     if target.image is None:
@@ -375,13 +396,14 @@ async def _direct_path(
                 **details,
             )
             return False
-    address = await resolver.address(host)
+    address = preferred(found)
     run.facts["address"] = address
     literal = " (address literal)" if found.literal else ""
     run.passed("dns", started, f"DNS lookup to {host} at IP {address}{literal} : OK", **details)
 
     started = run.begin("tcp")
     try:
+        address = await resolver.address(host, port)  # the destination policy decides here
         await tcp_connect(host, address, port, options.timeout)
     except StepError as exc:
         run.fail("tcp", started, exc.code, exc.message, **exc.facts)
@@ -414,7 +436,7 @@ async def _proxy_path(
             detail=f"its name does not resolve: {exc.message}",
         )
         return False
-    address = await resolver.address(via.host)
+    address = preferred(found)  # the admin configured the proxy: not a policy destination
     note = (
         "; the proxy resolves the registry, so private-endpoint routing is the proxy's"
         if options.expect_private_endpoint
@@ -476,6 +498,7 @@ async def _token_step(
     challenge: Challenge,
     credential: Credential,
     registry_host: str,
+    also: tuple[AadToken, ...] = (),
 ) -> Authorization | None:
     started = run.begin("token")
     repository = target.image.repository if target.image else None
@@ -483,15 +506,19 @@ async def _token_step(
         run.skip("token", "skipped: no credentials and no image; nothing to authenticate")
         return None
     try:
-        auth = await probe_token(http, registry_host, challenge, credential, repository)
+        auth = await probe_token(http, registry_host, challenge, credential, repository, also)
     except StepError as exc:
         run.fail("token", started, exc.code, exc.message, **exc.facts)
         return None
     details = {"flow": auth.flow}
+    if challenge.realm:
+        details["realm"] = challenge.realm
     if auth.granted is not None:
         details["granted"] = ",".join(auth.granted)
+    elsewhere = realm_elsewhere(challenge.realm, registry_host) if challenge.realm else None
+    at = f" at the token service {elsewhere}" if elsewhere else ""
     run.passed(
-        "token", started, f"Fetch access token ({auth.flow}) for {credential.describe()} : OK", **details
+        "token", started, f"Fetch access token ({auth.flow}) for {credential.describe()}{at} : OK", **details
     )
     return auth
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -24,6 +27,24 @@ def load_config() -> kubernetes.client.ApiClient:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     return kubernetes.client.ApiClient()
+
+
+def api_server_addresses(api: kubernetes.client.ApiClient) -> tuple[tuple[str, int | None], ...]:
+    """The API server's endpoints, which probes must never reach: the client's host and
+    port (resolved once, at start-up) and the in-cluster service IP (every port)."""
+    found: list[tuple[str, int | None]] = []
+    parts = urlsplit(str(api.configuration.host))
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if host:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            infos = []
+        found.extend((str(info[4][0]), port) for info in infos)
+    service_ip = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if service_ip:
+        found.append((service_ip, None))
+    return tuple(dict.fromkeys(found))
 
 
 class KubeReader:

@@ -20,11 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pullhealth import classify, credentials
+from pullhealth import classify, credentials, pullpath
 from pullhealth.cluster import (
-    WORKLOAD_AUDIENCE,
     WORKLOAD_CLIENT_ID,
-    WORKLOAD_TENANT_ID,
     ClusterReader,
     Environment,
     read_keyring,
@@ -33,11 +31,10 @@ from pullhealth.cluster import (
 from pullhealth.coalesce import SingleFlight
 from pullhealth.codes import Code
 from pullhealth.diagnose import combine, make, redacted
-from pullhealth.engine import ChainOptions, Target, check_credentials, run_chain
 from pullhealth.model import Diagnosis
-from pullhealth.probes import identity
 from pullhealth.redact import Redactor, one_line
 from pullhealth.reference import ImageReference, InvalidReference, parse
+from pullhealth.trust import is_acr
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +114,11 @@ def pick_message(container: FailingContainer, kubelet_messages: Sequence[str]) -
 
 @dataclass(frozen=True)
 class PodSettings:
-    """Operator-wide knobs for pod diagnosis."""
+    """Operator-wide knobs for pod diagnosis (identities and ACR domains are the admin's
+    trust policy: ``Environment.trust``)."""
 
-    acr_domains: tuple[str, ...] = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
-    kubelet_client_id: str | None = None
     platform: str = "linux/amd64"
     timeout: float = 10.0
-
-
-def is_acr(registry: str, domains: Sequence[str]) -> bool:
-    """Registry host (without port) equals or ends with one of the ACR domains."""
-    host = registry.split(":")[0]
-    return any(host == d.lstrip(".") or host.endswith(d if d.startswith(".") else "." + d) for d in domains)
 
 
 async def node_platform(reader: ClusterReader, node_name: object, default: str) -> str:
@@ -248,7 +238,12 @@ async def _probe(
     cache: SingleFlight[Diagnosis],
     on_request: Any,
 ) -> Diagnosis:
-    """Run the pod's own pull path (coalesced) and fold in unusable secrets."""
+    """Run the pod's own pull path (coalesced) and fold in unusable secrets.
+
+    kubelet's order: the pod's and its service account's pull secrets that match the
+    image; for an ACR image with none, the workload identity (when the admin enabled it
+    and the account is annotated) or the node's kubelet identity; else anonymous.
+    """
     spec = pod.get("spec") or {}
     sa_name = str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
     account = await reader.service_account(namespace, sa_name)
@@ -256,40 +251,27 @@ async def _probe(
     names += service_account_secret_names(account)
     keyring = await read_keyring(reader, namespace, names)
     matched = credentials.lookup(list(keyring.entries), image)
-    options = ChainOptions(
-        nameserver=env.nameserver,
-        timeout=settings.timeout,
-        ca_file=env.ca_file,
-        platform=platform,
-        on_request=on_request,
-        proxy=env.proxy,
-        no_proxy=env.no_proxy,
-    )
+    options = pullpath.chain_options(env, timeout=settings.timeout, platform=platform, on_request=on_request)
     registry = image.registry
-    image_key = (image.registry, image.repository, image.manifest_ref, platform)
+    key = (image.registry, image.repository, image.manifest_ref, platform)
 
+    path: pullpath.PullPath | Diagnosis
     if matched:
-        cred_key = ("creds", tuple(c.fingerprint for c in matched), *image_key)
-        result = await cache.get(
-            registry, cred_key, lambda: check_credentials(registry, image, matched, options)
-        )
-    elif is_acr(registry, settings.acr_domains):
-        result = await _acr_identity(
-            account, namespace, sa_name, image, image_key, reader, env, settings, cache, options
-        )
+        path = pullpath.with_credentials(registry, image, namespace, matched, options, key)
+    elif is_acr(registry, env.trust.acr_domains):
+        annotations = ((account or {}).get("metadata") or {}).get("annotations") or {}
+        if env.trust.workload_identity and annotations.get(WORKLOAD_CLIENT_ID):
+            path = pullpath.workload_identity(
+                registry, image, namespace, sa_name, account, None, reader, env, options, key
+            )
+        else:
+            path = pullpath.managed_identity(registry, image, namespace, None, env, options, key)
+    elif names:
+        detail = f"pull secrets {', '.join(names)} have no entry for {registry}"
+        path = pullpath.with_credentials(registry, image, namespace, [], options, key, {"detail": detail})
     else:
-        key = ("anon" if not names else "nomatch", *image_key)
-        result = await cache.get(
-            registry,
-            key,
-            lambda: check_credentials(
-                registry,
-                image,
-                [] if names else None,
-                options,
-                no_match_facts={"detail": f"pull secrets {', '.join(names)} have no entry for {registry}"},
-            ),
-        )
+        path = pullpath.anonymous(registry, image, options, key)
+    result = path if isinstance(path, Diagnosis) else await path.run(cache, registry)
 
     if result.code in _AUTH_FAILURES and keyring.issues:
         issue = keyring.issues[0]
@@ -299,53 +281,6 @@ async def _probe(
             checks=result.checks,
         )
     return result
-
-
-async def _acr_identity(
-    account: Mapping[str, Any] | None,
-    namespace: str,
-    sa_name: str,
-    image: ImageReference,
-    image_key: tuple[str, ...],
-    reader: ClusterReader,
-    env: Environment,
-    settings: PodSettings,
-    cache: SingleFlight[Diagnosis],
-    options: ChainOptions,
-) -> Diagnosis:
-    """No secret matches an ACR image: kubelet uses the node identity (or workload identity)."""
-    annotations = ((account or {}).get("metadata") or {}).get("annotations") or {}
-    client_id = annotations.get(WORKLOAD_CLIENT_ID)
-    tenant_id = annotations.get(WORKLOAD_TENANT_ID) or env.tenant_id
-    registry = image.registry
-    if client_id and tenant_id:
-
-        async def workload() -> identity.AadToken:
-            federated = await reader.service_account_token(namespace, sa_name, WORKLOAD_AUDIENCE)
-            return await identity.workload_identity_token(
-                client_id=str(client_id),
-                tenant_id=str(tenant_id),
-                federated_token=federated,
-                authority=env.aad_authority,
-                timeout=settings.timeout,
-            )
-
-        key = ("wi", namespace, sa_name, str(client_id), *image_key)
-        return await cache.get(
-            registry, key, lambda: run_chain(Target(registry, image, identity=workload), options)
-        )
-
-    kubelet_id = settings.kubelet_client_id
-
-    async def node_identity() -> identity.AadToken:
-        return await identity.managed_identity_token(
-            client_id=kubelet_id, endpoint=env.imds_endpoint, timeout=settings.timeout
-        )
-
-    key = ("mi", kubelet_id or "default", *image_key)
-    return await cache.get(
-        registry, key, lambda: run_chain(Target(registry, image, identity=node_identity), options)
-    )
 
 
 # --- write-back: pure

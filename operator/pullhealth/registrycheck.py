@@ -15,10 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from pullhealth import credentials as creds
+from pullhealth import pullpath
 from pullhealth.cluster import (
-    WORKLOAD_AUDIENCE,
-    WORKLOAD_CLIENT_ID,
-    WORKLOAD_TENANT_ID,
     ClusterReader,
     Environment,
     read_keyring,
@@ -27,9 +25,7 @@ from pullhealth.cluster import (
 from pullhealth.coalesce import SingleFlight
 from pullhealth.codes import Code
 from pullhealth.diagnose import make, redacted
-from pullhealth.engine import ChainOptions, IdentitySource, Target, check_credentials, run_chain
 from pullhealth.model import AuthMode, Diagnosis, Phase, RegistryCheckSpec
-from pullhealth.probes import identity
 from pullhealth.redact import Redactor, one_line
 from pullhealth.reference import ImageReference, InvalidReference, check_host, parse
 
@@ -81,6 +77,8 @@ async def run_registry_check(
 ) -> Diagnosis:
     """Resolve the credentials the spec asks for (in ``namespace`` only) and check.
 
+    The spec chooses among the ways a pod of its namespace could pull; what the operator
+    may do on its behalf (identities, destinations) is the admin's ``env.trust``.
     Never raises (cancellation aside): an unexpected error (an API read that fails, a bug)
     becomes UNKNOWN with a one-line masked message, the traceback goes to the log. The
     result is masked for secret-shaped text (the chain already masked the run's secrets).
@@ -103,36 +101,33 @@ async def _run_registry_check(
     cache: SingleFlight[Diagnosis] | None,
     on_request: Any,
 ) -> Diagnosis:
-    options = ChainOptions(
-        nameserver=env.nameserver,
+    options = pullpath.chain_options(
+        env,
         timeout=float(spec.timeout_seconds),
-        ca_file=env.ca_file,
         platform=spec.platform,
+        on_request=on_request,
         expect_private_endpoint=spec.network.expect_private_endpoint,
         data_endpoint=spec.network.data_endpoint,
-        on_request=on_request,
-        proxy=env.proxy,
-        no_proxy=env.no_proxy,
     )
     registry = spec.registry.lower()
     mode = spec.auth.mode
     facts = {"registry": registry, "namespace": namespace}
+    key = (image, options)
 
     if mode is AuthMode.ANONYMOUS:
-        return await _cached(
-            cache, registry, ("anon", image, options), lambda: run_chain(Target(registry, image), options)
-        )
+        return await pullpath.anonymous(registry, image, options, key).run(cache, registry)
 
-    if mode in (AuthMode.MANAGED_IDENTITY, AuthMode.WORKLOAD_IDENTITY):
-        source, key = await _identity(spec, namespace, reader, env, mode)
-        if isinstance(source, Diagnosis):
-            return source
-        return await _cached(
-            cache,
-            registry,
-            (key, image, options),
-            lambda: run_chain(Target(registry, image, identity=source), options),
+    if mode is AuthMode.MANAGED_IDENTITY:
+        path = pullpath.managed_identity(registry, image, namespace, spec.auth.client_id, env, options, key)
+        return path if isinstance(path, Diagnosis) else await path.run(cache, registry)
+
+    if mode is AuthMode.WORKLOAD_IDENTITY:
+        sa_name = spec.auth.service_account_name or "default"
+        account = await reader.service_account(namespace, sa_name) if env.trust.workload_identity else None
+        path = pullpath.workload_identity(
+            registry, image, namespace, sa_name, account, spec.auth.client_id, reader, env, options, key
         )
+        return path if isinstance(path, Diagnosis) else await path.run(cache, registry)
 
     secret_names: list[str] = []
     if spec.auth.pull_secrets and mode in (AuthMode.AUTO, AuthMode.PULL_SECRETS):
@@ -145,9 +140,7 @@ async def _run_registry_check(
             return make(Code.PULL_SECRET_MISSING, {**facts, "secret": missing})
         secret_names = service_account_secret_names(account)
     if not secret_names:
-        return await _cached(
-            cache, registry, ("anon", image, options), lambda: run_chain(Target(registry, image), options)
-        )
+        return await pullpath.anonymous(registry, image, options, key).run(cache, registry)
 
     keyring = await read_keyring(reader, namespace, secret_names)
     if keyring.issues:
@@ -155,74 +148,12 @@ async def _run_registry_check(
         issue = keyring.issues[0]
         return make(issue.code, {**facts, "secret": issue.name, "detail": issue.detail})
     matched = creds.for_target(list(keyring.entries), registry, image)
-    cred_key = ("creds", tuple(c.fingerprint for c in matched), image, options)
-    return await _cached(
-        cache,
-        registry,
-        cred_key,
-        lambda: check_credentials(
-            registry,
-            image,
-            matched,
-            options,
-            no_match_facts={
-                "namespace": namespace,
-                "detail": f"secrets {', '.join(secret_names)} have no entry for {registry}",
-            },
-        ),
-    )
-
-
-async def _cached(cache: SingleFlight[Diagnosis] | None, registry: str, key: Any, work: Any) -> Diagnosis:
-    if cache is None:
-        result: Diagnosis = await work()
-        return result
-    return await cache.get(registry, (registry, *key), work)
-
-
-async def _identity(
-    spec: RegistryCheckSpec,
-    namespace: str,
-    reader: ClusterReader,
-    env: Environment,
-    mode: AuthMode,
-) -> tuple[IdentitySource | Diagnosis, str]:
-    facts = {"registry": spec.registry, "namespace": namespace}
-    if mode is AuthMode.MANAGED_IDENTITY:
-        client_id = spec.auth.client_id
-
-        async def imds() -> identity.AadToken:
-            return await identity.managed_identity_token(
-                client_id=client_id, endpoint=env.imds_endpoint, timeout=float(spec.timeout_seconds)
-            )
-
-        return imds, f"mi:{client_id or 'default'}"
-    sa_name = spec.auth.service_account_name or "default"
-    account = await reader.service_account(namespace, sa_name)
-    annotations = ((account or {}).get("metadata") or {}).get("annotations") or {}
-    client_id = spec.auth.client_id or annotations.get(WORKLOAD_CLIENT_ID)
-    tenant_id = annotations.get(WORKLOAD_TENANT_ID) or env.tenant_id
-    if account is None or not client_id or not tenant_id:
-        missing = (
-            "service account not found"
-            if account is None
-            else f"no {WORKLOAD_CLIENT_ID} annotation or spec.auth.clientId"
-            if not client_id
-            else f"no {WORKLOAD_TENANT_ID} annotation and no AZURE_TENANT_ID"
-        )
-        return make(Code.IDENTITY_UNAVAILABLE, {**facts, "detail": f"{namespace}/{sa_name}: {missing}"}), ""
-
-    async def workload() -> identity.AadToken:
-        federated = await reader.service_account_token(namespace, sa_name, WORKLOAD_AUDIENCE)
-        return await identity.workload_identity_token(
-            client_id=str(client_id),
-            tenant_id=str(tenant_id),
-            federated_token=federated,
-            authority=env.aad_authority,
-            timeout=float(spec.timeout_seconds),
-        )
-
-    return workload, f"wi:{namespace}/{sa_name}:{client_id}"
+    no_match = {
+        "namespace": namespace,
+        "detail": f"secrets {', '.join(secret_names)} have no entry for {registry}",
+    }
+    path = pullpath.with_credentials(registry, image, namespace, matched, options, key, no_match)
+    return await path.run(cache, registry)
 
 
 # --- status: pure functions of (diagnosis, previous status)

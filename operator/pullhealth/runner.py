@@ -8,6 +8,7 @@ import importlib
 import kopf
 
 from pullhealth.handlers import startup
+from pullhealth.probes import destinations
 from pullhealth.redact import install_log_redaction
 
 
@@ -22,6 +23,14 @@ def run(args: argparse.Namespace) -> int:
     options.workers = max(1, args.workers)
     options.acr_domains = args.acr_domains
     options.kubelet_client_id = args.kubelet_client_id
+    options.managed_identities = tuple(args.allow_managed_identity)
+    options.workload_identity = args.workload_identity
+    options.arm_audience = args.arm_audience
+    options.allow_cidrs = tuple(args.allow_cidr)
+    options.deny_cidrs = tuple(args.deny_cidr)
+    options.registry_hosts = tuple(args.registry_host)
+    # Bad CIDRs stop the start, with the flag's value named.
+    destinations.parse_networks([*options.allow_cidrs, *options.deny_cidrs])
     importlib.import_module("pullhealth.handlers.registrychecks")
     if options.pods:
         importlib.import_module("pullhealth.handlers.pods")

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from support.world import World
+from support.world import TEST_ALLOW_CIDR, World
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,9 @@ class OperatorProcess:
                 [sys.executable, "-m", "pullhealth", "run", *scope,
                  "--metrics-port", str(self.metrics_port),
                  "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json",
-                 "--kubelet-client-id", self.world.imds_client_id, *self.extra_args],
+                 "--kubelet-client-id", self.world.imds_client_id,
+                 # The test world is on 127.0.0.1, which the default policy refuses.
+                 "--allow-cidr", TEST_ALLOW_CIDR, *self.extra_args],
                 env=env, stdout=out, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout

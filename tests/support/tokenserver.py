@@ -254,6 +254,7 @@ class _TokenHandler(QuietHandler):
             info is None
             or (tenant and tenant != info.tenant)
             or (fx.policy.aad_identities and info.identity not in fx.policy.aad_identities)
+            or (not fx.arm_audience_enabled and "management." in info.audience)
         ):
             self.send_json(
                 401,
@@ -284,6 +285,7 @@ class TokenServer(BackgroundHTTPServer):
         policy: TokenPolicy,
         *,
         hostname: str = "token.test",
+        aliases: tuple[str, ...] = (),
         service: str = "acr.test",
         issuer: str = "pullhealth-test-issuer",
         aad_book: AADTokenBook | None = None,
@@ -291,8 +293,8 @@ class TokenServer(BackgroundHTTPServer):
         alg: str = "RS256",
         expires_in: int = 300,
     ) -> None:
-        """Configure; serves TLS with a pki cert for ``hostname`` and 127.0.0.1."""
-        super().__init__(_TokenHandler, pki.issue([hostname, "127.0.0.1"]))
+        """Configure; serves TLS with a pki cert for ``hostname``, ``aliases`` and 127.0.0.1."""
+        super().__init__(_TokenHandler, pki.issue([hostname, *aliases, "127.0.0.1"]))
         self.hostname = hostname
         self.policy = policy
         self.service = service
@@ -303,6 +305,9 @@ class TokenServer(BackgroundHTTPServer):
         self.expires_in = expires_in
         self.delay = 0.0
         self.allow_get = True
+        # Like `az acr config authentication-as-arm update --status disabled`: the exchange
+        # then refuses AAD tokens whose audience is ARM (management.azure.com).
+        self.arm_audience_enabled = True
         self._refresh: dict[str, str] = {}
         self._lock = threading.Lock()
 

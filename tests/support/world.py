@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pullhealth.probes.destinations import build_policy
+
 from .azure import AADServer, AADTokenBook, IMDSServer, WorkloadApp, make_federated_token
 from .dns import BlackholeDNS, Dnsmasq
 from .httpfixtures import (
@@ -37,6 +39,12 @@ IMDS_NOGRANT_CLIENT_ID = "22222222-2222-4222-8222-222222222222"
 WI_CLIENT_ID = "33333333-3333-4333-8333-333333333333"
 
 
+# The operator's destination policy refuses loopback by default; the test world lives on
+# 127.0.0.1 only, so tests allow exactly that address (attack tests use 127.0.0.2+).
+TEST_ALLOW_CIDR = "127.0.0.1/32"
+TEST_DESTINATIONS = build_policy(allow=[TEST_ALLOW_CIDR])
+
+
 @dataclass(frozen=True)
 class World:
     """Addresses, credentials and handles of the session's servers.
@@ -53,9 +61,10 @@ class World:
     basic: str  # htpasswd Basic auth
     acr: str  # token auth via `token`; anonymous pull allowed on public/* only
     privatelink: str  # pe.azurecr.io -> CNAME pe.privatelink.azurecr.io -> same registry as acr
+    myacr: str  # myacr.azurecr.io: the same registry, and the token realm's host (like ACR)
     leak: str  # leak.azurecr.io -> CNAME -> 203.0.113.10 (public; resolve only!)
     token: str  # token server host:port
-    token_realm: str  # https://token.test:P/oauth2/token
+    token_realm: str  # https://myacr.azurecr.io:P/oauth2/token (the registry's own host, like ACR)
     acr_service: str  # token `service`/aud, "acr.test"
     # misbehaving endpoints
     firewall: str  # HTTPS 403 ACR firewall DENIED body
@@ -114,7 +123,15 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
     )
     tokensrv = stack.enter_context(
         TokenServer(
-            pki, policy, hostname="token.test", service="acr.test", aad_book=book, workdir=root / "token"
+            pki,
+            policy,
+            # ACR serves its token endpoints on the registry's own host: the realm names
+            # myacr.azurecr.io (another port here), so identity exchanges stay on that host.
+            hostname="myacr.azurecr.io",
+            aliases=("token.test",),
+            service="acr.test",
+            aad_book=book,
+            workdir=root / "token",
         )
     )
 
@@ -131,7 +148,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         "acr": Registry(
             "token",
             pki,
-            ["acr.test", "pe.azurecr.io", "pe.privatelink.azurecr.io"],
+            ["acr.test", "myacr.azurecr.io", "pe.azurecr.io", "pe.privatelink.azurecr.io"],
             admin=("admin", "admin-pass"),
             token_realm=tokensrv.realm,
             token_service="acr.test",
@@ -204,6 +221,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
             "other.test",
             "refused.test",
             "pe.privatelink.azurecr.io",
+            "myacr.azurecr.io",
         ]
     }
     a_records["leak.privatelink.azurecr.io"] = LEAK_ADDRESS
@@ -228,6 +246,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         basic=regs["basic"].address,
         acr=regs["acr"].address,
         privatelink=at("pe.azurecr.io", regs["acr"].port),
+        myacr=at("myacr.azurecr.io", regs["acr"].port),
         leak="leak.azurecr.io:443",
         token=at("token.test", tokensrv.port),
         token_realm=tokensrv.realm,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from pullhealth import kube, metrics, podcheck
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
 from pullhealth.handlers.state import State
+from pullhealth.probes.destinations import build_policy
+from pullhealth.trust import TrustPolicy
 
 
 @dataclass
@@ -27,6 +30,28 @@ class Options:
     workers: int = 16
     acr_domains: str = ".azurecr.io,.azurecr.cn,.azurecr.us"
     kubelet_client_id: str | None = None
+    managed_identities: tuple[str, ...] = ()
+    workload_identity: bool = False
+    arm_audience: bool = False
+    allow_cidrs: tuple[str, ...] = ()
+    deny_cidrs: tuple[str, ...] = ()
+    registry_hosts: tuple[str, ...] = ()
+
+    def trust(self, api_server_addresses: tuple[tuple[str, int | None], ...]) -> TrustPolicy:
+        """The admin's trust policy from the flags."""
+        return TrustPolicy(
+            acr_domains=tuple(d.strip() for d in self.acr_domains.split(",") if d.strip()),
+            kubelet_client_id=self.kubelet_client_id,
+            managed_identity_client_ids=frozenset(self.managed_identities),
+            workload_identity=self.workload_identity,
+            arm_audience=self.arm_audience,
+            destinations=build_policy(
+                allow=self.allow_cidrs,
+                deny=self.deny_cidrs,
+                protected=api_server_addresses,
+                hosts=self.registry_hosts,
+            ),
+        )
 
 
 OPTIONS = Options()
@@ -50,10 +75,18 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.batching.error_delays = [1, 5, 15, 30, 60]
     State.kube = kube.KubeWriter()
     State.status = kube.StatusWriter(State.kube.api)
-    State.env = Environment.from_env()
-    State.pod_settings = podcheck.PodSettings(
-        acr_domains=tuple(d.strip() for d in OPTIONS.acr_domains.split(",") if d.strip()),
-        kubelet_client_id=OPTIONS.kubelet_client_id,
+    api_addresses = kube.api_server_addresses(State.kube.api)
+    State.env = dataclasses.replace(Environment.from_env(), trust=OPTIONS.trust(api_addresses))
+    State.pod_settings = podcheck.PodSettings()
+    logger.info(
+        "trust boundary: identities for %s; extra managed identities %d; workload identity %s; "
+        "ARM audience %s; API server addresses refused: %s; allowed CIDRs: %s",
+        ",".join(State.env.trust.acr_domains),
+        len(OPTIONS.managed_identities),
+        "on" if OPTIONS.workload_identity else "off",
+        "on" if OPTIONS.arm_audience else "off",
+        ",".join(f"{a}:{p or '*'}" for a, p in api_addresses) or "none found",
+        ",".join(OPTIONS.allow_cidrs) or "none",
     )
     # Probe chains for pods: at most `per_registry` per registry and `workers` in all; a
     # worker slot is taken only once the registry's slot is held (a slow registry holds at

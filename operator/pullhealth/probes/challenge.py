@@ -10,6 +10,8 @@ from pullhealth.probes.http import Http, Reply
 from pullhealth.probes.net import StepError
 
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_ERROR_MESSAGE = 300
 _CLIENT_IP = re.compile(r"client with IP '([^']+)'")
 
 
@@ -42,14 +44,32 @@ def parse_www_authenticate(value: str) -> Challenge | None:
     return None
 
 
+def printable(text: str, limit: int) -> str:
+    """One line of printable characters, at most ``limit`` long (what may be shown)."""
+    line = "".join(ch if ch.isprintable() else " " for ch in text)
+    return " ".join(line.split())[:limit]
+
+
+def error_code(value: object) -> str:
+    """An error code as shown: a short identifier, else ``?``."""
+    text = str(value) if isinstance(value, str | int) else ""
+    return text if _ERROR_CODE.fullmatch(text) else "?"
+
+
 def error_messages(reply: Reply) -> list[str]:
-    """``code: message`` of each error in an OCI error body (bounded)."""
+    """``code: message`` of each error in an OCI error body (bounded, printable).
+
+    This envelope is the only part of an answer that is ever shown: other bodies (a web
+    server's page, an internal service's answer) are never echoed.
+    """
     doc = reply.json()
     out: list[str] = []
     if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
         for err in doc["errors"][:5]:
             if isinstance(err, dict):
-                out.append(f"{str(err.get('code', '?'))[:64]}: {str(err.get('message', ''))[:300]}")
+                message = err.get("message", "")
+                text = printable(message, MAX_ERROR_MESSAGE) if isinstance(message, str) else ""
+                out.append(f"{error_code(err.get('code', '?'))}: {text}")
     return out
 
 
@@ -61,7 +81,7 @@ def error_codes(reply: Reply) -> set[str]:
 def fail_on_common(reply: Reply, host: str, what: str) -> None:
     """Raise for the answers every registry endpoint can give: 403 rules, 429, 5xx."""
     messages = error_messages(reply)
-    text = "; ".join(messages) or reply.body[:200].decode("utf-8", "replace").strip()
+    text = "; ".join(messages)  # never the raw body: only the OCI error envelope is shown
     if reply.status == 403:
         ip = _CLIENT_IP.search(text)
         if ip or "firewall" in text.lower() or what == "GET /v2/":
@@ -105,7 +125,7 @@ async def probe_challenge(http: Http, registry_host: str) -> Challenge:
             return challenge
         raise StepError(
             Code.CHALLENGE_ERROR,
-            f"GET /v2/ answered 401 with an unusable WWW-Authenticate header {header[:120]!r}",
+            "GET /v2/ answered 401 without a usable Bearer or Basic WWW-Authenticate challenge",
             detail="401 without a Bearer or Basic challenge",
         )
     raise StepError(

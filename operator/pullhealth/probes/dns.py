@@ -19,6 +19,7 @@ import dns.rdatatype
 import dns.resolver
 
 from pullhealth.codes import Code
+from pullhealth.probes.destinations import DestinationPolicy
 
 PRIVATELINK = "privatelink."
 
@@ -86,6 +87,12 @@ def _literal(host: str) -> str | None:
         return None
 
 
+def preferred(found: Lookup) -> str:
+    """The address a dialer tries first: IPv4 preferred."""
+    v4 = [a for a in found.addresses if ":" not in a]
+    return (v4 or list(found.addresses))[0]
+
+
 class Resolver:
     """Resolves names once per chain and remembers the answers.
 
@@ -94,8 +101,11 @@ class Resolver:
         timeout: seconds for one whole lookup (all retries included).
     """
 
-    def __init__(self, nameserver: str | None, timeout: float) -> None:
+    def __init__(
+        self, nameserver: str | None, timeout: float, policy: DestinationPolicy | None = None
+    ) -> None:
         self.timeout = timeout
+        self.policy = policy if policy is not None else DestinationPolicy()
         self._nameserver = parse_nameserver(nameserver) if nameserver else None
         self._cache: dict[str, Lookup] = {}
 
@@ -128,11 +138,18 @@ class Resolver:
         self._cache[host] = result
         return result
 
-    async def address(self, host: str) -> str:
-        """The first address of a host, IPv4 preferred (what a dialer tries first)."""
-        found = await self.lookup(host)
-        v4 = [a for a in found.addresses if ":" not in a]
-        return (v4 or list(found.addresses))[0]
+    async def address(self, host: str, port: int | None = None) -> str:
+        """The address to connect to: the first of a host's, IPv4 preferred (what a dialer
+        tries first), allowed by the destination policy. Every connection the probes open
+        takes its address from here.
+
+        Raises:
+            DnsFailure: as :meth:`lookup`.
+            StepError: DESTINATION_REFUSED when the policy refuses the address.
+        """
+        address = preferred(await self.lookup(host))
+        self.policy.check_address(host, address, port)
+        return address
 
     async def _query(self, host: str, rdtype: str) -> tuple[list[str], list[str]]:
         try:

@@ -133,6 +133,8 @@ class Http:
                 f"the registry sent an unusable URL {self.redactor(url)[:200]!r}",
                 detail="an unusable URL in the registry's answer",
             )
+        # Local names and refused address literals are refused even through a proxy.
+        self._resolver.policy.check_peer_name(host, port or 443)
         try:
             return await asyncio.wait_for(self._send(method, url, parts, host, port, headers, data, params),
                                           self._timeout)
@@ -182,7 +184,7 @@ class Http:
             client, target, extensions = self._proxied, url, {}
         else:
             try:
-                address = await self._resolver.address(host)
+                address = await self._resolver.address(host, parts.port or 443)
             except DnsFailure as exc:
                 raise StepError(exc.code, exc.message, host=host) from None
             netloc = f"[{address}]" if ":" in address else address
@@ -233,8 +235,11 @@ class Http:
                 code = Code.CONNECT_TIMEOUT
             raise StepError(code, f"connecting to {host} failed: {text}", host=host) from None
         except httpx.HTTPError as exc:
+            # The exception text can quote what the server sent: only its kind is shown.
             raise StepError(
-                Code.REGISTRY_ERROR, f"{method} {parts.path} on {host} failed: {exc}", host=host
+                Code.REGISTRY_ERROR,
+                f"{method} {parts.path} on {host} failed: {type(exc).__name__}",
+                host=host,
             ) from None
 
     def _masked(self, reply: Reply) -> Reply:

@@ -21,6 +21,8 @@ from pullhealth.probes.net import StepError
 IMDS_ENDPOINT = "http://169.254.169.254"
 AAD_AUTHORITY = "https://login.microsoftonline.com"
 ARM_RESOURCE = "https://management.azure.com/"
+# An ACR-audience token is worthless outside ACR (a management token is not): asked first.
+ACR_RESOURCE = "https://containerregistry.azure.net"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -30,9 +32,19 @@ class AadToken:
 
     token: str
     source: str
+    audience: str = "ACR"
 
     def __repr__(self) -> str:
-        return f"AadToken(source={self.source!r})"
+        return f"AadToken(source={self.source!r}, audience={self.audience!r})"
+
+
+def audience_name(resource: str) -> str:
+    """``ACR`` or ``ARM`` (what messages call an audience), else the resource itself."""
+    if resource.rstrip("/") == ACR_RESOURCE:
+        return "ACR"
+    if resource.rstrip("/") == ARM_RESOURCE.rstrip("/"):
+        return "ARM"
+    return resource
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -55,7 +67,7 @@ async def managed_identity_token(
     *,
     client_id: str | None,
     endpoint: str = IMDS_ENDPOINT,
-    resource: str = ARM_RESOURCE,
+    resource: str = ACR_RESOURCE,
     timeout: float = 5.0,
 ) -> AadToken:
     """Ask IMDS for a token of the node's managed identity.
@@ -88,7 +100,7 @@ async def managed_identity_token(
             f"IMDS gave no token for {who} ({reason})",
             detail=f"IMDS: {reason}",
         )
-    return AadToken(token, who)
+    return AadToken(token, who, audience_name(resource))
 
 
 async def workload_identity_token(
@@ -97,7 +109,7 @@ async def workload_identity_token(
     tenant_id: str,
     federated_token: str,
     authority: str = AAD_AUTHORITY,
-    scope: str = ARM_RESOURCE + ".default",
+    resource: str = ACR_RESOURCE,
     timeout: float = 5.0,
 ) -> AadToken:
     """Exchange a service account's federated token for an Azure AD token.
@@ -109,7 +121,7 @@ async def workload_identity_token(
     data = {
         "grant_type": "client_credentials",
         "client_id": client_id,
-        "scope": scope,
+        "scope": resource.rstrip("/") + "/.default",
         "client_assertion_type": ASSERTION_TYPE,
         "client_assertion": federated_token,
     }
@@ -130,7 +142,7 @@ async def workload_identity_token(
             f"Azure AD refused {who} ({reason})",
             detail=f"AAD: {reason}",
         )
-    return AadToken(token, who)
+    return AadToken(token, who, audience_name(resource))
 
 
 def _access_token(response: httpx.Response) -> str | None:

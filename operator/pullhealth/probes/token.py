@@ -25,8 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pullhealth.codes import Code
 from pullhealth.credentials import Credential, CredentialKind
-from pullhealth.probes.challenge import Challenge, error_messages, fail_on_common
+from pullhealth.probes.challenge import Challenge, error_code, error_messages, fail_on_common
 from pullhealth.probes.http import Http, Reply
+from pullhealth.probes.identity import AadToken
 from pullhealth.probes.net import StepError
 
 CLIENT_ID = "pullhealth"
@@ -94,6 +95,54 @@ def exchange_url(realm: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
+def _hostname(host_port: str) -> str:
+    return (urlsplit(f"//{host_port}").hostname or host_port).lower().rstrip(".")
+
+
+def realm_elsewhere(realm: str, registry_host: str) -> str | None:
+    """The realm's host[:port] when its host is not the registry's, else None."""
+    parts = urlsplit(realm)
+    if (parts.hostname or "").lower().rstrip(".") == _hostname(registry_host):
+        return None
+    return parts.netloc.rpartition("@")[2] or realm[:100]
+
+
+def check_realm(realm: str, registry_host: str, credential: Credential) -> None:
+    """Refuse to send a credential where the registry's challenge must not send it.
+
+    - Any credential: only over HTTPS (the chain reaches registries over HTTPS only; a
+      plain-HTTP realm would carry the password or token in clear).
+    - An Azure AD token (managed or workload identity): only to the registry's own host,
+      ACR's ``/oauth2/exchange`` beside ``/oauth2/token``. Another host would receive a
+      token of an identity the operator holds.
+
+    A realm on another host over HTTPS is followed for the other credentials (Docker Hub's
+    realm is auth.docker.io): they belong to the namespace that named the registry.
+
+    Raises:
+        StepError: TOKEN_REALM_REFUSED, before anything is sent.
+    """
+    if credential.kind is CredentialKind.ANONYMOUS:
+        return
+    parts = urlsplit(realm)
+    shown = realm[:200]
+    if parts.scheme.lower() != "https":
+        raise StepError(
+            Code.TOKEN_REALM_REFUSED,
+            f"the token realm {shown} is not HTTPS: {credential.describe()} was not sent",
+            realm=shown,
+            detail="the realm is not HTTPS; credentials are never sent in clear",
+        )
+    if credential.kind is CredentialKind.AAD and realm_elsewhere(realm, registry_host):
+        raise StepError(
+            Code.TOKEN_REALM_REFUSED,
+            f"the token realm {shown} is not on the registry's own host {_hostname(registry_host)}: "
+            "an Azure AD token is exchanged only at the registry's own /oauth2/exchange",
+            realm=shown,
+            detail="an Azure AD token is exchanged only at the registry's own host",
+        )
+
+
 def _token_of(reply: Reply) -> str | None:
     doc = reply.json()
     if isinstance(doc, dict):
@@ -112,17 +161,66 @@ def _token_of(reply: Reply) -> str | None:
 
 
 def _why(reply: Reply) -> str:
+    """What a token service's refusal may show: its OCI errors, else its OAuth2 ``error``
+    code; never ``error_description`` or another body (it can echo the request)."""
     messages = error_messages(reply)
     if messages:
         return "; ".join(messages)
     doc = reply.json()
-    if isinstance(doc, dict) and isinstance(doc.get("error_description") or doc.get("error"), str):
-        return str(doc.get("error_description") or doc.get("error"))[:300]
-    return f"HTTP {reply.status}"
+    code = error_code(doc.get("error")) if isinstance(doc, dict) else "?"
+    return f"HTTP {reply.status}" + (f" {code}" if code != "?" else "")
+
+
+async def _exchange(http: Http, url: str, service: str, aad_token: str) -> tuple[str | None, Reply]:
+    """``POST /oauth2/exchange``: an ACR refresh token for an Azure AD token, or None."""
+    data = {"grant_type": "access_token", "service": service, "access_token": aad_token}
+    reply = await http.request("POST", url, data=data)
+    doc = reply.json()
+    refresh = doc.get("refresh_token") if isinstance(doc, dict) and reply.status == 200 else None
+    return (refresh if isinstance(refresh, str) and refresh else None), reply
+
+
+async def _aad_refresh(
+    http: Http, challenge: Challenge, credential: Credential, also: tuple[AadToken, ...]
+) -> str:
+    """Exchange the Azure AD token (and the other audiences' to compare); the refresh token.
+
+    Raises:
+        StepError: TOKEN_EXCHANGE_DENIED, or AAD_AUDIENCE_REJECTED when the registry takes
+            one audience and refuses another.
+    """
+    realm_host = urlsplit(challenge.realm).hostname or challenge.realm
+    url = exchange_url(challenge.realm)
+    refresh, reply = await _exchange(http, url, challenge.service, credential.secret or "")
+    fail_on_common(reply, realm_host, "POST /oauth2/exchange")
+    for other in also:
+        other_refresh, other_reply = await _exchange(http, url, challenge.service, other.token)
+        fail_on_common(other_reply, realm_host, "POST /oauth2/exchange")
+        if (refresh is None) == (other_refresh is None):
+            continue
+        refused = other.audience if refresh else "ACR"
+        taken = "ACR" if refresh else other.audience
+        raise StepError(
+            Code.AAD_AUDIENCE_REJECTED,
+            f"POST /oauth2/exchange took the {taken}-audience token of {credential.describe()} "
+            f"but refused the {refused}-audience one ({_why(other_reply if refresh else reply)})",
+            audience=refused,
+            detail=f"it accepts {taken}-audience tokens only",
+        )
+    if refresh is None:
+        raise StepError(
+            Code.TOKEN_EXCHANGE_DENIED,
+            f"POST /oauth2/exchange refused the Azure AD token of {credential.describe()} ({_why(reply)})",
+        )
+    return refresh
 
 
 async def _bearer(
-    http: Http, challenge: Challenge, credential: Credential, scope: str | None
+    http: Http,
+    challenge: Challenge,
+    credential: Credential,
+    scope: str | None,
+    also: tuple[AadToken, ...] = (),
 ) -> tuple[str, str]:
     """Run the bearer flow for a credential; return (token, flow name)."""
     realm_host = urlsplit(challenge.realm).hostname or challenge.realm
@@ -169,18 +267,7 @@ async def _bearer(
         return token, flow
 
     if kind is CredentialKind.AAD:
-        data = {"grant_type": "access_token", "service": challenge.service, "access_token": secret}
-        reply = await http.request("POST", exchange_url(challenge.realm), data=data)
-        fail_on_common(reply, realm_host, "POST /oauth2/exchange")
-        doc = reply.json()
-        refresh = doc.get("refresh_token") if isinstance(doc, dict) else None
-        if reply.status != 200 or not isinstance(refresh, str) or not refresh:
-            raise StepError(
-                Code.TOKEN_EXCHANGE_DENIED,
-                f"POST /oauth2/exchange refused the Azure AD token of {credential.describe()} "
-                f"({_why(reply)})",
-            )
-        secret, flow_prefix = refresh, "ACR exchange + "
+        secret, flow_prefix = await _aad_refresh(http, challenge, credential, also), "ACR exchange + "
     else:
         flow_prefix = ""
 
@@ -203,12 +290,23 @@ async def probe_token(
     challenge: Challenge,
     credential: Credential,
     repository: str | None,
+    also: tuple[AadToken, ...] = (),
 ) -> Authorization:
     """Obtain the Authorization for pulling ``repository`` (or just log in).
 
+    Args:
+        http: the chain's client.
+        registry_host: the registry's host[:port].
+        challenge: what ``GET /v2/`` asked for.
+        credential: what to authenticate with.
+        repository: the repository to ask pull on, or None to log in only.
+        also: Azure AD tokens of the same identity for other audiences, exchanged only to
+            compare (AAD credentials).
+
     Raises:
         StepError: AUTH_REQUIRED, CREDENTIALS_REJECTED, TOKEN_EXCHANGE_DENIED,
-            PERMISSION_DENIED, or a network/registry code.
+            AAD_AUDIENCE_REJECTED, TOKEN_REALM_REFUSED, PERMISSION_DENIED, or a
+            network/registry code.
     """
     anonymous = credential.kind is CredentialKind.ANONYMOUS
     if challenge.scheme == "none":
@@ -227,8 +325,9 @@ async def probe_token(
             )
         return Authorization(header, "basic")
 
+    check_realm(challenge.realm, registry_host, credential)
     scope = f"repository:{repository}:pull" if repository else None
-    token, flow = await _bearer(http, challenge, credential, scope)
+    token, flow = await _bearer(http, challenge, credential, scope, also)
     granted = granted_actions(token, repository) if repository else None
     if repository and granted is not None and "pull" not in granted and "*" not in granted:
         shown = ",".join(granted) or "nothing"

@@ -1,0 +1,187 @@
+"""Where the chain may connect: one policy, checked on every address before a connect.
+
+The operator probes on behalf of RegistryCheck authors (namespace users) and of pods. Its
+network position is a power they do not have: it reaches the node's loopback services, the
+instance metadata endpoint, the API server. The policy keeps that position out of reach:
+
+- by default it refuses loopback, link-local (IPv4 and IPv6: 169.254.169.254 is there),
+  the metadata address fd00:ec2::254, unspecified, multicast, reserved addresses and the
+  API server's own addresses;
+- private ranges and ClusterIPs stay allowed (private endpoints and in-cluster registries
+  live there);
+- the admin widens or narrows it with allow / deny CIDRs and an optional registry host
+  allow-list (``pullhealth run`` flags, chart values), never through a RegistryCheck.
+
+Every connection the probes open takes its address from :meth:`Resolver.address
+<pullhealth.probes.dns.Resolver.address>`, which asks this policy first: a refused
+destination raises before any packet is sent. Operator-configured endpoints (IMDS, Azure
+AD, the egress proxy) are not registry destinations and are not subject to it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pullhealth.codes import Code
+from pullhealth.probes.net import StepError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud metadata services on addresses that are not link-local.
+_METADATA = (ipaddress.ip_network("fd00:ec2::254/128"),)
+LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) from flags; raises ValueError naming the bad one."""
+    out: list[Network] = []
+    for raw in values:
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(f"not a CIDR or address: {text!r}") from None
+    return tuple(out)
+
+
+def _why_special(ip: Address) -> str | None:
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local or any(ip in n for n in _METADATA if n.version == ip.version):
+        return "link-local (instance metadata and node-local services live there)"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_multicast:
+        return "multicast"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return _why_special(ip.ipv4_mapped)
+    if ip.is_reserved:
+        return "reserved"
+    return None
+
+
+@dataclass(frozen=True)
+class DestinationPolicy:
+    """Which addresses and registry hosts the probes may connect to.
+
+    Attributes:
+        restrict: False turns the policy off (the CLI: its user connects as themselves).
+        allow: CIDRs allowed even when special (loopback in the test world) — checked
+            after ``deny``.
+        deny: CIDRs always refused (admin additions).
+        protected: the API server's own endpoints, ``(address, port)`` with port None for
+            every port; refused even inside ``allow``.
+        hosts: registry host patterns (``*.azurecr.io``); empty means any host.
+    """
+
+    restrict: bool = True
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    protected: tuple[tuple[Address, int | None], ...] = field(default_factory=tuple)
+    hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def unrestricted(cls) -> DestinationPolicy:
+        """No restriction: the CLI, where the user probes with their own powers."""
+        return cls(restrict=False)
+
+    def check_host(self, host: str) -> None:
+        """Refuse a registry host outside the admin's host allow-list (if one is set).
+
+        Raises:
+            StepError: DESTINATION_REFUSED.
+        """
+        name = host.lower().rstrip(".")
+        if self.restrict and self.hosts and not any(fnmatch.fnmatchcase(name, p.lower()) for p in self.hosts):
+            raise StepError(
+                Code.DESTINATION_REFUSED,
+                f"{host} is not in the operator's registry host allow-list",
+                host=host,
+                detail="the host is not in the admin's registry allow-list",
+            )
+
+    def check_peer_name(self, host: str, port: int | None = None) -> None:
+        """For any host the chain is sent to (a token realm too): a local name, or an
+        address literal the policy refuses, is refused even when a proxy would resolve it.
+
+        Raises:
+            StepError: DESTINATION_REFUSED.
+        """
+        if not self.restrict:
+            return
+        name = host.lower().rstrip(".").strip("[]")
+        if name in LOCAL_NAMES:
+            self.check_address(host, "127.0.0.1", port)
+            return
+        try:
+            ipaddress.ip_address(name.split("%", 1)[0])
+        except ValueError:
+            return
+        self.check_address(host, name, port)
+
+    def check_address(self, host: str, address: str, port: int | None = None) -> None:
+        """Refuse a connect to ``address``:``port`` (what ``host`` resolved to).
+
+        Raises:
+            StepError: DESTINATION_REFUSED, before any packet is sent.
+        """
+        if not self.restrict:
+            return
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            raise StepError(
+                Code.DESTINATION_REFUSED,
+                f"{host} resolved to {address!r}, which is not an IP address",
+                host=host,
+                detail="the address is not an IP address",
+            ) from None
+        reason = self._refusal(ip, port)
+        if reason is None:
+            return
+        local = ip.is_loopback and host.lower().rstrip(".") in (*LOCAL_NAMES, address)
+        detail = (
+            f"{host} is the node's own loopback, which the operator cannot see"
+            if local
+            else f"{host} resolves to {ip} ({reason}), which the operator's destination policy refuses"
+        )
+        raise StepError(Code.DESTINATION_REFUSED, detail, host=host, address=str(ip), detail=detail)
+
+    def _refusal(self, ip: Address, port: int | None) -> str | None:
+        if any(ip in n for n in self.deny if n.version == ip.version):
+            return "denied by the admin"
+        if any(ip == a and (p is None or p == port) for a, p in self.protected):
+            return "the Kubernetes API server"
+        if any(ip in n for n in self.allow if n.version == ip.version):
+            return None
+        return _why_special(ip)
+
+
+def build_policy(
+    *,
+    allow: Sequence[str] = (),
+    deny: Sequence[str] = (),
+    protected: Sequence[tuple[str, int | None]] = (),
+    hosts: Sequence[str] = (),
+) -> DestinationPolicy:
+    """The operator's policy from admin settings (flags / chart values) and the API
+    server's endpoints found at start-up."""
+    addresses: list[tuple[Address, int | None]] = []
+    for value, port in protected:
+        try:
+            addresses.append((ipaddress.ip_address(value), port))
+        except ValueError:
+            continue
+    return DestinationPolicy(
+        restrict=True,
+        allow=parse_networks(allow),
+        deny=parse_networks(deny),
+        protected=tuple(addresses),
+        hosts=tuple(h.strip() for h in hosts if h.strip()),
+    )
