@@ -83,7 +83,9 @@ docs/install.md has the same table.
   resources: ["registrychecks/status"]
   verbs: ["get", "patch"]
 # Pods: watched to find containers failing to pull; failing pods are annotated with the
-# diagnosis (pullhealth.io/diagnosis, ...).
+# diagnosis (pullhealth.io/diagnosis, ...). patch could change more than annotations: the
+# chart's ValidatingAdmissionPolicy (security.podAdmissionPolicy) refuses any pod change
+# by this account other than pullhealth.io/* annotations.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
@@ -107,11 +109,14 @@ docs/install.md has the same table.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get"]
-# Workload identity checks: a short-lived token of the ServiceAccount (TokenRequest),
-# exchanged with Azure AD exactly as the pod's token would be.
+{{- if .Values.security.identities.workloadIdentity }}
+# Workload identity checks (security.identities.workloadIdentity): a short-lived token
+# of the ServiceAccount (TokenRequest), exchanged with Azure AD exactly as the pod's token
+# would be. Off by default: with it the operator can mint a token for any account it serves.
 - apiGroups: [""]
   resources: ["serviceaccounts/token"]
   verbs: ["create"]
+{{- end }}
 {{- end }}
 
 {{/*
