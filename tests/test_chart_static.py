@@ -34,8 +34,9 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "secrets"): {"get"},
     ("", "serviceaccounts"): {"get"},
-    ("", "serviceaccounts/token"): {"create"},
 }
+# Only with security.identities.workloadIdentity=true: minting service-account tokens.
+WORKLOAD_IDENTITY_RULE = {("", "serviceaccounts/token"): {"create"}}
 CRD_RULE = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     # cluster-scoped: the platform of the node a failing pod runs on
@@ -58,9 +59,11 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
-def render(helm: str, *sets: str) -> list[dict[str, Any]]:
-    """``helm template`` with ``--set`` values, parsed."""
+def render(helm: str, *sets: str, api_versions: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """``helm template`` with ``--set`` values (and API versions the cluster serves), parsed."""
     args = ["template", RELEASE, str(CHART), "--namespace", RELEASE_NS]
+    for version in api_versions:
+        args += ["--api-versions", version]
     for value in sets:
         args += ["--set", value]
     result = run_helm(helm, *args)
@@ -299,7 +302,7 @@ def test_default_cluster_role_is_exactly_the_documented_rules(helm: str) -> None
 
 
 def test_every_rule_of_every_scenario_is_documented(helm: str) -> None:
-    allowed = {**CRD_RULE, **NAMESPACES_RULE, **NAMESPACED_RULES,
+    allowed = {**CRD_RULE, **NAMESPACES_RULE, **NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE,
                ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS, ("kopf.dev", "kopfpeerings"): PEERING_VERBS}
     for scenario, sets in SCENARIOS.items():
         for role in of_kind(render(helm, *sets), "ClusterRole") + of_kind(render(helm, *sets), "Role"):
@@ -307,6 +310,52 @@ def test_every_rule_of_every_scenario_is_documented(helm: str) -> None:
                 assert key in allowed and verbs <= allowed[key], (scenario, role["kind"], key, verbs)
                 if key == ("", "secrets"):
                     assert verbs == {"get"}, (scenario, "secrets must not be listed or watched")
+
+
+def test_minting_service_account_tokens_only_with_workload_identity(helm: str) -> None:
+    assert ("", "serviceaccounts/token") not in rule_table(one(render(helm), "ClusterRole"))
+    on = render(helm, "security.identities.workloadIdentity=true")
+    assert rule_table(one(on, "ClusterRole")) == {**CRD_RULE, **NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE}
+    assert "--workload-identity" in container(on)["args"]
+    for role in of_kind(render(helm, "security.identities.workloadIdentity=true", *SCENARIOS["watchNamespaces"]),
+                        "Role"):
+        assert rule_table(role) == {**NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE}
+
+
+VAP = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+
+
+def test_pod_admission_policy_when_the_cluster_serves_it(helm: str) -> None:
+    objects = render(helm, api_versions=(VAP,))
+    policy = one(objects, "ValidatingAdmissionPolicy")
+    binding = one(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    sa = one(objects, "ServiceAccount")["metadata"]["name"]
+    [condition] = policy["spec"]["matchConditions"]
+    assert f"system:serviceaccount:{RELEASE_NS}:{sa}" in condition["expression"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["UPDATE"]
+    # Older clusters (no such API) and an explicit opt-out get none.
+    assert not of_kind(render(helm), "ValidatingAdmissionPolicy")
+    assert not of_kind(render(helm, "security.podAdmissionPolicy.enabled=false", api_versions=(VAP,)),
+                       "ValidatingAdmissionPolicy")
+
+
+def test_security_values_render_to_valid_cli_arguments(helm: str) -> None:
+    from pullhealth.cli import _parser
+
+    objects = render(helm, "security.identities.managedIdentityClientIds={11111111-1111-4111-8111-111111111111}",
+                     "security.identities.armAudience=true", "security.destinations.allowCidrs={169.254.0.0/16}",
+                     "security.destinations.denyCidrs={10.1.0.0/16,10.2.0.0/16}",
+                     "security.destinations.registryHosts={*.azurecr.io}", "pods.enabled=false")
+    c = container(objects)
+    parsed = _parser().parse_args([*c["command"][1:], *c["args"]])
+    assert parsed.allow_managed_identity == ["11111111-1111-4111-8111-111111111111"]
+    assert parsed.arm_audience and not parsed.workload_identity
+    assert parsed.allow_cidr == ["169.254.0.0/16"] and parsed.deny_cidr == ["10.1.0.0/16", "10.2.0.0/16"]
+    assert parsed.registry_host == ["*.azurecr.io"]
+    # The ACR domains and kubelet identity are the trust policy's: passed with pods off too.
+    assert parsed.no_pods and parsed.acr_domains == ".azurecr.io,.azurecr.cn,.azurecr.us"
 
 
 def test_reading_secrets_cluster_wide_is_opt_in(helm: str) -> None:
