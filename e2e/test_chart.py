@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from support import guard
+from support.chart import RELEASE, Installed, dump, install_chart, render
 from support.helm import require_helm
 from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
 from support.objects import docker_secret_yaml, regcheck_yaml
@@ -36,76 +37,17 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "pullhealth"
-RELEASE = "e2e-chart"
 
 guard.install()
 
 Waiter = Callable[..., Any]
 
 
-def render(helm: str, namespace: str, *sets: str) -> list[dict[str, Any]]:
-    """``helm template`` with the CRDs, as parsed objects."""
-    args = [helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds"]
-    for value in sets:
-        args += ["--set", value]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-def dump(objects: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(objects, sort_keys=False)
-
-
-class Installed:
-    """The chart applied to the cluster: its namespace, objects and ServiceAccount."""
-
-    def __init__(self, cluster: Cluster, namespace: str, objects: list[dict[str, Any]]) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-        self.objects = objects
-        self.service_account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
-
-    def one(self, kind: str) -> dict[str, Any]:
-        (obj,) = [o for o in self.objects if o["kind"] == kind]
-        return obj
-
-    def token_kubeconfig(self, path: Path, service_account: str | None = None) -> Path:
-        """A kubeconfig that authenticates as the (chart's) ServiceAccount."""
-        token = self.cluster.kubectl(
-            "-n", self.namespace, "create", "token", service_account or self.service_account, "--duration=1h"
-        ).stdout.strip()
-        written: Path = self.cluster.token_kubeconfig(token, path)
-        return written
-
-
 @pytest.fixture(scope="module")
 def installed(dev_cluster: Cluster) -> Iterator[Installed]:
     """The chart with default values, applied like `helm install` would."""
-    helm = require_helm()
-    ns = f"pullhealth-chart-{uuid.uuid4().hex[:6]}"
-    k = dev_cluster.kubectl
-    k("create", "namespace", ns)
-    # The namespace admits only pods that meet the restricted Pod Security Standard.
-    k("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
-      "pod-security.kubernetes.io/warn=restricted")
-    objects = render(helm, ns)
-    crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
-    rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
-    cluster_scoped = [o for o in rest if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    try:
-        k("apply", "--dry-run=server", "-f", "-", stdin=dump(crds))
-        k("apply", "-f", "-", stdin=dump(crds))
-        for crd in crds:
-            k("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
-        dry = k("apply", "--dry-run=server", "-f", "-", stdin=dump(rest))
-        assert "PodSecurity" not in dry.stderr, dry.stderr
-        applied = k("apply", "-f", "-", stdin=dump(rest))
-        assert "Warning" not in applied.stderr, applied.stderr
-        yield Installed(dev_cluster, ns, objects)
-    finally:
-        for obj in cluster_scoped:
-            k("delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found", "--wait=false")
-        k("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+    with install_chart(dev_cluster, require_helm(), "pullhealth-chart") as chart:
+        yield chart
 
 
 def rbac_denials(text: str) -> list[str]:
@@ -150,7 +92,7 @@ def test_operator_works_with_exactly_the_chart_rbac(
     for verb, resource, subresource, expected in (
         ("get", "secrets", "", "yes"), ("list", "secrets", "", "no"), ("watch", "secrets", "", "no"),
         ("patch", "registrychecks.pullhealth.io", "status", "yes"), ("create", "pods", "", "no"),
-        ("delete", "registrychecks.pullhealth.io", "", "no"), ("create", "serviceaccounts", "token", "yes"),
+        ("delete", "registrychecks.pullhealth.io", "", "no"), ("create", "serviceaccounts", "token", "no"),
         ("update", "registrychecks.pullhealth.io", "status", "no"),
     ):
         args = ["auth", "can-i", verb, resource, "-A"] + ([f"--subresource={subresource}"] if subresource else [])
@@ -206,6 +148,37 @@ def test_operator_works_with_exactly_the_chart_rbac(
     assert not rbac_denials(log), rbac_denials(log)[:3]
     for secret in (world.acr_puller[1], world.basic_user[1]):
         assert secret not in log
+
+
+def test_operator_account_can_change_only_its_annotations_on_pods(
+    dev_cluster: Cluster, installed: Installed, namespace: str, tmp_path: Path,
+) -> None:
+    """RBAC grants pods patch; the chart's ValidatingAdmissionPolicy, enforced by the real API
+    server, limits it to pullhealth.io/* annotations."""
+    installed.one("ValidatingAdmissionPolicy")
+    kubeconfig = installed.token_kubeconfig(tmp_path / "operator.kubeconfig")
+    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(
+        config_file=str(dev_cluster.kubeconfig)))
+    make_pod(api, namespace, "victim", "registry.test/team/app:v1", [])
+
+    def patch(body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return dev_cluster.kubectl("-n", namespace, "patch", "pod", "victim", "--type=strategic",
+                                   "-p", json.dumps(body), check=False, kubeconfig=kubeconfig)
+
+    ok = patch({"metadata": {"annotations": {"pullhealth.io/diagnosis": "TAG_NOT_FOUND"}}})
+    assert ok.returncode == 0, ok.stderr
+    for attack in (
+        {"spec": {"containers": [{"name": "app", "image": "attacker.test/evil:1"}]}},
+        {"metadata": {"labels": {"app": "hijacked"}}},
+        {"metadata": {"annotations": {"other.io/owner": "attacker"}}},
+        {"metadata": {"annotations": {"pullhealth.io/diagnosis": None, "kubectl.kubernetes.io/x": "y"}}},
+    ):
+        refused = patch(attack)
+        assert refused.returncode != 0, attack
+        assert "ValidatingAdmissionPolicy" in refused.stderr and "pullhealth" in refused.stderr, refused.stderr
+    pod = api.read_namespaced_pod("victim", namespace)
+    assert pod.spec.containers[0].image == "registry.test/team/app:v1"
+    assert (pod.metadata.annotations or {}).get("pullhealth.io/diagnosis") == "TAG_NOT_FOUND"
 
 
 def test_missing_verb_is_reported_once_and_not_retried_hot(
