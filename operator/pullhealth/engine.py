@@ -43,13 +43,15 @@ from pullhealth.probes.net import (
     tls_handshake,
 )
 from pullhealth.probes.proxy import Proxy, bypasses, open_tunnel
-from pullhealth.probes.token import Authorization, probe_token, realm_elsewhere
+from pullhealth.probes.token import Authorization, check_realm, probe_token, realm_elsewhere
 from pullhealth.redact import Redactor, one_line
 from pullhealth.reference import ImageReference, InvalidReference, check_host, join_host_port, split_host_port
 
 log = logging.getLogger(__name__)
 
 STEPS = ("dns", "tcp", "tls", "challenge", "identity", "token", "manifest")
+# What an identity's token counts as for the realm rules, before one is asked for.
+_IDENTITY = Credential(CredentialKind.AAD, "the identity")
 
 # Gets an Azure AD token of the identity for a resource (audience).
 IdentitySource = Callable[[str], Awaitable[AadToken]]
@@ -304,6 +306,14 @@ async def _steps(
 
     credential = target.credential
     also: tuple[AadToken, ...] = ()
+    if target.identity is not None and challenge.scheme == "bearer":
+        # Where an identity token would go is known now: refuse before asking for one.
+        started = run.begin("token")
+        try:
+            check_realm(challenge.realm, registry_host, _IDENTITY)
+        except StepError as exc:
+            run.fail("token", started, exc.code, exc.message, **exc.facts)
+            return
     if target.identity is not None:
         started = run.begin("identity")
         try:

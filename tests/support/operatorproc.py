@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from support.world import TEST_ALLOW_CIDR, World
@@ -34,11 +34,13 @@ class OperatorProcess:
         extra_args: more ``pullhealth run`` flags.
     """
 
-    def __init__(self, kubeconfig: Path, world: World, log: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, kubeconfig: Path, world: World, log: Path, extra_args: Sequence[str] = (),
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.world = world
         self.log = log
         self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -55,6 +57,7 @@ class OperatorProcess:
             "PULLHEALTH_NAMESERVER": self.world.nameserver,
             "PULLHEALTH_CA_FILE": str(self.world.ca_bundle),
             "PULLHEALTH_IMDS_ENDPOINT": self.world.imds_url,
+            **self.extra_env,
         }
         health = free_port()
         scope = [] if "--namespace" in self.extra_args else ["--all-namespaces"]

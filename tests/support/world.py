@@ -97,6 +97,8 @@ class World:
     dns: Dnsmasq
     tokenserver: TokenServer  # .requests counts per path
     aad_book: AADTokenBook
+    imds: IMDSServer  # .hits counts requests (security tests: no request for refused identities)
+    aad: AADServer  # .apps can take more workload identity apps; .hits counts requests
     registries: Mapping[str, Registry]  # "anon" | "basic" | "acr"
     servers: Mapping[str, StatusServer]  # "firewall", "ratelimit", "broken", ...
     digests: Mapping[str, str]  # "anon.test/library/alpine:3.19" -> manifest digest
@@ -222,8 +224,15 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
             "refused.test",
             "pe.privatelink.azurecr.io",
             "myacr.azurecr.io",
+            # Trust-boundary tests (e2e/test_security.py): an attacker's registry (one name
+            # inside the ACR domains), the host its realm points at, an "internal" service.
+            "evil.test",
+            "evil.azurecr.io",
+            "collector.test",
+            "internal.test",
         ]
     }
+    a_records["internal2.test"] = "127.0.0.2"  # outside the tests' allowed 127.0.0.1/32
     a_records["leak.privatelink.azurecr.io"] = LEAK_ADDRESS
     dnsmasq = stack.enter_context(
         Dnsmasq(
@@ -278,6 +287,8 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         dns=dnsmasq,
         tokenserver=tokensrv,
         aad_book=book,
+        imds=imds,
+        aad=aad,
         registries=regs,
         servers=servers,
         digests=digests,

@@ -117,8 +117,15 @@ class DestinationPolicy:
             return
         name = host.lower().rstrip(".").strip("[]")
         if name in LOCAL_NAMES:
-            self.check_address(host, "127.0.0.1", port)
-            return
+            # Always the node's loopback for an image, never the operator's: no allow-list
+            # makes the operator's own loopback stand in for it.
+            raise StepError(
+                Code.DESTINATION_REFUSED,
+                f"{host} is the node's own loopback: kubelet pulls from the node, and the operator's "
+                "pod cannot see the node's loopback, so it does not probe its own",
+                host=host,
+                detail=f"{host} is the node's own loopback, which the operator cannot see",
+            )
         try:
             ipaddress.ip_address(name.split("%", 1)[0])
         except ValueError:
@@ -145,7 +152,7 @@ class DestinationPolicy:
         reason = self._refusal(ip, port)
         if reason is None:
             return
-        local = ip.is_loopback and host.lower().rstrip(".") in (*LOCAL_NAMES, address)
+        local = reason == "loopback" and host.lower().rstrip(".").strip("[]") in (*LOCAL_NAMES, address)
         detail = (
             f"{host} is the node's own loopback, which the operator cannot see"
             if local
