@@ -138,6 +138,39 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
         dev_cluster.kubectl("delete", "namespace", other, "--wait=false", "--ignore-not-found")
 
 
+def test_operator_network_failing_earlier_than_the_node_keeps_the_message(
+        operator: Any, world: World, namespace: str, api: Any, wait_for: Any) -> None:
+    # The node got a 401 from the token service; the operator's resolver does not know the
+    # registry (NXDOMAIN): a vantage difference, not the cause. The text is a public one
+    # (tests/data/public_messages.jsonl, docker-library/tomcat#321) naming the pod's image.
+    image = f"{world.missing}/team/vantage:v1"
+    pod = make_pod(api, namespace, "vantage", image)
+    fail_pull(api, namespace, pod, image, f'Failed to pull image "{image}": {image}: failed to authorize: '
+              "failed to fetch anonymous token: unexpected status: 401")
+    got = wait_for(lambda: annotations(api, namespace, "vantage").get("pullhealth.io/diagnosis"),
+                   "diagnosis of vantage", timeout=60)
+    assert got == "AUTH_REQUIRED", annotations(api, namespace, "vantage")
+    cause = annotations(api, namespace, "vantage")["pullhealth.io/probable-cause"]
+    assert "the operator's own network could not reach missing.test" in cause
+    [event] = our_events(api, namespace, "vantage")
+    assert event.message.startswith("AUTH_REQUIRED: ")
+    assert 'pullhealth_pod_vantage_differences_total{layer="dns"}' in operator.metrics()
+
+
+def test_proxy_text_is_proxy_error(operator: Any, world: World, namespace: str, api: Any, wait_for: Any) -> None:
+    # The node's runtime could not reach its egress proxy (kubernetes-sigs/kind#1459's text);
+    # the operator reaches the registry directly and finds it healthy: the message decides.
+    image = f"{world.anon}/library/alpine:3.19"
+    pod = make_pod(api, namespace, "proxied", image)
+    fail_pull(api, namespace, pod, image, f'Failed to pull image "{image}": failed to pull and unpack image '
+              f'"{image}": failed to resolve reference "{image}": failed to do request: Head '
+              f'https://{world.anon}/v2/library/alpine/manifests/3.19: proxyconnect tcp: dial tcp '
+              "127.0.0.1:7890: connect: connection refused")
+    got = wait_for(lambda: annotations(api, namespace, "proxied").get("pullhealth.io/diagnosis"),
+                   "diagnosis of proxied", timeout=60)
+    assert got == "PROXY_ERROR", annotations(api, namespace, "proxied")
+
+
 def test_init_container_failure_is_diagnosed(operator: Any, world: World, namespace: str, api: Any,
                                              wait_for: Any) -> None:
     image = f"{world.anon}/team/app:init-missing"

@@ -107,11 +107,13 @@ def combine(message: Diagnosis, probed: Diagnosis | None, reached: Layer | None 
     """Merge what the kubelet message says with what the probes found.
 
     The probe result wins when it is a failure at the layer the node reached or a later
-    one: it was observed on the pod's own path now. A probe that failed at an *earlier*
-    layer than the node reached (``reached``: the layer of the message's failure) shows a
-    difference of vantage point, not the cause: the operator probes from its own pod
-    network, kubelet pulls from the node's. The message's code is then kept, the probe's
-    checks are kept as evidence and a ``vantage`` check says what the operator could not
+    one: it was observed on the pod's own path now. A probe that could not reach the
+    registry (DNS, TCP or TLS failed) where the node got further (``reached``: the layer of
+    the message's failure) shows a difference of vantage point, not the cause: the
+    operator probes from its own pod network, kubelet pulls from the node's. A probe that
+    got an HTTP answer reached the registry; its answer refines the message as usual.
+    On a vantage difference the message's code is kept, the probe's checks are kept as
+    evidence and a ``vantage`` check says what the operator could not
     reach. A healthy probe result keeps the message's code (the failure may be node-local
     or transient) but carries the checks as evidence.
     """
@@ -120,7 +122,7 @@ def combine(message: Diagnosis, probed: Diagnosis | None, reached: Layer | None 
     if probed.code is Code.OK:
         return message.model_copy(update={"checks": probed.checks})
     failed = failed_layer(probed.checks)
-    if reached is not None and failed is not None and failed[1] < reached:
+    if reached is not None and failed is not None and failed[1] < min(reached, Layer.HTTP):
         return _vantage(message, probed, failed[0], failed[1], reached)
     facts = {**message.facts, **probed.facts}
     candidates = [c for c in message.candidates if c is not probed.code]

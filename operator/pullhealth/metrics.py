@@ -57,6 +57,14 @@ PROBE_REQUESTS = Counter(
     ["registry", "probe"],
     registry=REGISTRY,
 )
+POD_VANTAGE_DIFFERENCES = Counter(
+    "pullhealth_pod_vantage_differences",
+    "Pod diagnoses where the operator's own probe failed at an earlier layer than kubelet's "
+    "message shows the node reached (the operator's network cannot reach the registry), by "
+    "the layer the probe failed at (dns, tcp, tls, http, token).",
+    ["layer"],
+    registry=REGISTRY,
+)
 PATCH_FORBIDDEN = Counter(
     "pullhealth_patch_forbidden",
     "Writes the operator's RBAC did not allow (logged once per object, not retried).",

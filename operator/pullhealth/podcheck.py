@@ -234,7 +234,9 @@ async def _diagnose_container(
     message = make(message.code, facts, candidates=message.candidates)
 
     probed = await _probe(pod, image, platform, namespace, reader, env, settings, cache, on_request)
-    return PodResult(container, combine(message, probed), image.registry)
+    # How far the node got decides whether an earlier probe failure is the operator's own
+    # network (a vantage difference) or the cause (diagnose.combine).
+    return PodResult(container, combine(message, probed, classify.reached(text)), image.registry)
 
 
 async def _probe(

@@ -14,6 +14,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from pullhealth import kube, metrics, podcheck
+from pullhealth.diagnose import vantage_layer
 from pullhealth.handlers.state import State
 from pullhealth.registrycheck import now_rfc3339
 
@@ -87,6 +88,10 @@ async def pod_event(
         return
     if results:
         metrics.DIAGNOSES.labels(results[0].diagnosis.code.value).inc()
+        for result in results:
+            layer = vantage_layer(result.diagnosis)
+            if layer is not None:
+                metrics.POD_VANTAGE_DIFFERENCES.labels(layer).inc()
         logger.info("diagnosed %s: %s", results[0].container.name, results[0].diagnosis.code.value)
     if plan.event_type and plan.event_reason and plan.event_message:
         kopf.event(body, type=plan.event_type, reason=plan.event_reason, message=plan.event_message)
