@@ -87,6 +87,42 @@ class StatusServer(BackgroundHTTPServer):
         self.headers = dict(headers or {})
 
 
+class _RoutedHandler(QuietHandler):
+    def _answer(self) -> None:
+        fx: RoutedServer = self.fixture
+        self.server.count(self.route)
+        self.read_body()
+        for suffix, (status, body, headers) in fx.routes.items():
+            if self.route.endswith(suffix):
+                payload, content_type = _as_bytes(body)
+                self.send_bytes(status, payload, headers, content_type)
+                return
+        self.send_bytes(404, b"404 page not found\n", None, "text/plain; charset=utf-8")
+
+    do_GET = do_HEAD = do_POST = _answer
+
+
+class RoutedServer(BackgroundHTTPServer):
+    """Answers by path suffix (first match wins), else a plain-text 404 like a web server's.
+
+    Args:
+        routes: path suffix -> (status, body, headers); body as for :class:`StatusServer`.
+        cert: ``(cert_path, key_path)`` for HTTPS.
+
+    ``hits`` counts requests by path.
+    """
+
+    def __init__(
+        self,
+        routes: Mapping[str, tuple[int, bytes | str | Mapping[str, Any], Mapping[str, str]]],
+        *,
+        cert: tuple[Path, Path],
+    ) -> None:
+        """Configure the routes; nothing listens until :meth:`start`."""
+        super().__init__(_RoutedHandler, cert)
+        self.routes = dict(routes)
+
+
 def untrusted_tls_server(pki: PKI, hosts: list[str]) -> StatusServer:
     """A registry-looking HTTPS server whose cert chains to the *untrusted* CA."""
     return StatusServer(200, {}, REGISTRY_HEADERS, cert=pki.issue_untrusted([*hosts, LOOPBACK]))
