@@ -189,7 +189,9 @@ def test_values_schema_accepts_the_defaults_and_rejects_mistakes() -> None:
     assert validate(values, schema) == []
     for bad in ({"logFormat": "xml"}, {"replicaCount": "two"}, {"rbac": {"create": "yes"}},
                 {"watchNamespace": ["a"]}, {"watchNamespaces": ["Not_A_Namespace"]},
-                {"prometheusRule": {"registryCheckUnhealthyFor": "ten minutes"}}):
+                {"prometheusRule": {"registryCheckUnhealthyFor": "ten minutes"}},
+                {"networkPolicy": {"enabled": "yes"}}, {"networkPolicy": {"registryPorts": [70000]}},
+                {"networkPolicy": {"registryPorts": []}}):
         assert validate({**values, **{k: ({**values[k], **v} if isinstance(v, dict) and k in values else v)
                                       for k, v in bad.items()}}, schema), bad
 
@@ -218,6 +220,7 @@ SCENARIOS = {
     "peeringNamespaces": ["peering.enabled=true", "watchNamespaces={a,b}"],
     "monitoring": ["prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true",
                    "grafanaDashboard.enabled=true"],
+    "networkPolicy": ["networkPolicy.enabled=true"],
 }
 
 
@@ -423,3 +426,37 @@ def test_proxy_values_become_the_operator_environment(helm: str) -> None:
     assert env_of("proxy.fromEnvironment=true")["PULLHEALTH_PROXY"] == "env"
     both = env_of("proxy.fromEnvironment=true", "proxy.url=http://proxy.corp:3128", "proxy.noProxy=.svc")
     assert both["PULLHEALTH_PROXY"] == "http://proxy.corp:3128" and both["PULLHEALTH_NO_PROXY"] == ".svc"
+
+
+def _egress_ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
+    return {(p["protocol"], p["port"]) for p in rule.get("ports", [])}
+
+
+def test_network_policy_is_off_by_default_and_one_value_turns_it_on(helm: str) -> None:
+    assert not of_kind(render(helm), "NetworkPolicy")
+    objects = render(helm, "networkPolicy.enabled=true")
+    policy = one(objects, "NetworkPolicy")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["metadata"]["namespace"] == RELEASE_NS
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    # Egress only: ingress (Prometheus scraping /metrics) is not restricted.
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    rules = policy["spec"]["egress"]
+    dns, registries, api, imds = rules
+    assert _egress_ports(dns) == {("UDP", 53), ("TCP", 53)} and "to" not in dns
+    assert _egress_ports(registries) == {("TCP", 443)}
+    assert [peer["ipBlock"]["cidr"] for peer in registries["to"]] == ["0.0.0.0/0", "::/0"]
+    assert _egress_ports(api) == {("TCP", 443), ("TCP", 6443)} and "to" not in api
+    assert imds["to"] == [{"ipBlock": {"cidr": "169.254.169.254/32"}}] and _egress_ports(imds) == {("TCP", 80)}
+
+
+def test_network_policy_values_narrow_it(helm: str) -> None:
+    objects = render(helm, "networkPolicy.enabled=true", "networkPolicy.dns=false", "networkPolicy.imds=false",
+                     "networkPolicy.registryPorts={443,5000,3128}", "networkPolicy.registryCidrs={10.20.0.0/16}",
+                     "networkPolicy.apiServerCidrs={10.0.0.1/32}", "networkPolicy.apiServerPorts={443}",
+                     "networkPolicy.extraEgress[0].ports[0].port=9000")
+    registries, api, extra = one(objects, "NetworkPolicy")["spec"]["egress"]
+    assert _egress_ports(registries) == {("TCP", 443), ("TCP", 5000), ("TCP", 3128)}
+    assert registries["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}] and _egress_ports(api) == {("TCP", 443)}
+    assert extra == {"ports": [{"port": 9000}]}
