@@ -19,6 +19,7 @@ from typing import Any
 import kubernetes
 import pytest
 
+from pullhealth.codes import Code
 from support.kubelet import (
     annotations,
     docker_secret,
@@ -278,3 +279,46 @@ def test_the_pods_node_platform_is_checked(operator: Any, world: World, namespac
     fail_pull(api, namespace, ok_pod, image, kubelet_message("tag_not_found", image))
     got = wait_for(lambda: annotations(api, namespace, "on-amd").get("pullhealth.io/diagnosis"), "diagnosis")
     assert got == "IMAGE_NOT_FOUND"  # the probe finds the image: the message's code stays
+
+
+def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
+        dev_cluster: Any, world: World, namespace: str, api: Any) -> None:
+    # The operator configured with the runtime's proxy (--proxy / PULLHEALTH_PROXY) diagnoses
+    # the pod's pull through Debian's tinyproxy, in-process against the real API server.
+    # Go reports a refused CONNECT with the proxy's status text only ("Forbidden"), which
+    # alone reads as a registry 403; the probe through the proxy finds the proxy.
+    import asyncio
+
+    from pullhealth.cluster import Environment
+    from pullhealth.coalesce import SingleFlight
+    from pullhealth.kube import KubeReader
+    from pullhealth.model import Diagnosis
+    from pullhealth.podcheck import PodSettings, diagnose_pod
+    from pullhealth.probes.proxy import parse_proxy
+    from support.kubelet import NODE
+    from support.proxy import TinyProxy
+
+    port = int(world.anon.rsplit(":", 1)[1])
+    image = f"127.0.0.1:{port}/library/alpine:3.19"
+    reader = KubeReader(kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig)))
+
+    def diagnose(proxy: str, tail: str) -> Diagnosis:
+        message = (f'Failed to pull image "{image}": failed to pull and unpack image "{image}": failed to '
+                   f'resolve reference "{image}": failed to do request: Head "https://127.0.0.1:{port}/v2/'
+                   f'library/alpine/manifests/3.19": {tail}')
+        pod = {"metadata": {"name": "behind-proxy", "namespace": namespace},
+               "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": image}]},
+               "status": {"containerStatuses": [{"name": "app", "state": {"waiting": {
+                   "reason": "ErrImagePull", "message": message}}}]}}
+        env = Environment(nameserver=world.nameserver, ca_file=str(world.ca_bundle), proxy=parse_proxy(proxy))
+        cache: SingleFlight[Diagnosis] = SingleFlight(ttl=1.0)
+        [result] = asyncio.run(diagnose_pod(pod, [message], reader, env, PodSettings(timeout=3.0), cache))
+        return result.diagnosis
+
+    with TinyProxy([port + 1 if port < 65535 else port - 1]) as refusing:
+        refused = diagnose(refusing.address, "Forbidden")
+        assert refused.code is Code.PROXY_ERROR, refused.checks
+        assert "refused CONNECT" in refused.summary
+    with TinyProxy([port], basic_auth=("proxyuser", "proxy-s3cret")) as authenticating:
+        wants = diagnose(authenticating.address, "Proxy Authentication Required")
+        assert wants.code is Code.PROXY_ERROR and "demands proxy credentials" in wants.summary

@@ -81,3 +81,18 @@ async def test_message_without_a_layer_lets_the_probe_decide(world: Any) -> None
     probed = await _probe(world, ref)
     d = _diagnose('Back-off pulling image "missing.test/team/app:v1"', probed)
     assert d.code is Code.DNS_NXDOMAIN and vantage_layer(d) is None
+
+
+def test_a_failing_egress_proxy_is_the_cause_not_a_vantage_difference() -> None:
+    # Go reports a proxy's refused CONNECT as the bare status text; the probe went through
+    # the same proxy the runtime uses and found it: the probe decides.
+    from pullhealth.diagnose import make
+    from pullhealth.model import CheckResult
+
+    checks = [CheckResult(name="dns", status=StepStatus.PASSED), CheckResult(name="tcp", status=StepStatus.PASSED),
+              CheckResult(name="tls", status=StepStatus.FAILED, code=Code.PROXY_ERROR, message="refused CONNECT")]
+    probed = make(Code.PROXY_ERROR, {"proxy": "10.0.0.9:3128", "host": "r.io"}, checks=checks)
+    text = 'failed to do request: Head "https://r.io/v2/a/manifests/1": Forbidden'
+    assert classify(text).code is Code.PERMISSION_DENIED
+    d = _diagnose(text, probed)
+    assert d.code is Code.PROXY_ERROR and vantage_layer(d) is None

@@ -122,7 +122,10 @@ def combine(message: Diagnosis, probed: Diagnosis | None, reached: Layer | None 
     if probed.code is Code.OK:
         return message.model_copy(update={"checks": probed.checks})
     failed = failed_layer(probed.checks)
-    if reached is not None and failed is not None and failed[1] < min(reached, Layer.HTTP):
+    # The egress proxy is on the runtime's path too (--proxy mirrors it): its failure is
+    # the cause, not the operator's vantage point.
+    own_network = probed.code is not Code.PROXY_ERROR
+    if own_network and reached is not None and failed is not None and failed[1] < min(reached, Layer.HTTP):
         return _vantage(message, probed, failed[0], failed[1], reached)
     facts = {**message.facts, **probed.facts}
     candidates = [c for c in message.candidates if c is not probed.code]
