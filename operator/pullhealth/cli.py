@@ -64,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--nameserver", metavar="HOST[:PORT]", help="DNS server to ask instead of the system's"
     )
-    check.add_argument("--timeout", type=float, default=10.0, help="seconds per network call (default 10)")
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds the whole check may take, all steps included (default 10)",
+    )
     check.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default linux/amd64)")
     check.add_argument(
         "--expect-private-endpoint",
