@@ -114,3 +114,26 @@ async def test_invalid_targets_become_diagnoses_not_exceptions(world: Any) -> No
     for registry in ["h.test:99999", "a." + "x" * 64 + ".test", "a..b.test"]:
         d = await run_chain(Target(registry), opts)
         assert d.code is Code.INVALID_IMAGE_NAME, (registry, d)
+
+
+def test_parsers_of_registry_input_validate_types() -> None:
+    import base64 as b64
+
+    from pullhealth.probes.challenge import parse_www_authenticate
+    from pullhealth.probes.manifest import platform_of
+    from pullhealth.probes.token import granted_actions
+
+    def jwt(claims: object) -> str:
+        body = b64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        return f"eyJhbGciOiJub25lIn0.{body}.sig"
+
+    for access in ["pull", 42, {"type": "repository"}, None]:
+        assert granted_actions(jwt({"access": access}), "team/app") is None
+    weird = [{"type": "repository", "name": "team/app", "actions": "pull"},
+             {"type": "repository", "name": "team/app", "actions": ["pull", 7, None]}]
+    assert granted_actions(jwt({"access": weird}), "team/app") == ("pull",)
+    for realm in ["https://[x", "https://h.test:99999/t", "ftp://h.test/t", "https://", "https://hé.test/t"]:
+        assert parse_www_authenticate(f'Bearer realm="{realm}",service="s"') is None, realm
+    assert parse_www_authenticate('Bearer realm="https://[fd00::1]:5000/token",service="s"') is not None
+    assert platform_of({"platform": {"os": ["linux"], "architecture": "amd64"}}) is None
+    assert platform_of({"platform": {"os": "linux", "architecture": "arm64", "variant": 8}}) == "linux/arm64"
