@@ -365,3 +365,13 @@ async def test_manifest_unknown_on_a_registry_without_tag_list_is_tag_not_found(
         # a tag list that answers NAME_UNKNOWN still says the repository is missing
         gone = await _check(world, f"127.0.0.1:{server.port}/team/gone:v1")
         assert gone.code is Code.REPOSITORY_NOT_FOUND, gone.checks
+
+
+async def test_reset_during_the_handshake_names_a_middlebox(world: Any) -> None:
+    from support.httpfixtures import ResetOnHelloServer
+
+    with ResetOnHelloServer() as server:
+        d = await _check(world, f"127.0.0.1:{server.port}/team/app:v1")
+    assert d.code is Code.FIREWALL_FORBIDDEN, d.checks
+    assert _statuses(d)["tcp"] == "passed" and _statuses(d)["tls"] == "failed"
+    assert "reset during the TLS handshake" in d.summary and "TLS-inspecting proxy" in d.summary

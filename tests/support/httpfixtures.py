@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import struct
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -248,6 +249,36 @@ class SilentServer(_Holder):
     def __init__(self) -> None:
         """Prepare; binds on :meth:`start`."""
         super().__init__(backlog=64, accept=True)
+
+
+class ResetOnHelloServer(_Holder):
+    """Accepts, reads the client's first bytes (the TLS ClientHello) and answers with a
+    TCP RST (SO_LINGER 0), as firewalls, DPI and TLS-inspecting middleboxes do."""
+
+    def __init__(self) -> None:
+        """Prepare; binds on :meth:`start`."""
+        super().__init__(backlog=16, accept=True)
+
+    def _loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select([self._sock, *self._held], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            for s in readable:
+                try:
+                    if s is self._sock:
+                        conn, _ = s.accept()
+                        self._held.append(conn)
+                        self.connections += 1
+                        continue
+                    s.recv(65536)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self._held.remove(s)
+                    s.close()
+                except OSError:
+                    pass
 
 
 class BacklogFullListener(_Holder):
