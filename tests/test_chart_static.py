@@ -272,7 +272,8 @@ def test_default_render(helm: str) -> None:
     c = container(objects)
     assert c["image"] == "pullhealth:0.1.0"
     assert c["command"] == ["pullhealth", "run"]
-    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--liveness=http://0.0.0.0:8081/healthz",
+    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-bind-address=0.0.0.0",
+                         "--liveness=http://0.0.0.0:8081/healthz",
                          "--log-format=json", "--pod-interval=60", "--per-registry=4", "--workers=16",
                          "--acr-domains=.azurecr.io,.azurecr.cn,.azurecr.us"]
     # Every argument the chart passes is one `pullhealth run` accepts.
@@ -381,14 +382,31 @@ def _metric_names() -> set[str]:
 def test_monitoring_objects(helm: str) -> None:
     objects = render(helm, *SCENARIOS["monitoring"])
     rules = {r["alert"]: r for r in one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]}
-    assert rules["PullhealthRegistryCheckUnhealthy"]["expr"] == "pullhealth_registry_check_healthy == 0"
+    assert sorted(rules) == ["PullhealthOperatorAbsent", "PullhealthPodsFailingImagePulls",
+                             "PullhealthRegistryCheckStale", "PullhealthRegistryCheckUnhealthy"]
     assert rules["PullhealthRegistryCheckUnhealthy"]["for"] == "10m"
-    assert rules["PullhealthPodsFailingImagePulls"]["expr"] == "sum by (namespace, code) (pullhealth_pod_pull_failures) > 0"
     assert rules["PullhealthPodsFailingImagePulls"]["for"] == "5m"
+    assert rules["PullhealthOperatorAbsent"]["for"] == "5m"
+    assert rules["PullhealthRegistryCheckStale"]["for"] == "5m"
+    for rule in rules.values():
+        assert rule["labels"]["severity"] == "warning"
+        assert rule["annotations"]["runbook_url"].startswith("https://github.com/pullhealth/pullhealth/blob/main/docs/")
+    # The runbook sections exist: docs/alerting.md has one per alert, codes.md one per code.
+    alerting = (ROOT / "docs" / "alerting.md").read_text()
+    for name in rules:
+        assert f"\n## {name}\n" in alerting, name
+    assert rules["PullhealthPodsFailingImagePulls"]["annotations"]["runbook_url"].endswith(
+        "/codes.md#{{ $labels.code | toLower }}")
+    # The operator's own pod labels are aggregated away (the alert survives a restart).
+    assert rules["PullhealthRegistryCheckUnhealthy"]["expr"].startswith("max by (namespace, name, registry)")
+    assert rules["PullhealthRegistryCheckUnhealthy"]["keep_firing_for"] == "3m"
     monitor = one(objects, "ServiceMonitor")
     service = one(objects, "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    # OperatorAbsent looks for the job Prometheus Operator names after the Service.
+    assert f'job="{service["metadata"]["name"]}"' in rules["PullhealthOperatorAbsent"]["expr"]
     dashboard = one(objects, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     board = json.loads(dashboard["data"]["pullhealth.json"])

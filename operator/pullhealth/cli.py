@@ -107,6 +107,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
     run.add_argument(
+        "--metrics-bind-address",
+        default="0.0.0.0",
+        help="address /metrics listens on (default 0.0.0.0, every interface: Prometheus scrapes "
+        "the pod IP; 127.0.0.1 keeps it local, e.g. behind an authenticating proxy sidecar)",
+    )
+    run.add_argument(
+        "--metrics-registries",
+        default="",
+        help="comma-separated registries labelled by name in metrics besides those RegistryChecks "
+        "name; any other registry is counted as 'other' (bounded labels)",
+    )
+    run.add_argument(
         "--liveness",
         default="http://0.0.0.0:8081/healthz",
         help="liveness endpoint URL (default http://0.0.0.0:8081/healthz)",

@@ -380,6 +380,27 @@ def event_message(diagnosis: Diagnosis) -> str:
     return text[:1024]
 
 
+def recorded_failures(pod: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(namespace, registry, code) of the diagnosis annotated on a pod that still fails.
+
+    What an operator that just restarted knows before re-diagnosing the pod: the
+    annotated container, if it still waits on a pull, with the recorded code.
+    """
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    code, name = annotations.get(ANN_DIAGNOSIS), annotations.get(ANN_CONTAINER)
+    if code not in {c.value for c in Code}:
+        return []
+    for container in failing_containers(pod):
+        if container.name == name:
+            try:
+                registry = parse(container.image).registry
+            except InvalidReference:
+                registry = "unknown"
+            return [(str(meta.get("namespace") or ""), registry, str(code))]
+    return []
+
+
 def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -> Writeback:
     """Idempotent: the same diagnosis on the same container changes nothing."""
     current = (pod.get("metadata") or {}).get("annotations") or {}

@@ -15,6 +15,8 @@ def run(args: argparse.Namespace) -> int:
     """Start kopf with pullhealth's handlers; returns when the operator stops."""
     options = startup.OPTIONS
     options.metrics_port = args.metrics_port
+    options.metrics_bind_address = args.metrics_bind_address
+    options.metrics_registries = tuple(r.strip() for r in args.metrics_registries.split(",") if r.strip())
     options.peering = args.peering
     options.pods = not args.no_pods
     options.pod_interval = max(0.0, args.pod_interval)

@@ -58,10 +58,13 @@ class OperatorProcess:
         }
         health = free_port()
         scope = [] if "--namespace" in self.extra_args else ["--all-namespaces"]
+        # The world's registries are labelled by name in metrics (any other host is "other").
+        named = [] if "--metrics-registries" in self.extra_args else [
+            "--metrics-registries", ",".join((self.world.anon, self.world.basic, self.world.acr))]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pullhealth", "run", *scope,
-                 "--metrics-port", str(self.metrics_port),
+                 "--metrics-port", str(self.metrics_port), "--metrics-bind-address", "127.0.0.1", *named,
                  "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json",
                  "--kubelet-client-id", self.world.imds_client_id, *self.extra_args],
                 env=env, stdout=out, stderr=subprocess.STDOUT,

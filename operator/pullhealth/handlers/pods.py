@@ -42,6 +42,8 @@ async def pod_event(
     if event.get("type") == "DELETED":
         metrics.POD_FAILURES.forget(uid)
         return
+    # First sight since start-up: the recorded diagnosis counts until the pod is re-diagnosed.
+    metrics.POD_FAILURES.seed_from_annotations(body)
     client = State.kube
     if client is None or State.pod_pool is None or not namespace or not name:
         return  # start-up has not finished

@@ -48,6 +48,7 @@ async def registry_check_tick(
     try:
         parsed, image = registrycheck.parse_spec(dict(spec))
     except registrycheck.InvalidSpec as exc:
+        metrics.export_registry_check(namespace, name, uid, None, None, previous)
         if previous.get("phase") == Phase.INVALID.value and previous.get("observedGeneration") == generation:
             return  # already reported for this generation: no retry storm
         if _ran_recently(uid, generation, 300):
@@ -57,6 +58,10 @@ async def registry_check_tick(
             kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1024])
         logger.warning("invalid spec: %s", exc)
         return
+    # Level-triggered metrics: the gauges say what the status says, from the first tick
+    # after a restart on (no re-check needed to bring them back).
+    scheduled = None if parsed.suspend else parsed.interval_seconds
+    metrics.export_registry_check(namespace, name, uid, parsed.registry, scheduled, previous)
     if parsed.suspend:
         return
     if not registrycheck.is_due(previous, generation, parsed.interval_seconds, now):
@@ -79,17 +84,16 @@ async def registry_check_tick(
     )
     finished = datetime.now(UTC)
     new = registrycheck.build_status(diagnosis, previous, generation, registrycheck.now_rfc3339(finished))
-    metrics.record_registry_check(
+    metrics.record_registry_check_run(
         namespace,
         name,
-        parsed.registry,
+        uid,
         diagnosis.code.value,
-        diagnosis.healthy,
         {c.name: c.duration_ms / 1000 for c in diagnosis.checks if c.status is not StepStatus.SKIPPED},
-        time.time(),
     )
     if not await _write(namespace, name, new, logger):
-        return
+        return  # the gauges keep the status' values: an unwritten result is not shown anywhere
+    metrics.export_registry_check(namespace, name, uid, parsed.registry, parsed.interval_seconds, new)
     if registrycheck.result_changed(previous, new):
         if diagnosis.healthy:
             kopf.event(body, type="Normal", reason="CheckSucceeded", message=diagnosis.summary[:1024])
@@ -143,6 +147,7 @@ async def _write(
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-async def registry_check_deleted(*, namespace: str | None, name: str, **_: Any) -> None:
-    """Drop the deleted RegistryCheck's metric series."""
-    metrics.forget_registry_check(namespace or "default", name)
+async def registry_check_deleted(*, namespace: str | None, name: str, uid: str | None, **_: Any) -> None:
+    """Drop the deleted RegistryCheck's metric series (for good, even if a run is in flight)."""
+    namespace = namespace or "default"
+    metrics.forget_registry_check(namespace, name, uid or f"{namespace}/{name}")

@@ -20,6 +20,8 @@ class Options:
     """Set by ``pullhealth run`` before kopf starts."""
 
     metrics_port: int = 8080
+    metrics_bind_address: str = "0.0.0.0"
+    metrics_registries: tuple[str, ...] = ()
     peering: str | None = None
     pods: bool = True
     pod_interval: float = 60.0
@@ -65,6 +67,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         is_failure=lambda d: not d.healthy,
         shared_limit=State.pod_pool,
     )
+    metrics.set_admin_registries(OPTIONS.metrics_registries)
     if OPTIONS.metrics_port:
-        metrics.serve(OPTIONS.metrics_port)
-        logger.info("metrics on :%d/metrics", OPTIONS.metrics_port)
+        metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)
+        logger.info("metrics on %s:%d/metrics", OPTIONS.metrics_bind_address, OPTIONS.metrics_port)
