@@ -242,6 +242,21 @@ def test_corpus_message_gets_its_code(row: dict[str, object]) -> None:
          Code.REPOSITORY_NOT_FOUND),
         ('choosing an image from manifest list docker://r.io/a:1: no image found in manifest list for '
          "architecture amd64, variant \"\", OS linux", Code.PLATFORM_NOT_FOUND),
+        ('pinging container registry r.io: Get "https://r.io/v2/": proxyconnect tcp: dial tcp 10.0.0.9:3128: '
+         "connect: connection refused", Code.PROXY_ERROR),
+        ("reading manifest v1 in 1234.dkr.ecr.us-east-1.amazonaws.com/a: denied: Your authorization token has "
+         "expired. Reauthenticate and try again.", Code.CREDENTIALS_REJECTED),
+        # containerd 2.x
+        ('failed to resolve reference "quay.io/org/a:1": unexpected status from HEAD request to '
+         "https://quay.io/v2/org/a/manifests/1: 403 Forbidden", Code.PERMISSION_DENIED),
+        ('failed to resolve reference "r.io/a:1": failed to do request: Head "https://r.io/v2/a/manifests/1": '
+         "proxyconnect tcp: Proxy Authentication Required", Code.PROXY_ERROR),
+        # dockershim / cri-dockerd (Docker Engine's text)
+        ('Error response from daemon: Get "https://myacr.azurecr.io/v2/": read tcp 10.0.0.4:50000->'
+         "20.1.2.3:443: read: connection reset by peer", Code.FIREWALL_FORBIDDEN),
+        ('Error response from daemon: Head "https://harbor.corp/v2/proj/a/manifests/1": unauthorized: '
+         "unauthorized to access repository: proj/a, action: pull: unauthorized to access repository: "
+         "proj/a, action: pull", Code.ACCESS_DENIED),
     ],
 )
 def test_other_runtime_versions(text: str, code: Code) -> None:
