@@ -97,6 +97,27 @@ def test_rules_behave_as_documented(tmp_path: Path) -> None:
                 {"eval_time": "16m", "alertname": "PullhealthOperatorAbsent", "exp_alerts": []},
             ],
         }, {
+            # Two containers fail in team-a; the operator restarts at 10m (2 minutes without
+            # series); the runbook is the code's section of codes.md.
+            "interval": "1m",
+            "input_series": [
+                {"series": 'pullhealth_pod_pull_failures{namespace="team-a",registry="other",code="TAG_NOT_FOUND",'
+                           'pod="op-1"}', "values": "2x9 stale"},
+                {"series": 'pullhealth_pod_pull_failures{namespace="team-a",registry="other",code="TAG_NOT_FOUND",'
+                           'pod="op-2"}', "values": "_x11 2x5"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": "PullhealthPodsFailingImagePulls", "exp_alerts": []},
+                *({"eval_time": t, "alertname": "PullhealthPodsFailingImagePulls", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "team-a", "code": "TAG_NOT_FOUND"},
+                    "exp_annotations": {
+                        "summary": "2 container(s) in team-a failing image pulls with TAG_NOT_FOUND",
+                        "description": "Pods in team-a keep failing to pull (TAG_NOT_FOUND). The failing pods carry "
+                        "the diagnosis in their pullhealth.io/diagnosis annotation; pullhealth codes explains "
+                        "the code.",
+                        "runbook_url": f"{RUNBOOKS}/codes.md#tag_not_found"}}]} for t in ("5m", "11m", "14m")),
+            ],
+        }, {
             "interval": "1m",
             "input_series": [{"series": f'up{{{target}}}', "values": "1 0x10"}],
             "alert_rule_test": [

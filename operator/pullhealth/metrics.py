@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import threading
+from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -109,6 +110,7 @@ MAX_TOMBSTONES = 10000
 _lock = threading.RLock()
 _codes_seen: dict[tuple[str, str], set[str]] = {}
 _registry_of: dict[tuple[str, str], str] = {}  # RegistryCheck -> the registry it names
+_named: Tally[str] = Tally()  # registry -> how many RegistryChecks name it
 _uid_of: dict[tuple[str, str], str] = {}
 _deleted: OrderedDict[str, None] = OrderedDict()  # uids of deleted RegistryChecks (bounded)
 _admin_registries: frozenset[str] = frozenset()
@@ -130,8 +132,21 @@ def registry_label(host: str) -> str:
     """``host`` when a RegistryCheck names it or the admin listed it, else ``other``."""
     normal = normalize_registry(host)
     with _lock:
-        known = normal in _admin_registries or normal in _registry_of.values()
+        known = normal in _admin_registries or normal in _named
     return normal if known else OTHER
+
+
+def _set_registry(key: tuple[str, str], registry: str | None) -> str | None:
+    """Record the registry a RegistryCheck names (None: none); returns the previous one."""
+    old = _registry_of.pop(key, None)
+    if old is not None:
+        _named[old] -= 1
+        if _named[old] <= 0:
+            del _named[old]
+    if registry is not None:
+        _registry_of[key] = registry
+        _named[registry] += 1
+    return old
 
 
 def _relabel() -> None:
@@ -173,16 +188,11 @@ def export_registry_check(
         if _uid_of.get(key) not in (None, uid):
             _forget_series(key)  # same name, new object
         _uid_of[key] = uid
-        old = _registry_of.get(key)
-        if old is not None and old != registry:
-            _remove(REGISTRY_CHECK_HEALTHY, namespace, name, old)
-        changed = old != (normalize_registry(registry) if registry else None)
-        if registry:
-            _registry_of[key] = normalize_registry(registry)
-            registry = _registry_of[key]
-        else:
-            _registry_of.pop(key, None)
-        if changed:
+        registry = normalize_registry(registry) if registry else None
+        old = _set_registry(key, registry)
+        if old != registry:
+            if old is not None:
+                _remove(REGISTRY_CHECK_HEALTHY, namespace, name, old)
             _relabel()
         if registry and phase in (Phase.HEALTHY.value, Phase.UNHEALTHY.value):
             healthy = 1 if phase == Phase.HEALTHY.value else 0
@@ -229,7 +239,7 @@ def forget_registry_check(namespace: str, name: str, uid: str | None = None) -> 
 def _forget_series(key: tuple[str, str]) -> None:
     namespace, name = key
     _uid_of.pop(key, None)
-    registry = _registry_of.pop(key, None)
+    registry = _set_registry(key, None)
     codes = _codes_seen.pop(key, set())
     if registry is not None:
         _remove(REGISTRY_CHECK_HEALTHY, namespace, name, registry)
