@@ -145,3 +145,15 @@ def test_explain_never_echoes_credentials() -> None:
     proc = run("explain", text)
     assert proc.stdout.startswith("UNKNOWN: ") and "strange failure" in proc.stdout
     assert "YWxpY2U6czNjcmV0LWFsaWNl" not in proc.stdout and "abc.def.ghi" not in proc.stdout
+
+
+def test_explain_proxy_texts_are_proxy_error_without_the_proxy_password() -> None:
+    text = ("Error while pulling image: Get https://index.docker.io/v1/repositories/library/x/images: http: "
+            "error connecting to proxy http://bob:hunter2-proxy@10.0.0.9:3128: dial tcp 10.0.0.9:3128: "
+            "connect: connection refused")
+    proc = run("explain", text)
+    assert proc.returncode == 0 and proc.stdout.startswith("PROXY_ERROR: "), proc.stdout
+    assert "hunter2-proxy" not in proc.stdout
+    assert "NO_PROXY" in proc.stdout and "httpProxyConfig" in proc.stdout
+    wants = run("explain", "Get https://r.io/v2/: Proxy Authentication Required")
+    assert wants.stdout.startswith("PROXY_ERROR: ")
