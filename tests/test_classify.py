@@ -132,6 +132,13 @@ def test_containers_image_aggregate_is_split() -> None:
         # cloud IAM
         ('denied: Permission "artifactregistry.repositories.downloadArtifacts" denied on resource '
          '"projects/p/locations/us/repositories/r" (or it may not exist)', Code.PERMISSION_DENIED),
+        ("denied: Token exchange failed for project 'p'. Caller does not have permission "
+         "'storage.buckets.get'. To configure permissions, follow instructions at: "
+         "https://cloud.google.com/container-registry/docs/access-control", Code.PERMISSION_DENIED),
+        ('Head "https://ghcr.io/v2/o/a/manifests/1": denied: permission_denied: The token provided does '
+         "not match expected scopes.", Code.PERMISSION_DENIED),
+        ('Error response from daemon: Get "https://registry-1.docker.io/v2/": Service Unavailable',
+         Code.REGISTRY_ERROR),
         # plain HTTP against TLS, both directions
         ('Get "https://r.io:5000/v2/": http: server gave HTTP response to HTTPS client', Code.TLS_PROTOCOL_ERROR),
         ('Get "http://r.io:443/v2/": malformed HTTP response "\\x15\\x03\\x01\\x00\\x02\\x02"',

@@ -192,7 +192,9 @@ RULES: tuple[Rule, ...] = (
         Code.PERMISSION_DENIED,
         r"is not authorized to perform: ecr:|no (identity|resource)-based policy allows"
         r"|Permission [\"']?artifactregistry\.[a-zA-Z.]+[\"']? denied"
-        r"|does not have (storage\.objects\.get|artifactregistry\.[a-zA-Z.]+) access",
+        r"|does not have (storage\.objects\.get|artifactregistry\.[a-zA-Z.]+) access"
+        r"|Token exchange failed for project [^\n]*Caller does not have permission"
+        r"|permission_denied: The token provided does not match expected scopes",
         Code.REPOSITORY_NOT_FOUND,
     ),
     # GHCR: a personal access token that is wrong, revoked or expired.
@@ -217,6 +219,12 @@ RULES: tuple[Rule, ...] = (
         r"\b50[0-4] (Internal Server Error|Bad Gateway|Service Unavailable"
         r"|Gateway Time-?out)|received unexpected HTTP status: 5\d\d|status code 5\d\d"
         r"|could not fetch content descriptor [^ ]+ [^ ]+ from remote: not found|BLOB_UNKNOWN",
+    ),
+    # Go's client ends with the bare status text for a registry's (or a proxy's) 5xx.
+    _r(
+        Code.REGISTRY_ERROR,
+        r": (Internal Server Error|Bad Gateway|Service Unavailable|Gateway Time-?out)\.?\s*$",
+        Code.PROXY_ERROR,
     ),
     _r(Code.TLS_PROTOCOL_ERROR, r"\b400 Bad Request", Code.REGISTRY_ERROR),
     _r(Code.CHALLENGE_ERROR, r"no realm specified|CONNECTIVITY_CHALLENGE_ERROR"),
@@ -264,6 +272,7 @@ RULES: tuple[Rule, ...] = (
         r"\b403\b|Forbidden",
         Code.REPOSITORY_NOT_FOUND,
         Code.FIREWALL_FORBIDDEN,
+        Code.PROXY_ERROR,  # Go reports a proxy refusing CONNECT as the bare "Forbidden"
     ),
     _r(Code.ACCESS_DENIED, r"401 Unauthorized|unauthorized|authorization failed|denied", *_ACCESS),
     _r(Code.REPOSITORY_NOT_FOUND, r"NAME_UNKNOWN|name unknown|repository name not known"),
