@@ -95,11 +95,19 @@ RULES: tuple[Rule, ...] = (
     ),
     # network path, from the bottom up
     _r(Code.DNS_NXDOMAIN, r"no such host|NXDOMAIN|Name or service not known"),
+    # Go says "server misbehaving" for a SERVFAIL or REFUSED answer; glibc "Temporary
+    # failure in name resolution" for the same or no answer.
+    _r(
+        Code.DNS_TIMEOUT,
+        r"server misbehaving|Temporary failure in name resolution",
+        Code.DNS_NXDOMAIN,
+        detail="the DNS server answered SERVFAIL or REFUSED, or no server answered",
+    ),
     _r(
         Code.DNS_TIMEOUT,
         r"lookup [^ ]+( on [^ ]+)?: (read udp [^ ]+->[^ ]+: )?(read: )?"
-        r"(i/o timeout|connection refused)"
-        r"|server misbehaving|Temporary failure in name resolution|dial udp [^ ]+:53",
+        r"(i/o timeout|connection refused)|dial udp [^ ]+:53",
+        detail="no DNS server answered in time (or the DNS server's port refused the query)",
     ),
     _r(
         Code.TLS_HOSTNAME_MISMATCH,

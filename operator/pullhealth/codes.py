@@ -87,7 +87,7 @@ CATALOG: Mapping[Code, CodeInfo] = {
         check_health_error="CONNECTIVITY_DNS_ERROR",
     ),
     Code.DNS_TIMEOUT: CodeInfo(
-        summary="DNS lookup of {host} failed (no answer in time, REFUSED or SERVFAIL): {detail}",
+        summary="DNS lookup of {host} failed: {detail}",
         remediation=(
             "Check that CoreDNS is running: kubectl -n kube-system get pods -l k8s-app=kube-dns",
             "Check the node's DNS servers and the VNet's custom DNS setting: "
