@@ -52,12 +52,14 @@ def main() -> int:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for row in rows:
             for pattern, code, candidates, why in RULES:
-                if pattern.search(row["text"]) and row["code"] != code:
+                if not pattern.search(row["text"]):
+                    continue
+                if row["code"] != code:  # the first matching rule decides, even when it agrees
                     row["review"] = f"was {row['code']}: {why}"
                     row["code"] = code
                     row["candidates"] = candidates
                     changed += 1
-                    break
+                break
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"relabelled {changed} rows")
     return 0
