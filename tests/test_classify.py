@@ -121,6 +121,10 @@ def test_containers_image_aggregate_is_split() -> None:
          Code.PERMISSION_DENIED),
         ('Error response from daemon: Head "https://quay.io/v2/org/a/manifests/1": Forbidden',
          Code.PERMISSION_DENIED),
+        # a 403 from the blob storage/CDN host: an egress firewall or proxy
+        ('failed to copy: httpReadSeeker: failed open: unexpected status code https://prod-registry-'
+         "k8s-io-eu-west-1.s3.dualstack.eu-west-1.amazonaws.com/containers/images/sha256:ab: 403 Forbidden",
+         Code.FIREWALL_FORBIDDEN),
         # proxies
         ('failed to do request: Head "https://r.io/v2/a/manifests/1": proxyconnect tcp: dial tcp: '
          "lookup proxy.corp on 10.0.0.10:53: no such host", Code.PROXY_ERROR),

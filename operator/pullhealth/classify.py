@@ -269,6 +269,18 @@ RULES: tuple[Rule, ...] = (
     # (registry or dedicated data endpoint) that is how its firewall answers when the body
     # is not quoted. Everywhere else (ECR, GCR/Artifact Registry, Quay, Harbor, ...) a 403
     # means the identity may not pull, or the repository went private or away.
+    # A 403 from the storage/CDN host a registry redirects blob downloads to (pre-signed
+    # URLs): an egress firewall or proxy that allows the registry but not its data host.
+    _r(
+        Code.FIREWALL_FORBIDDEN,
+        r"https://[^/\s\"]*(?:\.cloudfront\.net|\.r2\.cloudflarestorage\.com|storage\.googleapis\.com"
+        r"|\.s3[.-][^/\s\"]*amazonaws\.com|\.blob\.core\.windows\.net|production\.cloudflare\.docker\.com)"
+        r"/[^\s]*:?\s+(?:403\b|Forbidden)",
+        Code.PROXY_ERROR,
+        Code.PERMISSION_DENIED,
+        detail=" (403 from the registry's storage/CDN host that blob downloads are redirected to: "
+        "an egress firewall or proxy that allows the registry but not its data host)",
+    ),
     _r(
         Code.FIREWALL_FORBIDDEN,
         r"^(?=.*\.azurecr\.(?:io|cn|us)\b).*(?:\b403\b|Forbidden)",
