@@ -96,3 +96,15 @@ def test_a_failing_egress_proxy_is_the_cause_not_a_vantage_difference() -> None:
     assert classify(text).code is Code.PERMISSION_DENIED
     d = _diagnose(text, probed)
     assert d.code is Code.PROXY_ERROR and vantage_layer(d) is None
+
+
+def test_an_unexpected_probe_failure_does_not_override_a_recognised_message() -> None:
+    from pullhealth.diagnose import make
+    from pullhealth.model import CheckResult
+
+    checks = [CheckResult(name="dns", status=StepStatus.FAILED, code=Code.UNKNOWN, message="dns step failed unexpectedly")]
+    probed = make(Code.UNKNOWN, {"detail": "dns step failed unexpectedly"}, checks=checks)
+    text = "failed to fetch anonymous token: unexpected status: 401 Unauthorized"
+    d = _diagnose(text, probed)
+    assert d.code is Code.AUTH_REQUIRED and d.checks == checks
+    assert _diagnose("something odd", probed).code is Code.UNKNOWN

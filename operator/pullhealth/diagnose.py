@@ -119,7 +119,8 @@ def combine(message: Diagnosis, probed: Diagnosis | None, reached: Layer | None 
     """
     if probed is None:
         return message
-    if probed.code is Code.OK:
+    if probed.code is Code.OK or (probed.code is Code.UNKNOWN and message.code is not Code.UNKNOWN):
+        # An unexpected probe failure (UNKNOWN) says nothing against a recognised message.
         return message.model_copy(update={"checks": probed.checks})
     failed = failed_layer(probed.checks)
     # The egress proxy is on the runtime's path too (--proxy mirrors it): its failure is
