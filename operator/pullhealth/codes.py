@@ -72,7 +72,7 @@ class Code(StrEnum):
 
 CATALOG: Mapping[Code, CodeInfo] = {
     Code.OK: CodeInfo(
-        summary="{registry} is reachable and {image} can be pulled with the credentials used",
+        summary="{registry} is reachable and {verdict}",
         remediation=(),
     ),
     Code.DNS_NXDOMAIN: CodeInfo(

@@ -247,7 +247,18 @@ def _finish(run: _Run, target: Target, redactor: Redactor) -> Diagnosis:
             run.skip(name, "skipped: an earlier step failed" if run.failed else "skipped")
     order = {n: i for i, n in enumerate(STEPS)}
     run.checks.sort(key=lambda c: order[c.name])
+    run.facts.setdefault("verdict", _verdict(target, run.facts.get("credential", "anonymous")))
     return redacted(from_checks(run.checks, run.facts), redactor)
+
+
+def _verdict(target: Target, credential: str) -> str:
+    """What a healthy result proves, and no more (the OK summary's ending)."""
+    if target.image is not None:
+        how = "anonymously" if credential == "anonymous" else f"with {credential}"
+        return f"{target.image.familiar} can be pulled {how}"
+    if credential == "anonymous":
+        return "answers anonymously (no credentials were used and no image was checked)"
+    return f"accepts {credential} (no image was checked)"
 
 
 async def _steps(
