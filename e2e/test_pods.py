@@ -108,6 +108,8 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ann["pullhealth.io/diagnosed-at"])
             for secret in (world.acr_puller[1], world.acr_nopull[1], "rotated"):
                 assert secret not in json.dumps(ann)
+            # No finalizer: deleting a pod never waits for the operator.
+            assert not api.read_namespaced_pod(name, ns).metadata.finalizers
 
         # Exactly one PullDiagnosed event each, even after kubelet's back-off retries.
         for name, image in list(pods.items())[:3]:

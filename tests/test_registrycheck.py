@@ -107,3 +107,38 @@ def test_invalid_status() -> None:
     assert status["phase"] == "Invalid" and status["observedGeneration"] == 4
     assert status["conditions"][0]["reason"] == "InvalidSpec"
     assert "spec.registry" in status["summary"]
+
+
+def _failing(since: str, last: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "phase": "Unhealthy",
+        "observedGeneration": 1,
+        "lastCheckTime": last,
+        "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": since}],
+    }
+
+
+def test_failing_checks_back_off_from_30s_to_the_interval() -> None:
+    # Retries after 30, 30, 60, 120, 240 s, then every interval.
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:00:00Z"), 300) == 30
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:00:30Z"), 300) == 30
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:01:00Z"), 300) == 60
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:04:00Z"), 300) == 240
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:08:00Z"), 300) == 300
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T13:00:00Z"), 3600) == 3600
+    # Healthy (and invalid, pending) wait the interval.
+    assert rc.retry_after({"phase": "Healthy", "lastCheckTime": "2026-11-28T12:00:00Z"}, 300) == 300
+    failing = _failing("2026-11-28T12:00:00Z", "2026-11-28T12:00:00Z")
+    assert rc.seconds_until_due(failing, 1, 300, datetime(2026, 11, 28, 12, 0, 20, tzinfo=UTC)) == 10
+    assert rc.is_due(failing, 1, 300, datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC))
+
+
+def test_recheck_annotation_asks_once() -> None:
+    status = {"observedRecheck": "1700000000"}
+    assert rc.recheck_requested({rc.RECHECK_ANNOTATION: "1700000001"}, status) == "1700000001"
+    assert rc.recheck_requested({rc.RECHECK_ANNOTATION: "1700000000"}, status) is None
+    assert rc.recheck_requested({}, status) is None
+    assert rc.recheck_requested(None, {}) is None
+    diagnosis = rc.make(rc.Code.OK, {"registry": "r.example"})
+    assert rc.build_status(diagnosis, {}, 1, "2026-11-28T12:00:00Z", recheck="1")["observedRecheck"] == "1"
+    assert "observedRecheck" not in rc.build_status(diagnosis, {}, 1, "2026-11-28T12:00:00Z")

@@ -249,11 +249,17 @@ def _ready_condition(
 
 
 def build_status(
-    diagnosis: Diagnosis, previous: Mapping[str, Any], generation: int, now: str
+    diagnosis: Diagnosis,
+    previous: Mapping[str, Any],
+    generation: int,
+    now: str,
+    recheck: str | None = None,
 ) -> dict[str, Any]:
-    """The status to write for a finished check."""
+    """The status to write for a finished check (``recheck``: the request it answers)."""
     healthy = diagnosis.healthy
+    extra = {"observedRecheck": recheck} if recheck else {}
     return {
+        **extra,
         "phase": (Phase.HEALTHY if healthy else Phase.UNHEALTHY).value,
         "code": diagnosis.code.value,
         "summary": diagnosis.summary[:1024],
@@ -297,20 +303,64 @@ def invalid_status(message: str, previous: Mapping[str, Any], generation: int, n
     }
 
 
-def is_due(status: Mapping[str, Any], generation: int, interval: int, now: datetime) -> bool:
-    """A check is due on a new generation, when never run, or when the interval passed.
+RECHECK_ANNOTATION = "pullhealth.io/recheck"
+FIRST_RETRY_SECONDS = 30
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def retry_after(status: Mapping[str, Any], interval: int) -> int:
+    """Seconds from one finished check to the next.
+
+    A healthy check waits ``interval``. A failing one waits as long as it has been failing
+    (its Ready condition's lastTransitionTime to lastCheckTime), at least 30 s and at most
+    ``interval``: retries come after 30, 30, 60, 120, 240 s ... so a fix shows up quickly,
+    while a lasting failure costs the registry no more than a healthy check. Everything is
+    read from the status, so the back-off survives an operator restart.
+    """
+    if status.get("phase") != Phase.UNHEALTHY.value:
+        return interval
+    ready: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+    )
+    last, since = _parse_time(status.get("lastCheckTime")), _parse_time(ready.get("lastTransitionTime"))
+    failing_for = (last - since).total_seconds() if last and since else 0.0
+    return int(min(interval, max(FIRST_RETRY_SECONDS, failing_for)))
+
+
+def recheck_requested(annotations: Mapping[str, Any] | None, status: Mapping[str, Any]) -> str | None:
+    """The ``pullhealth.io/recheck`` value when it asks for a check not yet run, else None."""
+    token = (annotations or {}).get(RECHECK_ANNOTATION)
+    if not token or str(token) == str(status.get("observedRecheck") or ""):
+        return None
+    return str(token)[:64]
+
+
+def seconds_until_due(status: Mapping[str, Any], generation: int, interval: int, now: datetime) -> float:
+    """0 when a check is due (new generation, never run), else the seconds left (see retry_after).
 
     A ``lastCheckTime`` in the future (clock skew between replicas, a hand-edited status)
     counts as due: waiting for it could pause checks for as long as the skew.
     """
     if status.get("observedGeneration") != generation or not status.get("lastCheckTime"):
-        return True
-    try:
-        last = datetime.strptime(str(status["lastCheckTime"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return True
+        return 0.0
+    last = _parse_time(status["lastCheckTime"])
+    if last is None:
+        return 0.0
     elapsed = (now - last).total_seconds()
-    return elapsed < 0 or elapsed >= interval
+    if elapsed < 0:
+        return 0.0
+    return max(0.0, retry_after(status, interval) - elapsed)
+
+
+def is_due(status: Mapping[str, Any], generation: int, interval: int, now: datetime) -> bool:
+    """A check is due on a new generation, when never run, or when its retry time came."""
+    return seconds_until_due(status, generation, interval, now) <= 0
 
 
 def result_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -73,8 +73,8 @@ per-namespace Roles (watchNamespaces). Each rule says why the operator needs it;
 docs/install.md has the same table.
 */}}
 {{- define "pullhealth.namespacedRules" -}}
-# RegistryChecks: kopf lists and watches them to run the checks, reads single objects,
-# and patches their annotations (kopf's last-handled state).
+# RegistryChecks: listed and watched to run the checks; patch only removes the kopf
+# finalizer that earlier builds put on them (no finalizer is added any more).
 - apiGroups: ["pullhealth.io"]
   resources: ["registrychecks"]
   verbs: ["get", "list", "watch", "patch"]

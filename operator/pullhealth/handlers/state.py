@@ -24,7 +24,8 @@ class State:
     pod_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=60.0, per_registry=4)
     pod_pool: asyncio.Semaphore | None = None
     forbidden_until: dict[str, float] = {}
-    # RegistryCheck uid -> (generation, monotonic time) of the last check run here: a
-    # status write that failed (RBAC, conflict) must not turn the 5 s tick into a retry
-    # storm against the registry.
-    last_run: dict[str, tuple[int, float]] = {}
+    # RegistryCheck uid -> (generation, recheck request, monotonic time before which it is
+    # not run again) of the last check run here: a status write that failed (RBAC,
+    # conflict), or an event carrying an older status, must not cause a retry storm
+    # against the registry.
+    last_run: dict[str, tuple[int, str | None, float]] = {}
