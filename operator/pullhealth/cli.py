@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -366,6 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
+            # An unexpected error is an UNKNOWN diagnosis with a one-line message; the
+            # command prints no traceback (the operator logs it). Logging configured by an
+            # embedding program is left alone.
+            if not logging.getLogger().handlers:
+                logging.getLogger("pullhealth").addHandler(logging.NullHandler())
+                logging.getLogger("pullhealth").propagate = False
             secrets: list[str] = []
             diagnosis = asyncio.run(_check(args, secrets))
             _print_check(diagnosis, args.reference, args.output, Redactor(secrets))

@@ -165,6 +165,30 @@ def vantage_layer(diagnosis: Diagnosis) -> str | None:
     return None
 
 
+# Results that may well differ a few seconds later (time-outs, refused or broken
+# connections, 429, 5xx, an identity endpoint down, anything unexpected): shared for a
+# short time only. A registry's definite answer (no such tag, credentials rejected) is
+# shared for the whole interval.
+TRANSIENT = frozenset(
+    {
+        Code.DNS_TIMEOUT,
+        Code.CONNECT_TIMEOUT,
+        Code.CONNECT_REFUSED,
+        Code.TLS_PROTOCOL_ERROR,
+        Code.RATE_LIMITED,
+        Code.REGISTRY_ERROR,
+        Code.IDENTITY_UNAVAILABLE,
+        Code.PROXY_ERROR,
+        Code.UNKNOWN,
+    }
+)
+
+
+def transient(diagnosis: Diagnosis) -> bool:
+    """Whether a result is a transient failure (see :data:`TRANSIENT`)."""
+    return diagnosis.code in TRANSIENT
+
+
 def redacted(diagnosis: Diagnosis, redactor: Redactor) -> Diagnosis:
     """The diagnosis with every human-readable value masked (summary, remediation, step
     messages and details, facts): what every surface shows is built from this, before

@@ -168,6 +168,8 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
     redactor = Redactor()
     credential = target.credential
     redactor.add(credential.secrets(), [(credential.username or "", s) for s in credential.secrets()])
+    if options.proxy is not None and options.proxy.password:
+        redactor.add([options.proxy.password], [(options.proxy.username or "", options.proxy.password)])
     run.facts.update(
         registry=target.registry,
         credential=credential.describe(),

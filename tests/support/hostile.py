@@ -58,7 +58,9 @@ class _HostileHandler(QuietHandler):
         fx: HostileRegistry = self.fixture
         auth = self.headers.get("Authorization", "")
         user, password = _basic(auth)
-        password = password or fx.last_password
+        # On registry requests: the password the bearer token was issued for (a registry
+        # that logs logins and replays them); never another client's.
+        password = password or fx.passwords.get(auth.partition(" ")[2], "")
         parts = [f"you sent {auth!s}", f"login {user}:{password}", f"url {quote(password)}", *extra]
         return "; ".join(parts)
 
@@ -101,8 +103,6 @@ class _HostileHandler(QuietHandler):
         repo = scope.split(":")[1] if scope.count(":") == 2 else ""
         auth = self.headers.get("Authorization", "")
         _, password = _basic(auth)
-        if password:
-            fx.last_password = password
         message = self._echo()
         headers = {"X-Echo": auth}
         if repo == "echo/oauth":
@@ -112,7 +112,7 @@ class _HostileHandler(QuietHandler):
         elif repo == "echo/ratelimit":
             self.send_json(429, {"errors": [{"code": "TOOMANYREQUESTS", "message": message}]}, headers)
         elif repo in ("echo/grant", "echo/deny"):
-            token = fx.mint()
+            token = fx.mint(password)
             self.send_json(200, {"token": token, "note": message})
         else:
             self.send_json(401, {"errors": [{"code": "UNAUTHORIZED", "message": message}],
@@ -124,14 +124,14 @@ class HostileRegistry(BackgroundHTTPServer):
 
     Attributes:
         tokens: every token it issued (to look for them in outputs).
-        last_password: the last password it saw (echoed again later, as a registry that
-            logs and replays would).
+        passwords: token -> the password it was issued for (echoed again on registry
+            requests that carry the token).
     """
 
     def __init__(self, pki: PKI) -> None:
         super().__init__(_HostileHandler, pki.issue([LOOPBACK]))
         self.tokens: list[str] = []
-        self.last_password = ""
+        self.passwords: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @property
@@ -139,11 +139,12 @@ class HostileRegistry(BackgroundHTTPServer):
         """``127.0.0.1:PORT``."""
         return f"{LOOPBACK}:{self.port}"
 
-    def mint(self) -> str:
-        """A new opaque token, remembered."""
+    def mint(self, password: str) -> str:
+        """A new opaque token, remembered with the password it was issued for."""
         token = f"hostile-tok.{uuid.uuid4().hex}"
         with self._lock:
             self.tokens.append(token)
+            self.passwords[token] = password
         return token
 
 

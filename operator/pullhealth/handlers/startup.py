@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from pullhealth import kube, metrics, podcheck
+from pullhealth import diagnose, kube, metrics, podcheck
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
 from pullhealth.handlers.state import State
@@ -59,12 +59,12 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     )
     # Probe chains for pods: at most `per_registry` per registry and `workers` in all; a
     # worker slot is taken only once the registry's slot is held (a slow registry holds at
-    # most `per_registry` of them). Failures are shared for a short time only.
+    # most `per_registry` of them). Transient failures are shared for a short time only.
     State.pod_pool = asyncio.Semaphore(OPTIONS.workers)
     State.pod_cache = SingleFlight(
         ttl=OPTIONS.pod_interval,
         per_registry=OPTIONS.per_registry,
-        is_failure=lambda d: not d.healthy,
+        is_failure=diagnose.transient,
         shared_limit=State.pod_pool,
     )
     metrics.set_admin_registries(OPTIONS.metrics_registries)

@@ -8,6 +8,7 @@ from pullhealth import kube as kubeapi
 from pullhealth import podcheck
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
+from pullhealth.diagnose import transient
 from pullhealth.model import Diagnosis
 
 
@@ -19,7 +20,7 @@ class State:
     env: Environment = Environment()
     pod_settings: podcheck.PodSettings = podcheck.PodSettings()
     # Identical RegistryChecks (same registry, credentials, image) share one chain run.
-    registry_check_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=20.0, is_failure=lambda d: not d.healthy)
+    registry_check_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=20.0, is_failure=transient)
     # Failing pods: one chain per (registry, credential, image) per interval.
     pod_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=60.0, per_registry=4)
     pod_pool: asyncio.Semaphore | None = None
