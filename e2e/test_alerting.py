@@ -26,6 +26,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,8 +120,8 @@ def test_alerts_fire_survive_a_restart_and_notice_absence_and_staleness(
             assert up[0]["metric"]["job"] == service["metadata"]["name"], up
             assert up[0]["metric"]["pod"] == f"{release}-pod-1", up
 
-            # "bad" fails (missing tag) and is not re-checked during the test (interval 300 s);
-            # "ticking" is healthy and checked every 30 s.
+            # "bad" fails (missing tag; interval 300 s, retried sooner while failing, never
+            # stale in this test); "ticking" is healthy and checked every 30 s.
             k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
                 "bad", {"registry": world.anon, "image": "team/app:v9", "auth": {"mode": "anonymous"}},
                 interval=300))
@@ -140,10 +141,6 @@ def test_alerts_fire_survive_a_restart_and_notice_absence_and_staleness(
             assert alert["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthregistrycheckunhealthy")
             assert not prom.query(f'{{exported_namespace="{namespace}"}}')
             active_at = alert["activeAt"]
-            status = json.loads(k("-n", namespace, "get", "regcheck", "bad", "-o", "json").stdout)["status"]
-            assert status["code"] == "TAG_NOT_FOUND"
-            last_run = f'pullhealth_registry_check_last_run_timestamp_seconds{{namespace="{namespace}",name="bad"}}'
-            before = prom.query(last_run)[0]["value"][1]
             wait_for(lambda: prom.query(f'pullhealth_registry_check_last_run_timestamp_seconds{{name="ticking",'
                                         f'namespace="{namespace}"}}'), "ticking checked")
             assert not prom.alerts("PullhealthOperatorAbsent", "firing")
@@ -155,6 +152,13 @@ def test_alerts_fire_survive_a_restart_and_notice_absence_and_staleness(
                 if "registrychecks/status" in rule["resources"]:
                     rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
             k("apply", "-f", "-", stdin=yaml.safe_dump(revoked))
+            time.sleep(1)  # a write in flight lands or is refused
+            status = json.loads(k("-n", namespace, "get", "regcheck", "bad", "-o", "json").stdout)["status"]
+            assert status["code"] == "TAG_NOT_FOUND"
+            written = datetime.strptime(status["lastCheckTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            last_run = f'pullhealth_registry_check_last_run_timestamp_seconds{{namespace="{namespace}",name="bad"}}'
+            wait_for(lambda: [s for s in prom.query(last_run) if float(s["value"][1]) == written.timestamp()],
+                     "the last written check scraped", timeout=15)
 
             # The operator goes away: OperatorAbsent fires, the check's alert keeps firing.
             op.stop()
@@ -166,13 +170,14 @@ def test_alerts_fire_survive_a_restart_and_notice_absence_and_staleness(
             assert not prom.query(last_run)  # its series are gone with the target
 
             # It comes back as a new pod (new address, new pod name): the series are rebuilt
-            # from the status at once, with the status' own values (no new check ran).
+            # from the status at once, with the status' own values (no result written since).
             op.metrics_port = free_port()
             prom.configure(scrape(f"{release}-pod-2"))
             op.start()
             wait_for(lambda: prom.query(f'up{{pod="{release}-pod-2"}} == 1'), "new pod scraped", timeout=30)
             back = wait_for(lambda: prom.query(last_run), "last run series back", timeout=15)
-            assert back[0]["value"][1] == before and back[0]["metric"]["pod"] == f"{release}-pod-2"
+            assert float(back[0]["value"][1]) == written.timestamp(), back
+            assert back[0]["metric"]["pod"] == f"{release}-pod-2"
             wait_for(lambda: not prom.alerts("PullhealthOperatorAbsent"), "OperatorAbsent resolved", timeout=30)
             assert [a["activeAt"] for a in unhealthy()] == [active_at]
             time.sleep(3)  # a few more evaluations on the rebuilt series alone
