@@ -400,6 +400,8 @@ def test_monitoring_objects(helm: str) -> None:
     # The operator's own pod labels are aggregated away (the alert survives a restart).
     assert rules["PullhealthRegistryCheckUnhealthy"]["expr"].startswith("max by (namespace, name, registry)")
     assert rules["PullhealthRegistryCheckUnhealthy"]["keep_firing_for"] == "3m"
+    without = render(helm, *SCENARIOS["monitoring"], "prometheusRule.keepFiringFor=")
+    assert not any("keep_firing_for" in r for r in one(without, "PrometheusRule")["spec"]["groups"][0]["rules"])
     monitor = one(objects, "ServiceMonitor")
     service = one(objects, "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
