@@ -220,6 +220,7 @@ def test_missing_patch_permission_is_reported_once_not_looped(
         # everything the pod handler needs except patch on pods
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "get", "patch"]},
         {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
         {"apiGroups": ["pullhealth.io"], "resources": ["registrychecks"], "verbs": ["get", "list", "watch", "patch"]},
     ]

@@ -380,3 +380,19 @@ def remediation(code: Code, facts: Mapping[str, str | None]) -> list[str]:
 
 
 assert set(CATALOG) == set(Code), "every code needs a catalog entry"
+
+
+# Acronyms kept upper case in CamelCase reasons (Kubernetes style: DNSConfigForming).
+_ACRONYMS = frozenset({"DNS", "TLS", "TCP", "HTTP", "ACR", "IMDS", "OK"})
+
+
+def reason(code: Code | str) -> str:
+    """The CamelCase condition/Event reason of a code (``TAG_NOT_FOUND`` -> ``TagNotFound``).
+
+    Kubernetes API conventions want CamelCase reasons; the UPPER_SNAKE code stays in its
+    own status field. ``OK`` becomes ``Healthy``.
+    """
+    value = str(code)
+    if value == Code.OK.value:
+        return "Healthy"
+    return "".join(w if w in _ACRONYMS else w.capitalize() for w in value.split("_") if w) or "Unknown"

@@ -102,6 +102,12 @@ PATCH_FORBIDDEN = Counter(
     ["resource"],
     registry=REGISTRY,
 )
+API_OUTAGES = Counter(
+    "pullhealth_api_outages",
+    "API server (or etcd behind it) outages the operator rode out: one per outage, however "
+    "many requests were retried meanwhile (the log has one WARNING line for each).",
+    registry=REGISTRY,
+)
 
 BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pullhealth import credentials as creds
+from pullhealth import events
 from pullhealth.cluster import (
     WORKLOAD_AUDIENCE,
     WORKLOAD_CLIENT_ID,
@@ -25,10 +26,10 @@ from pullhealth.cluster import (
     service_account_secret_names,
 )
 from pullhealth.coalesce import SingleFlight
-from pullhealth.codes import Code
+from pullhealth.codes import Code, reason
 from pullhealth.diagnose import make, redacted
 from pullhealth.engine import ChainOptions, IdentitySource, Target, check_credentials, run_chain
-from pullhealth.model import AuthMode, Diagnosis, Phase, RegistryCheckSpec
+from pullhealth.model import AuthMode, CheckResult, Diagnosis, Phase, RegistryCheckSpec, StepStatus
 from pullhealth.probes import identity
 from pullhealth.redact import Redactor, one_line
 from pullhealth.reference import ImageReference, InvalidReference, check_host, parse
@@ -264,22 +265,13 @@ def build_status(
         "code": diagnosis.code.value,
         "summary": diagnosis.summary[:1024],
         "remediation": diagnosis.remediation,
-        "checks": [
-            {
-                "name": c.name,
-                "status": c.status.value,
-                "code": c.code.value,
-                "message": c.message[:1024],
-                "durationMs": c.duration_ms,
-            }
-            for c in diagnosis.checks
-        ],
+        "checks": [_step(c) for c in diagnosis.checks],
         "lastCheckTime": now,
         "observedGeneration": generation,
         "conditions": [
             _ready_condition(
                 "True" if healthy else "False",
-                diagnosis.code.value,
+                reason(diagnosis.code),
                 diagnosis.summary,
                 previous,
                 generation,
@@ -287,6 +279,19 @@ def build_status(
             )
         ],
     }
+
+
+def _step(check: CheckResult) -> dict[str, Any]:
+    """One step of ``status.checks``; a skipped step carries no code (it found nothing)."""
+    step: dict[str, Any] = {
+        "name": check.name,
+        "status": check.status.value,
+        "message": check.message[:1024],
+        "durationMs": check.duration_ms,
+    }
+    if check.status is not StepStatus.SKIPPED:
+        step["code"] = check.code.value
+    return step
 
 
 def invalid_status(message: str, previous: Mapping[str, Any], generation: int, now: str) -> dict[str, Any]:
@@ -366,3 +371,95 @@ def is_due(status: Mapping[str, Any], generation: int, interval: int, now: datet
 def result_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether an Event is owed: the phase or the code differ from the last status."""
     return (previous.get("phase"), previous.get("code")) != (new.get("phase"), new.get("code"))
+
+
+# --- one writer per run: the claim, and the Events (pure)
+
+CLAIM = "claim"
+
+
+def claim_ttl(spec: RegistryCheckSpec | None) -> int:
+    """Seconds a claim holds: longer than any run (each step is bounded by the timeout)."""
+    timeout = spec.timeout_seconds if spec is not None else 10
+    return 30 + 8 * timeout
+
+
+def foreign_claim(status: Mapping[str, Any], holder: str, now: datetime, ttl: int) -> str | None:
+    """The holder of a live claim by another operator instance, else None.
+
+    A claim by our own instance name is ours (a restart of this pod after a crash takes
+    its run over at once); an expired claim is nobody's.
+    """
+    claim = status.get(CLAIM) or {}
+    other = str(claim.get("holder") or "")
+    if not other or other == holder:
+        return None
+    try:
+        since = datetime.strptime(str(claim.get("since")), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return other if (now - since).total_seconds() < ttl else None
+
+
+def claim_status(holder: str, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """The status patch claiming a run (Pending too while the first check runs)."""
+    patch: dict[str, Any] = {CLAIM: {"holder": holder, "since": now}}
+    if not previous.get("phase"):
+        patch.update(phase=Phase.PENDING.value, summary="first check running")
+    return patch
+
+
+def held_by(holder: str) -> Any:
+    """``still_ours`` for conditional status writes: our claim is still in place."""
+
+    def check(obj: Mapping[str, Any]) -> bool:
+        claim = (obj.get("status") or {}).get(CLAIM) or {}
+        return bool(claim.get("holder") == holder)
+
+    return check
+
+
+def _regarding(body: Mapping[str, Any]) -> events.Regarding:
+    meta = body.get("metadata") or {}
+    return events.Regarding(
+        api_version=str(body.get("apiVersion") or "pullhealth.io/v1alpha1"),
+        kind=str(body.get("kind") or "RegistryCheck"),
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+    )
+
+
+def result_event(
+    body: Mapping[str, Any], previous: Mapping[str, Any], diagnosis: Diagnosis
+) -> events.EventSpec:
+    """``CheckSucceeded`` / ``CheckFailed`` for a changed result, named by UID + result.
+
+    The occurrence is the result it replaces (its ``lastCheckTime``): a retry after a
+    crash replaces the same one, a later repeat of the same result another one.
+    """
+    healthy = diagnosis.healthy
+    return events.EventSpec(
+        regarding=_regarding(body),
+        type="Normal" if healthy else "Warning",
+        reason="CheckSucceeded" if healthy else "CheckFailed",
+        action="Check",
+        note=diagnosis.summary if healthy else f"{diagnosis.code.value}: {diagnosis.summary}",
+        key=(Phase.HEALTHY.value if healthy else Phase.UNHEALTHY.value, diagnosis.code.value),
+        occurrence=events.fingerprint(previous.get("lastCheckTime")),
+    )
+
+
+def invalid_event(
+    body: Mapping[str, Any], previous: Mapping[str, Any], generation: int, message: str
+) -> events.EventSpec:
+    """``InvalidSpec``, once per generation."""
+    return events.EventSpec(
+        regarding=_regarding(body),
+        type="Warning",
+        reason="InvalidSpec",
+        action="Check",
+        note=message,
+        key=(str(generation),),
+        occurrence=events.fingerprint(previous.get("lastCheckTime")),
+    )

@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     options.metrics_bind_address = args.metrics_bind_address
     options.metrics_registries = tuple(r.strip() for r in args.metrics_registries.split(",") if r.strip())
     options.peering = args.peering
+    options.namespaces = tuple(args.namespace or ())
     options.pods = not args.no_pods
     options.pod_interval = max(0.0, args.pod_interval)
     options.per_registry = max(1, args.per_registry)

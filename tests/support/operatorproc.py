@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from support.world import World
@@ -32,13 +32,17 @@ class OperatorProcess:
         world: the running test world.
         log: file the operator's output is appended to.
         extra_args: more ``pullhealth run`` flags.
+        env: more environment variables (``POD_NAME``: the instance name, as the chart
+            sets it through the downward API).
     """
 
-    def __init__(self, kubeconfig: Path, world: World, log: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, kubeconfig: Path, world: World, log: Path, extra_args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.world = world
         self.log = log
         self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -55,6 +59,7 @@ class OperatorProcess:
             "PULLHEALTH_NAMESERVER": self.world.nameserver,
             "PULLHEALTH_CA_FILE": str(self.world.ca_bundle),
             "PULLHEALTH_IMDS_ENDPOINT": self.world.imds_url,
+            **self.extra_env,
         }
         health = free_port()
         scope = [] if "--namespace" in self.extra_args else ["--all-namespaces"]
@@ -90,6 +95,12 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up (no peering goodbye, no flush)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
     def __enter__(self) -> OperatorProcess:
         self.start()

@@ -7,6 +7,10 @@ the retry time read from the status passed (``intervalSeconds``; sooner while fa
 That one rule covers create, update, resume after an operator restart (status is read back,
 so no re-check and no duplicate event) and the schedule. No finalizer: deleting a
 RegistryCheck never waits for the operator (kopf removes the one older versions added).
+
+One writer per run, one Event per result: a run is claimed in the status (conditional on the
+resourceVersion read) before probing; the Event (deterministic name) is posted before the
+status that records the result, which is written only while the claim is still ours.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from pullhealth import kube, metrics, registrycheck
+from pullhealth import events, kube, metrics, peering, registrycheck
 from pullhealth.handlers.schedule import Logger, Loops
-from pullhealth.handlers.state import State
+from pullhealth.handlers.state import State, report_other_writer
 from pullhealth.model import Phase, StepStatus
 
 GROUP, VERSION, PLURAL = "pullhealth.io", "v1alpha1", "registrychecks"
 STARTUP_DELAY = 1.0
 INVALID_RETRY = 300
+# After a lost claim, a conflict or an API outage: look again soon (an event may come first).
+RETRY_SOON = 5.0
+STANDBY_RECHECK = 2.0
 MAX_REMEMBERED = 10000
 
 
@@ -68,6 +75,7 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
     namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
     uid = str(meta.get("uid") or f"{namespace}/{name}")
     generation = int(meta.get("generation") or 0)
+    version = str(meta.get("resourceVersion") or "")
     previous = dict(body.get("status") or {})
     now = datetime.now(UTC)
     if State.kube is None or State.status is None:
@@ -82,8 +90,14 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
             return INVALID_RETRY
         _remember(uid, generation, None, INVALID_RETRY)
         new = registrycheck.invalid_status(str(exc), previous, generation, registrycheck.now_rfc3339(now))
-        if await _write(namespace, name, new, logger):
-            kopf.event(_ref(body), type="Warning", reason="InvalidSpec", message=str(exc)[:1024])
+        try:
+            if await _emit(registrycheck.invalid_event(body, previous, generation, str(exc)), logger):
+                await _write(namespace, name, new, logger, resource_version=version, strict=True)
+        except (kube.Conflict, kube.Unreachable):
+            # Changed since read (an edit, another writer), or an outage (logged once): read
+            # it fresh and write again; the Event's name makes the repeat a no-op.
+            State.last_run.pop(uid, None)
+            return RETRY_SOON
         logger.warning("invalid spec: %s", exc)
         return INVALID_RETRY
     recheck = registrycheck.recheck_requested(meta.get("annotations"), previous)
@@ -102,11 +116,32 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
         return None
     if wait > 0 and recheck is None:
         return wait
+    if await _standby(namespace):
+        # kopf paused this replica (a live peer outranks it) but our loops are our own
+        # tasks: the active replica runs the check.
+        State.last_run.pop(uid, None)
+        return RETRY_SOON
+    holder = State.instance
+    ttl = registrycheck.claim_ttl(parsed)
+    other = registrycheck.foreign_claim(previous, holder, now, ttl)
+    if other is not None:
+        # Another operator runs this check now: it writes the result and the Event.
+        if not State.leader_election:
+            report_other_writer(logger, f"RegistryCheck {namespace}/{name} is being checked by {other}")
+        return float(ttl)
     _remember(uid, generation, recheck, parsed.interval_seconds)
-    if not previous.get("phase"):
-        # First sight: say so at once (kubectl shows Pending while the first chain runs).
-        pending = {"phase": Phase.PENDING.value, "summary": "first check running"}
-        await _write(namespace, name, pending, logger, quiet=True)
+    # Claim the run before probing, conditional on the version read (Pending too on first
+    # sight: kubectl shows it while the first chain runs): of two operators only one probes.
+    claim = registrycheck.claim_status(holder, previous, registrycheck.now_rfc3339(now))
+    try:
+        claimed = await _write(namespace, name, claim, logger, resource_version=version, strict=True)
+    except (kube.Conflict, kube.Unreachable):
+        # Changed since read (another operator's claim, an edit), or the API server is down
+        # (logged once per outage): look again with a fresh object.
+        State.last_run.pop(uid, None)
+        return RETRY_SOON
+    if claimed is None:
+        return parsed.interval_seconds  # refused (logged) or deleted
 
     diagnosis = await registrycheck.run_registry_check(
         parsed,
@@ -121,6 +156,7 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
     new = registrycheck.build_status(
         diagnosis, previous, generation, registrycheck.now_rfc3339(finished), recheck=recheck
     )
+    new[registrycheck.CLAIM] = None  # released with the result
     metrics.record_registry_check_run(
         namespace,
         name,
@@ -128,23 +164,29 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
         diagnosis.code.value,
         {c.name: c.duration_ms / 1000 for c in diagnosis.checks if c.status is not StepStatus.SKIPPED},
     )
-    if not await _write(namespace, name, new, logger):
+    changed = registrycheck.result_changed(previous, new)
+    # The Event first (deterministic name: a retry after a crash finds it), then the status
+    # that records the result, only while our claim still stands.
+    try:
+        if changed and not await _emit(registrycheck.result_event(body, previous, diagnosis), logger):
+            return parsed.interval_seconds
+        written = await _write(
+            namespace, name, new, logger, resource_version=claimed, still_ours=registrycheck.held_by(holder)
+        )
+    except kube.Unreachable:
+        State.last_run.pop(uid, None)  # our claim stands: run again once the API answers
+        return RETRY_SOON
+    except kube.Conflict:
+        report_other_writer(logger, f"RegistryCheck {namespace}/{name}'s claim was taken by another writer")
+        return parsed.interval_seconds
+    if written is None:
         # The gauges keep the status' values: an unwritten result is not shown anywhere.
         return parsed.interval_seconds
     metrics.export_registry_check(namespace, name, uid, parsed.registry, parsed.interval_seconds, new)
     retry = registrycheck.retry_after(new, parsed.interval_seconds)
     _remember(uid, generation, recheck, retry)
     # One log line per result change (the Event's twin), nothing per unchanged check.
-    if registrycheck.result_changed(previous, new):
-        if diagnosis.healthy:
-            kopf.event(_ref(body), type="Normal", reason="CheckSucceeded", message=diagnosis.summary[:1024])
-        else:
-            kopf.event(
-                _ref(body),
-                type="Warning",
-                reason="CheckFailed",
-                message=f"{diagnosis.code.value}: {diagnosis.summary}"[:1024],
-            )
+    if changed:
         logger.info("check %s: %s", diagnosis.code.value, diagnosis.summary)
     else:
         logger.debug("check %s (unchanged), next in %ds", diagnosis.code.value, retry)
@@ -154,8 +196,48 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
 LOOPS = Loops(check_when_due)
 
 
-def _ref(body: Mapping[str, Any]) -> kopf.Body:
-    return body if isinstance(body, kopf.Body) else kopf.Body(dict(body))  # type: ignore[arg-type]
+async def _standby(namespace: str) -> bool:
+    """With leader election: whether a live peer outranks this replica (read every 2 s)."""
+    if State.peering is None or State.status is None:
+        return False
+    name, clusterwide, priority = State.peering
+    where = None if clusterwide else namespace
+    seen = State.standby_seen.get(where)
+    if seen is not None and time.monotonic() - seen[0] < STANDBY_RECHECK:
+        return seen[1]
+    standby = peering.outranked(await State.status.peering_status(name, where), priority)
+    if len(State.standby_seen) > MAX_REMEMBERED:
+        State.standby_seen.clear()
+    State.standby_seen[where] = (time.monotonic(), standby)
+    return standby
+
+
+async def _emit(event: events.EventSpec, logger: Logger) -> bool:
+    """Post the Event; False when the API server failed (write nothing after it: retried).
+
+    Refused by RBAC: logged and counted, and the status is written anyway.
+
+    Raises:
+        kube.Unreachable: the API server did not answer (the outage is logged once).
+    """
+    assert State.kube is not None
+    try:
+        await State.kube.emit(event, State.instance)
+    except kube.Forbidden as exc:
+        metrics.PATCH_FORBIDDEN.labels("events").inc()
+        logger.error(
+            "cannot post the %s Event (RBAC): %s; grant create on events.k8s.io events to the "
+            "operator's service account",
+            event.reason,
+            exc,
+        )
+    except kube.Unreachable:
+        raise
+    except ApiException as exc:
+        logger.warning("cannot post the %s Event (HTTP %s); retried after the check interval",
+                       event.reason, exc.status)
+        return False
+    return True
 
 
 def _ran_recently(uid: str, generation: int, recheck: str | None) -> float | None:
@@ -174,27 +256,51 @@ def _remember(uid: str, generation: int, recheck: str | None, wait: float) -> No
 
 
 async def _write(
-    namespace: str, name: str, status: dict[str, Any], logger: Logger, *, quiet: bool = False
-) -> bool:
-    """Write the status; a refused write is logged and counted, never retried in a loop.
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    logger: Logger,
+    *,
+    resource_version: str | None = None,
+    still_ours: Any = None,
+    strict: bool = False,
+) -> str | None:
+    """Write the status conditionally; the new resourceVersion, or None when not written.
 
-    ``quiet`` (the cosmetic Pending) fails silently: the result write that follows in the
-    same tick reports a refusal, once.
+    A refused write is logged and counted, never retried in a loop.
+
+    Raises:
+        kube.Conflict: another writer changed the object first (with ``strict`` or
+            ``still_ours``; otherwise logged and None).
+        kube.Unreachable: the API server did not answer (the outage is logged once).
     """
     assert State.status is not None
     try:
-        await State.status.patch_status(GROUP, VERSION, PLURAL, namespace, name, status)
+        return await State.status.patch_status(
+            GROUP,
+            VERSION,
+            PLURAL,
+            namespace,
+            name,
+            status,
+            resource_version=resource_version,
+            still_ours=still_ours,
+        )
     except kube.Forbidden as exc:
-        if not quiet:
-            metrics.PATCH_FORBIDDEN.labels("registrychecks/status").inc()
-            logger.error(
-                "cannot write the status (RBAC): %s; grant patch on registrychecks/status to the "
-                "operator's service account. Retried after the check interval.",
-                exc,
-            )
-        return False
+        metrics.PATCH_FORBIDDEN.labels("registrychecks/status").inc()
+        logger.error(
+            "cannot write the status (RBAC): %s; grant patch on registrychecks/status to the "
+            "operator's service account. Retried after the check interval.",
+            exc,
+        )
+        return None
+    except kube.Conflict:
+        if strict or still_ours is not None:
+            raise
+        logger.info("status not written: the RegistryCheck changed meanwhile")
+        return None
+    except kube.Unreachable:
+        raise
     except ApiException as exc:
-        if not quiet:
-            logger.warning("status write failed (HTTP %s); retried after the check interval", exc.status)
-        return False
-    return True
+        logger.warning("status write failed (HTTP %s); retried after the check interval", exc.status)
+        return None
