@@ -255,6 +255,53 @@ def test_helm_install_and_uninstall(dev_cluster: Cluster, tmp_path: Path) -> Non
         dev_cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
 
 
+def test_uninstall_then_crd_delete_leaves_nothing(dev_cluster: Cluster, namespace: str, world: World,
+                                                  tmp_path: Path, wait_for: Waiter) -> None:
+    """docs/install.md "Uninstall": helm uninstall, then the CRDs; nothing is left, nothing hangs.
+
+    The CRDs are applied again afterwards: the other tests of the session use them.
+    """
+    helm = require_helm()
+    k = dev_cluster.kubectl
+    ns = f"pullhealth-gone-{uuid.uuid4().hex[:6]}"
+    release = f"e2e-gone-{uuid.uuid4().hex[:4]}"
+    env = {**os.environ, "KUBECONFIG": str(dev_cluster.kubeconfig), "HELM_CACHE_HOME": str(tmp_path / "cache"),
+           "HELM_CONFIG_HOME": str(tmp_path / "config"), "HELM_DATA_HOME": str(tmp_path / "data")}
+
+    def helm_run(*args: str) -> None:
+        result = subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    crd_names = ["registrychecks.pullhealth.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
+    try:
+        helm_run("install", release, str(CHART), "--namespace", ns, "--create-namespace",
+                 "--set", "prometheusRule.enabled=false")
+        k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml("left-behind", {"registry": world.anon}))
+        helm_run("uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s")
+        # What the doc says stays: the CRDs and the RegistryChecks.
+        assert k("-n", namespace, "get", "regcheck", "left-behind").returncode == 0
+        started = time.monotonic()
+        k("delete", "-f", str(CHART / "crds"), "--timeout=30s")
+        assert time.monotonic() - started < 30
+        k("delete", "namespace", ns, "--timeout=60s")
+        for crd in crd_names:
+            assert "NotFound" in k("get", "crd", crd, check=False).stderr
+        assert "pullhealth.io" not in k("api-resources", "-o", "name").stdout
+        for kind in ("clusterrole", "clusterrolebinding"):
+            names = k("get", kind, "-o", "name").stdout
+            assert release not in names, names
+        assert "NotFound" in k("get", "namespace", ns, check=False).stderr
+    finally:
+        subprocess.run([helm, "uninstall", release, "--namespace", ns, "--ignore-not-found"],
+                       capture_output=True, timeout=120, check=False, env=env)
+        k("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+        k("apply", "-f", str(CHART / "crds"))
+        for crd in crd_names:
+            # (kubectl wait fails at once while a new CRD has no conditions yet)
+            wait_for(lambda c=crd: k("get", "crd", c, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                                     check=False).stdout == "True", f"{crd} established", timeout=60)
+
+
 def test_peering_rbac_lets_the_operator_keep_alive(
     dev_cluster: Cluster, installed: Installed, world: World, namespace: str, wait_for: Waiter, tmp_path: Path,
 ) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import kubernetes
 import pytest
 
+from pullhealth.codes import Code
 from support.kubelet import (
     annotations,
     docker_secret,
@@ -107,6 +108,8 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ann["pullhealth.io/diagnosed-at"])
             for secret in (world.acr_puller[1], world.acr_nopull[1], "rotated"):
                 assert secret not in json.dumps(ann)
+            # No finalizer: deleting a pod never waits for the operator.
+            assert not api.read_namespaced_pod(name, ns).metadata.finalizers
 
         # Exactly one PullDiagnosed event each, even after kubelet's back-off retries.
         for name, image in list(pods.items())[:3]:
@@ -136,6 +139,39 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
                  "gauge series removed", timeout=30)
     finally:
         dev_cluster.kubectl("delete", "namespace", other, "--wait=false", "--ignore-not-found")
+
+
+def test_operator_network_failing_earlier_than_the_node_keeps_the_message(
+        operator: Any, world: World, namespace: str, api: Any, wait_for: Any) -> None:
+    # The node got a 401 from the token service; the operator's resolver does not know the
+    # registry (NXDOMAIN): a vantage difference, not the cause. The text is a public one
+    # (tests/data/public_messages.jsonl, docker-library/tomcat#321) naming the pod's image.
+    image = f"{world.missing}/team/vantage:v1"
+    pod = make_pod(api, namespace, "vantage", image)
+    fail_pull(api, namespace, pod, image, f'Failed to pull image "{image}": {image}: failed to authorize: '
+              "failed to fetch anonymous token: unexpected status: 401")
+    got = wait_for(lambda: annotations(api, namespace, "vantage").get("pullhealth.io/diagnosis"),
+                   "diagnosis of vantage", timeout=60)
+    assert got == "AUTH_REQUIRED", annotations(api, namespace, "vantage")
+    cause = annotations(api, namespace, "vantage")["pullhealth.io/probable-cause"]
+    assert "the operator's own network could not reach missing.test" in cause
+    [event] = our_events(api, namespace, "vantage")
+    assert event.message.startswith("AUTH_REQUIRED: ")
+    assert 'pullhealth_pod_vantage_differences_total{layer="dns"}' in operator.metrics()
+
+
+def test_proxy_text_is_proxy_error(operator: Any, world: World, namespace: str, api: Any, wait_for: Any) -> None:
+    # The node's runtime could not reach its egress proxy (kubernetes-sigs/kind#1459's text);
+    # the operator reaches the registry directly and finds it healthy: the message decides.
+    image = f"{world.anon}/library/alpine:3.19"
+    pod = make_pod(api, namespace, "proxied", image)
+    fail_pull(api, namespace, pod, image, f'Failed to pull image "{image}": failed to pull and unpack image '
+              f'"{image}": failed to resolve reference "{image}": failed to do request: Head '
+              f'https://{world.anon}/v2/library/alpine/manifests/3.19: proxyconnect tcp: dial tcp '
+              "127.0.0.1:7890: connect: connection refused")
+    got = wait_for(lambda: annotations(api, namespace, "proxied").get("pullhealth.io/diagnosis"),
+                   "diagnosis of proxied", timeout=60)
+    assert got == "PROXY_ERROR", annotations(api, namespace, "proxied")
 
 
 def test_init_container_failure_is_diagnosed(operator: Any, world: World, namespace: str, api: Any,
@@ -184,6 +220,7 @@ def test_missing_patch_permission_is_reported_once_not_looped(
         # everything the pod handler needs except patch on pods
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "get", "patch"]},
         {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
         {"apiGroups": ["pullhealth.io"], "resources": ["registrychecks"], "verbs": ["get", "list", "watch", "patch"]},
     ]
@@ -245,3 +282,46 @@ def test_the_pods_node_platform_is_checked(operator: Any, world: World, namespac
     fail_pull(api, namespace, ok_pod, image, kubelet_message("tag_not_found", image))
     got = wait_for(lambda: annotations(api, namespace, "on-amd").get("pullhealth.io/diagnosis"), "diagnosis")
     assert got == "IMAGE_NOT_FOUND"  # the probe finds the image: the message's code stays
+
+
+def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
+        dev_cluster: Any, world: World, namespace: str, api: Any) -> None:
+    # The operator configured with the runtime's proxy (--proxy / PULLHEALTH_PROXY) diagnoses
+    # the pod's pull through Debian's tinyproxy, in-process against the real API server.
+    # Go reports a refused CONNECT with the proxy's status text only ("Forbidden"), which
+    # alone reads as a registry 403; the probe through the proxy finds the proxy.
+    import asyncio
+
+    from pullhealth.cluster import Environment
+    from pullhealth.coalesce import SingleFlight
+    from pullhealth.kube import KubeReader
+    from pullhealth.model import Diagnosis
+    from pullhealth.podcheck import PodSettings, diagnose_pod
+    from pullhealth.probes.proxy import parse_proxy
+    from support.kubelet import NODE
+    from support.proxy import TinyProxy
+
+    port = int(world.anon.rsplit(":", 1)[1])
+    image = f"127.0.0.1:{port}/library/alpine:3.19"
+    reader = KubeReader(kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig)))
+
+    def diagnose(proxy: str, tail: str) -> Diagnosis:
+        message = (f'Failed to pull image "{image}": failed to pull and unpack image "{image}": failed to '
+                   f'resolve reference "{image}": failed to do request: Head "https://127.0.0.1:{port}/v2/'
+                   f'library/alpine/manifests/3.19": {tail}')
+        pod = {"metadata": {"name": "behind-proxy", "namespace": namespace},
+               "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": image}]},
+               "status": {"containerStatuses": [{"name": "app", "state": {"waiting": {
+                   "reason": "ErrImagePull", "message": message}}}]}}
+        env = Environment(nameserver=world.nameserver, ca_file=str(world.ca_bundle), proxy=parse_proxy(proxy))
+        cache: SingleFlight[Diagnosis] = SingleFlight(ttl=1.0)
+        [result] = asyncio.run(diagnose_pod(pod, [message], reader, env, PodSettings(timeout=3.0), cache))
+        return result.diagnosis
+
+    with TinyProxy([port + 1 if port < 65535 else port - 1]) as refusing:
+        refused = diagnose(refusing.address, "Forbidden")
+        assert refused.code is Code.PROXY_ERROR, refused.checks
+        assert "refused CONNECT" in refused.summary
+    with TinyProxy([port], basic_auth=("proxyuser", "proxy-s3cret")) as authenticating:
+        wants = diagnose(authenticating.address, "Proxy Authentication Required")
+        assert wants.code is Code.PROXY_ERROR and "demands proxy credentials" in wants.summary

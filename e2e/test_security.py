@@ -120,7 +120,7 @@ def operator_as_chart(chart: Installed, world: World, tmp_path: Path) -> Iterato
     workload identity on (the flag the chart's value passes)."""
     kubeconfig = chart.token_kubeconfig(tmp_path / "operator.kubeconfig")
     with OperatorProcess(kubeconfig, world, tmp_path / "operator.log", ["--workload-identity"],
-                         {"AZURE_AUTHORITY_HOST": world.aad_authority}) as op:
+                         env={"AZURE_AUTHORITY_HOST": world.aad_authority}) as op:
         yield op
 
 

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(docker-registry dnsmasq-base apache2-utils tinyproxy)
+# prometheus (with promtool) runs the alert rules against the operator (e2e/test_alerting.py).
+PKGS=(docker-registry dnsmasq-base apache2-utils tinyproxy prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -15,10 +16,11 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q
-  $SUDO apt-get install -y -q "${missing[@]}"
-  # Tests start their own dnsmasq and tinyproxy; the packages' system services are not
-  # wanted (they may have been started by the install).
-  for svc in tinyproxy dnsmasq; do
+  # No recommends: prometheus would bring prometheus-node-exporter and its service.
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Tests start their own dnsmasq, tinyproxy and prometheus; the packages' system services
+  # are not wanted (they may have been started by the install).
+  for svc in tinyproxy dnsmasq prometheus; do
     if [[ " ${missing[*]} " == *" $svc "* ]]; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
   done
 fi

@@ -330,3 +330,53 @@ async def test_each_matching_credential_is_tried_like_kubelet(world: Any) -> Non
     assert none.code is Code.PULL_SECRET_NO_MATCH
     public = await check_credentials(registry, parse_target(f"{world.acr}/public/hello:1")[1], [], _opts(world))
     assert public.code is Code.OK
+
+
+async def test_resolver_refusing_aaaa_but_answering_a_does_not_fail_the_chain(world: Any) -> None:
+    # dnsmasq without an upstream answers the A record it has and REFUSES the AAAA query
+    # (corporate DNS does the same with SERVFAIL): the family that answers decides.
+    from support.dns import Dnsmasq
+
+    host = world.anon.split(":")[0]
+    with Dnsmasq({host: "127.0.0.1"}, local_domains=()) as partial:
+        d = await _check(world, f"{world.anon}/library/alpine:3.19", nameserver=partial.nameserver)
+        assert d.code is Code.OK, d.checks
+        assert d.checks[0].details["addresses"] == "127.0.0.1"
+        # no family answers: the lookup fails and names the server's answer
+        nothing = await _check(world, "nowhere.example/team/app:v1", nameserver=partial.nameserver)
+        assert nothing.code is Code.DNS_TIMEOUT
+        assert "A: answered REFUSED; AAAA: answered REFUSED" in nothing.checks[0].message
+        assert "REFUSED" in nothing.summary
+
+
+async def test_manifest_unknown_on_a_registry_without_tag_list_is_tag_not_found(world: Any) -> None:
+    # Some registries (pull-through caches, artifact managers) have no tag-list endpoint:
+    # GET tags/list is the web server's plain-text 404, which says nothing about the
+    # repository. The registry's own MANIFEST_UNKNOWN code decides.
+    from support.httpfixtures import REGISTRY_HEADERS, RoutedServer
+
+    unknown = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+    name_unknown = {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]}
+    routes = {
+        "/v2/": (200, {}, REGISTRY_HEADERS),
+        "/v2/team/app/manifests/nosuchtag": (404, unknown, REGISTRY_HEADERS),
+        "/v2/team/gone/manifests/v1": (404, unknown, REGISTRY_HEADERS),
+        "/v2/team/gone/tags/list": (404, name_unknown, REGISTRY_HEADERS),
+    }
+    with RoutedServer(routes, cert=world.pki.issue(["127.0.0.1"])) as server:
+        d = await _check(world, f"127.0.0.1:{server.port}/team/app:nosuchtag")
+        assert d.code is Code.TAG_NOT_FOUND, d.checks
+        assert server.hits.get("/v2/team/app/tags/list") == 1
+        # a tag list that answers NAME_UNKNOWN still says the repository is missing
+        gone = await _check(world, f"127.0.0.1:{server.port}/team/gone:v1")
+        assert gone.code is Code.REPOSITORY_NOT_FOUND, gone.checks
+
+
+async def test_reset_during_the_handshake_names_a_middlebox(world: Any) -> None:
+    from support.httpfixtures import ResetOnHelloServer
+
+    with ResetOnHelloServer() as server:
+        d = await _check(world, f"127.0.0.1:{server.port}/team/app:v1")
+    assert d.code is Code.FIREWALL_FORBIDDEN, d.checks
+    assert _statuses(d)["tcp"] == "passed" and _statuses(d)["tls"] == "failed"
+    assert "reset during the TLS handshake" in d.summary and "TLS-inspecting proxy" in d.summary

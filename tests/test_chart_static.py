@@ -30,8 +30,8 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("pullhealth.io", "registrychecks"): {"get", "list", "watch", "patch"},
     ("pullhealth.io", "registrychecks/status"): {"get", "patch"},
     ("", "pods"): {"get", "list", "watch", "patch"},
-    ("", "events"): {"create", "patch", "list"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "events"): {"list"},
+    ("events.k8s.io", "events"): {"create", "get", "patch"},
     ("", "secrets"): {"get"},
     ("", "serviceaccounts"): {"get"},
 }
@@ -192,7 +192,9 @@ def test_values_schema_accepts_the_defaults_and_rejects_mistakes() -> None:
     assert validate(values, schema) == []
     for bad in ({"logFormat": "xml"}, {"replicaCount": "two"}, {"rbac": {"create": "yes"}},
                 {"watchNamespace": ["a"]}, {"watchNamespaces": ["Not_A_Namespace"]},
-                {"prometheusRule": {"registryCheckUnhealthyFor": "ten minutes"}}):
+                {"prometheusRule": {"registryCheckUnhealthyFor": "ten minutes"}},
+                {"networkPolicy": {"enabled": "yes"}}, {"networkPolicy": {"registryPorts": [70000]}},
+                {"networkPolicy": {"registryPorts": []}}):
         assert validate({**values, **{k: ({**values[k], **v} if isinstance(v, dict) and k in values else v)
                                       for k, v in bad.items()}}, schema), bad
 
@@ -221,6 +223,7 @@ SCENARIOS = {
     "peeringNamespaces": ["peering.enabled=true", "watchNamespaces={a,b}"],
     "monitoring": ["prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true",
                    "grafanaDashboard.enabled=true"],
+    "networkPolicy": ["networkPolicy.enabled=true"],
 }
 
 
@@ -272,7 +275,8 @@ def test_default_render(helm: str) -> None:
     c = container(objects)
     assert c["image"] == "pullhealth:0.1.0"
     assert c["command"] == ["pullhealth", "run"]
-    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--liveness=http://0.0.0.0:8081/healthz",
+    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-bind-address=0.0.0.0",
+                         "--liveness=http://0.0.0.0:8081/healthz",
                          "--log-format=json", "--pod-interval=60", "--per-registry=4", "--workers=16",
                          "--acr-domains=.azurecr.io,.azurecr.cn,.azurecr.us"]
     # Every argument the chart passes is one `pullhealth run` accepts.
@@ -427,14 +431,33 @@ def _metric_names() -> set[str]:
 def test_monitoring_objects(helm: str) -> None:
     objects = render(helm, *SCENARIOS["monitoring"])
     rules = {r["alert"]: r for r in one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]}
-    assert rules["PullhealthRegistryCheckUnhealthy"]["expr"] == "pullhealth_registry_check_healthy == 0"
+    assert sorted(rules) == ["PullhealthOperatorAbsent", "PullhealthPodsFailingImagePulls",
+                             "PullhealthRegistryCheckStale", "PullhealthRegistryCheckUnhealthy"]
     assert rules["PullhealthRegistryCheckUnhealthy"]["for"] == "10m"
-    assert rules["PullhealthPodsFailingImagePulls"]["expr"] == "sum by (namespace, code) (pullhealth_pod_pull_failures) > 0"
     assert rules["PullhealthPodsFailingImagePulls"]["for"] == "5m"
+    assert rules["PullhealthOperatorAbsent"]["for"] == "5m"
+    assert rules["PullhealthRegistryCheckStale"]["for"] == "5m"
+    for rule in rules.values():
+        assert rule["labels"]["severity"] == "warning"
+        assert rule["annotations"]["runbook_url"].startswith("https://github.com/pullhealth/pullhealth/blob/main/docs/")
+    # The runbook sections exist: docs/alerting.md has one per alert, codes.md one per code.
+    alerting = (ROOT / "docs" / "alerting.md").read_text()
+    for name in rules:
+        assert f"\n## {name}\n" in alerting, name
+    assert rules["PullhealthPodsFailingImagePulls"]["annotations"]["runbook_url"].endswith(
+        "/codes.md#{{ $labels.code | toLower }}")
+    # The operator's own pod labels are aggregated away (the alert survives a restart).
+    assert rules["PullhealthRegistryCheckUnhealthy"]["expr"].startswith("max by (namespace, name, registry)")
+    assert rules["PullhealthRegistryCheckUnhealthy"]["keep_firing_for"] == "3m"
+    without = render(helm, *SCENARIOS["monitoring"], "prometheusRule.keepFiringFor=")
+    assert not any("keep_firing_for" in r for r in one(without, "PrometheusRule")["spec"]["groups"][0]["rules"])
     monitor = one(objects, "ServiceMonitor")
     service = one(objects, "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    # OperatorAbsent looks for the job Prometheus Operator names after the Service.
+    assert f'job="{service["metadata"]["name"]}"' in rules["PullhealthOperatorAbsent"]["expr"]
     dashboard = one(objects, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     board = json.loads(dashboard["data"]["pullhealth.json"])
@@ -472,3 +495,37 @@ def test_proxy_values_become_the_operator_environment(helm: str) -> None:
     assert env_of("proxy.fromEnvironment=true")["PULLHEALTH_PROXY"] == "env"
     both = env_of("proxy.fromEnvironment=true", "proxy.url=http://proxy.corp:3128", "proxy.noProxy=.svc")
     assert both["PULLHEALTH_PROXY"] == "http://proxy.corp:3128" and both["PULLHEALTH_NO_PROXY"] == ".svc"
+
+
+def _egress_ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
+    return {(p["protocol"], p["port"]) for p in rule.get("ports", [])}
+
+
+def test_network_policy_is_off_by_default_and_one_value_turns_it_on(helm: str) -> None:
+    assert not of_kind(render(helm), "NetworkPolicy")
+    objects = render(helm, "networkPolicy.enabled=true")
+    policy = one(objects, "NetworkPolicy")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["metadata"]["namespace"] == RELEASE_NS
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    # Egress only: ingress (Prometheus scraping /metrics) is not restricted.
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    rules = policy["spec"]["egress"]
+    dns, registries, api, imds = rules
+    assert _egress_ports(dns) == {("UDP", 53), ("TCP", 53)} and "to" not in dns
+    assert _egress_ports(registries) == {("TCP", 443)}
+    assert [peer["ipBlock"]["cidr"] for peer in registries["to"]] == ["0.0.0.0/0", "::/0"]
+    assert _egress_ports(api) == {("TCP", 443), ("TCP", 6443)} and "to" not in api
+    assert imds["to"] == [{"ipBlock": {"cidr": "169.254.169.254/32"}}] and _egress_ports(imds) == {("TCP", 80)}
+
+
+def test_network_policy_values_narrow_it(helm: str) -> None:
+    objects = render(helm, "networkPolicy.enabled=true", "networkPolicy.dns=false", "networkPolicy.imds=false",
+                     "networkPolicy.registryPorts={443,5000,3128}", "networkPolicy.registryCidrs={10.20.0.0/16}",
+                     "networkPolicy.apiServerCidrs={10.0.0.1/32}", "networkPolicy.apiServerPorts={443}",
+                     "networkPolicy.extraEgress[0].ports[0].port=9000")
+    registries, api, extra = one(objects, "NetworkPolicy")["spec"]["egress"]
+    assert _egress_ports(registries) == {("TCP", 443), ("TCP", 5000), ("TCP", 3128)}
+    assert registries["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}] and _egress_ports(api) == {("TCP", 443)}
+    assert extra == {"ports": [{"port": 9000}]}

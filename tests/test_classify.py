@@ -121,6 +121,10 @@ def test_containers_image_aggregate_is_split() -> None:
          Code.PERMISSION_DENIED),
         ('Error response from daemon: Head "https://quay.io/v2/org/a/manifests/1": Forbidden',
          Code.PERMISSION_DENIED),
+        # a 403 from the blob storage/CDN host: an egress firewall or proxy
+        ('failed to copy: httpReadSeeker: failed open: unexpected status code https://prod-registry-'
+         "k8s-io-eu-west-1.s3.dualstack.eu-west-1.amazonaws.com/containers/images/sha256:ab: 403 Forbidden",
+         Code.FIREWALL_FORBIDDEN),
         # proxies
         ('failed to do request: Head "https://r.io/v2/a/manifests/1": proxyconnect tcp: dial tcp: '
          "lookup proxy.corp on 10.0.0.10:53: no such host", Code.PROXY_ERROR),
@@ -132,6 +136,13 @@ def test_containers_image_aggregate_is_split() -> None:
         # cloud IAM
         ('denied: Permission "artifactregistry.repositories.downloadArtifacts" denied on resource '
          '"projects/p/locations/us/repositories/r" (or it may not exist)', Code.PERMISSION_DENIED),
+        ("denied: Token exchange failed for project 'p'. Caller does not have permission "
+         "'storage.buckets.get'. To configure permissions, follow instructions at: "
+         "https://cloud.google.com/container-registry/docs/access-control", Code.PERMISSION_DENIED),
+        ('Head "https://ghcr.io/v2/o/a/manifests/1": denied: permission_denied: The token provided does '
+         "not match expected scopes.", Code.PERMISSION_DENIED),
+        ('Error response from daemon: Get "https://registry-1.docker.io/v2/": Service Unavailable',
+         Code.REGISTRY_ERROR),
         # plain HTTP against TLS, both directions
         ('Get "https://r.io:5000/v2/": http: server gave HTTP response to HTTPS client', Code.TLS_PROTOCOL_ERROR),
         ('Get "http://r.io:443/v2/": malformed HTTP response "\\x15\\x03\\x01\\x00\\x02\\x02"',
@@ -242,6 +253,21 @@ def test_corpus_message_gets_its_code(row: dict[str, object]) -> None:
          Code.REPOSITORY_NOT_FOUND),
         ('choosing an image from manifest list docker://r.io/a:1: no image found in manifest list for '
          "architecture amd64, variant \"\", OS linux", Code.PLATFORM_NOT_FOUND),
+        ('pinging container registry r.io: Get "https://r.io/v2/": proxyconnect tcp: dial tcp 10.0.0.9:3128: '
+         "connect: connection refused", Code.PROXY_ERROR),
+        ("reading manifest v1 in 1234.dkr.ecr.us-east-1.amazonaws.com/a: denied: Your authorization token has "
+         "expired. Reauthenticate and try again.", Code.CREDENTIALS_REJECTED),
+        # containerd 2.x
+        ('failed to resolve reference "quay.io/org/a:1": unexpected status from HEAD request to '
+         "https://quay.io/v2/org/a/manifests/1: 403 Forbidden", Code.PERMISSION_DENIED),
+        ('failed to resolve reference "r.io/a:1": failed to do request: Head "https://r.io/v2/a/manifests/1": '
+         "proxyconnect tcp: Proxy Authentication Required", Code.PROXY_ERROR),
+        # dockershim / cri-dockerd (Docker Engine's text)
+        ('Error response from daemon: Get "https://myacr.azurecr.io/v2/": read tcp 10.0.0.4:50000->'
+         "20.1.2.3:443: read: connection reset by peer", Code.FIREWALL_FORBIDDEN),
+        ('Error response from daemon: Head "https://harbor.corp/v2/proj/a/manifests/1": unauthorized: '
+         "unauthorized to access repository: proj/a, action: pull: unauthorized to access repository: "
+         "proj/a, action: pull", Code.ACCESS_DENIED),
     ],
 )
 def test_other_runtime_versions(text: str, code: Code) -> None:

@@ -145,3 +145,44 @@ def test_explain_never_echoes_credentials() -> None:
     proc = run("explain", text)
     assert proc.stdout.startswith("UNKNOWN: ") and "strange failure" in proc.stdout
     assert "YWxpY2U6czNjcmV0LWFsaWNl" not in proc.stdout and "abc.def.ghi" not in proc.stdout
+
+
+def test_explain_proxy_texts_are_proxy_error_without_the_proxy_password() -> None:
+    text = ("Error while pulling image: Get https://index.docker.io/v1/repositories/library/x/images: http: "
+            "error connecting to proxy http://bob:hunter2-proxy@10.0.0.9:3128: dial tcp 10.0.0.9:3128: "
+            "connect: connection refused")
+    proc = run("explain", text)
+    assert proc.returncode == 0 and proc.stdout.startswith("PROXY_ERROR: "), proc.stdout
+    assert "hunter2-proxy" not in proc.stdout
+    assert "NO_PROXY" in proc.stdout and "httpProxyConfig" in proc.stdout
+    wants = run("explain", "Get https://r.io/v2/: Proxy Authentication Required")
+    assert wants.stdout.startswith("PROXY_ERROR: ")
+
+
+def test_version_and_one_code() -> None:
+    from pullhealth import __version__
+
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"pullhealth {__version__}"
+    proc = run("codes", "tag_not_found")
+    assert proc.returncode == 0 and proc.stdout.startswith("\n## TAG_NOT_FOUND\n")
+    assert "## REPOSITORY_NOT_FOUND" not in proc.stdout
+    proc = run("codes", "NO_SUCH_CODE")
+    assert proc.returncode == 2 and "TAG_NOT_FOUND" in proc.stderr
+
+
+def test_dev_cluster_help_and_option_order(tmp_path: Path) -> None:
+    proc = run("dev-cluster", "--help")
+    assert proc.returncode == 0 and "--state-dir" in proc.stdout
+    # The order its usage shows: options first, then the command.
+    proc = run("dev-cluster", "--state-dir", str(tmp_path / "state"), "status")
+    assert "unrecognized" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "dev-cluster" in run("--help").stdout
+
+
+def test_healthy_summary_says_what_was_proven(world: Any) -> None:
+    _, doc, _ = check(world, f"{world.anon}/library/alpine:3.19")
+    assert doc["summary"].endswith("library/alpine:3.19 can be pulled anonymously"), doc["summary"]
+    _, doc, _ = check(world, world.anon)
+    assert "no credentials were used and no image was checked" in doc["summary"], doc["summary"]
+    assert "can be pulled" not in doc["summary"]

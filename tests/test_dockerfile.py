@@ -135,6 +135,44 @@ def test_oci_labels_and_version_agree() -> None:
     assert labels["org.opencontainers.image.licenses"] == license_text
 
 
+# -- the lock file ------------------------------------------------------------------
+
+LOCK = ROOT / "requirements.lock"
+
+
+def locked() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock as {normalised name: (version, hashes)}."""
+    from packaging.utils import canonicalize_name
+
+    entries: dict[str, tuple[str, list[str]]] = {}
+    text = LOCK.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        name, _, version = words[0].partition("==")
+        assert version, f"not pinned: {line}"
+        entries[canonicalize_name(name)] = (version, [w.split("=", 1)[1] for w in words[1:] if w.startswith("--hash=")])
+    return entries
+
+
+def test_lock_pins_every_dependency_with_hashes() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock = locked()
+    assert all(hashes and all(h.startswith("sha256:") for h in hashes) for _, hashes in lock.values()), lock
+    deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    for dep in deps:
+        name = canonicalize_name(dep.name)
+        assert name in lock, f"{dep.name} is in pyproject.toml but not in requirements.lock: re-run pip-compile"
+        assert dep.specifier.contains(lock[name][0]), f"locked {name}=={lock[name][0]} does not satisfy {dep}"
+    # The image installs the lock, and only with hashes.
+    runs = " ".join(final_stage().all("RUN"))
+    assert "--require-hashes" in runs and "requirements.lock" in runs
+
+
 # -- the build context --------------------------------------------------------------
 
 
@@ -167,7 +205,7 @@ def build_context(dest: Path) -> list[str]:
 
 def test_build_context_is_small(tmp_path: Path) -> None:
     sent = build_context(tmp_path)
-    assert {"pyproject.toml", "README.md", "operator/pullhealth/__init__.py"} <= set(sent)
+    assert {"pyproject.toml", "requirements.lock", "README.md", "operator/pullhealth/__init__.py"} <= set(sent)
     assert not [p for p in sent if p.startswith(("tests/", "e2e/", ".git/", "charts/", ".venv/"))]
     assert not [p for p in sent if "__pycache__" in p]
 

@@ -104,6 +104,7 @@ def test_shapes_mask_secrets_but_not_prose_or_placeholders() -> None:
         "Bearer realm=https://a.test/token",
         '{"password": "<password>"}',
         "use --password-stdin",
+        "http://<user>:<password>@proxy:port in HTTPS_PROXY",
     ]
     for text in kept:
         assert redact(text) == text, text

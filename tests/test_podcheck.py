@@ -37,6 +37,10 @@ def test_all_container_kinds_and_reasons_count_init_first() -> None:
         ("app", "r.io/app:1", "ImagePullBackOff"),
         ("debug", "r.io/debug:1", "InvalidImageName"),
     ]
+    # The Event's regarding.fieldPath names the container in its own spec list.
+    assert [c.field_path for c in found] == [
+        "spec.initContainers{init}", "spec.containers{app}", "spec.ephemeralContainers{debug}",
+    ]
 
 
 def test_healthy_pods_are_ignored_cheaply() -> None:
@@ -59,14 +63,35 @@ def _result(code: Code, summary_facts: dict[str, str] | None = None) -> PodResul
 
 def test_writeback_is_idempotent_and_posts_one_event_per_diagnosis() -> None:
     first = plan_writeback(pod({}), _result(Code.TAG_NOT_FOUND), "2026-11-28T10:00:00Z")
-    assert first.annotations is not None and first.event_reason == "PullDiagnosed"
-    assert first.event_message is not None and first.event_message.startswith("TAG_NOT_FOUND: ")
-    assert ". Try: " in first.event_message
+    assert first.annotations is not None and first.event is not None
+    assert first.event.reason == "PullDiagnosed" and first.event.action == "Diagnose"
+    assert first.event.note.startswith("TAG_NOT_FOUND: ") and ". Try: " in first.event.note
+    assert first.event.regarding.field_path == "spec.containers{app}"
+    assert first.expected == dict.fromkeys(podcheck.ANNOTATIONS)
     annotated = pod({}, {k: v for k, v in first.annotations.items() if v is not None})
     again = plan_writeback(annotated, _result(Code.TAG_NOT_FOUND), "2026-11-28T10:05:00Z")
-    assert again.annotations is None and again.event_reason is None
+    assert again.annotations is None and again.event is None
     changed = plan_writeback(annotated, _result(Code.RATE_LIMITED), "2026-11-28T10:06:00Z")
     assert changed.annotations is not None and changed.annotations["pullhealth.io/diagnosis"] == "RATE_LIMITED"
+    assert changed.expected is not None and changed.expected["pullhealth.io/diagnosis"] == "TAG_NOT_FOUND"
+
+
+def test_event_name_is_the_same_on_retry_and_the_occurrence_tells_repeats() -> None:
+    # A crash between the Event and the annotation: the retry plans the same Event.
+    first = plan_writeback(pod({}), _result(Code.TAG_NOT_FOUND), "2026-11-28T10:00:00Z")
+    retry = plan_writeback(pod({}), _result(Code.TAG_NOT_FOUND), "2026-11-28T10:00:07Z")
+    assert first.event is not None and retry.event is not None
+    assert (first.event.name, first.event.occurrence) == (retry.event.name, retry.event.occurrence)
+    assert first.event.name.startswith("p.") and len(first.event.name) <= 253
+    # TAG_NOT_FOUND -> RATE_LIMITED -> TAG_NOT_FOUND: same name, another occurrence (a repeat).
+    assert first.annotations is not None
+    limited = pod({}, {k: v for k, v in first.annotations.items() if v is not None})
+    second = plan_writeback(limited, _result(Code.RATE_LIMITED), "2026-11-28T10:01:00Z")
+    assert second.annotations is not None and second.event is not None
+    back = plan_writeback(pod({}, {k: v for k, v in second.annotations.items() if v is not None}),
+                          _result(Code.TAG_NOT_FOUND), "2026-11-28T10:02:00Z")
+    assert back.event is not None and back.event.name == first.event.name
+    assert back.event.occurrence != first.event.occurrence
 
 
 def test_recovery_removes_every_annotation_once() -> None:
@@ -74,7 +99,8 @@ def test_recovery_removes_every_annotation_once() -> None:
                          "other": "kept"})
     plan = plan_writeback(annotated, None, "2026-11-28T10:00:00Z")
     assert plan.annotations == dict.fromkeys(podcheck.ANNOTATIONS)
-    assert plan.event_reason == "PullRecovered" and plan.event_type == "Normal"
+    assert plan.event is not None and (plan.event.reason, plan.event.type) == ("PullRecovered", "Normal")
+    assert plan.event.regarding.field_path == ""
     assert plan_writeback(pod({}), None, "t").annotations is None
 
 

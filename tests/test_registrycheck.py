@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -96,10 +97,58 @@ def test_ready_transition_time_changes_only_when_status_flips() -> None:
     assert again["lastCheckTime"] == "2026-11-28T10:05:00Z"
     flipped = rc.build_status(good, again, 2, "2026-11-28T10:10:00Z")
     assert flipped["conditions"][0] == {
-        "type": "Ready", "status": "True", "reason": "OK", "message": good.summary,
+        "type": "Ready", "status": "True", "reason": "Healthy", "message": good.summary,
         "lastTransitionTime": "2026-11-28T10:10:00Z", "observedGeneration": 2,
     }
     assert rc.result_changed(again, flipped) and not rc.result_changed(first, again)
+    # CamelCase reasons; the code stays in status.code.
+    assert first["conditions"][0]["reason"] == "TagNotFound" and first["code"] == "TAG_NOT_FOUND"
+
+
+def test_camel_case_reasons() -> None:
+    from pullhealth.codes import reason
+
+    assert [reason(c) for c in (Code.TAG_NOT_FOUND, Code.DNS_NXDOMAIN, Code.TLS_UNTRUSTED, Code.OK)] == [
+        "TagNotFound", "DNSNxdomain", "TLSUntrusted", "Healthy",
+    ]
+    pattern = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")  # metav1.Condition reason
+    assert all(pattern.match(reason(c)) and "_" not in reason(c) for c in Code)
+
+
+def test_skipped_steps_carry_no_code() -> None:
+    from pullhealth.model import CheckResult, StepStatus
+
+    diag = make(Code.DNS_NXDOMAIN, {"registry": "r.io"}, checks=[
+        CheckResult(name="dns", status=StepStatus.FAILED, code=Code.DNS_NXDOMAIN),
+        CheckResult(name="tcp", status=StepStatus.SKIPPED),
+    ])
+    steps = rc.build_status(diag, {}, 1, "2026-11-28T10:00:00Z")["checks"]
+    assert steps[0]["code"] == "DNS_NXDOMAIN" and "code" not in steps[1]
+
+
+def test_claims_exclude_other_instances_until_they_expire() -> None:
+    now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+    claimed = rc.claim_status("op-a", {}, "2026-11-28T11:59:30Z")
+    assert claimed["phase"] == "Pending" and claimed["claim"]["holder"] == "op-a"
+    assert rc.foreign_claim(claimed, "op-b", now, 60) == "op-a"
+    assert rc.foreign_claim(claimed, "op-a", now, 60) is None  # our own (a restart of this pod)
+    assert rc.foreign_claim(claimed, "op-b", now, 20) is None  # expired
+    assert "phase" not in rc.claim_status("op-a", {"phase": "Healthy"}, "t")
+    assert rc.held_by("op-a")({"status": claimed}) and not rc.held_by("op-b")({"status": claimed})
+
+
+def test_result_events_are_named_by_uid_and_result() -> None:
+    body = {"apiVersion": "pullhealth.io/v1alpha1", "kind": "RegistryCheck",
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1"}}
+    bad = make(Code.TAG_NOT_FOUND, {"registry": "r.io", "repository": "a", "tag": "1"})
+    previous = {"lastCheckTime": "2026-11-28T10:00:00Z", "phase": "Healthy", "code": "OK"}
+    one = rc.result_event(body, previous, bad)
+    assert (one.reason, one.action, one.type) == ("CheckFailed", "Check", "Warning")
+    assert one.name == rc.result_event(body, previous, bad).name  # a retry: same Event
+    later = rc.result_event(body, {**previous, "lastCheckTime": "2026-11-28T11:00:00Z"}, bad)
+    assert later.name == one.name and later.occurrence != one.occurrence  # a repeat
+    good = rc.result_event(body, previous, make(Code.OK, {"registry": "r.io"}))
+    assert good.name != one.name and good.reason == "CheckSucceeded"
 
 
 def test_invalid_status() -> None:
@@ -107,3 +156,38 @@ def test_invalid_status() -> None:
     assert status["phase"] == "Invalid" and status["observedGeneration"] == 4
     assert status["conditions"][0]["reason"] == "InvalidSpec"
     assert "spec.registry" in status["summary"]
+
+
+def _failing(since: str, last: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "phase": "Unhealthy",
+        "observedGeneration": 1,
+        "lastCheckTime": last,
+        "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": since}],
+    }
+
+
+def test_failing_checks_back_off_from_30s_to_the_interval() -> None:
+    # Retries after 30, 30, 60, 120, 240 s, then every interval.
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:00:00Z"), 300) == 30
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:00:30Z"), 300) == 30
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:01:00Z"), 300) == 60
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:04:00Z"), 300) == 240
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T12:08:00Z"), 300) == 300
+    assert rc.retry_after(_failing("2026-11-28T12:00:00Z", "2026-11-28T13:00:00Z"), 3600) == 3600
+    # Healthy (and invalid, pending) wait the interval.
+    assert rc.retry_after({"phase": "Healthy", "lastCheckTime": "2026-11-28T12:00:00Z"}, 300) == 300
+    failing = _failing("2026-11-28T12:00:00Z", "2026-11-28T12:00:00Z")
+    assert rc.seconds_until_due(failing, 1, 300, datetime(2026, 11, 28, 12, 0, 20, tzinfo=UTC)) == 10
+    assert rc.is_due(failing, 1, 300, datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC))
+
+
+def test_recheck_annotation_asks_once() -> None:
+    status = {"observedRecheck": "1700000000"}
+    assert rc.recheck_requested({rc.RECHECK_ANNOTATION: "1700000001"}, status) == "1700000001"
+    assert rc.recheck_requested({rc.RECHECK_ANNOTATION: "1700000000"}, status) is None
+    assert rc.recheck_requested({}, status) is None
+    assert rc.recheck_requested(None, {}) is None
+    diagnosis = rc.make(rc.Code.OK, {"registry": "r.example"})
+    assert rc.build_status(diagnosis, {}, 1, "2026-11-28T12:00:00Z", recheck="1")["observedRecheck"] == "1"
+    assert "observedRecheck" not in rc.build_status(diagnosis, {}, 1, "2026-11-28T12:00:00Z")

@@ -95,11 +95,19 @@ RULES: tuple[Rule, ...] = (
     ),
     # network path, from the bottom up
     _r(Code.DNS_NXDOMAIN, r"no such host|NXDOMAIN|Name or service not known"),
+    # Go says "server misbehaving" for a SERVFAIL or REFUSED answer; glibc "Temporary
+    # failure in name resolution" for the same or no answer.
+    _r(
+        Code.DNS_TIMEOUT,
+        r"server misbehaving|Temporary failure in name resolution",
+        Code.DNS_NXDOMAIN,
+        detail="the DNS server answered SERVFAIL or REFUSED, or no server answered",
+    ),
     _r(
         Code.DNS_TIMEOUT,
         r"lookup [^ ]+( on [^ ]+)?: (read udp [^ ]+->[^ ]+: )?(read: )?"
-        r"(i/o timeout|connection refused)"
-        r"|server misbehaving|Temporary failure in name resolution|dial udp [^ ]+:53",
+        r"(i/o timeout|connection refused)|dial udp [^ ]+:53",
+        detail="no DNS server answered in time (or the DNS server's port refused the query)",
     ),
     _r(
         Code.TLS_HOSTNAME_MISMATCH,
@@ -192,7 +200,9 @@ RULES: tuple[Rule, ...] = (
         Code.PERMISSION_DENIED,
         r"is not authorized to perform: ecr:|no (identity|resource)-based policy allows"
         r"|Permission [\"']?artifactregistry\.[a-zA-Z.]+[\"']? denied"
-        r"|does not have (storage\.objects\.get|artifactregistry\.[a-zA-Z.]+) access",
+        r"|does not have (storage\.objects\.get|artifactregistry\.[a-zA-Z.]+) access"
+        r"|Token exchange failed for project [^\n]*Caller does not have permission"
+        r"|permission_denied: The token provided does not match expected scopes",
         Code.REPOSITORY_NOT_FOUND,
     ),
     # GHCR: a personal access token that is wrong, revoked or expired.
@@ -217,6 +227,12 @@ RULES: tuple[Rule, ...] = (
         r"\b50[0-4] (Internal Server Error|Bad Gateway|Service Unavailable"
         r"|Gateway Time-?out)|received unexpected HTTP status: 5\d\d|status code 5\d\d"
         r"|could not fetch content descriptor [^ ]+ [^ ]+ from remote: not found|BLOB_UNKNOWN",
+    ),
+    # Go's client ends with the bare status text for a registry's (or a proxy's) 5xx.
+    _r(
+        Code.REGISTRY_ERROR,
+        r": (Internal Server Error|Bad Gateway|Service Unavailable|Gateway Time-?out)\.?\s*$",
+        Code.PROXY_ERROR,
     ),
     _r(Code.TLS_PROTOCOL_ERROR, r"\b400 Bad Request", Code.REGISTRY_ERROR),
     _r(Code.CHALLENGE_ERROR, r"no realm specified|CONNECTIVITY_CHALLENGE_ERROR"),
@@ -253,6 +269,18 @@ RULES: tuple[Rule, ...] = (
     # (registry or dedicated data endpoint) that is how its firewall answers when the body
     # is not quoted. Everywhere else (ECR, GCR/Artifact Registry, Quay, Harbor, ...) a 403
     # means the identity may not pull, or the repository went private or away.
+    # A 403 from the storage/CDN host a registry redirects blob downloads to (pre-signed
+    # URLs): an egress firewall or proxy that allows the registry but not its data host.
+    _r(
+        Code.FIREWALL_FORBIDDEN,
+        r"https://[^/\s\"]*(?:\.cloudfront\.net|\.r2\.cloudflarestorage\.com|storage\.googleapis\.com"
+        r"|\.s3[.-][^/\s\"]*amazonaws\.com|\.blob\.core\.windows\.net|production\.cloudflare\.docker\.com)"
+        r"/[^\s]*:?\s+(?:403\b|Forbidden)",
+        Code.PROXY_ERROR,
+        Code.PERMISSION_DENIED,
+        detail=" (403 from the registry's storage/CDN host that blob downloads are redirected to: "
+        "an egress firewall or proxy that allows the registry but not its data host)",
+    ),
     _r(
         Code.FIREWALL_FORBIDDEN,
         r"^(?=.*\.azurecr\.(?:io|cn|us)\b).*(?:\b403\b|Forbidden)",
@@ -264,6 +292,7 @@ RULES: tuple[Rule, ...] = (
         r"\b403\b|Forbidden",
         Code.REPOSITORY_NOT_FOUND,
         Code.FIREWALL_FORBIDDEN,
+        Code.PROXY_ERROR,  # Go reports a proxy refusing CONNECT as the bare "Forbidden"
     ),
     _r(Code.ACCESS_DENIED, r"401 Unauthorized|unauthorized|authorization failed|denied", *_ACCESS),
     _r(Code.REPOSITORY_NOT_FOUND, r"NAME_UNKNOWN|name unknown|repository name not known"),

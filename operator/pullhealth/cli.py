@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pullhealth import classify, credentials, docgen, engine
+from pullhealth import __version__, classify, credentials, docgen, engine
 from pullhealth.codes import Code
 from pullhealth.diagnose import make, redacted
 from pullhealth.model import Diagnosis, StepStatus
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pullhealth", description="Tell why an image pull fails, and what to do about it."
     )
+    parser.add_argument("--version", action="version", version=f"pullhealth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="probe a registry pull path: DNS, TCP, TLS, auth, manifest")
@@ -70,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--nameserver", metavar="HOST[:PORT]", help="DNS server to ask instead of the system's"
     )
-    check.add_argument("--timeout", type=float, default=10.0, help="seconds per network call (default 10)")
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds the whole check may take, all steps included (default 10)",
+    )
     check.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default linux/amd64)")
     check.add_argument(
         "--expect-private-endpoint",
@@ -93,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("message", help="the message text, or - to read stdin")
     explain.add_argument("--output", "-o", choices=("text", "json"), default="text")
 
-    sub.add_parser("codes", help="print the diagnosis codes reference (Markdown)")
+    codes = sub.add_parser("codes", help="print the diagnosis codes reference, or one code's (Markdown)")
+    codes.add_argument("code", nargs="?", help="one code, e.g. TAG_NOT_FOUND (any case)")
 
     run = sub.add_parser("run", help="run the operator (RegistryChecks)")
     scope = run.add_mutually_exclusive_group()
@@ -107,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
         help="watch every namespace (the default without --namespace)",
     )
     run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
+    run.add_argument(
+        "--metrics-bind-address",
+        default="0.0.0.0",
+        help="address /metrics listens on (default 0.0.0.0, every interface: Prometheus scrapes "
+        "the pod IP; 127.0.0.1 keeps it local, e.g. behind an authenticating proxy sidecar)",
+    )
+    run.add_argument(
+        "--metrics-registries",
+        default="",
+        help="comma-separated registries labelled by name in metrics besides those RegistryChecks "
+        "name; any other registry is counted as 'other' (bounded labels)",
+    )
     run.add_argument(
         "--liveness",
         default="http://0.0.0.0:8081/healthz",
@@ -184,8 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", "-v", action="store_true")
 
-    dev = sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos", add_help=False)
-    dev.add_argument("args", nargs=argparse.REMAINDER)
+    # Listed for the help text only: main() hands everything after "dev-cluster" to
+    # devcluster.main, so its own options (--help, --state-dir) work in any order.
+    sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos", add_help=False)
     return parser
 
 
@@ -390,9 +411,20 @@ def _print_explain(diagnosis: Diagnosis, output: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pullhealth`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dev-cluster"]:
+        from pullhealth import devcluster  # optional: needs the dev extras
+
+        return devcluster.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
+            # An unexpected error is an UNKNOWN diagnosis with a one-line message; the
+            # command prints no traceback (the operator logs it). Logging configured by an
+            # embedding program is left alone.
+            if not logging.getLogger().handlers:
+                logging.getLogger("pullhealth").addHandler(logging.NullHandler())
+                logging.getLogger("pullhealth").propagate = False
             secrets: list[str] = []
             diagnosis = asyncio.run(_check(args, secrets))
             _print_check(diagnosis, args.reference, args.output, Redactor(secrets))
@@ -407,12 +439,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return runner.run(args)
         if args.command == "codes":
+            if args.code:
+                try:
+                    code = Code(args.code.upper())
+                except ValueError:
+                    raise UsageError(
+                        f"no code {args.code}; the codes are: {', '.join(c.value for c in Code)}"
+                    ) from None
+                print(docgen.code_markdown(code), end="")
+                return EXIT_OK
             print(docgen.codes_markdown(), end="")
             return EXIT_OK
-        if args.command == "dev-cluster":
-            from pullhealth import devcluster  # optional: needs the dev extras
-
-            return devcluster.main(list(args.args))
     except UsageError as exc:
         print(f"pullhealth: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,8 +26,8 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 DEFAULT_MAX_ENTRIES = 4096
-# Seconds a failed result is shared (at most the TTL): long enough to coalesce a burst of
-# pods failing on one image, short enough that a fixed registry is seen at the next event.
+# Seconds a transient failure is shared (at most the TTL): long enough to coalesce a burst
+# of pods failing on one image, short enough that a recovered registry is seen soon.
 DEFAULT_FAILURE_TTL = 10.0
 
 

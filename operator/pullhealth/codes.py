@@ -76,7 +76,7 @@ class Code(StrEnum):
 
 CATALOG: Mapping[Code, CodeInfo] = {
     Code.OK: CodeInfo(
-        summary="{registry} is reachable and {image} can be pulled with the credentials used",
+        summary="{registry} is reachable and {verdict}",
         remediation=(),
     ),
     Code.DNS_NXDOMAIN: CodeInfo(
@@ -91,7 +91,7 @@ CATALOG: Mapping[Code, CodeInfo] = {
         check_health_error="CONNECTIVITY_DNS_ERROR",
     ),
     Code.DNS_TIMEOUT: CodeInfo(
-        summary="DNS lookup of {host} timed out or no DNS server answered",
+        summary="DNS lookup of {host} failed: {detail}",
         remediation=(
             "Check that CoreDNS is running: kubectl -n kube-system get pods -l k8s-app=kube-dns",
             "Check the node's DNS servers and the VNet's custom DNS setting: "
@@ -427,3 +427,19 @@ def remediation(code: Code, facts: Mapping[str, str | None]) -> list[str]:
 
 
 assert set(CATALOG) == set(Code), "every code needs a catalog entry"
+
+
+# Acronyms kept upper case in CamelCase reasons (Kubernetes style: DNSConfigForming).
+_ACRONYMS = frozenset({"DNS", "TLS", "TCP", "HTTP", "ACR", "IMDS", "OK"})
+
+
+def reason(code: Code | str) -> str:
+    """The CamelCase condition/Event reason of a code (``TAG_NOT_FOUND`` -> ``TagNotFound``).
+
+    Kubernetes API conventions want CamelCase reasons; the UPPER_SNAKE code stays in its
+    own status field. ``OK`` becomes ``Healthy``.
+    """
+    value = str(code)
+    if value == Code.OK.value:
+        return "Healthy"
+    return "".join(w if w in _ACRONYMS else w.capitalize() for w in value.split("_") if w) or "Unknown"

@@ -235,6 +235,8 @@ class _Proc:
     exe: str
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    argv: tuple[str, ...] = ()
+    detach: bool = False
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -379,6 +381,50 @@ class DevCluster:
         (self.state_dir / _STATE_FILE).unlink(missing_ok=True)
         if survivors:
             raise DevClusterError(f"processes survived SIGKILL: {', '.join(survivors)}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component (fault injection: a crashed etcd or API server).
+
+        Args:
+            name: ``etcd``, ``kube-apiserver`` or ``kube-controller-manager``.
+
+        Raises:
+            DevClusterError: If the component is unknown or was not started here.
+        """
+        proc = self._proc(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        if proc.popen is not None:
+            proc.popen.wait(10)
+
+    def revive(self, name: str) -> None:
+        """Start a killed component again with the same command line, and wait until ready.
+
+        etcd keeps its data directory and the API server its port, so clients reconnect
+        to the same cluster.
+
+        Raises:
+            DevClusterError: If it is still running, or does not become ready in time.
+        """
+        proc = self._proc(name)
+        if proc.alive():
+            raise DevClusterError(f"{name} is running")
+        self._procs.remove(proc)
+        self._spawn(name, proc.argv, proc.detach)
+        if name == ETCD:
+            port = int(next(a for a in proc.argv if a.startswith("--listen-client-urls=")).rsplit(":", 1)[1])
+            self._wait(ETCD, lambda: self._probe(port, "/health", "etcd-client"))
+        elif name == KUBE_APISERVER:
+            self._wait(KUBE_APISERVER, self.ready)
+        self._save_state()
+
+    def _proc(self, name: str) -> _Proc:
+        for proc in self._procs:
+            if proc.name == name:
+                if not proc.argv:
+                    raise DevClusterError(f"{name} was not started by this process")
+                return proc
+        raise DevClusterError(f"no component {name}")
 
     def running(self) -> dict[str, bool]:
         """Tell which recorded components still run.
@@ -652,7 +698,7 @@ class DevCluster:
                 start_new_session=True,
                 preexec_fn=None if detach else _die_with_parent,
             )
-        self._procs.append(_Proc(name, popen.pid, argv[0], log, popen))
+        self._procs.append(_Proc(name, popen.pid, argv[0], log, popen, tuple(argv), detach))
 
     def _wait(self, name: str, check: Callable[[], bool]) -> None:
         proc = next(p for p in self._procs if p.name == name)

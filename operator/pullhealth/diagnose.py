@@ -107,20 +107,26 @@ def combine(message: Diagnosis, probed: Diagnosis | None, reached: Layer | None 
     """Merge what the kubelet message says with what the probes found.
 
     The probe result wins when it is a failure at the layer the node reached or a later
-    one: it was observed on the pod's own path now. A probe that failed at an *earlier*
-    layer than the node reached (``reached``: the layer of the message's failure) shows a
-    difference of vantage point, not the cause: the operator probes from its own pod
-    network, kubelet pulls from the node's. The message's code is then kept, the probe's
-    checks are kept as evidence and a ``vantage`` check says what the operator could not
+    one: it was observed on the pod's own path now. A probe that could not reach the
+    registry (DNS, TCP or TLS failed) where the node got further (``reached``: the layer of
+    the message's failure) shows a difference of vantage point, not the cause: the
+    operator probes from its own pod network, kubelet pulls from the node's. A probe that
+    got an HTTP answer reached the registry; its answer refines the message as usual.
+    On a vantage difference the message's code is kept, the probe's checks are kept as
+    evidence and a ``vantage`` check says what the operator could not
     reach. A healthy probe result keeps the message's code (the failure may be node-local
     or transient) but carries the checks as evidence.
     """
     if probed is None:
         return message
-    if probed.code is Code.OK:
+    if probed.code is Code.OK or (probed.code is Code.UNKNOWN and message.code is not Code.UNKNOWN):
+        # An unexpected probe failure (UNKNOWN) says nothing against a recognised message.
         return message.model_copy(update={"checks": probed.checks})
     failed = failed_layer(probed.checks)
-    if reached is not None and failed is not None and failed[1] < reached:
+    # The egress proxy is on the runtime's path too (--proxy mirrors it): its failure is
+    # the cause, not the operator's vantage point.
+    own_network = probed.code is not Code.PROXY_ERROR
+    if own_network and reached is not None and failed is not None and failed[1] < min(reached, Layer.HTTP):
         return _vantage(message, probed, failed[0], failed[1], reached)
     facts = {**message.facts, **probed.facts}
     candidates = [c for c in message.candidates if c is not probed.code]
@@ -157,6 +163,30 @@ def vantage_layer(diagnosis: Diagnosis) -> str | None:
         if check.name == VANTAGE_CHECK:
             return check.details.get("operatorFailedAt")
     return None
+
+
+# Results that may well differ a few seconds later (time-outs, refused or broken
+# connections, 429, 5xx, an identity endpoint down, anything unexpected): shared for a
+# short time only. A registry's definite answer (no such tag, credentials rejected) is
+# shared for the whole interval.
+TRANSIENT = frozenset(
+    {
+        Code.DNS_TIMEOUT,
+        Code.CONNECT_TIMEOUT,
+        Code.CONNECT_REFUSED,
+        Code.TLS_PROTOCOL_ERROR,
+        Code.RATE_LIMITED,
+        Code.REGISTRY_ERROR,
+        Code.IDENTITY_UNAVAILABLE,
+        Code.PROXY_ERROR,
+        Code.UNKNOWN,
+    }
+)
+
+
+def transient(diagnosis: Diagnosis) -> bool:
+    """Whether a result is a transient failure (see :data:`TRANSIENT`)."""
+    return diagnosis.code in TRANSIENT
 
 
 def redacted(diagnosis: Diagnosis, redactor: Redactor) -> Diagnosis:

@@ -24,22 +24,26 @@ def codes_markdown() -> str:
             f"| [{code.value}](#{code.value.lower()}) | {info.check_health_error or ''} "
             f"| {'yes' if info.coarse else ''} |\n"
         )
-    for code in Code:
-        info = CATALOG[code]
-        out.append(f"\n## {code.value}\n\n")
-        out.append(f"Summary: {_show(info.summary)}\n")
-        if info.check_health_error:
-            out.append(f"\n`az acr check-health` reports this as `{info.check_health_error}`.\n")
-        if info.coarse:
-            out.append(
-                "\nCoarse: the message text cannot tell the causes apart; pullhealth's probes refine it.\n"
-            )
-        if info.remediation:
-            out.append("\nRemediation:\n\n")
-            out.extend(
-                f"{i}. `{_show(step)}`\n" if step.startswith(("az ", "kubectl ")) else f"{i}. {_show(step)}\n"
-                for i, step in enumerate(info.remediation, 1)
-            )
+    out.extend(code_markdown(code) for code in Code)
+    return "".join(out)
+
+
+def code_markdown(code: Code) -> str:
+    """The Markdown section of one code (``pullhealth codes CODE``)."""
+    info = CATALOG[code]
+    out = [f"\n## {code.value}\n\n", f"Summary: {_show(info.summary)}\n"]
+    if info.check_health_error:
+        out.append(f"\n`az acr check-health` reports this as `{info.check_health_error}`.\n")
+    if info.coarse:
+        out.append(
+            "\nCoarse: the message text cannot tell the causes apart; pullhealth's probes refine it.\n"
+        )
+    if info.remediation:
+        out.append("\nRemediation:\n\n")
+        out.extend(
+            f"{i}. `{_show(step)}`\n" if step.startswith(("az ", "kubectl ")) else f"{i}. {_show(step)}\n"
+            for i, step in enumerate(info.remediation, 1)
+        )
     return "".join(out)
 
 

@@ -181,6 +181,8 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
     redactor = Redactor()
     credential = target.credential
     redactor.add(credential.secrets(), [(credential.username or "", s) for s in credential.secrets()])
+    if options.proxy is not None and options.proxy.password:
+        redactor.add([options.proxy.password], [(options.proxy.username or "", options.proxy.password)])
     run.facts.update(
         registry=target.registry,
         credential=credential.describe(),
@@ -260,7 +262,18 @@ def _finish(run: _Run, target: Target, redactor: Redactor) -> Diagnosis:
             run.skip(name, "skipped: an earlier step failed" if run.failed else "skipped")
     order = {n: i for i, n in enumerate(STEPS)}
     run.checks.sort(key=lambda c: order[c.name])
+    run.facts.setdefault("verdict", _verdict(target, run.facts.get("credential", "anonymous")))
     return redacted(from_checks(run.checks, run.facts), redactor)
+
+
+def _verdict(target: Target, credential: str) -> str:
+    """What a healthy result proves, and no more (the OK summary's ending)."""
+    if target.image is not None:
+        how = "anonymously" if credential == "anonymous" else f"with {credential}"
+        return f"{target.image.familiar} can be pulled {how}"
+    if credential == "anonymous":
+        return "answers anonymously (no credentials were used and no image was checked)"
+    return f"accepts {credential} (no image was checked)"
 
 
 async def _steps(

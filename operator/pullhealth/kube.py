@@ -10,14 +10,22 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from pullhealth import events
+from pullhealth.reconnect import OutageTracker
+
 REQUEST_TIMEOUT = 10.0
+# Optimistic-concurrency retries: a conflict caused by someone else's unrelated write
+# (kubelet's status updates) is retried on the fresh object this many times.
+MAX_CONFLICT_RETRIES = 5
 
 
 def load_config() -> kubernetes.client.ApiClient:
@@ -47,7 +55,43 @@ def api_server_addresses(api: kubernetes.client.ApiClient) -> tuple[tuple[str, i
     return tuple(dict.fromkeys(found))
 
 
-class KubeReader:
+class Unreachable(ApiException):
+    """The API server did not answer (connection refused, reset, timed out): status 0."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status=0, reason=f"API server unreachable: {detail}")
+
+
+class _Caller:
+    """Runs a client call on a worker thread, bounded, reporting outages to the tracker."""
+
+    # Set by the operator's start-up: one WARNING per outage instead of one per failure.
+    outages: OutageTracker | None = None
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if _Caller.outages is not None:
+                _Caller.outages.failed(type(exc).__name__)
+            raise Unreachable(type(exc).__name__) from None
+        except ApiException as exc:
+            if exc.status in (500, 502, 503, 504) and _Caller.outages is not None:
+                _Caller.outages.failed(f"HTTP {exc.status}")  # etcd down behind the API server
+            elif _Caller.outages is not None:
+                _Caller.outages.recovered()
+            raise
+        if _Caller.outages is not None:
+            _Caller.outages.recovered()
+        return result
+
+
+def report_outages_to(tracker: OutageTracker | None) -> None:
+    """Every API call made through this module reports connection failures and successes."""
+    _Caller.outages = tracker
+
+
+class KubeReader(_Caller):
     """Namespaced reads of Secrets and ServiceAccounts, and ServiceAccount tokens."""
 
     def __init__(self, api: kubernetes.client.ApiClient | None = None) -> None:
@@ -65,7 +109,7 @@ class KubeReader:
     async def node(self, name: str) -> Mapping[str, Any] | None:
         """Read a Node (cluster-scoped); None when absent or RBAC does not allow it."""
         try:
-            obj = await asyncio.to_thread(self._core.read_node, name, _request_timeout=REQUEST_TIMEOUT)
+            obj = await self._call(self._core.read_node, name)
         except ApiException as exc:
             if exc.status in (403, 404):
                 return None  # the default platform is used instead
@@ -78,12 +122,11 @@ class KubeReader:
         body = kubernetes.client.AuthenticationV1TokenRequest(
             spec=kubernetes.client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=600)
         )
-        result = await asyncio.to_thread(
+        result = await self._call(
             self._core.create_namespaced_service_account_token,
             name,
             namespace,
             body,
-            _request_timeout=REQUEST_TIMEOUT,
         )
         if result.status is None or not result.status.token:
             raise RuntimeError(f"TokenRequest for {namespace}/{name} returned no token")
@@ -91,7 +134,7 @@ class KubeReader:
 
     async def _read(self, call: Any, name: str, namespace: str) -> Mapping[str, Any] | None:
         try:
-            obj = await asyncio.to_thread(call, name, namespace, _request_timeout=REQUEST_TIMEOUT)
+            obj = await self._call(call, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -104,17 +147,105 @@ class Forbidden(Exception):
     """The operator's RBAC does not allow a write."""
 
 
+class Conflict(Exception):
+    """Another writer changed what a write was based on; this write was not made."""
+
+
+class Emitted(StrEnum):
+    """What :meth:`KubeWriter.emit` did."""
+
+    CREATED = "created"
+    EXISTED = "existed"  # a retry (or a racing writer) of the same report: nothing posted
+    REPEATED = "repeated"  # the same report again after other states: series.count + 1
+
+
+class Written(StrEnum):
+    """What a compare-and-set write did."""
+
+    WRITTEN = "written"
+    LOST = "lost"  # another writer changed the object first; nothing written
+    GONE = "gone"  # the object was deleted
+
+
 class KubeWriter(KubeReader):
-    """Reads plus the few writes the pod handler makes."""
+    """Reads plus the few writes the handlers make."""
+
+    def __init__(self, api: kubernetes.client.ApiClient | None = None) -> None:
+        super().__init__(api)
+        self._events = kubernetes.client.EventsV1Api(self.api)
+
+    async def emit(self, spec: events.EventSpec, instance: str) -> Emitted:
+        """Post an Event exactly once (see :mod:`pullhealth.events`).
+
+        Create it under its deterministic name; when it exists, the occurrence marker
+        tells a retry (nothing to do) from a repeat (count it in ``series``).
+
+        Raises:
+            Forbidden: RBAC denies creating Events.
+            ApiException: the API server failed (the caller writes nothing after it).
+        """
+        namespace = spec.regarding.namespace
+        try:
+            await self._call(
+                self._events.create_namespaced_event,
+                namespace,
+                spec.body(instance),  # a dict is serialised as is
+            )
+            return Emitted.CREATED
+        except ApiException as exc:
+            if exc.status == 403:
+                raise Forbidden(_reason(exc) or f"create events in {namespace} is forbidden") from None
+            if exc.status != 409:
+                raise
+        for _ in range(MAX_CONFLICT_RETRIES):
+            existing = await self._read(self._events.read_namespaced_event, spec.name, namespace)
+            if existing is None:  # expired between create and read: post it again
+                return await self.emit(spec, instance)
+            if events.is_retry(existing, spec.occurrence):
+                return Emitted.EXISTED
+            try:
+                await self._call(
+                    self._events.patch_namespaced_event,
+                    spec.name,
+                    namespace,
+                    events.repeat_patch(existing, spec.occurrence),
+                )
+                return Emitted.REPEATED
+            except ApiException as exc:
+                if exc.status == 403:
+                    raise Forbidden(_reason(exc) or f"patch events in {namespace} is forbidden") from None
+                if exc.status not in (404, 409):
+                    raise
+        return Emitted.EXISTED  # others keep counting it: it exists
+
+    async def ready(self) -> bool:
+        """Whether the API server answers ``/readyz`` (etcd included); never raises."""
+        try:
+            await self._call(self._readyz)
+        except ApiException:
+            return False
+        return True
+
+    def _readyz(self, _request_timeout: float) -> None:
+        method, url, headers, body, post = self.api.param_serialize(
+            "GET", "/readyz", auth_settings=["BearerToken"]
+        )
+        response = self.api.call_api(method, url, headers, body, post, _request_timeout=_request_timeout)
+        response.read()  # type: ignore[no-untyped-call]
+        if response.status != 200:
+            raise ApiException(status=response.status, reason="not ready")
+
+    async def read_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """Read a Pod; None when absent."""
+        return await self._read(self._core.read_namespaced_pod, name, namespace)
 
     async def kubelet_pull_messages(self, namespace: str, uid: str, limit: int = 50) -> list[str]:
         """Messages of the pod's kubelet ``Failed`` events, newest first (bounded)."""
-        result = await asyncio.to_thread(
+        result = await self._call(
             self._core.list_namespaced_event,
             namespace,
             field_selector=f"involvedObject.uid={uid},reason=Failed",
             limit=limit,
-            _request_timeout=REQUEST_TIMEOUT,
         )
 
         def when(event: Any) -> str:
@@ -134,8 +265,8 @@ class KubeWriter(KubeReader):
         """
         body = {"metadata": {"annotations": dict(annotations)}}
         try:
-            await asyncio.to_thread(
-                self._core.patch_namespaced_pod, name, namespace, body, _request_timeout=REQUEST_TIMEOUT
+            await self._call(
+                self._core.patch_namespaced_pod, name, namespace, body
             )
         except ApiException as exc:
             if exc.status == 403:
@@ -144,39 +275,145 @@ class KubeWriter(KubeReader):
                 return  # the pod is gone: nothing to annotate
             raise
 
+    async def set_pod_annotations(
+        self,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+        *,
+        resource_version: str,
+        expected: Mapping[str, str | None],
+    ) -> Written:
+        """Compare-and-set annotations: write only if ours still read ``expected``.
 
-class StatusWriter:
+        The patch carries ``resourceVersion`` (optimistic concurrency). On a conflict the
+        pod is read again: if another writer changed our annotations, nothing is written
+        (:attr:`Written.LOST`); if only others' fields changed (kubelet's status), the
+        patch is retried on the fresh version.
+
+        Raises:
+            Forbidden: RBAC denies the patch.
+        """
+        version = resource_version
+        for _ in range(MAX_CONFLICT_RETRIES):
+            body = {"metadata": {"annotations": dict(annotations), "resourceVersion": version}}
+            try:
+                await self._call(
+                    self._core.patch_namespaced_pod, name, namespace, body
+                )
+                return Written.WRITTEN
+            except ApiException as exc:
+                if exc.status == 403:
+                    refused = f"patch pods/{name} in {namespace} is forbidden"
+                    raise Forbidden(_reason(exc) or refused) from None
+                if exc.status == 404:
+                    return Written.GONE
+                if exc.status != 409:
+                    raise
+            pod = await self.read_pod(namespace, name)
+            if pod is None:
+                return Written.GONE
+            meta = pod.get("metadata") or {}
+            current = meta.get("annotations") or {}
+            if any(current.get(key) != value for key, value in expected.items()):
+                return Written.LOST
+            version = str(meta.get("resourceVersion") or "")
+        return Written.LOST
+
+
+class StatusWriter(_Caller):
     """Writes RegistryCheck status through the status subresource (merge patch)."""
 
     def __init__(self, api: kubernetes.client.ApiClient) -> None:
         self._custom = kubernetes.client.CustomObjectsApi(api)
 
+    async def peering_status(self, name: str, namespace: str | None) -> Mapping[str, Any] | None:
+        """The status of kopf's peering object (ClusterKopfPeering, or KopfPeering in
+        ``namespace``): one keep-alive record per replica. None when absent or unreadable."""
+        try:
+            if namespace is None:
+                obj: Any = await self._call(
+                    self._custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings", name
+                )
+            else:
+                obj = await self._call(
+                    self._custom.get_namespaced_custom_object,
+                    "kopf.dev",
+                    "v1",
+                    namespace,
+                    "kopfpeerings",
+                    name,
+                )
+        except ApiException:
+            return None
+        status: Mapping[str, Any] | None = (obj or {}).get("status")
+        return status
+
     async def patch_status(
-        self, group: str, version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None:
-        """Merge-patch ``status``.
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
+        still_ours: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> str | None:
+        """Merge-patch ``status``; returns the new resourceVersion (None: object deleted).
+
+        With ``resource_version`` the write is conditional (optimistic concurrency). On a
+        conflict the object is read again and the write retried on the fresh version only
+        if ``still_ours(object)`` says nobody took over what this write is based on.
 
         Raises:
             Forbidden: RBAC denies the write.
+            Conflict: another writer changed the object first.
         """
-        try:
-            await asyncio.to_thread(
-                self._custom.patch_namespaced_custom_object_status,
-                group,
-                version,
-                namespace,
-                plural,
-                name,
-                {"status": dict(status)},
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        except ApiException as exc:
-            if exc.status == 403:
-                fallback = f"patch {plural}/status of {namespace}/{name} is forbidden"
-                raise Forbidden(_reason(exc) or fallback) from None
-            if exc.status == 404:
-                return  # deleted meanwhile
-            raise
+        rv = resource_version
+        for _ in range(MAX_CONFLICT_RETRIES):
+            body: dict[str, Any] = {"status": dict(status)}
+            if rv:
+                body["metadata"] = {"resourceVersion": rv}
+            try:
+                result: Any = await self._call(
+                    self._custom.patch_namespaced_custom_object_status,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    body,
+                )
+                return str(((result or {}).get("metadata") or {}).get("resourceVersion") or "")
+            except ApiException as exc:
+                if exc.status == 403:
+                    fallback = f"patch {plural}/status of {namespace}/{name} is forbidden"
+                    raise Forbidden(_reason(exc) or fallback) from None
+                if exc.status == 404:
+                    return None  # deleted meanwhile
+                if exc.status != 409 or still_ours is None:
+                    if exc.status == 409:
+                        raise Conflict(f"{plural} {namespace}/{name} changed meanwhile") from None
+                    raise
+            try:
+                fresh: Any = await self._call(
+                    self._custom.get_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            if not still_ours(fresh):
+                raise Conflict(f"{plural} {namespace}/{name} was written by another operator")
+            rv = str((fresh.get("metadata") or {}).get("resourceVersion") or "")
+        raise Conflict(f"{plural} {namespace}/{name} keeps changing")
 
 
 def _reason(exc: ApiException) -> str:

@@ -1,22 +1,47 @@
 """The one Prometheus registry and every metric pullhealth exports.
 
 Label sets stay bounded: per RegistryCheck (namespace, name) plus a diagnosis code from a
-fixed enum; per probe step; per registry host. Series of a deleted RegistryCheck are
-removed by :func:`forget_registry_check`.
+fixed enum; per probe step; per registry host, but only for registries a RegistryCheck
+names or the admin lists (``--metrics-registries``): any other host is ``other``.
+
+The RegistryCheck gauges mirror the status (level-triggered): every timer tick exports
+what the object's status holds, so right after an operator restart the first tick (kopf
+runs it as soon as it lists the object) brings every gauge back with the status values,
+without re-running a check. A deleted RegistryCheck's series are removed and stay removed:
+its uid is remembered, so a check that finishes after the delete cannot export again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import threading
+from collections import Counter as Tally
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from pullhealth import __version__, podcheck
+from pullhealth.model import Phase
+from pullhealth.reference import normalize_registry
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+OTHER = "other"
+"""The registry label of every host no RegistryCheck names and the admin did not list."""
+
+BUILD_INFO = Gauge(
+    "pullhealth_build_info",
+    "Always 1: the running operator's version (absent: the operator is not scraped).",
+    ["version", "python_version"],
+    registry=REGISTRY,
+)
 REGISTRY_CHECK_HEALTHY = Gauge(
     "pullhealth_registry_check_healthy",
-    "1 when the RegistryCheck's last check was healthy, else 0.",
+    "1 when the RegistryCheck's status is Healthy, 0 when Unhealthy (no series otherwise).",
     ["namespace", "name", "registry"],
     registry=REGISTRY,
 )
@@ -35,7 +60,13 @@ REGISTRY_CHECK_DURATION = Histogram(
 )
 REGISTRY_CHECK_LAST_RUN = Gauge(
     "pullhealth_registry_check_last_run_timestamp_seconds",
-    "Unix time of the RegistryCheck's last finished check.",
+    "Unix time of the RegistryCheck's last finished check (status.lastCheckTime).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+REGISTRY_CHECK_INTERVAL = Gauge(
+    "pullhealth_registry_check_interval_seconds",
+    "spec.intervalSeconds of each RegistryCheck that is scheduled (not suspended, valid spec).",
     ["namespace", "name"],
     registry=REGISTRY,
 )
@@ -57,53 +88,180 @@ PROBE_REQUESTS = Counter(
     ["registry", "probe"],
     registry=REGISTRY,
 )
+POD_VANTAGE_DIFFERENCES = Counter(
+    "pullhealth_pod_vantage_differences",
+    "Pod diagnoses where the operator's own probe failed at an earlier layer than kubelet's "
+    "message shows the node reached (the operator's network cannot reach the registry), by "
+    "the layer the probe failed at (dns, tcp, tls, http, token).",
+    ["layer"],
+    registry=REGISTRY,
+)
 PATCH_FORBIDDEN = Counter(
     "pullhealth_patch_forbidden",
     "Writes the operator's RBAC did not allow (logged once per object, not retried).",
     ["resource"],
     registry=REGISTRY,
 )
+API_OUTAGES = Counter(
+    "pullhealth_api_outages",
+    "API server (or etcd behind it) outages the operator rode out: one per outage, however "
+    "many requests were retried meanwhile (the log has one WARNING line for each).",
+    registry=REGISTRY,
+)
 
-_lock = threading.Lock()
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+
+MAX_TOMBSTONES = 10000
+
+_lock = threading.RLock()
 _codes_seen: dict[tuple[str, str], set[str]] = {}
-_registry_of: dict[tuple[str, str], str] = {}
+_registry_of: dict[tuple[str, str], str] = {}  # RegistryCheck -> the registry it names
+_named: Tally[str] = Tally()  # registry -> how many RegistryChecks name it
+_uid_of: dict[tuple[str, str], str] = {}
+_deleted: OrderedDict[str, None] = OrderedDict()  # uids of deleted RegistryChecks (bounded)
+_admin_registries: frozenset[str] = frozenset()
+_probe_series: set[tuple[str, str]] = set()
 
 
-def record_registry_check(
+# -- registry labels ------------------------------------------------------------------
+
+
+def set_admin_registries(hosts: Iterable[str]) -> None:
+    """The registries the admin wants labelled by name (``--metrics-registries``)."""
+    global _admin_registries
+    with _lock:
+        _admin_registries = frozenset(normalize_registry(h) for h in hosts if h.strip())
+        _relabel()
+
+
+def registry_label(host: str) -> str:
+    """``host`` when a RegistryCheck names it or the admin listed it, else ``other``."""
+    normal = normalize_registry(host)
+    with _lock:
+        known = normal in _admin_registries or normal in _named
+    return normal if known else OTHER
+
+
+def _set_registry(key: tuple[str, str], registry: str | None) -> str | None:
+    """Record the registry a RegistryCheck names (None: none); returns the previous one."""
+    old = _registry_of.pop(key, None)
+    if old is not None:
+        _named[old] -= 1
+        if _named[old] <= 0:
+            del _named[old]
+    if registry is not None:
+        _registry_of[key] = registry
+        _named[registry] += 1
+    return old
+
+
+def _relabel() -> None:
+    """The set of named registries changed: re-derive every registry-labelled series."""
+    POD_FAILURES.relabel()
+    for registry, probe in list(_probe_series):
+        if registry != OTHER and registry_label(registry) == OTHER:
+            _probe_series.discard((registry, probe))
+            _remove(PROBE_REQUESTS, registry, probe)
+
+
+# -- RegistryChecks -------------------------------------------------------------------
+
+
+def export_registry_check(
     namespace: str,
     name: str,
-    registry: str,
-    code: str,
-    healthy: bool,
-    step_seconds: dict[str, float],
-    finished_at: float,
+    uid: str,
+    registry: str | None,
+    interval_seconds: int | None,
+    status: Mapping[str, Any],
 ) -> None:
-    """Export one finished RegistryCheck run."""
+    """Make the RegistryCheck's gauges say what its status says (idempotent).
+
+    Args:
+        namespace: the RegistryCheck's namespace.
+        name: its name.
+        uid: its uid (a deleted uid never exports again).
+        registry: the registry its spec names; None when the spec is invalid.
+        interval_seconds: its schedule; None when suspended or invalid (no staleness then).
+        status: the object's status as the API server holds it.
+    """
     key = (namespace, name)
+    phase = status.get("phase")
+    last = _parse_time(status.get("lastCheckTime"))
     with _lock:
-        old_registry = _registry_of.get(key)
-        if old_registry is not None and old_registry != registry:
-            _remove(REGISTRY_CHECK_HEALTHY, namespace, name, old_registry)
-        _registry_of[key] = registry
-        _codes_seen.setdefault(key, set()).add(code)
-    REGISTRY_CHECK_HEALTHY.labels(namespace, name, registry).set(1 if healthy else 0)
-    REGISTRY_CHECK_RUNS.labels(namespace, name, code).inc()
-    REGISTRY_CHECK_LAST_RUN.labels(namespace, name).set(finished_at)
+        if uid in _deleted:
+            return
+        if _uid_of.get(key) not in (None, uid):
+            _forget_series(key)  # same name, new object
+        _uid_of[key] = uid
+        registry = normalize_registry(registry) if registry else None
+        old = _set_registry(key, registry)
+        if old != registry:
+            if old is not None:
+                _remove(REGISTRY_CHECK_HEALTHY, namespace, name, old)
+            _relabel()
+        if registry and phase in (Phase.HEALTHY.value, Phase.UNHEALTHY.value):
+            healthy = 1 if phase == Phase.HEALTHY.value else 0
+            REGISTRY_CHECK_HEALTHY.labels(namespace, name, registry).set(healthy)
+        elif registry:
+            _remove(REGISTRY_CHECK_HEALTHY, namespace, name, registry)
+        if last is not None:
+            REGISTRY_CHECK_LAST_RUN.labels(namespace, name).set(last)
+        else:
+            _remove(REGISTRY_CHECK_LAST_RUN, namespace, name)
+        if interval_seconds is not None:
+            REGISTRY_CHECK_INTERVAL.labels(namespace, name).set(interval_seconds)
+        else:
+            _remove(REGISTRY_CHECK_INTERVAL, namespace, name)
+
+
+def record_registry_check_run(
+    namespace: str, name: str, uid: str, code: str, step_seconds: Mapping[str, float]
+) -> None:
+    """Count one finished RegistryCheck run (its gauges follow the status it writes)."""
+    with _lock:
+        if uid in _deleted:
+            return
+        _codes_seen.setdefault((namespace, name), set()).add(code)
+        REGISTRY_CHECK_RUNS.labels(namespace, name, code).inc()
     for probe, seconds in step_seconds.items():
         REGISTRY_CHECK_DURATION.labels(probe).observe(seconds)
 
 
-def forget_registry_check(namespace: str, name: str) -> None:
-    """Remove every series of a deleted RegistryCheck."""
+def forget_registry_check(namespace: str, name: str, uid: str | None = None) -> None:
+    """Remove every series of a deleted RegistryCheck, for good (runs finishing later included)."""
     key = (namespace, name)
     with _lock:
-        registry = _registry_of.pop(key, None)
-        codes = _codes_seen.pop(key, set())
+        uid = uid or _uid_of.get(key)
+        if uid:
+            _deleted[uid] = None
+            while len(_deleted) > MAX_TOMBSTONES:
+                _deleted.popitem(last=False)
+        if _uid_of.get(key) in (None, uid):
+            _forget_series(key)
+            _relabel()
+
+
+def _forget_series(key: tuple[str, str]) -> None:
+    namespace, name = key
+    _uid_of.pop(key, None)
+    registry = _set_registry(key, None)
+    codes = _codes_seen.pop(key, set())
     if registry is not None:
         _remove(REGISTRY_CHECK_HEALTHY, namespace, name, registry)
     for code in codes:
         _remove(REGISTRY_CHECK_RUNS, namespace, name, code)
     _remove(REGISTRY_CHECK_LAST_RUN, namespace, name)
+    _remove(REGISTRY_CHECK_INTERVAL, namespace, name)
+
+
+def _parse_time(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def _remove(metric: Gauge | Counter, *labels: str) -> None:
@@ -111,49 +269,99 @@ def _remove(metric: Gauge | Counter, *labels: str) -> None:
         metric.remove(*labels)
 
 
+# -- probes and the endpoint ----------------------------------------------------------
+
+
 def count_probe_request(registry: str, probe: str) -> None:
-    """Count one HTTP request of a probe chain."""
-    PROBE_REQUESTS.labels(registry, probe).inc()
+    """Count one HTTP request of a probe chain (unnamed registries count as ``other``)."""
+    label = registry_label(registry)
+    with _lock:
+        _probe_series.add((label, probe))
+        PROBE_REQUESTS.labels(label, probe).inc()
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Expose /metrics on a background thread."""
+    """Expose /metrics on a background thread, on ``addr`` (0.0.0.0: every interface)."""
     start_http_server(port, addr=addr, registry=REGISTRY)
+
+
+# -- failing pods ---------------------------------------------------------------------
 
 
 class PodFailureTracker:
     """Keeps ``pullhealth_pod_pull_failures`` equal to the containers failing now.
 
-    Each pod (by uid) contributes one (namespace, registry, code) per failing container;
-    a pod's contribution is replaced on every evaluation and dropped when it recovers or
-    is deleted, so the gauge never drifts and empty series are removed.
+    Each pod (by uid) contributes one (namespace, registry host, code) per failing
+    container; a pod's contribution is replaced on every evaluation and dropped when it
+    recovers or is deleted, so the gauge never drifts and empty series are removed. Hosts
+    become registry labels through :func:`registry_label` when exported, and are
+    re-derived when the set of named registries changes.
     """
 
     def __init__(self, gauge: Gauge = POD_PULL_FAILURES) -> None:
         self._gauge = gauge
         self._by_pod: dict[str, list[tuple[str, str, str]]] = {}
         self._counts: dict[tuple[str, str, str], int] = {}
-        self._lock = threading.Lock()
+        self._lock = _lock  # one lock with the registry labels: no lock-order inversion
 
-    def set(self, uid: str, labels: list[tuple[str, str, str]]) -> None:
-        """Replace a pod's failing containers (empty list: recovered)."""
+    def known(self, uid: str) -> bool:
+        """Whether the pod was evaluated (or seeded) since the operator started."""
         with self._lock:
-            for key in self._by_pod.pop(uid, []):
-                self._counts[key] -= 1
-            if labels:
-                self._by_pod[uid] = list(labels)
-            for key in labels:
-                self._counts[key] = self._counts.get(key, 0) + 1
-            for key, count in list(self._counts.items()):
-                if count <= 0:
-                    del self._counts[key]
-                    _remove(self._gauge, *key)
-                else:
-                    self._gauge.labels(*key).set(count)
+            return uid in self._by_pod
+
+    def set(self, uid: str, failures: list[tuple[str, str, str]]) -> None:
+        """Replace a pod's failing containers (namespace, registry host, code); [] = recovered."""
+        with self._lock:
+            old = self._by_pod.pop(uid, [])
+            if failures:
+                self._by_pod[uid] = list(failures)
+            touched = set()
+            for key in old:
+                label = self._label(key)
+                self._counts[label] -= 1
+                touched.add(label)
+            for key in failures:
+                label = self._label(key)
+                self._counts[label] = self._counts.get(label, 0) + 1
+                touched.add(label)
+            self._export(touched)
+
+    def seed_from_annotations(self, pod: Mapping[str, Any]) -> None:
+        """After a restart: the diagnosis recorded on the pod, until the pod is re-evaluated."""
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        if uid and not self.known(uid):
+            self.set(uid, podcheck.recorded_failures(pod))
 
     def forget(self, uid: str) -> None:
         """A deleted pod."""
-        self.set(uid, [])
+        with self._lock:
+            if uid in self._by_pod:
+                self.set(uid, [])
+
+    def relabel(self) -> None:
+        """Re-derive every series (the set of named registries changed)."""
+        with self._lock:
+            before = set(self._counts)
+            self._counts = {}
+            for keys in self._by_pod.values():
+                for key in keys:
+                    label = self._label(key)
+                    self._counts[label] = self._counts.get(label, 0) + 1
+            self._export(before | set(self._counts))
+
+    @staticmethod
+    def _label(key: tuple[str, str, str]) -> tuple[str, str, str]:
+        namespace, host, code = key
+        return namespace, registry_label(host), code
+
+    def _export(self, labels: Iterable[tuple[str, str, str]]) -> None:
+        for label in labels:
+            count = self._counts.get(label, 0)
+            if count <= 0:
+                self._counts.pop(label, None)
+                _remove(self._gauge, *label)
+            else:
+                self._gauge.labels(*label).set(count)
 
 
 POD_FAILURES = PodFailureTracker()

@@ -10,7 +10,10 @@ No kopf here. The flow for one pod:
    account's workload identity; the probe result refines the coarse message codes.
    Chains are shared per (registry, credential, image) for the cache's interval.
 3. :func:`plan_writeback` turns the result and the pod's current annotations into the
-   patch and the Event to emit, idempotently (same diagnosis: nothing to do).
+   patch and the Event to emit, idempotently (same diagnosis: nothing to do). The Event
+   is posted first, under a name derived from the pod, container and code, then the
+   annotations are written only if they still read what the plan saw
+   (``Writeback.expected``): exactly one Event per diagnosis, across crashes and writers.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pullhealth import classify, credentials, pullpath
+from pullhealth import classify, credentials, events, pullpath
 from pullhealth.cluster import (
     WORKLOAD_CLIENT_ID,
     ClusterReader,
@@ -67,6 +70,13 @@ class FailingContainer:
     image: str
     reason: str
     message: str
+    # The pod spec list it is in: containers, initContainers or ephemeralContainers.
+    kind: str = "containers"
+
+    @property
+    def field_path(self) -> str:
+        """``spec.containers{app}`` and friends, for the Event's ``regarding.fieldPath``."""
+        return events.container_field_path(self.kind, self.name)
 
 
 def failing_containers(pod: Mapping[str, Any]) -> list[FailingContainer]:
@@ -86,6 +96,7 @@ def failing_containers(pod: Mapping[str, Any]) -> list[FailingContainer]:
                         image=str(images.get(name) or cs.get("image") or ""),
                         reason=str(waiting["reason"]),
                         message=str(waiting.get("message") or ""),
+                        kind=spec_key,
                     )
                 )
     return out
@@ -224,7 +235,9 @@ async def _diagnose_container(
     message = make(message.code, facts, candidates=message.candidates)
 
     probed = await _probe(pod, image, platform, namespace, reader, env, settings, cache, on_request)
-    return PodResult(container, combine(message, probed), image.registry)
+    # How far the node got decides whether an earlier probe failure is the operator's own
+    # network (a vantage difference) or the cause (diagnose.combine).
+    return PodResult(container, combine(message, probed, classify.reached(text)), image.registry)
 
 
 async def _probe(
@@ -290,13 +303,14 @@ async def _probe(
 class Writeback:
     """What to change on the pod: annotation patch (None = nothing) and Event (or None).
 
-    In ``annotations`` a value of None removes the key (JSON merge patch).
+    In ``annotations`` a value of None removes the key (JSON merge patch). ``expected``
+    holds our annotations as the plan saw them: the patch is written only while they
+    still read so (another writer may have reported first).
     """
 
     annotations: dict[str, str | None] | None = None
-    event_type: str | None = None
-    event_reason: str | None = None
-    event_message: str | None = None
+    event: events.EventSpec | None = None
+    expected: dict[str, str | None] | None = None
 
 
 def probable_cause(diagnosis: Diagnosis) -> str:
@@ -313,22 +327,60 @@ def event_message(diagnosis: Diagnosis) -> str:
     return text[:1024]
 
 
+def recorded_failures(pod: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(namespace, registry, code) of the diagnosis annotated on a pod that still fails.
+
+    What an operator that just restarted knows before re-diagnosing the pod: the
+    annotated container, if it still waits on a pull, with the recorded code.
+    """
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    code, name = annotations.get(ANN_DIAGNOSIS), annotations.get(ANN_CONTAINER)
+    if code not in {c.value for c in Code}:
+        return []
+    for container in failing_containers(pod):
+        if container.name == name:
+            try:
+                registry = parse(container.image).registry
+            except InvalidReference:
+                registry = "unknown"
+            return [(str(meta.get("namespace") or ""), registry, str(code))]
+    return []
+
+
 def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -> Writeback:
     """Idempotent: the same diagnosis on the same container changes nothing."""
-    current = (pod.get("metadata") or {}).get("annotations") or {}
+    meta = pod.get("metadata") or {}
+    current = meta.get("annotations") or {}
+    expected = {key: current.get(key) for key in ANNOTATIONS}
+    # The report replaces this state: a retry sees it unchanged, a repeat does not.
+    occurrence = events.fingerprint(*(expected[key] for key in ANNOTATIONS))
     if result is None:
         if not any(key in current for key in ANNOTATIONS):
             return Writeback()
-        return Writeback(
-            annotations=dict.fromkeys(ANNOTATIONS),
-            event_type="Normal",
-            event_reason="PullRecovered",
-            event_message=f"no container waits on an image pull any more "
-            f"(was {current.get(ANN_DIAGNOSIS, 'unknown')})",
+        previous = current.get(ANN_DIAGNOSIS, "unknown")
+        recovered = events.EventSpec(
+            regarding=_regarding(pod, ""),
+            type="Normal",
+            reason="PullRecovered",
+            action="Diagnose",
+            note=f"no container waits on an image pull any more (was {previous})",
+            key=(str(current.get(ANN_CONTAINER, "")), str(previous)),
+            occurrence=occurrence,
         )
+        return Writeback(annotations=dict.fromkeys(ANNOTATIONS), event=recovered, expected=expected)
     code = result.diagnosis.code.value
     if current.get(ANN_DIAGNOSIS) == code and current.get(ANN_CONTAINER) == result.container.name:
         return Writeback()
+    diagnosed = events.EventSpec(
+        regarding=_regarding(pod, result.container.field_path),
+        type="Warning",
+        reason="PullDiagnosed",
+        action="Diagnose",
+        note=event_message(result.diagnosis),
+        key=(result.container.kind, result.container.name, code),
+        occurrence=occurrence,
+    )
     return Writeback(
         annotations={
             ANN_DIAGNOSIS: code,
@@ -336,7 +388,18 @@ def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -
             ANN_CONTAINER: result.container.name,
             ANN_AT: now,
         },
-        event_type="Warning",
-        event_reason="PullDiagnosed",
-        event_message=event_message(result.diagnosis),
+        event=diagnosed,
+        expected=expected,
+    )
+
+
+def _regarding(pod: Mapping[str, Any], field_path: str) -> events.Regarding:
+    meta = pod.get("metadata") or {}
+    return events.Regarding(
+        api_version="v1",
+        kind="Pod",
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        field_path=field_path,
     )

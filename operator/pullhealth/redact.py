@@ -55,8 +55,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
                    r"[^&\s\"',;)>]+"),
         r"\1=" + MASK,
     ),
-    # scheme://user:password@host
-    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),
+    # scheme://user:password@host; scheme://<user>:<password>@host stays.
+    (re.compile(r"(://[^/\s:@]+:)(?!<[\w-]+>@)[^/\s@]+@"), r"\1" + MASK + "@"),
 )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pullhealth import credentials as creds
-from pullhealth import pullpath
+from pullhealth import events, pullpath
 from pullhealth.cluster import (
     ClusterReader,
     Environment,
@@ -23,9 +23,9 @@ from pullhealth.cluster import (
     service_account_secret_names,
 )
 from pullhealth.coalesce import SingleFlight
-from pullhealth.codes import Code
+from pullhealth.codes import Code, reason
 from pullhealth.diagnose import make, redacted
-from pullhealth.model import AuthMode, Diagnosis, Phase, RegistryCheckSpec
+from pullhealth.model import AuthMode, CheckResult, Diagnosis, Phase, RegistryCheckSpec, StepStatus
 from pullhealth.redact import Redactor, one_line
 from pullhealth.reference import ImageReference, InvalidReference, check_host, parse
 
@@ -180,31 +180,28 @@ def _ready_condition(
 
 
 def build_status(
-    diagnosis: Diagnosis, previous: Mapping[str, Any], generation: int, now: str
+    diagnosis: Diagnosis,
+    previous: Mapping[str, Any],
+    generation: int,
+    now: str,
+    recheck: str | None = None,
 ) -> dict[str, Any]:
-    """The status to write for a finished check."""
+    """The status to write for a finished check (``recheck``: the request it answers)."""
     healthy = diagnosis.healthy
+    extra = {"observedRecheck": recheck} if recheck else {}
     return {
+        **extra,
         "phase": (Phase.HEALTHY if healthy else Phase.UNHEALTHY).value,
         "code": diagnosis.code.value,
         "summary": diagnosis.summary[:1024],
         "remediation": diagnosis.remediation,
-        "checks": [
-            {
-                "name": c.name,
-                "status": c.status.value,
-                "code": c.code.value,
-                "message": c.message[:1024],
-                "durationMs": c.duration_ms,
-            }
-            for c in diagnosis.checks
-        ],
+        "checks": [_step(c) for c in diagnosis.checks],
         "lastCheckTime": now,
         "observedGeneration": generation,
         "conditions": [
             _ready_condition(
                 "True" if healthy else "False",
-                diagnosis.code.value,
+                reason(diagnosis.code),
                 diagnosis.summary,
                 previous,
                 generation,
@@ -212,6 +209,19 @@ def build_status(
             )
         ],
     }
+
+
+def _step(check: CheckResult) -> dict[str, Any]:
+    """One step of ``status.checks``; a skipped step carries no code (it found nothing)."""
+    step: dict[str, Any] = {
+        "name": check.name,
+        "status": check.status.value,
+        "message": check.message[:1024],
+        "durationMs": check.duration_ms,
+    }
+    if check.status is not StepStatus.SKIPPED:
+        step["code"] = check.code.value
+    return step
 
 
 def invalid_status(message: str, previous: Mapping[str, Any], generation: int, now: str) -> dict[str, Any]:
@@ -228,22 +238,158 @@ def invalid_status(message: str, previous: Mapping[str, Any], generation: int, n
     }
 
 
-def is_due(status: Mapping[str, Any], generation: int, interval: int, now: datetime) -> bool:
-    """A check is due on a new generation, when never run, or when the interval passed.
+RECHECK_ANNOTATION = "pullhealth.io/recheck"
+FIRST_RETRY_SECONDS = 30
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def retry_after(status: Mapping[str, Any], interval: int) -> int:
+    """Seconds from one finished check to the next.
+
+    A healthy check waits ``interval``. A failing one waits as long as it has been failing
+    (its Ready condition's lastTransitionTime to lastCheckTime), at least 30 s and at most
+    ``interval``: retries come after 30, 30, 60, 120, 240 s ... so a fix shows up quickly,
+    while a lasting failure costs the registry no more than a healthy check. Everything is
+    read from the status, so the back-off survives an operator restart.
+    """
+    if status.get("phase") != Phase.UNHEALTHY.value:
+        return interval
+    ready: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+    )
+    last, since = _parse_time(status.get("lastCheckTime")), _parse_time(ready.get("lastTransitionTime"))
+    failing_for = (last - since).total_seconds() if last and since else 0.0
+    return int(min(interval, max(FIRST_RETRY_SECONDS, failing_for)))
+
+
+def recheck_requested(annotations: Mapping[str, Any] | None, status: Mapping[str, Any]) -> str | None:
+    """The ``pullhealth.io/recheck`` value when it asks for a check not yet run, else None."""
+    token = (annotations or {}).get(RECHECK_ANNOTATION)
+    if not token or str(token) == str(status.get("observedRecheck") or ""):
+        return None
+    return str(token)[:64]
+
+
+def seconds_until_due(status: Mapping[str, Any], generation: int, interval: int, now: datetime) -> float:
+    """0 when a check is due (new generation, never run), else the seconds left (see retry_after).
 
     A ``lastCheckTime`` in the future (clock skew between replicas, a hand-edited status)
     counts as due: waiting for it could pause checks for as long as the skew.
     """
     if status.get("observedGeneration") != generation or not status.get("lastCheckTime"):
-        return True
-    try:
-        last = datetime.strptime(str(status["lastCheckTime"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return True
+        return 0.0
+    last = _parse_time(status["lastCheckTime"])
+    if last is None:
+        return 0.0
     elapsed = (now - last).total_seconds()
-    return elapsed < 0 or elapsed >= interval
+    if elapsed < 0:
+        return 0.0
+    return max(0.0, retry_after(status, interval) - elapsed)
+
+
+def is_due(status: Mapping[str, Any], generation: int, interval: int, now: datetime) -> bool:
+    """A check is due on a new generation, when never run, or when its retry time came."""
+    return seconds_until_due(status, generation, interval, now) <= 0
 
 
 def result_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether an Event is owed: the phase or the code differ from the last status."""
     return (previous.get("phase"), previous.get("code")) != (new.get("phase"), new.get("code"))
+
+
+# --- one writer per run: the claim, and the Events (pure)
+
+CLAIM = "claim"
+
+
+def claim_ttl(spec: RegistryCheckSpec | None) -> int:
+    """Seconds a claim holds: longer than any run (each step is bounded by the timeout)."""
+    timeout = spec.timeout_seconds if spec is not None else 10
+    return 30 + 8 * timeout
+
+
+def foreign_claim(status: Mapping[str, Any], holder: str, now: datetime, ttl: int) -> str | None:
+    """The holder of a live claim by another operator instance, else None.
+
+    A claim by our own instance name is ours (a restart of this pod after a crash takes
+    its run over at once); an expired claim is nobody's.
+    """
+    claim = status.get(CLAIM) or {}
+    other = str(claim.get("holder") or "")
+    if not other or other == holder:
+        return None
+    try:
+        since = datetime.strptime(str(claim.get("since")), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return other if (now - since).total_seconds() < ttl else None
+
+
+def claim_status(holder: str, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """The status patch claiming a run (Pending too while the first check runs)."""
+    patch: dict[str, Any] = {CLAIM: {"holder": holder, "since": now}}
+    if not previous.get("phase"):
+        patch.update(phase=Phase.PENDING.value, summary="first check running")
+    return patch
+
+
+def held_by(holder: str) -> Any:
+    """``still_ours`` for conditional status writes: our claim is still in place."""
+
+    def check(obj: Mapping[str, Any]) -> bool:
+        claim = (obj.get("status") or {}).get(CLAIM) or {}
+        return bool(claim.get("holder") == holder)
+
+    return check
+
+
+def _regarding(body: Mapping[str, Any]) -> events.Regarding:
+    meta = body.get("metadata") or {}
+    return events.Regarding(
+        api_version=str(body.get("apiVersion") or "pullhealth.io/v1alpha1"),
+        kind=str(body.get("kind") or "RegistryCheck"),
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+    )
+
+
+def result_event(
+    body: Mapping[str, Any], previous: Mapping[str, Any], diagnosis: Diagnosis
+) -> events.EventSpec:
+    """``CheckSucceeded`` / ``CheckFailed`` for a changed result, named by UID + result.
+
+    The occurrence is the result it replaces (its ``lastCheckTime``): a retry after a
+    crash replaces the same one, a later repeat of the same result another one.
+    """
+    healthy = diagnosis.healthy
+    return events.EventSpec(
+        regarding=_regarding(body),
+        type="Normal" if healthy else "Warning",
+        reason="CheckSucceeded" if healthy else "CheckFailed",
+        action="Check",
+        note=diagnosis.summary if healthy else f"{diagnosis.code.value}: {diagnosis.summary}",
+        key=(Phase.HEALTHY.value if healthy else Phase.UNHEALTHY.value, diagnosis.code.value),
+        occurrence=events.fingerprint(previous.get("lastCheckTime")),
+    )
+
+
+def invalid_event(
+    body: Mapping[str, Any], previous: Mapping[str, Any], generation: int, message: str
+) -> events.EventSpec:
+    """``InvalidSpec``, once per generation."""
+    return events.EventSpec(
+        regarding=_regarding(body),
+        type="Warning",
+        reason="InvalidSpec",
+        action="Check",
+        note=message,
+        key=(str(generation),),
+        occurrence=events.fingerprint(previous.get("lastCheckTime")),
+    )

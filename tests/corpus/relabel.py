@@ -26,6 +26,12 @@ RULES: list[tuple[re.Pattern[str], str, list[str], str]] = [
                 r"|/(manifests|blobs)/[^ ]+: 403 Forbidden$|/manifests/[^\"]+\": Forbidden$)", re.DOTALL),
      "FIREWALL_FORBIDDEN", ["PERMISSION_DENIED"],
      "a bare 403 on an ACR host (registry or data endpoint) is how ACR's firewall answers"),
+    (re.compile(r"https://[^/\s\"]*(\.cloudfront\.net|\.r2\.cloudflarestorage\.com|storage\.googleapis\.com"
+                r"|\.s3[.-][^/\s\"]*amazonaws\.com|\.blob\.core\.windows\.net|production\.cloudflare\.docker\.com)"
+                r"/[^\s]*:?\s+(403\b|Forbidden)"),
+     "FIREWALL_FORBIDDEN", ["PROXY_ERROR", "PERMISSION_DENIED"],
+     "a 403 from the storage/CDN host blobs are redirected to (pre-signed URLs) is an egress "
+     "firewall or proxy that allows the registry but not its data host"),
     (re.compile(r"\[manifests [^\]]+\]: 403 Forbidden$|/(manifests|blobs)/[^ ]+: 403 Forbidden$"
                 r"|/manifests/[^\"]+\": Forbidden$"),
      "PERMISSION_DENIED", ["REPOSITORY_NOT_FOUND", "FIREWALL_FORBIDDEN"],
@@ -52,12 +58,14 @@ def main() -> int:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for row in rows:
             for pattern, code, candidates, why in RULES:
-                if pattern.search(row["text"]) and row["code"] != code:
+                if not pattern.search(row["text"]):
+                    continue
+                if row["code"] != code:  # the first matching rule decides, even when it agrees
                     row["review"] = f"was {row['code']}: {why}"
                     row["code"] = code
                     row["candidates"] = candidates
                     changed += 1
-                    break
+                break
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"relabelled {changed} rows")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import struct
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,6 +86,42 @@ class StatusServer(BackgroundHTTPServer):
         self.body, default_type = _as_bytes(body)
         self.content_type = content_type or default_type
         self.headers = dict(headers or {})
+
+
+class _RoutedHandler(QuietHandler):
+    def _answer(self) -> None:
+        fx: RoutedServer = self.fixture
+        self.server.count(self.route)
+        self.read_body()
+        for suffix, (status, body, headers) in fx.routes.items():
+            if self.route.endswith(suffix):
+                payload, content_type = _as_bytes(body)
+                self.send_bytes(status, payload, headers, content_type)
+                return
+        self.send_bytes(404, b"404 page not found\n", None, "text/plain; charset=utf-8")
+
+    do_GET = do_HEAD = do_POST = _answer
+
+
+class RoutedServer(BackgroundHTTPServer):
+    """Answers by path suffix (first match wins), else a plain-text 404 like a web server's.
+
+    Args:
+        routes: path suffix -> (status, body, headers); body as for :class:`StatusServer`.
+        cert: ``(cert_path, key_path)`` for HTTPS.
+
+    ``hits`` counts requests by path.
+    """
+
+    def __init__(
+        self,
+        routes: Mapping[str, tuple[int, bytes | str | Mapping[str, Any], Mapping[str, str]]],
+        *,
+        cert: tuple[Path, Path],
+    ) -> None:
+        """Configure the routes; nothing listens until :meth:`start`."""
+        super().__init__(_RoutedHandler, cert)
+        self.routes = dict(routes)
 
 
 def untrusted_tls_server(pki: PKI, hosts: list[str]) -> StatusServer:
@@ -212,6 +249,36 @@ class SilentServer(_Holder):
     def __init__(self) -> None:
         """Prepare; binds on :meth:`start`."""
         super().__init__(backlog=64, accept=True)
+
+
+class ResetOnHelloServer(_Holder):
+    """Accepts, reads the client's first bytes (the TLS ClientHello) and answers with a
+    TCP RST (SO_LINGER 0), as firewalls, DPI and TLS-inspecting middleboxes do."""
+
+    def __init__(self) -> None:
+        """Prepare; binds on :meth:`start`."""
+        super().__init__(backlog=16, accept=True)
+
+    def _loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select([self._sock, *self._held], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            for s in readable:
+                try:
+                    if s is self._sock:
+                        conn, _ = s.accept()
+                        self._held.append(conn)
+                        self.connections += 1
+                        continue
+                    s.recv(65536)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self._held.remove(s)
+                    s.close()
+                except OSError:
+                    pass
 
 
 class BacklogFullListener(_Holder):

@@ -32,15 +32,17 @@ class OperatorProcess:
         world: the running test world.
         log: file the operator's output is appended to.
         extra_args: more ``pullhealth run`` flags.
+        env: more environment variables (``POD_NAME``: the instance name, as the chart
+            sets it through the downward API).
     """
 
     def __init__(self, kubeconfig: Path, world: World, log: Path, extra_args: Sequence[str] = (),
-                 extra_env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.world = world
         self.log = log
         self.extra_args = list(extra_args)
-        self.extra_env = dict(extra_env or {})
+        self.extra_env = dict(env or {})
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -61,10 +63,13 @@ class OperatorProcess:
         }
         health = free_port()
         scope = [] if "--namespace" in self.extra_args else ["--all-namespaces"]
+        # The world's registries are labelled by name in metrics (any other host is "other").
+        named = [] if "--metrics-registries" in self.extra_args else [
+            "--metrics-registries", ",".join((self.world.anon, self.world.basic, self.world.acr))]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pullhealth", "run", *scope,
-                 "--metrics-port", str(self.metrics_port),
+                 "--metrics-port", str(self.metrics_port), "--metrics-bind-address", "127.0.0.1", *named,
                  "--liveness", f"http://127.0.0.1:{health}/healthz", "--log-format", "json",
                  "--kubelet-client-id", self.world.imds_client_id,
                  # The test world is on 127.0.0.1, which the default policy refuses.
@@ -92,6 +97,12 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up (no peering goodbye, no flush)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
     def __enter__(self) -> OperatorProcess:
         self.start()

@@ -73,8 +73,8 @@ per-namespace Roles (watchNamespaces). Each rule says why the operator needs it;
 docs/install.md has the same table.
 */}}
 {{- define "pullhealth.namespacedRules" -}}
-# RegistryChecks: kopf lists and watches them to run the checks, reads single objects,
-# and patches their annotations (kopf's last-handled state).
+# RegistryChecks: listed and watched to run the checks; patch only removes the kopf
+# finalizer that earlier builds put on them (no finalizer is added any more).
 - apiGroups: ["pullhealth.io"]
   resources: ["registrychecks"]
   verbs: ["get", "list", "watch", "patch"]
@@ -89,15 +89,17 @@ docs/install.md has the same table.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
-# Events: posted on RegistryChecks and pods (CheckSucceeded, CheckFailed, ...); list
-# reads kubelet's pull-error events of one failing pod (field selector on its uid).
+# Events (core API): only list, of kubelet's pull-error Events of one failing pod (field
+# selector on its uid).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch", "list"]
-# The same Events through the events.k8s.io API.
+  verbs: ["list"]
+# Events (events.k8s.io): posted on RegistryChecks and pods (PullDiagnosed, CheckFailed,
+# ...) under a deterministic name; get reads one back when it exists (409) to tell a
+# retry from a repeat, patch counts a repeat in its series.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "get", "patch"]
 # Secrets: only get, of the pull secrets a RegistryCheck, pod or ServiceAccount names,
 # in that object's own namespace. Never list or watch: the operator does not need to
 # see every Secret (rbac.readSecretsClusterWide changes this; default off).
@@ -132,6 +134,16 @@ Peering (HA) rules: kopf watches the peering object and patches its keep-alive i
 Environment of the operator container (only what is set).
 */}}
 {{- define "pullhealth.env" -}}
+# The pod's name: the reportingInstance of its Events, the holder of RegistryCheck
+# claims, and (POD_ID) its identity among peering replicas.
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- with .Values.azure.tenantId }}
 - name: AZURE_TENANT_ID
   value: {{ . | quote }}

@@ -14,7 +14,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from pullhealth import kube, metrics, podcheck
-from pullhealth.handlers.state import State
+from pullhealth.diagnose import vantage_layer
+from pullhealth.handlers.state import State, report_other_writer
 from pullhealth.registrycheck import now_rfc3339
 
 FORBIDDEN_BACKOFF = 600.0
@@ -41,6 +42,8 @@ async def pod_event(
     if event.get("type") == "DELETED":
         metrics.POD_FAILURES.forget(uid)
         return
+    # First sight since start-up: the recorded diagnosis counts until the pod is re-diagnosed.
+    metrics.POD_FAILURES.seed_from_annotations(body)
     client = State.kube
     if client is None or State.pod_pool is None or not namespace or not name:
         return  # start-up has not finished
@@ -71,8 +74,34 @@ async def pod_event(
         return
     if State.forbidden_until.get(uid, 0.0) > time.monotonic():
         return  # already reported; do not hammer the API server
+    # The Event first (deterministic name: a retry finds it), then the annotations that
+    # mark the diagnosis reported, only if nobody else wrote them meanwhile.
+    if plan.event is not None:
+        try:
+            await client.emit(plan.event, State.instance)
+        except kube.Forbidden as exc:
+            metrics.PATCH_FORBIDDEN.labels("events").inc()
+            logger.error(
+                "cannot post the %s Event (RBAC): %s; grant create on events.k8s.io events to "
+                "the operator's service account. The annotation is written without it.",
+                plan.event.reason,
+                exc,
+            )
+        except ApiException as exc:
+            if not isinstance(exc, kube.Unreachable):  # an outage is logged once, not per pod
+                logger.warning("cannot post the %s Event (HTTP %s); retried on the pod's next update",
+                               plan.event.reason, exc.status)
+            return
     try:
-        await client.patch_pod_annotations(namespace, name, plan.annotations)
+        written = await client.set_pod_annotations(
+            namespace,
+            name,
+            plan.annotations,
+            resource_version=str(body.get("metadata", {}).get("resourceVersion") or ""),
+            expected=plan.expected or {},
+        )
+    except kube.Unreachable:
+        return  # the outage is logged once; the pod's next event (a re-list) retries
     except kube.Forbidden as exc:
         metrics.PATCH_FORBIDDEN.labels("pods").inc()
         if len(State.forbidden_until) > MAX_FORBIDDEN_REMEMBERED:
@@ -85,8 +114,13 @@ async def pod_event(
             int(FORBIDDEN_BACKOFF),
         )
         return
-    if results:
+    if written is kube.Written.LOST:
+        report_other_writer(logger, f"pod {namespace}/{name} was annotated by another writer")
+        return
+    if written is kube.Written.WRITTEN and results:
         metrics.DIAGNOSES.labels(results[0].diagnosis.code.value).inc()
+        for result in results:
+            layer = vantage_layer(result.diagnosis)
+            if layer is not None:
+                metrics.POD_VANTAGE_DIFFERENCES.labels(layer).inc()
         logger.info("diagnosed %s: %s", results[0].container.name, results[0].diagnosis.code.value)
-    if plan.event_type and plan.event_reason and plan.event_message:
-        kopf.event(body, type=plan.event_type, reason=plan.event_reason, message=plan.event_message)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from pullhealth import kube, metrics, podcheck
+from pullhealth import diagnose, kube, metrics, podcheck, reconnect
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
 from pullhealth.handlers.state import State
@@ -23,7 +24,10 @@ class Options:
     """Set by ``pullhealth run`` before kopf starts."""
 
     metrics_port: int = 8080
+    metrics_bind_address: str = "0.0.0.0"
+    metrics_registries: tuple[str, ...] = ()
     peering: str | None = None
+    namespaces: tuple[str, ...] = ()
     pods: bool = True
     pod_interval: float = 60.0
     per_registry: int = 4
@@ -52,9 +56,17 @@ class Options:
                 hosts=self.registry_hosts,
             ),
         )
+    # Leader election (kopf peering): the newest replica has the highest priority, so a
+    # rolling update hands over at once and two replicas never share one priority (kopf
+    # pauses *all* operators of equal priority).
+    peering_priority: int = field(default_factory=lambda: int(time.time() * 1000))
+    # Seconds a replica's keep-alive stays valid: a standby takes over at most this long
+    # after the active replica died (kopf refreshes it every 1-5 s at this value).
+    peering_lifetime: int = 10
 
 
 OPTIONS = Options()
+RECOVERY_PROBE_SECONDS = 2.0
 
 
 @kopf.on.startup()
@@ -67,13 +79,25 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     if OPTIONS.peering:
         settings.peering.name = OPTIONS.peering
         settings.peering.mandatory = True
+        settings.peering.priority = OPTIONS.peering_priority
+        settings.peering.lifetime = OPTIONS.peering_lifetime
+        settings.peering.stealth = True  # no keep-alive line every few seconds
+        State.leader_election = True
+        State.peering = (OPTIONS.peering, not OPTIONS.namespaces, OPTIONS.peering_priority)
+        logger.info("leader election: peering %s, priority %d", OPTIONS.peering, OPTIONS.peering_priority)
     # Every API call is bounded; watches reconnect rather than hang.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 30
     settings.batching.error_delays = [1, 5, 15, 30, 60]
+    # API server outages: one WARNING when one starts and one when it ends, counted;
+    # kopf's per-retry ERROR lines are folded into them.
+    outages = reconnect.OutageTracker(logging.getLogger("pullhealth.api"), metrics.API_OUTAGES.inc)
+    reconnect.install(outages)
+    kube.report_outages_to(outages)
     State.kube = kube.KubeWriter()
+    State.background.add(asyncio.create_task(_end_outages(outages, State.kube)))
     State.status = kube.StatusWriter(State.kube.api)
     api_addresses = kube.api_server_addresses(State.kube.api)
     State.env = dataclasses.replace(Environment.from_env(), trust=OPTIONS.trust(api_addresses))
@@ -90,14 +114,23 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     )
     # Probe chains for pods: at most `per_registry` per registry and `workers` in all; a
     # worker slot is taken only once the registry's slot is held (a slow registry holds at
-    # most `per_registry` of them). Failures are shared for a short time only.
+    # most `per_registry` of them). Transient failures are shared for a short time only.
     State.pod_pool = asyncio.Semaphore(OPTIONS.workers)
     State.pod_cache = SingleFlight(
         ttl=OPTIONS.pod_interval,
         per_registry=OPTIONS.per_registry,
-        is_failure=lambda d: not d.healthy,
+        is_failure=diagnose.transient,
         shared_limit=State.pod_pool,
     )
+    metrics.set_admin_registries(OPTIONS.metrics_registries)
     if OPTIONS.metrics_port:
-        metrics.serve(OPTIONS.metrics_port)
-        logger.info("metrics on :%d/metrics", OPTIONS.metrics_port)
+        metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)
+        logger.info("metrics on %s:%d/metrics", OPTIONS.metrics_bind_address, OPTIONS.metrics_port)
+
+
+async def _end_outages(outages: reconnect.OutageTracker, client: kube.KubeWriter) -> None:
+    """While an outage lasts, ask ``/readyz`` (etcd included) every 2 s to log its end."""
+    while True:
+        await asyncio.sleep(RECOVERY_PROBE_SECONDS)
+        if outages.down:
+            await client.ready()  # success ends the outage (the tracker logs it)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from pullhealth import events, podcheck
 from pullhealth import kube as kubeapi
-from pullhealth import podcheck
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
+from pullhealth.diagnose import transient
 from pullhealth.model import Diagnosis
 
 
@@ -19,12 +21,39 @@ class State:
     env: Environment = Environment()
     pod_settings: podcheck.PodSettings = podcheck.PodSettings()
     # Identical RegistryChecks (same registry, credentials, image) share one chain run.
-    registry_check_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=20.0, is_failure=lambda d: not d.healthy)
+    registry_check_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=20.0, is_failure=transient)
     # Failing pods: one chain per (registry, credential, image) per interval.
     pod_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=60.0, per_registry=4)
     pod_pool: asyncio.Semaphore | None = None
     forbidden_until: dict[str, float] = {}
-    # RegistryCheck uid -> (generation, monotonic time) of the last check run here: a
-    # status write that failed (RBAC, conflict) must not turn the 5 s tick into a retry
-    # storm against the registry.
-    last_run: dict[str, tuple[int, float]] = {}
+    # RegistryCheck uid -> (generation, recheck request, monotonic time before which it is
+    # not run again) of the last check run here: a status write that failed (RBAC,
+    # conflict), or an event carrying an older status, must not cause a retry storm
+    # against the registry.
+    last_run: dict[str, tuple[int, str | None, float]] = {}
+    # The reportingInstance of our Events and the holder of RegistryCheck claims.
+    instance: str = events.reporting_instance()
+    # Whether leader election (kopf peering) runs: then another writer is a former leader.
+    leader_election: bool = False
+    # With leader election: (peering name, cluster-wide, our priority), and per peering
+    # object (None: the cluster one) when it was last read and whether we were outranked.
+    peering: tuple[str, bool, int] | None = None
+    standby_seen: dict[str | None, tuple[float, bool]] = {}
+    other_writer_reported: bool = False
+    # Tasks started at start-up (kept referenced so they are not garbage-collected).
+    background: set[asyncio.Task[None]] = set()
+
+
+def report_other_writer(logger: logging.Logger | logging.LoggerAdapter[logging.Logger], what: str) -> None:
+    """Another operator writes the same objects: say so at ERROR, once per process, with the fix."""
+    if State.other_writer_reported:
+        logger.info("another operator wrote first: %s", what)
+        return
+    State.other_writer_reported = True
+    logger.error(
+        "another pullhealth operator is active on the same objects (%s): every diagnosis and "
+        "check is done twice. Run one active replica: replicaCount: 1, or peering.enabled=true "
+        "with the chart (leader election, docs/install.md#high-availability); stop any "
+        "operator started by hand against this cluster.",
+        what,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from pullhealth.codes import Code
 from pullhealth.probes.http import Http, Reply
@@ -30,14 +31,25 @@ class Challenge:
     service: str = ""
 
 
+def _usable_url(url: str) -> bool:
+    """An http(s) URL with a host and a valid port (``https://[x`` or port 99999 is not)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("https", "http") and bool(parts.hostname) and url.isascii()
+
+
 def parse_www_authenticate(value: str) -> Challenge | None:
-    """Parse a Bearer or Basic challenge; None when it is neither."""
+    """Parse a Bearer or Basic challenge; None when it is neither, or when a Bearer realm
+    is not a usable URL."""
     scheme, _, rest = value.strip().partition(" ")
     params = {
         m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
         for m in _PARAM.finditer(rest)
     }
-    if scheme.lower() == "bearer" and params.get("realm"):
+    if scheme.lower() == "bearer" and params.get("realm") and _usable_url(params["realm"]):
         return Challenge("bearer", params["realm"], params.get("service", ""))
     if scheme.lower() == "basic":
         return Challenge("basic", params.get("realm", ""))

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
+import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
@@ -160,27 +162,49 @@ class Resolver:
         addresses = [rr.to_text() for rr in answer]
         return addresses, _cnames_of(answer.response)
 
-    async def _lookup_dns(self, host: str) -> Lookup:
+    async def _family(self, host: str, rdtype: str) -> tuple[list[str], list[str]] | BaseException:
+        """One address family's answer, or the exception that family's query raised."""
         try:
-            (v4, c4), (v6, c6) = await asyncio.gather(self._query(host, "A"), self._query(host, "AAAA"))
-        except dns.resolver.NXDOMAIN:
-            raise DnsFailure(
-                Code.DNS_NXDOMAIN, f"{host} does not exist (NXDOMAIN from {self._server()})"
-            ) from None
-        except (dns.exception.Timeout, dns.resolver.LifetimeTimeout):
-            raise DnsFailure(
-                Code.DNS_TIMEOUT, f"no answer for {host} from {self._server()} in {self.timeout:g}s"
-            ) from None
-        except dns.resolver.NoNameservers as exc:
-            raise DnsFailure(
-                Code.DNS_TIMEOUT, f"DNS server {self._server()} failed to answer for {host}: {exc}"
-            ) from None
+            return await self._query(host, rdtype)
         except dns.exception.DNSException as exc:
-            raise DnsFailure(Code.DNS_TIMEOUT, f"DNS lookup of {host} failed: {exc}") from None
-        addresses = tuple(v4 + v6)
-        if not addresses:
+            return exc
+
+    async def _lookup_dns(self, host: str) -> Lookup:
+        """Ask for A and AAAA; the family that answers decides.
+
+        A resolver that answers A but refuses or fails AAAA (REFUSED/SERVFAIL: corporate DNS,
+        dnsmasq without an upstream) must not fail the lookup: an IPv4 pull works. Only when
+        no family yields an address does the lookup fail, with the servers' own rcodes named.
+        """
+        v4, v6 = await asyncio.gather(self._family(host, "A"), self._family(host, "AAAA"))
+        answered = [r for r in (v4, v6) if not isinstance(r, BaseException)]
+        addresses = tuple(a for r in answered for a in r[0])
+        if addresses:
+            return Lookup(host, addresses, tuple(dict.fromkeys(c for r in answered for c in r[1])))
+        errors = {t: r for t, r in (("A", v4), ("AAAA", v6)) if isinstance(r, BaseException)}
+        if any(isinstance(e, dns.resolver.NXDOMAIN) for e in errors.values()):
+            raise DnsFailure(Code.DNS_NXDOMAIN, f"{host} does not exist (NXDOMAIN from {self._server()})")
+        if not errors:
             raise DnsFailure(Code.DNS_NXDOMAIN, f"{host} has no A or AAAA record")
-        return Lookup(host, addresses, tuple(dict.fromkeys(c4 + c6)))
+        said = "; ".join(f"{rdtype}: {self._why(err)}" for rdtype, err in errors.items())
+        if len(errors) == 1:
+            said += " (the other family has no record)"
+        raise DnsFailure(Code.DNS_TIMEOUT, f"DNS server {self._server()} gave no address for {host}: {said}")
+
+    def _why(self, err: BaseException) -> str:
+        """REFUSED / SERVFAIL / no answer in time, as the server said it."""
+        if isinstance(err, dns.exception.Timeout):
+            return f"no answer in {self.timeout:g}s"
+        if isinstance(err, dns.resolver.NoNameservers):
+            rcodes = [
+                dns.rcode.to_text(response.rcode())
+                for *_, response in err.kwargs.get("errors", [])
+                if isinstance(response, dns.message.Message)
+            ]
+            if rcodes:
+                return "answered " + "/".join(dict.fromkeys(rcodes))
+            return "no server answered"
+        return str(err) or type(err).__name__
 
     async def _lookup_system(self, host: str) -> Lookup:
         loop = asyncio.get_running_loop()
@@ -193,8 +217,13 @@ class Resolver:
         except socket.gaierror as exc:
             if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
                 raise DnsFailure(Code.DNS_NXDOMAIN, f"{host}: no such host") from None
-            raise DnsFailure(Code.DNS_TIMEOUT, f"lookup of {host} failed: {exc}") from None
-        addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+            # A resolver failing one family (REFUSED/SERVFAIL for AAAA) can fail the combined
+            # lookup: the family that answers decides.
+            addresses = await self._system_one_family(host)
+            if not addresses:
+                raise DnsFailure(Code.DNS_TIMEOUT, f"lookup of {host} failed: {exc}") from None
+        else:
+            addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
         cnames: list[str] = []
         try:
             answer = await self._dns().resolve(host, "A")
@@ -202,6 +231,20 @@ class Resolver:
         except dns.exception.DNSException:
             pass  # the chain is informative only; getaddrinfo's answer is what counts
         return Lookup(host, addresses, tuple(cnames))
+
+    async def _system_one_family(self, host: str) -> tuple[str, ...]:
+        """Addresses of the first family (IPv4, then IPv6) the system resolver answers."""
+        loop = asyncio.get_running_loop()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM), self.timeout
+                )
+            except (TimeoutError, OSError):
+                continue
+            if infos:
+                return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+        return ()
 
     def _server(self) -> str:
         return f"{self._nameserver[0]}:{self._nameserver[1]}" if self._nameserver else "system"

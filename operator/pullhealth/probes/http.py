@@ -246,5 +246,5 @@ class Http:
         """The reply with every known credential masked out of its body and headers."""
         if not self.redactor.known:
             return reply
-        headers = httpx.Headers([(k, self.redactor.exact(v)) for k, v in reply.headers.multi_items()])
+        headers = httpx.Headers([(k, self.redactor.bytes(v)) for k, v in reply.headers.raw])
         return Reply(reply.status, headers, self.redactor.bytes(reply.body))

@@ -97,8 +97,11 @@ async def probe_manifest(
             )
             if tags.status == 200:
                 raise StepError(Code.TAG_NOT_FOUND, f"{what} not found; the repository exists ({detail})")
+            # A 404 with the registry's error codes (NAME_UNKNOWN) speaks for the repository;
+            # a plain 404 (no registry error body) is "no such endpoint": the registry has no
+            # tag list, and the manifest's own code decides below.
             if tags.status == 404:
-                codes |= error_codes(tags) or {"NAME_UNKNOWN"}
+                codes |= error_codes(tags)
         if "NAME_UNKNOWN" in codes:
             raise StepError(Code.REPOSITORY_NOT_FOUND, f"repository {image.repository} not found ({detail})")
         if "MANIFEST_UNKNOWN" in codes:

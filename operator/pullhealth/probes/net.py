@@ -171,7 +171,8 @@ async def tls_handshake(
         where: what to call the peer in messages (address:port, or "via proxy ...").
 
     Raises:
-        StepError: TLS_UNTRUSTED, TLS_HOSTNAME_MISMATCH, TLS_PROTOCOL_ERROR, CONNECT_* when
+        StepError: TLS_UNTRUSTED, TLS_HOSTNAME_MISMATCH, TLS_PROTOCOL_ERROR, FIREWALL_FORBIDDEN
+            (a reset during the handshake: a middlebox), CONNECT_* when
             the stream cannot be opened or the server never answers the handshake, or the
             proxy's refusal.
     """
@@ -206,6 +207,15 @@ async def tls_handshake(
     except ConnectionRefusedError:
         raise StepError(
             Code.CONNECT_REFUSED, f"the connection to {host} ({where}) was refused", address=where
+        ) from None
+    except ConnectionResetError:
+        # Registries do not reset a ClientHello; firewalls, DPI and TLS-inspecting proxies do.
+        raise StepError(
+            Code.FIREWALL_FORBIDDEN,
+            f"{host} ({where}) accepted TCP, then the connection was reset during the TLS handshake",
+            address=where,
+            detail=" (the connection was reset during the TLS handshake: a firewall, DPI or "
+            "TLS-inspecting proxy between here and the registry usually does this)",
         ) from None
     except (ssl.SSLError, ConnectionError, OSError) as exc:
         if await _speaks_plain_http(opener, timeout):

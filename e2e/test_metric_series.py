@@ -1,0 +1,85 @@
+"""The operator's /metrics against a real API server: bounded labels, series of deleted
+RegistryChecks stay deleted, failing-pod gauges are back at once after a restart."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import kubernetes
+import pytest
+
+from support import guard
+from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
+from support.objects import regcheck_yaml
+from support.operatorproc import OperatorProcess
+from support.world import World
+
+if TYPE_CHECKING:
+    from conftest import Cluster
+
+guard.install()
+
+
+@pytest.fixture(scope="module")
+def api(dev_cluster: Cluster) -> kubernetes.client.CoreV1Api:
+    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+    core = kubernetes.client.CoreV1Api(client)
+    ensure_node(core)
+    return core
+
+
+def series_of(text: str, **labels: str) -> list[str]:
+    """Sample lines of pullhealth_* series carrying all of ``labels``."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return [line for line in text.splitlines()
+            if line.startswith("pullhealth_") and all(w in line for w in wanted)]
+
+
+def test_a_registrycheck_deleted_mid_check_gets_no_series_back(
+    dev_cluster: Cluster, operator: OperatorProcess, world: World, namespace: str, wait_for: Any,
+) -> None:
+    k = dev_cluster.kubectl
+    # The silent registry accepts TCP and never answers: the check runs for its timeout.
+    k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml("slow", {"registry": world.silent}, timeout=4))
+
+    def phase() -> str:
+        obj = json.loads(k("-n", namespace, "get", "regcheck", "slow", "-o", "json").stdout)
+        return str((obj.get("status") or {}).get("phase") or "")
+
+    wait_for(lambda: phase() == "Pending", "the first check running", timeout=30)
+    # --wait=false: whether the object lingers (finalizers) is not what this test is about.
+    k("-n", namespace, "delete", "regcheck", "slow", "--wait=false")
+    # The run in flight is cancelled or ends when its calls time out (4 s each); either
+    # way nothing it does afterwards may export the deleted object's series again.
+    time.sleep(8)
+    assert series_of(operator.metrics(), namespace=namespace, name="slow") == []
+    # Its registry is no longer named by any RegistryCheck: no per-registry series either.
+    assert series_of(operator.metrics(), registry=world.silent) == []
+
+
+def test_pod_gauges_are_bounded_and_back_at_once_after_a_restart(
+    operator: OperatorProcess, world: World, namespace: str, api: Any, wait_for: Any,
+) -> None:
+    # A registry no RegistryCheck names and the admin did not list: counted as "other".
+    image = f"{world.silent}/team/app:v1"
+    pod = make_pod(api, namespace, "unnamed", image)
+    fail_pull(api, namespace, pod, image, kubelet_message("tag_not_found", image))
+    code = wait_for(lambda: annotations(api, namespace, "unnamed").get("pullhealth.io/diagnosis"),
+                    "diagnosis", timeout=60)
+    gauge = f'pullhealth_pod_pull_failures{{code="{code}",namespace="{namespace}",registry="other"}} 1.0'
+    wait_for(lambda: gauge in operator.metrics(), "the failing container counted", timeout=15)
+    text = operator.metrics()
+    assert world.silent not in text, [line for line in text.splitlines() if world.silent in line]
+    assert re.search(r'^pullhealth_build_info\{python_version="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
+
+    # After a restart the count comes from the pod's annotations as soon as kopf lists the
+    # pod, long before a new probe of the silent registry could finish (its TLS handshake
+    # times out after 10 s).
+    operator.stop()
+    operator.start()
+    started = time.monotonic()
+    wait_for(lambda: gauge in operator.metrics(), "the failing container counted again", timeout=8)
+    assert time.monotonic() - started < 8

@@ -1,0 +1,112 @@
+"""API server (or etcd) outages: one WARNING when it starts, one when it ends, counted.
+
+kopf's API client logs every retried request at ERROR ("Request attempt #2/9 failed;
+will retry ..."): an ordinary 20-second API server restart made some twenty ERROR lines.
+Retrying is the expected behaviour, not an error. :class:`RetryFilter` sits on kopf's
+client logger and hands those records to an :class:`OutageTracker` instead of the log;
+our own API calls report their connection failures to the same tracker. The tracker says
+once that the API server is unreachable and once that it answers again (with how long and
+how many requests were retried), and counts outages through a callback (the metric).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+# kopf's API client: its retry messages are the ones folded into one line per outage.
+KOPF_CLIENT_LOGGER = "kopf._cogs.clients.api"
+# What a connection-level failure looks like in kopf's retry messages (aiohttp errors,
+# timeouts, 5xx from an API server whose etcd is down).
+_TRANSIENT = (
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ClientOSError",
+    "ClientPayloadError",
+    "ServerTimeoutError",
+    "TimeoutError",
+    "APIServerError",
+    "Connection refused",
+    "Connection reset",
+)
+
+
+class OutageTracker:
+    """Whether the API server is unreachable now; logs and counts each outage once.
+
+    Thread-safe: our API calls run on worker threads, kopf's on the event loop.
+
+    Args:
+        logger: where the two lines of an outage go.
+        on_outage: called once when an outage starts (increments the metric).
+    """
+
+    def __init__(self, logger: logging.Logger, on_outage: Callable[[], None] = lambda: None) -> None:
+        self._logger = logger
+        self._on_outage = on_outage
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._failures = 0
+
+    @property
+    def down(self) -> bool:
+        """An outage is in progress."""
+        return self._since is not None
+
+    def failed(self, what: str) -> None:
+        """A request failed at the connection level (it will be retried)."""
+        with self._lock:
+            self._failures += 1
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+        self._on_outage()
+        self._logger.warning(
+            "API server unreachable (%s); requests are retried until it answers "
+            "(one line per outage, see pullhealth_api_outages_total)",
+            what[:300],
+        )
+
+    def recovered(self) -> None:
+        """A request succeeded: end the outage, if any."""
+        with self._lock:
+            if self._since is None:
+                return
+            took, failures = time.monotonic() - self._since, self._failures
+            self._since, self._failures = None, 0
+        self._logger.warning("API server reachable again after %.0fs (%d requests retried)", took, failures)
+
+
+def is_transient(text: str) -> bool:
+    """Whether an error text is a connection-level failure worth retrying quietly."""
+    return any(marker in text for marker in _TRANSIENT)
+
+
+class RetryFilter(logging.Filter):
+    """Drops kopf's per-attempt retry records of connection failures; the tracker logs once."""
+
+    def __init__(self, tracker: OutageTracker) -> None:
+        super().__init__()
+        self._tracker = tracker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False (drop) for a retried request that failed at the connection level."""
+        message = record.getMessage()
+        if message.startswith("Request attempt") and " failed; " in message and is_transient(message):
+            what = message.split(": ", 1)[-1]
+            self._tracker.failed(what)
+            return False
+        return True
+
+
+def install(tracker: OutageTracker) -> RetryFilter:
+    """Attach the filter to kopf's API client logger (idempotent per tracker)."""
+    target = logging.getLogger(KOPF_CLIENT_LOGGER)
+    for existing in target.filters:
+        if isinstance(existing, RetryFilter):
+            target.removeFilter(existing)
+    flt = RetryFilter(tracker)
+    target.addFilter(flt)
+    return flt

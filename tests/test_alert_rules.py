@@ -1,0 +1,139 @@
+"""The chart's PrometheusRule as Prometheus reads it: `promtool check rules` on the rendered
+groups, and `promtool test rules` on the behaviour the docs promise (docs/alerting.md).
+
+Needs helm (hack/build-helm.sh) and Debian's prometheus package (promtool); without them
+the tests skip, or fail when PULLHEALTH_REQUIRE_E2E is set (CI).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from support.helm import require_helm
+from support.prometheus import require_prometheus, rule_file
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "pullhealth"
+RUNBOOKS = "https://github.com/pullhealth/pullhealth/blob/main/docs"
+
+
+def rendered_rule(*sets: str) -> dict[str, Any]:
+    args = [require_helm(), "template", "ph", str(CHART), "--namespace", "pullhealth",
+            "--set", "prometheusRule.enabled=true"]
+    for value in sets:
+        args += ["--set", value]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    (rule,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "PrometheusRule"]
+    return dict(rule)
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    _, binary = require_prometheus()
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("sets", [(), ("prometheusRule.additionalAlertLabels.team=platform",
+                                       "prometheusRule.runbookBaseUrl=https://wiki.example/runbooks/")])
+def test_promtool_accepts_the_rendered_rules(tmp_path: Path, sets: tuple[str, ...]) -> None:
+    path = tmp_path / "rules.yml"
+    path.write_text(rule_file(rendered_rule(*sets)))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 4 rules found" in result.stdout, result.stdout
+
+
+def test_rules_behave_as_documented(tmp_path: Path) -> None:
+    """Series gaps (operator restart), staleness and absence, on synthetic series."""
+    (tmp_path / "rules.yml").write_text(rule_file(rendered_rule()))
+    target = 'job="ph-pullhealth-metrics",namespace="pullhealth"'
+    check = 'namespace="team-a",name="acr",registry="acr.example"'
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                # Unhealthy for 20 minutes; the operator restarts at 15m (2 minutes without
+                # series) into a new pod: the alert is the same one before and after.
+                {"series": f'pullhealth_registry_check_healthy{{{check},pod="op-1"}}',
+                 "values": "0x14 stale"},
+                {"series": f'pullhealth_registry_check_healthy{{{check},pod="op-2"}}',
+                 "values": "_x16 0x8"},
+                # Checked every 5 minutes until 10m, then never again (interval 300 s).
+                {"series": 'pullhealth_registry_check_last_run_timestamp_seconds{namespace="team-a",name="acr"}',
+                 "values": "0 0 0 0 0 300 300 300 300 300 600+0x20"},
+                {"series": 'pullhealth_registry_check_interval_seconds{namespace="team-a",name="acr"}',
+                 "values": "300+0x30"},
+                {"series": f'up{{{target}}}', "values": "1x14 0 0 1x30"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "9m", "alertname": "PullhealthRegistryCheckUnhealthy", "exp_alerts": []},
+                *({"eval_time": t, "alertname": "PullhealthRegistryCheckUnhealthy", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "team-a", "name": "acr",
+                                   "registry": "acr.example"},
+                    "exp_annotations": {
+                        "summary": "RegistryCheck team-a/acr cannot pull from acr.example",
+                        "description": "The pull path to acr.example has been unhealthy for more than 10m. "
+                        "Run: kubectl -n team-a get registrycheck acr -o yaml (status.code, "
+                        "status.summary, status.remediation).",
+                        "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthregistrycheckunhealthy"}}]}
+                  for t in ("10m", "16m", "20m")),
+                # Not stale at 2 x 300 s after the last check; stale once that plus `for:` passed.
+                {"eval_time": "20m", "alertname": "PullhealthRegistryCheckStale", "exp_alerts": []},
+                {"eval_time": "26m", "alertname": "PullhealthRegistryCheckStale", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "team-a", "name": "acr"},
+                    "exp_annotations": {
+                        "summary": "RegistryCheck team-a/acr has not been checked for 16m 0s",
+                        "description": "The operator runs but the status of RegistryCheck team-a/acr was not "
+                        "refreshed within twice its intervalSeconds: the operator cannot write the status (see "
+                        "pullhealth_patch_forbidden_total and its log) or its checks hang.",
+                        "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthregistrycheckstale"}}]},
+                # Down from 15m: absent for `for:` (5m) only from 20m on, but up again at 17m.
+                {"eval_time": "16m", "alertname": "PullhealthOperatorAbsent", "exp_alerts": []},
+            ],
+        }, {
+            # Two containers fail in team-a; the operator restarts at 10m (2 minutes without
+            # series); the runbook is the code's section of codes.md.
+            "interval": "1m",
+            "input_series": [
+                {"series": 'pullhealth_pod_pull_failures{namespace="team-a",registry="other",code="TAG_NOT_FOUND",'
+                           'pod="op-1"}', "values": "2x9 stale"},
+                {"series": 'pullhealth_pod_pull_failures{namespace="team-a",registry="other",code="TAG_NOT_FOUND",'
+                           'pod="op-2"}', "values": "_x11 2x5"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": "PullhealthPodsFailingImagePulls", "exp_alerts": []},
+                *({"eval_time": t, "alertname": "PullhealthPodsFailingImagePulls", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "team-a", "code": "TAG_NOT_FOUND"},
+                    "exp_annotations": {
+                        "summary": "2 container(s) in team-a failing image pulls with TAG_NOT_FOUND",
+                        "description": "Pods in team-a keep failing to pull (TAG_NOT_FOUND). The failing pods carry "
+                        "the diagnosis in their pullhealth.io/diagnosis annotation; pullhealth codes explains "
+                        "the code.",
+                        "runbook_url": f"{RUNBOOKS}/codes.md#tag_not_found"}}]} for t in ("5m", "11m", "14m")),
+            ],
+        }, {
+            "interval": "1m",
+            "input_series": [{"series": f'up{{{target}}}', "values": "1 0x10"}],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "PullhealthOperatorAbsent", "exp_alerts": []},
+                {"eval_time": "7m", "alertname": "PullhealthOperatorAbsent", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "pullhealth"},
+                    "exp_annotations": {
+                        "summary": "The pullhealth operator in pullhealth is not scraped",
+                        "description": "Prometheus has no successful scrape of job ph-pullhealth-metrics in "
+                        "namespace pullhealth: the operator is down, crash-looping, or its metrics cannot be "
+                        "reached. Run: kubectl -n pullhealth get pods,endpoints -l "
+                        "app.kubernetes.io/name=pullhealth",
+                        "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthoperatorabsent"}}]},
+            ],
+        }],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = promtool("test", "rules", str(tmp_path / "tests.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr

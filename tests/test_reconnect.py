@@ -1,0 +1,40 @@
+"""API server outages are one WARNING line each (start and end), counted, not an ERROR per retry."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pullhealth import reconnect
+
+
+def test_kopf_retry_errors_become_one_warning_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    outages: list[int] = []
+    tracker = reconnect.OutageTracker(logging.getLogger("pullhealth.api"), lambda: outages.append(1))
+    reconnect.install(tracker)
+    kopf_client = logging.getLogger(reconnect.KOPF_CLIENT_LOGGER)
+    caplog.set_level(logging.DEBUG)
+    for attempt in range(1, 22):  # what a 20 s API server restart produced before
+        kopf_client.error(
+            f"Request attempt #{attempt}/9 failed; will retry: GET https://127.0.0.1:6443/api/v1/pods -> "
+            "ClientConnectorError(ConnectionKey(host='127.0.0.1'), ConnectionRefusedError(111, 'Connect call failed'))"
+        )
+    tracker.recovered()
+    tracker.recovered()  # no outage now: nothing more
+    tracker.failed("HTTP 503")  # a second outage (etcd down behind the API server)
+    records = [r for r in caplog.records if r.name in ("pullhealth.api", reconnect.KOPF_CLIENT_LOGGER)]
+    assert [r.levelno for r in records] == [logging.WARNING] * 3, [r.getMessage() for r in records]
+    assert "unreachable" in records[0].getMessage() and "reachable again" in records[1].getMessage()
+    assert "21 requests retried" in records[1].getMessage()
+    assert len(outages) == 2 and tracker.down
+
+
+def test_other_kopf_errors_pass(caplog: pytest.LogCaptureFixture) -> None:
+    tracker = reconnect.OutageTracker(logging.getLogger("pullhealth.api"))
+    reconnect.install(tracker)
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger(reconnect.KOPF_CLIENT_LOGGER).error(
+        "Request attempt #1/9 failed; escalating: PATCH /x -> APIForbiddenError('forbidden')"
+    )
+    assert [r.levelno for r in caplog.records] == [logging.ERROR] and not tracker.down
