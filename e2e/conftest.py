@@ -164,6 +164,18 @@ def world() -> Iterator[World]:
         yield start_world(stack, Path(tmp))
 
 
+@pytest.fixture(scope="module")
+def no_session_operator(operator: OperatorProcess) -> Iterator[None]:
+    """Pause the session's operator (admin rights, its own flags) for a module that runs its
+    own: two operators would race for the same objects, and what the module asserts (the
+    chart's RBAC, the trust boundary's flags) must come from its operator alone."""
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()
+
+
 @pytest.fixture(scope="session")
 def operator(
     dev_cluster: Any, world: World, tmp_path_factory: pytest.TempPathFactory

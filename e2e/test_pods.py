@@ -298,8 +298,10 @@ def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
     from pullhealth.model import Diagnosis
     from pullhealth.podcheck import PodSettings, diagnose_pod
     from pullhealth.probes.proxy import parse_proxy
+    from pullhealth.trust import TrustPolicy
     from support.kubelet import NODE
     from support.proxy import TinyProxy
+    from support.world import TEST_DESTINATIONS
 
     port = int(world.anon.rsplit(":", 1)[1])
     image = f"127.0.0.1:{port}/library/alpine:3.19"
@@ -313,7 +315,8 @@ def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
                "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": image}]},
                "status": {"containerStatuses": [{"name": "app", "state": {"waiting": {
                    "reason": "ErrImagePull", "message": message}}}]}}
-        env = Environment(nameserver=world.nameserver, ca_file=str(world.ca_bundle), proxy=parse_proxy(proxy))
+        env = Environment(nameserver=world.nameserver, ca_file=str(world.ca_bundle), proxy=parse_proxy(proxy),
+                          trust=TrustPolicy(destinations=TEST_DESTINATIONS))
         cache: SingleFlight[Diagnosis] = SingleFlight(ttl=1.0)
         [result] = asyncio.run(diagnose_pod(pod, [message], reader, env, PodSettings(timeout=3.0), cache))
         return result.diagnosis

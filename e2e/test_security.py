@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from conftest import Cluster
 
 guard.install()
+# This module runs its own operator with the chart's rights; the session's would race it.
+pytestmark = pytest.mark.usefixtures("no_session_operator")
 
 Waiter = Callable[..., Any]
 INTERNAL_SECRET = "INTERNAL-ANSWER-do-not-echo-7f3a"
@@ -220,7 +222,7 @@ def test_workload_identity_uses_only_the_account_own_client_id(
         "wi-own": {"registry": world.myacr, "image": "team/app:v1",
                    "auth": {"mode": "workloadIdentity", "serviceAccountName": "wi"}},
     })
-    assert (statuses["wi-own"]["phase"], statuses["wi-own"]["code"]) == ("Healthy", "OK"), statuses["wi-own"]
+    assert (statuses["wi-own"]["phase"], statuses["wi-own"]["code"]) == ("Healthy", "OK"), statuses["wi-own"]["summary"]
     assert sum(world.aad.hits.values()) >= 1
 
 

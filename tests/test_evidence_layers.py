@@ -15,11 +15,13 @@ from pullhealth.diagnose import VANTAGE_CHECK, Layer, combine, vantage_layer
 from pullhealth.engine import ChainOptions, Target, run_chain
 from pullhealth.model import Diagnosis, StepStatus
 from pullhealth.reference import parse_target
+from support.world import TEST_DESTINATIONS
 
 
 async def _probe(world: Any, ref: str) -> Diagnosis:
     registry, image = parse_target(ref)
-    options = ChainOptions(nameserver=world.nameserver, ca_file=str(world.ca_bundle), timeout=2.0)
+    options = ChainOptions(nameserver=world.nameserver, ca_file=str(world.ca_bundle), timeout=2.0,
+                           destinations=TEST_DESTINATIONS)
     return await run_chain(Target(registry, image), options)
 
 

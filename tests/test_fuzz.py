@@ -37,6 +37,7 @@ from pullhealth.redact import Redactor
 from pullhealth.reference import InvalidReference, parse, parse_target
 from support.pki import PKI
 from support.scripted import Answer, ScriptedRegistry
+from support.world import TEST_DESTINATIONS
 
 USER = "fuzzer"
 PASSWORDS = ("Fuzz-s3cret-pw", "pässwörd-ü€-fz")
@@ -162,7 +163,7 @@ def test_chain_against_generated_registry_answers(server: tuple[ScriptedRegistry
     srv, ca = server
     reference = f"{srv.host}/team/app:v1"
     registry, image = parse_target(reference)
-    options = ChainOptions(ca_file=str(ca), timeout=TIMEOUT)
+    options = ChainOptions(ca_file=str(ca), timeout=TIMEOUT, destinations=TEST_DESTINATIONS)
     credential = Credential(CredentialKind.BASIC, "fuzz", USER, password)
 
     @FUZZ
