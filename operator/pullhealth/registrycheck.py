@@ -86,13 +86,16 @@ async def run_registry_check(
     becomes UNKNOWN with a one-line masked message, the traceback goes to the log. The
     result is masked for secret-shaped text (the chain already masked the run's secrets).
     """
+    redactor = Redactor()  # learns every pull secret read for the check
     try:
-        diagnosis = await _run_registry_check(spec, image, namespace, reader, env, cache, on_request)
+        diagnosis = await _run_registry_check(
+            spec, image, namespace, reader, env, cache, on_request, redactor
+        )
     except Exception as exc:
         log.error("unexpected error checking %s", spec.registry, exc_info=True)
-        text = one_line(f"{type(exc).__name__}: {exc}")
+        text = one_line(f"{type(exc).__name__}: {exc}", redactor=redactor)
         diagnosis = make(Code.UNKNOWN, {"registry": spec.registry, "namespace": namespace, "detail": text})
-    return redacted(diagnosis, Redactor())
+    return redacted(diagnosis, redactor)
 
 
 async def _run_registry_check(
@@ -103,6 +106,7 @@ async def _run_registry_check(
     env: Environment,
     cache: SingleFlight[Diagnosis] | None,
     on_request: Any,
+    redactor: Redactor,
 ) -> Diagnosis:
     options = ChainOptions(
         nameserver=env.nameserver,
@@ -151,6 +155,7 @@ async def _run_registry_check(
         )
 
     keyring = await read_keyring(reader, namespace, secret_names)
+    creds.teach(redactor, (e.credential for e in keyring.entries))
     if keyring.issues:
         # The spec names these secrets explicitly: one that cannot be used is the finding.
         issue = keyring.issues[0]
