@@ -80,3 +80,10 @@ def test_a_fix_shows_up_within_a_minute_and_at_once_on_recheck(
     stamp = status["lastCheckTime"]
     time.sleep(3)
     assert _status(dev_cluster, ns, "asks")["lastCheckTime"] == stamp
+
+
+def test_a_scheme_in_the_registry_is_refused_readably(dev_cluster: Any, operator: Any, namespace: str) -> None:
+    bad = dev_cluster.kubectl("-n", namespace, "apply", "-f", "-", check=False,
+                              stdin=regcheck_yaml("scheme", {"registry": "https://myacr.azurecr.io"}))
+    assert bad.returncode != 0
+    assert "without https:// or a path (e.g. myacr.azurecr.io" in bad.stderr, bad.stderr
