@@ -62,7 +62,8 @@ def error_messages(reply: Reply) -> list[str]:
     if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
         for err in doc["errors"][:5]:
             if isinstance(err, dict):
-                out.append(f"{str(err.get('code', '?'))[:64]}: {str(err.get('message', ''))[:300]}")
+                code, message = str(err.get("code", "?")), str(err.get("message", ""))
+                out.append(f"{clip(code, 64)}: {clip(message, 300)}")
     return out
 
 
@@ -74,7 +75,7 @@ def error_codes(reply: Reply) -> set[str]:
 def fail_on_common(reply: Reply, host: str, what: str) -> None:
     """Raise for the answers every registry endpoint can give: 403 rules, 429, 5xx."""
     messages = error_messages(reply)
-    text = "; ".join(messages) or reply.body[:200].decode("utf-8", "replace").strip()
+    text = "; ".join(messages) or clip(reply.body[:4096].decode("utf-8", "replace").strip(), 200)
     if reply.status == 403:
         ip = _CLIENT_IP.search(text)
         if ip or "firewall" in text.lower() or what == "GET /v2/":

@@ -28,6 +28,7 @@ from pullhealth.credentials import Credential, CredentialKind
 from pullhealth.probes.challenge import Challenge, error_messages, fail_on_common
 from pullhealth.probes.http import Http, Reply
 from pullhealth.probes.net import StepError
+from pullhealth.redact import clip
 
 CLIENT_ID = "pullhealth"
 
@@ -117,7 +118,7 @@ def _why(reply: Reply) -> str:
         return "; ".join(messages)
     doc = reply.json()
     if isinstance(doc, dict) and isinstance(doc.get("error_description") or doc.get("error"), str):
-        return str(doc.get("error_description") or doc.get("error"))[:300]
+        return clip(str(doc.get("error_description") or doc.get("error")), 300)
     return f"HTTP {reply.status}"
 
 
