@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pullhealth import __version__, classify, credentials, docgen, engine
-from pullhealth.codes import Code
+from pullhealth.codes import SOURCE_DOCKER_CONFIG, Code
 from pullhealth.diagnose import make, redacted
 from pullhealth.model import Diagnosis, StepStatus
 from pullhealth.probes import identity
@@ -196,7 +196,7 @@ def _credentials(
     except credentials.SecretProblem as exc:
         return None, make(
             exc.code,
-            {"secret": str(path), "detail": exc.detail, "registry": registry, "namespace": "<namespace>"},
+            {"secret": str(path), "detail": exc.detail, "registry": registry, "source": SOURCE_DOCKER_CONFIG},
         )
     secrets.extend(s for e in entries for s in e.credential.secrets())
     return credentials.for_target(entries, registry, image), None
@@ -293,7 +293,11 @@ async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
         image,
         matched,
         options,
-        no_match_facts={"detail": f"{args.docker_config} has no entry for {registry}"},
+        no_match_facts={
+            "detail": f"{args.docker_config} has no entry for {registry}",
+            "secret": str(args.docker_config),
+            "source": SOURCE_DOCKER_CONFIG,
+        },
     )
 
 
