@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -80,3 +83,29 @@ def test_a_fix_shows_up_within_a_minute_and_at_once_on_recheck(
     stamp = status["lastCheckTime"]
     time.sleep(3)
     assert _status(dev_cluster, ns, "asks")["lastCheckTime"] == stamp
+
+
+def test_a_scheme_in_the_registry_is_refused_readably(dev_cluster: Any, operator: Any, namespace: str) -> None:
+    bad = dev_cluster.kubectl("-n", namespace, "apply", "-f", "-", check=False,
+                              stdin=regcheck_yaml("scheme", {"registry": "https://myacr.azurecr.io"}))
+    assert bad.returncode != 0
+    assert "without https:// or a path (e.g. myacr.azurecr.io" in bad.stderr, bad.stderr
+
+
+def test_pullhealth_recheck_checks_now_and_prints_the_result(dev_cluster: Any, operator: Any, world: World,
+                                                             namespace: str, wait_for: Any) -> None:
+    k, ns = dev_cluster.kubectl, namespace
+    spec = {"registry": world.acr, "image": "team/app:v1", "auth": {"pullSecrets": ["later-c"]}, "intervalSeconds": 300}
+    k("-n", ns, "apply", "-f", "-", stdin=regcheck_yaml("viacli", spec))
+    wait_for(lambda: _status(dev_cluster, ns, "viacli").get("code") == "PULL_SECRET_MISSING", "failing", timeout=60)
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("later-c", world.acr, *world.acr_puller))
+    env = {**os.environ, "KUBECONFIG": str(dev_cluster.kubeconfig)}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pullhealth", "recheck", "viacli", "-n", ns, "--wait", "20"],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"{ns}/viacli: Healthy OK: "), result.stdout
+    assert time.monotonic() - started < 20
+    missing = subprocess.run([sys.executable, "-m", "pullhealth", "recheck", "nosuch", "-n", ns], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "not found" in missing.stderr

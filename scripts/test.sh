@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# A Go >= 1.26 for the control-plane build (setup.sh installed one when the system's is older).
+export PATH="$(bash scripts/setup.sh --print-go-dir):$PATH"
 bash hack/build-k8s.sh
 # The pinned kubectl comes first on PATH (tests and the demo call `kubectl`).
 export PATH="$(bash hack/build-k8s.sh --print-dirs | head -n1):$PATH"

@@ -272,3 +272,18 @@ def test_corpus_message_gets_its_code(row: dict[str, object]) -> None:
 )
 def test_other_runtime_versions(text: str, code: Code) -> None:
     assert classify(text).code is code
+
+
+def test_facts_name_the_proxy_without_its_credentials_and_the_host_from_the_url() -> None:
+    d = classify("Get https://index.docker.io/v1/repositories/library/x/images: http: error connecting to proxy "
+                 "http://bob:hunter2@10.0.0.9:3128: dial tcp 10.0.0.9:3128: connect: connection refused")
+    assert d.facts["proxy"] == "10.0.0.9:3128" and d.facts["host"] == "index.docker.io"
+    assert d.summary.startswith("the egress HTTP proxy 10.0.0.9:3128 failed the connection to index.docker.io")
+    assert "hunter2" not in d.facts["proxy"]
+    named = classify('failed to do request: Head "https://r.io/v2/team/a/manifests/1": proxyconnect tcp: dial tcp: '
+                     "lookup proxy.corp on 10.0.0.10:53: no such host")
+    assert (named.facts["proxy"], named.facts["host"], named.facts["repository"]) == ("proxy.corp", "r.io", "team/a")
+    ecr = classify("Error response from daemon: pull access denied for 1234.dkr.ecr.us-west-2.amazonaws.com/team/a, "
+                   "repository does not exist or may require 'docker login': denied: User: arn:aws:iam::1234:user/u "
+                   "is not authorized to perform: ecr:BatchGetImage on resource: x")
+    assert ecr.facts["repository"] == "team/a" and ecr.facts["registry"] == "1234.dkr.ecr.us-west-2.amazonaws.com"

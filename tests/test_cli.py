@@ -45,7 +45,9 @@ def test_healthy_json_contract_and_exit_0(world: Any) -> None:
 def test_problem_exit_1_with_remediation(world: Any) -> None:
     rc, doc, _ = check(world, f"{world.anon}/team/app:nosuchtag")
     assert rc == 1 and doc["code"] == "TAG_NOT_FOUND"
-    assert doc["remediation"] and "az acr repository show-tags" in doc["remediation"][0]
+    # A plain registry gets plain commands, no `az acr` advice (codes.KIND_REMEDIATION).
+    assert doc["remediation"] and "skopeo list-tags" in doc["remediation"][0]
+    assert not any("az " in step for step in doc["remediation"])
 
 
 def test_password_stdin_and_no_leak(world: Any) -> None:
@@ -94,6 +96,9 @@ def test_malformed_docker_config_is_a_diagnosis_not_a_traceback(world: Any, tmp_
     cfg.write_text('{"auths": {"x": {"auth": "%%%secret%%%"}}}')
     rc, doc, out = check(world, f"{world.acr}/team/app:v1", "--docker-config", str(cfg))
     assert rc == 1 and doc["code"] == "PULL_SECRET_INVALID"
+    # A file is not a Secret: no `kubectl create secret` naming the file's path.
+    assert doc["summary"].startswith(f"the docker config file {cfg} cannot be used")
+    assert not any("create secret" in step or "get secret" in step for step in doc["remediation"])
     assert "Traceback" not in out and "secret%%%" not in out
 
 

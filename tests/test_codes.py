@@ -53,3 +53,61 @@ def test_docs_codes_md_is_generated_from_the_catalog() -> None:
 
     path = Path(__file__).resolve().parents[1] / "docs" / "codes.md"
     assert path.read_text() == codes_markdown(), "regenerate: pullhealth codes > docs/codes.md"
+
+
+def test_registry_kinds() -> None:
+    kind = codes.registry_kind
+    assert kind("myacr.azurecr.io") is codes.RegistryKind.ACR
+    assert kind("MyACR.azurecr.cn:443") is codes.RegistryKind.ACR
+    assert kind("123456789012.dkr.ecr.eu-west-1.amazonaws.com") is codes.RegistryKind.ECR
+    assert kind("europe-west1-docker.pkg.dev") is codes.RegistryKind.GCR
+    assert kind("gcr.io") is codes.RegistryKind.GCR and kind("eu.gcr.io") is codes.RegistryKind.GCR
+    assert kind("registry-1.docker.io") is codes.RegistryKind.DOCKER_HUB
+    assert kind("docker.io") is codes.RegistryKind.DOCKER_HUB
+    assert kind("harbor.example.com:8443") is codes.RegistryKind.GENERIC
+    assert kind("[fd00::1]:5000") is codes.RegistryKind.GENERIC
+    assert kind("notazurecr.io.example.com") is codes.RegistryKind.GENERIC
+    assert kind(None) is None and kind("") is None
+
+
+# Azure by nature: only an ACR or an Azure identity gets these codes; the egress proxy is
+# the cluster's (AKS's httpProxyConfig), whatever the registry.
+_AZURE_ONLY = {Code.PRIVATE_ENDPOINT_DNS, Code.IDENTITY_UNAVAILABLE, Code.TOKEN_EXCHANGE_DENIED, Code.PROXY_ERROR}
+_REGISTRIES = {
+    "harbor.example.com": ("kubectl", "docker", "skopeo", "curl"),
+    "123456789012.dkr.ecr.eu-west-1.amazonaws.com": ("aws ",),
+    "europe-west1-docker.pkg.dev": ("gcloud",),
+    "registry-1.docker.io": ("index.docker.io", "hub.docker.com", "docker "),
+}
+
+
+def test_remediation_fits_the_registry_kind() -> None:
+    for code in Code:
+        if code in _AZURE_ONLY:
+            continue
+        for registry in _REGISTRIES:
+            facts = {"registry": registry, "host": registry, "repository": "team/app", "tag": "v1"}
+            steps = codes.remediation(code, facts)
+            text = " ".join(steps)
+            assert "az " not in text and "azurecr" not in text and "AKS" not in text, (code, registry, steps)
+    # The kind's own tools where the advice depends on the registry.
+    for code in (Code.AUTH_REQUIRED, Code.CREDENTIALS_REJECTED, Code.PERMISSION_DENIED, Code.TAG_NOT_FOUND,
+                 Code.REPOSITORY_NOT_FOUND, Code.PULL_SECRET_NO_MATCH):
+        for registry, tools in _REGISTRIES.items():
+            text = " ".join(codes.remediation(code, {"registry": registry, "repository": "team/app"}))
+            assert any(tool in text for tool in tools), (code, registry, text)
+    # ACR, and a message naming no registry, keep the az advice.
+    assert "az acr" in " ".join(codes.remediation(Code.TAG_NOT_FOUND, {"registry": "myacr.azurecr.io"}))
+    assert "az acr" in " ".join(codes.remediation(Code.TAG_NOT_FOUND, {}))
+    # Docker Hub's rate limit names Docker Hub's server for the secret.
+    assert "https://index.docker.io/v1/" in " ".join(codes.remediation(Code.RATE_LIMITED, {"registry": "docker.io"}))
+
+
+def test_a_docker_config_file_is_not_called_a_secret() -> None:
+    facts = {"secret": "/home/me/config.json", "registry": "r.example", "detail": "not JSON",
+             "source": codes.SOURCE_DOCKER_CONFIG}
+    for code in (Code.PULL_SECRET_INVALID, Code.PULL_SECRET_NO_MATCH):
+        summary = codes.summary(code, facts)
+        assert summary.startswith("the docker config file /home/me/config.json"), summary
+        steps = " ".join(codes.remediation(code, facts))
+        assert "create secret" not in steps and "docker login" in steps, steps

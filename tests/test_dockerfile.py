@@ -131,7 +131,7 @@ def test_oci_labels_and_version_agree() -> None:
     assert labels["org.opencontainers.image.version"] == "${VERSION}"
     chart = yaml.safe_load((ROOT / "charts" / "pullhealth" / "Chart.yaml").read_text())
     assert args["VERSION"] == project_version() == chart["appVersion"]
-    license_text = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]["text"]
+    license_text = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
     assert labels["org.opencontainers.image.licenses"] == license_text
 
 

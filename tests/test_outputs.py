@@ -129,6 +129,9 @@ def test_truncation_happens_after_masking() -> None:
     text = "x" * 20 + "0123456789-secret"
     out = clip(text, 25, r)
     assert "0123" not in out and len(out) <= 25
+    # A shape cut in half would no longer look like one: masked first, then cut.
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    assert "eyJzdWIi" not in clip("y" * 270 + jwt, 300)
 
 
 def test_redacted_diagnosis_masks_every_string() -> None:

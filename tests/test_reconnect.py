@@ -20,13 +20,19 @@ def test_kopf_retry_errors_become_one_warning_per_outage(caplog: pytest.LogCaptu
             f"Request attempt #{attempt}/9 failed; will retry: GET https://127.0.0.1:6443/api/v1/pods -> "
             "ClientConnectorError(ConnectionKey(host='127.0.0.1'), ConnectionRefusedError(111, 'Connect call failed'))"
         )
+    # urllib3's own retries under the kubernetes client (the operator's own calls).
+    logging.getLogger("urllib3.connectionpool").warning(
+        "Retrying (Retry(total=2, connect=None, read=None, redirect=None, status=None)) after connection "
+        "broken by 'NewConnectionError(\"HTTPSConnection(host='127.0.0.1', port=6443): Failed to establish "
+        "a new connection: [Errno 111] Connection refused\")': /readyz"
+    )
     tracker.recovered()
     tracker.recovered()  # no outage now: nothing more
     tracker.failed("HTTP 503")  # a second outage (etcd down behind the API server)
     records = [r for r in caplog.records if r.name in ("pullhealth.api", reconnect.KOPF_CLIENT_LOGGER)]
     assert [r.levelno for r in records] == [logging.WARNING] * 3, [r.getMessage() for r in records]
     assert "unreachable" in records[0].getMessage() and "reachable again" in records[1].getMessage()
-    assert "21 requests retried" in records[1].getMessage()
+    assert "22 requests retried" in records[1].getMessage()
     assert len(outages) == 2 and tracker.down
 
 

@@ -191,3 +191,18 @@ def test_recheck_annotation_asks_once() -> None:
     diagnosis = rc.make(rc.Code.OK, {"registry": "r.example"})
     assert rc.build_status(diagnosis, {}, 1, "2026-11-28T12:00:00Z", recheck="1")["observedRecheck"] == "1"
     assert "observedRecheck" not in rc.build_status(diagnosis, {}, 1, "2026-11-28T12:00:00Z")
+
+
+def test_a_scheme_in_registry_reads_the_same_in_the_status_and_the_crd() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    with pytest.raises(rc.InvalidSpec) as err:
+        rc.parse_spec({"registry": "https://myacr.azurecr.io"})
+    assert rc.REGISTRY_FORM in str(err.value) and "https://myacr.azurecr.io" in str(err.value)
+    root = Path(__file__).resolve().parents[1]
+    for path in ("crds/registrychecks.pullhealth.io.yaml", "charts/pullhealth/crds/registrychecks.pullhealth.io.yaml"):
+        crd = yaml.safe_load((root / path).read_text())
+        registry = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["registry"]
+        assert [v["message"] for v in registry["x-kubernetes-validations"]] == [rc.REGISTRY_FORM]

@@ -315,6 +315,13 @@ _REF_PATTERNS = (
     ),
 )
 _HOST = re.compile(r"lookup ([A-Za-z0-9.-]+)")
+_URL = re.compile(r"https?://([A-Za-z0-9.-]+(?::\d+)?)/v[12]/(?:([a-z0-9._/-]+?)/(?:manifests|blobs|tags)/)?")
+_DENIED_FOR = re.compile(r"pull access denied for ([a-z0-9._/:-]+?),")
+# The proxy's host:port only: a proxy URL's user:password@ is never kept.
+_PROXY = re.compile(
+    r"proxyconnect tcp: dial tcp(?:: lookup ([A-Za-z0-9.-]+)| ([^\s:]*:\d+))"
+    r"|error connecting to proxy \S*?://(?:[^@\s/]*@)?([^/\s]+?)(?::? |/|$)"
+)
 _DIAL = re.compile(r"dial tcp ([0-9a-fA-F.:\[\]]+)")
 _CLIENT_IP = re.compile(r"client with IP '([^']+)'")
 _RPC = re.compile(r"rpc error: code = \w+ desc = ")
@@ -382,8 +389,26 @@ def _facts(text: str) -> dict[str, str]:
                 host=ref.api_host.split(":")[0],
             )
             break
+    url = _URL.search(text)
+    if url:
+        facts.setdefault("registry", url.group(1))
+        facts.setdefault("host", url.group(1).split(":")[0])
+        if url.group(2):
+            facts.setdefault("repository", url.group(2))
+    denied = _DENIED_FOR.search(text)
+    if denied and "repository" not in facts:
+        try:
+            named = reference.parse(denied.group(1))
+        except reference.InvalidReference:
+            pass
+        else:
+            facts.setdefault("registry", named.registry)
+            facts.update(repository=named.repository, image=named.familiar)
+    proxy = _PROXY.search(text)
+    if proxy:
+        facts["proxy"] = next(g for g in proxy.groups() if g)
     host = _HOST.search(text)
-    if host:
+    if host and (not proxy or host.group(1) != facts["proxy"]):
         facts["host"] = host.group(1)
     dial = _DIAL.search(text)
     if dial:

@@ -2,6 +2,7 @@
 
 ``pullhealth check REFERENCE``   probe a registry pull path (exit 0 healthy, 1 problem, 2 usage)
 ``pullhealth explain MESSAGE``   classify pasted pull-error text (no network)
+``pullhealth recheck NAME...``   check RegistryChecks now and print the results
 ``pullhealth dev-cluster ...``   the local control plane for tests and demos
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pullhealth import __version__, classify, credentials, docgen, engine
-from pullhealth.codes import Code
+from pullhealth.codes import SOURCE_DOCKER_CONFIG, Code
 from pullhealth.diagnose import make, redacted
 from pullhealth.model import Diagnosis, StepStatus
 from pullhealth.probes import identity
@@ -102,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
 
     codes = sub.add_parser("codes", help="print the diagnosis codes reference, or one code's (Markdown)")
     codes.add_argument("code", nargs="?", help="one code, e.g. TAG_NOT_FOUND (any case)")
+
+    recheck = sub.add_parser(
+        "recheck", help="check RegistryChecks now (sets pullhealth.io/recheck) and print the results"
+    )
+    recheck.add_argument("names", nargs="+", metavar="NAME", help="RegistryCheck names")
+    recheck.add_argument("--namespace", "-n", default=None, help="their namespace (default: kubeconfig's)")
+    recheck.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for each result (default 60; 0: no wait)"
+    )
 
     run = sub.add_parser("run", help="run the operator (RegistryChecks)")
     scope = run.add_mutually_exclusive_group()
@@ -243,7 +253,7 @@ def _credentials(
     except credentials.SecretProblem as exc:
         return None, make(
             exc.code,
-            {"secret": str(path), "detail": exc.detail, "registry": registry, "namespace": "<namespace>"},
+            {"secret": str(path), "detail": exc.detail, "registry": registry, "source": SOURCE_DOCKER_CONFIG},
         )
     secrets.extend(s for e in entries for s in e.credential.secrets())
     return credentials.for_target(entries, registry, image), None
@@ -345,7 +355,11 @@ async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
         image,
         matched,
         options,
-        no_match_facts={"detail": f"{args.docker_config} has no entry for {registry}"},
+        no_match_facts={
+            "detail": f"{args.docker_config} has no entry for {registry}",
+            "secret": str(args.docker_config),
+            "source": SOURCE_DOCKER_CONFIG,
+        },
     )
 
 
@@ -409,6 +423,43 @@ def _print_explain(diagnosis: Diagnosis, output: str) -> None:
     print("\n".join(lines))
 
 
+def _recheck(args: argparse.Namespace) -> int:
+    """Annotate each RegistryCheck, wait for its answer, print one line each."""
+    from pullhealth import kube, recheck  # the kubernetes client only for this command
+
+    api = kube.load_config()
+    namespace = args.namespace or _kubeconfig_namespace()
+    worst = EXIT_OK
+    for name in args.names:
+        try:
+            token = recheck.request(api, namespace, name)
+            status = recheck.wait(api, namespace, name, token, args.wait) if args.wait > 0 else None
+        except recheck.RecheckError as exc:
+            print(f"pullhealth: error: {exc}", file=sys.stderr)
+            worst = EXIT_USAGE
+            continue
+        if args.wait <= 0:
+            print(f"{namespace}/{name}: recheck requested")
+        elif status is None:
+            print(f"{namespace}/{name}: no answer within {args.wait:.0f}s (is the operator running?)")
+            worst = max(worst, EXIT_PROBLEM)
+        else:
+            print(f"{namespace}/{name}: {status.get('phase')} {status.get('code')}: {status.get('summary')}")
+            if status.get("phase") != "Healthy":
+                worst = max(worst, EXIT_PROBLEM)
+    return worst
+
+
+def _kubeconfig_namespace() -> str:
+    import kubernetes
+
+    try:
+        _, context = kubernetes.config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        return str((context or {}).get("context", {}).get("namespace") or "default")
+    except (kubernetes.config.ConfigException, OSError):
+        return "default"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pullhealth`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -434,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             diagnosis = classify.classify(text)
             _print_explain(diagnosis, args.output)
             return EXIT_OK
+        if args.command == "recheck":
+            return _recheck(args)
         if args.command == "run":
             from pullhealth import runner  # imports kopf only when running the operator
 

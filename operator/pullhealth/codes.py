@@ -416,17 +416,368 @@ def render(template: str, facts: Mapping[str, str | None]) -> str:
     return _FORMATTER.vformat(template, (), values)
 
 
+assert set(CATALOG) == set(Code), "every code needs a catalog entry"
+
+
+# --- remediation that fits the registry -------------------------------------------------
+# CATALOG's remediation speaks ACR and `az` (AKS with ACR are the first users). For another
+# kind of registry, the steps below replace it where the advice depends on the registry
+# (not PROXY_ERROR: the proxy is the cluster's, AKS's httpProxyConfig whatever the registry);
+# ECR, GCR/Artifact Registry and Docker Hub fall back to GENERIC, then to CATALOG (whose
+# steps for those codes need no registry-specific command).
+
+
+class RegistryKind(StrEnum):
+    """Which registry service a host belongs to (decides the remediation's commands)."""
+
+    ACR = "acr"
+    ECR = "ecr"
+    GCR = "gcr"  # Container Registry and Artifact Registry
+    DOCKER_HUB = "dockerhub"
+    GENERIC = "generic"
+
+
+ACR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
+_DOCKER_HUB_HOSTS = frozenset(
+    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+
+
+def registry_kind(registry: str | None) -> RegistryKind | None:
+    """The kind of ``registry`` (host[:port]); None when no registry is known."""
+    if not registry:
+        return None
+    host = registry.lower().rsplit("@", 1)[-1]
+    host = host[: host.rindex(":")] if ":" in host and not host.endswith("]") else host
+    if host.endswith(ACR_SUFFIXES):
+        return RegistryKind.ACR
+    if ".dkr.ecr." in host and host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        return RegistryKind.ECR
+    if host == "gcr.io" or host.endswith((".gcr.io", "-docker.pkg.dev")):
+        return RegistryKind.GCR
+    if host in _DOCKER_HUB_HOSTS:
+        return RegistryKind.DOCKER_HUB
+    return RegistryKind.GENERIC
+
+
+_SECRET = (
+    "kubectl -n {namespace} create secret docker-registry <name> --docker-server={registry} "
+    "--docker-username=<user> --docker-password=<password>"
+)
+_ECR_SECRET = (
+    "kubectl -n {namespace} create secret docker-registry <name> --docker-server={registry} "
+    "--docker-username=AWS --docker-password=$(aws ecr get-login-password --region <region>)"
+)
+_HUB_SECRET = (
+    "kubectl -n {namespace} create secret docker-registry dockerhub "
+    "--docker-server=https://index.docker.io/v1/ --docker-username=<user> --docker-password=<access-token>"
+)
+_GAR_READER = (
+    "gcloud artifacts repositories add-iam-policy-binding <repository> --location=<location> "
+    "--member=serviceAccount:<service-account> --role=roles/artifactregistry.reader"
+)
+_ECR_TAGS = (
+    "aws ecr list-images --repository-name {repository} --region <region> --query 'imageIds[].imageTag'"
+)
+_GAR_TAGS = "gcloud artifacts docker tags list {registry}/{repository}"
+_GENERIC_TAGS = "skopeo list-tags docker://{registry}/{repository}"
+_HUB_TAGS = (
+    "https://hub.docker.com/r/{repository}/tags (or: skopeo list-tags docker://docker.io/{repository})"
+)
+_NSLOOKUP = (
+    "From a pod, run: kubectl run dnscheck --rm -it --restart=Never --image=busybox -- nslookup {host}"
+)
+_EGRESS = "Check HTTP(S)_PROXY / NO_PROXY settings of the node runtime"
+
+_G, _E, _C, _H = RegistryKind.GENERIC, RegistryKind.ECR, RegistryKind.GCR, RegistryKind.DOCKER_HUB
+
+KIND_REMEDIATION: Mapping[Code, Mapping[RegistryKind, tuple[str, ...]]] = {
+    Code.DNS_NXDOMAIN: {
+        _G: (
+            "Check the registry name for typos in the image reference: {registry}",
+            _NSLOOKUP,
+            "If the cluster uses custom DNS, make sure it resolves the registry's zone",
+        ),
+        _E: (
+            "Check the account id and region in {registry}: aws ecr describe-registry --region <region>",
+            _NSLOOKUP,
+        ),
+        _C: (
+            "Check the location in the host (e.g. europe-west1-docker.pkg.dev): gcloud artifacts "
+            "repositories list --format='value(name)'",
+            _NSLOOKUP,
+        ),
+    },
+    Code.DNS_TIMEOUT: {
+        _G: (
+            "Check that CoreDNS is running: kubectl -n kube-system get pods -l k8s-app=kube-dns",
+            "Check the nodes' DNS servers (/etc/resolv.conf on a node, or the network's DHCP options)",
+            "Check network policies or firewalls blocking UDP/TCP 53 to the DNS servers",
+        ),
+    },
+    Code.CONNECT_REFUSED: {
+        _G: (
+            "Check the registry host and port in the image reference",
+            "Check that the registry (or the proxy in front of it) listens on that port: "
+            "curl -v https://{host}/v2/",
+        ),
+    },
+    Code.CONNECT_TIMEOUT: {
+        _G: (
+            "Check outbound rules (security groups, firewalls, network policies): TCP 443 to {host} "
+            "and to the storage host its blobs are served from",
+            _EGRESS,
+        ),
+        _E: (
+            "Allow TCP 443 to ECR and S3 in security groups and network ACLs, or add the VPC "
+            "endpoints com.amazonaws.<region>.ecr.dkr, com.amazonaws.<region>.ecr.api and S3",
+            _EGRESS,
+        ),
+        _C: (
+            "Allow TCP 443 to {host} and storage.googleapis.com, or enable Private Google Access "
+            "on the nodes' subnet: gcloud compute networks subnets describe <subnet> --region <region>",
+            _EGRESS,
+        ),
+    },
+    Code.TLS_HOSTNAME_MISMATCH: {
+        _G: (
+            "Use the host name the registry's certificate is issued for in the image reference",
+            "Check that DNS points {host} at the registry and not at another service",
+        ),
+    },
+    Code.FIREWALL_FORBIDDEN: {
+        _G: (
+            "Allow the cluster's egress IP in the registry's (or its firewall's) IP allow-list",
+            "If the cluster's egress proxy refused the tunnel, allow the registry and its blob storage "
+            "host on the proxy, or list them in NO_PROXY",
+        ),
+        _E: (
+            "Check the repository policy for aws:SourceIp / aws:SourceVpce conditions: aws ecr "
+            "get-repository-policy --repository-name {repository} --region <region>",
+            "Check the VPC endpoint policy of com.amazonaws.<region>.ecr.dkr and the S3 endpoint",
+        ),
+        _C: (
+            "Check VPC Service Controls perimeters around Artifact Registry: gcloud access-context-manager "
+            "perimeters list --policy=<policy>",
+            "If the cluster's egress proxy refused the tunnel, allow {host} and storage.googleapis.com on it",
+        ),
+    },
+    Code.RATE_LIMITED: {
+        _G: (
+            "Authenticate pulls (anonymous pulls get the lowest limits): " + _SECRET,
+            "Mirror the image into a registry you run, or use a pull-through cache",
+            "Pull less often: imagePullPolicy: IfNotPresent and pinned tags",
+        ),
+        _H: (
+            "Docker Hub limits anonymous pulls per IP address: authenticate: " + _HUB_SECRET,
+            "Mirror the image into your own registry or a pull-through cache (e.g. an ECR, Artifact "
+            "Registry or ACR cache rule for docker.io)",
+            "Pull less often: imagePullPolicy: IfNotPresent and pinned tags",
+        ),
+        _E: (
+            "Reduce pull frequency (imagePullPolicy: IfNotPresent) or request a higher ECR quota: "
+            "aws service-quotas list-service-quotas --service-code ecr",
+        ),
+    },
+    Code.REGISTRY_ERROR: {
+        _G: (
+            "Check the registry's status page or server logs",
+            "Retry later; the failure is on the registry side",
+        ),
+        _E: (
+            "Check the AWS Health Dashboard for ECR in the region: aws health describe-events "
+            "--filter services=ECR",
+            "Retry later; the failure is on the registry side",
+        ),
+        _C: (
+            "Check https://status.cloud.google.com for Artifact Registry",
+            "Retry later; the failure is on the registry side",
+        ),
+        _H: ("Check https://www.dockerstatus.com", "Retry later; the failure is on the registry side"),
+    },
+    Code.PULL_SECRET_NO_MATCH: {
+        _G: (
+            "Add a secret whose server is exactly {registry}: " + _SECRET,
+            "Or fix the server of the existing secret: kubelet matches it against {registry} "
+            "(host and port, no path)",
+        ),
+        _E: (
+            "Add a secret for {registry}: " + _ECR_SECRET + " (the token lasts 12 hours)",
+            "On EKS, let the nodes pull instead: aws iam attach-role-policy --role-name <node-role> "
+            "--policy-arn arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+        ),
+        _C: (
+            "Add a secret for {registry} from a service account key: kubectl -n {namespace} create secret "
+            "docker-registry <name> --docker-server={registry} --docker-username=_json_key "
+            '--docker-password="$(cat key.json)"',
+            "On GKE, let the nodes pull instead: " + _GAR_READER,
+        ),
+        _H: ("Docker Hub secrets use the server https://index.docker.io/v1/: " + _HUB_SECRET,),
+    },
+    Code.AUTH_REQUIRED: {
+        _G: (
+            "Give the pod a pull secret: " + _SECRET,
+            "Or add it to the service account: kubectl -n {namespace} patch serviceaccount default "
+            '-p \'{{"imagePullSecrets": [{{"name": "<name>"}}]}}\'',
+        ),
+        _E: (
+            "On EKS, let the nodes pull: aws iam attach-role-policy --role-name <node-role> "
+            "--policy-arn arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+            "Elsewhere, a pull secret (the token lasts 12 hours): " + _ECR_SECRET,
+        ),
+        _C: (
+            "On GKE, let the nodes' service account pull: " + _GAR_READER,
+            "Elsewhere, a pull secret from a service account key: kubectl -n {namespace} create secret "
+            "docker-registry <name> --docker-server={registry} --docker-username=_json_key "
+            '--docker-password="$(cat key.json)"',
+        ),
+        _H: (
+            "Docker Hub answers this for a private and for a missing repository alike: check "
+            "https://hub.docker.com/r/{repository}",
+            "For a private repository, a pull secret: " + _HUB_SECRET,
+        ),
+    },
+    Code.CREDENTIALS_REJECTED: {
+        _G: (
+            "Check the user name and rotate the password or token at the registry; try it: "
+            "docker login {registry}",
+            "Recreate the pull secret with the current password: "
+            + _SECRET
+            + " --dry-run=client -o yaml | kubectl apply -f -",
+        ),
+        _E: (
+            "ECR tokens expire after 12 hours: refresh the secret: "
+            + _ECR_SECRET
+            + " --dry-run=client -o yaml | kubectl apply -f -",
+            "Better, let the node role or IRSA pull instead of a static secret",
+        ),
+        _C: (
+            "Check the service account key still exists and is enabled: gcloud iam service-accounts "
+            "keys list --iam-account=<service-account>",
+            "Recreate the secret with a valid key (user _json_key) or a fresh token (user "
+            "oauth2accesstoken, password $(gcloud auth print-access-token))",
+        ),
+        _H: (
+            "Use a personal access token as the password (https://app.docker.com/settings); try it: "
+            "docker login -u <user>",
+            "Recreate the pull secret: " + _HUB_SECRET + " --dry-run=client -o yaml | kubectl apply -f -",
+        ),
+    },
+    Code.PERMISSION_DENIED: {
+        _G: (
+            "Grant the user read (pull) access to {repository} in the registry's access settings",
+            "Check with the same credentials: docker pull {registry}/{repository}:{tag}",
+        ),
+        _E: (
+            "Allow ecr:BatchGetImage and ecr:GetDownloadUrlForLayer to the identity; check the "
+            "repository policy: aws ecr get-repository-policy --repository-name {repository} "
+            "--region <region>",
+            "Check the node or IRSA role's policies: aws iam list-attached-role-policies --role-name <role>",
+        ),
+        _C: (
+            "Grant roles/artifactregistry.reader on the repository: " + _GAR_READER,
+            "Check who may read it: gcloud artifacts repositories get-iam-policy <repository> "
+            "--location=<location>",
+        ),
+        _H: (
+            "Ask the owner of {repository} to give your account (or its team) read access",
+            "Check with the same account: docker pull {repository}:{tag}",
+        ),
+    },
+    Code.IMAGE_NOT_FOUND: {
+        _G: ("List the tags: " + _GENERIC_TAGS, "Check the image reference in the pod spec for typos"),
+        _E: ("List the tags: " + _ECR_TAGS, "Check the image reference in the pod spec for typos"),
+        _C: ("List the tags: " + _GAR_TAGS, "Check the image reference in the pod spec for typos"),
+        _H: ("List the tags: " + _HUB_TAGS, "Check the image reference in the pod spec for typos"),
+    },
+    Code.REPOSITORY_NOT_FOUND: {
+        _G: (
+            "Check the repository exists (where the registry allows it): "
+            "skopeo list-tags docker://{registry}/{repository} "
+            "or curl https://{registry}/v2/_catalog",
+            "Check the repository path in the image reference (namespaces, case)",
+        ),
+        _E: (
+            "List repositories: aws ecr describe-repositories --region <region> "
+            "--query 'repositories[].repositoryName'",
+            "Check the repository path, and the account and region in {registry}",
+        ),
+        _C: (
+            "List repositories: gcloud artifacts repositories list --location=<location>",
+            "Check the project/repository path in the image reference",
+        ),
+        _H: (
+            "Official images live under library/ (library/alpine); check https://hub.docker.com/r/{repository}",
+            "Check the repository path in the image reference (namespaces, case)",
+        ),
+    },
+    Code.TAG_NOT_FOUND: {
+        _G: (
+            "List the tags: " + _GENERIC_TAGS,
+            "Push the tag or fix the reference; a deleted or purged tag also shows here",
+        ),
+        _E: (
+            "List the tags: " + _ECR_TAGS,
+            "Push the tag or fix the reference; a lifecycle policy may have expired it: aws ecr "
+            "get-lifecycle-policy --repository-name {repository} --region <region>",
+        ),
+        _C: (
+            "List the tags: " + _GAR_TAGS,
+            "Push the tag or fix the reference; a cleanup policy may have deleted it",
+        ),
+        _H: ("List the tags: " + _HUB_TAGS, "Push the tag or fix the reference"),
+    },
+}
+
+# A local docker config file (`pullhealth check --docker-config`) is not a Secret: its
+# problems are told as such.
+DOCKER_CONFIG: Mapping[Code, CodeInfo] = {
+    Code.PULL_SECRET_INVALID: CodeInfo(
+        summary="the docker config file {secret} cannot be used: {detail}",
+        remediation=(
+            'Check that it is JSON with an "auths" object: python3 -m json.tool {secret}',
+            "Write a fresh one: DOCKER_CONFIG=<dir> docker login {registry} (creates <dir>/config.json)",
+        ),
+    ),
+    Code.PULL_SECRET_NO_MATCH: CodeInfo(
+        summary="the docker config file {secret} has no credentials for {registry}",
+        remediation=(
+            "Add them: DOCKER_CONFIG=<dir of the file> docker login {registry}",
+            "Or check the server keys in it (host[:port] must match {registry}): "
+            "python3 -c 'import json,sys; print(list(json.load(open(sys.argv[1]))[\"auths\"]))' {secret}",
+        ),
+    ),
+}
+SOURCE_DOCKER_CONFIG = "docker-config"
+
+
+def _variant(code: Code, facts: Mapping[str, str | None]) -> CodeInfo:
+    """The catalog entry, or the docker-config file's wording of it."""
+    if facts.get("source") == SOURCE_DOCKER_CONFIG and code in DOCKER_CONFIG:
+        return DOCKER_CONFIG[code]
+    return code.info
+
+
+def remediation_template(code: Code, kind: RegistryKind | None) -> tuple[str, ...]:
+    """The remediation steps of ``code`` for a registry of ``kind`` (None: unknown, ACR's)."""
+    if kind is None or kind is RegistryKind.ACR:
+        return code.info.remediation
+    by_kind = KIND_REMEDIATION.get(code, {})
+    return by_kind.get(kind) or by_kind.get(RegistryKind.GENERIC) or code.info.remediation
+
+
 def summary(code: Code, facts: Mapping[str, str | None]) -> str:
     """The rendered one-line summary of a code."""
-    return render(code.info.summary, facts)
+    return render(_variant(code, facts).summary, facts)
 
 
 def remediation(code: Code, facts: Mapping[str, str | None]) -> list[str]:
-    """The rendered remediation steps of a code."""
-    return [render(step, facts) for step in code.info.remediation]
-
-
-assert set(CATALOG) == set(Code), "every code needs a catalog entry"
+    """The rendered remediation steps of a code, fitting the registry in ``facts``."""
+    if facts.get("source") == SOURCE_DOCKER_CONFIG and code in DOCKER_CONFIG:
+        steps = DOCKER_CONFIG[code].remediation
+    else:
+        steps = remediation_template(code, registry_kind(facts.get("registry")))
+    return [render(step, facts) for step in steps]
 
 
 # Acronyms kept upper case in CamelCase reasons (Kubernetes style: DNSConfigForming).

@@ -16,12 +16,13 @@ import binascii
 import fnmatch
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pullhealth.codes import Code
+from pullhealth.redact import Redactor
 from pullhealth.reference import DOCKER_HUB, ImageReference
 
 DOCKER_HUB_KEY = "index.docker.io"
@@ -77,6 +78,13 @@ class Credential:
 
 
 ANONYMOUS = Credential(CredentialKind.ANONYMOUS, source="anonymous")
+
+
+def teach(redactor: Redactor, credentials: Iterable[Credential]) -> None:
+    """Make a redactor mask these credentials' secrets (and ``user:secret`` forms)."""
+    for credential in credentials:
+        secrets = credential.secrets()
+        redactor.add(secrets, [(credential.username or "", s) for s in secrets])
 
 
 class SecretProblem(ValueError):

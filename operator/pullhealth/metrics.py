@@ -312,6 +312,8 @@ class PodFailureTracker:
     def set(self, uid: str, failures: list[tuple[str, str, str]]) -> None:
         """Replace a pod's failing containers (namespace, registry host, code); [] = recovered."""
         with self._lock:
+            if self._by_pod.get(uid, []) == failures:
+                return  # unchanged: no series is touched
             old = self._by_pod.pop(uid, [])
             if failures:
                 self._by_pod[uid] = list(failures)

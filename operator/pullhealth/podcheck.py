@@ -186,15 +186,18 @@ async def diagnose_container(
     Never raises (cancellation aside): an unexpected error becomes UNKNOWN with a one-line
     masked message (traceback to the log). The diagnosis is masked for secret-shaped text.
     """
+    redactor = Redactor()  # learns every pull secret read for the pod
     try:
         result = await _diagnose_container(
-            pod, container, kubelet_messages, reader, env, settings, cache, on_request
+            pod, container, kubelet_messages, reader, env, settings, cache, on_request, redactor
         )
     except Exception as exc:
         log.error("unexpected error diagnosing container %s", container.name, exc_info=True)
-        text = one_line(f"{type(exc).__name__}: {exc}")
+        text = one_line(f"{type(exc).__name__}: {exc}", redactor=redactor)
         result = PodResult(container, make(Code.UNKNOWN, {"container": container.name, "detail": text}), "")
-    return PodResult(result.container, redacted(result.diagnosis, Redactor()), result.registry)
+    # Masked with every secret the pod's pull path holds, not only the one a chain used:
+    # kubelet's message or a registry may echo any of them.
+    return PodResult(result.container, redacted(result.diagnosis, redactor), result.registry)
 
 
 async def _diagnose_container(
@@ -206,6 +209,7 @@ async def _diagnose_container(
     settings: PodSettings,
     cache: SingleFlight[Diagnosis],
     on_request: Any,
+    redactor: Redactor,
 ) -> PodResult:
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace") or "default")
@@ -234,7 +238,7 @@ async def _diagnose_container(
     facts["platform"] = platform
     message = make(message.code, facts, candidates=message.candidates)
 
-    probed = await _probe(pod, image, platform, namespace, reader, env, settings, cache, on_request)
+    probed = await _probe(pod, image, platform, namespace, reader, env, settings, cache, on_request, redactor)
     # How far the node got decides whether an earlier probe failure is the operator's own
     # network (a vantage difference) or the cause (diagnose.combine).
     return PodResult(container, combine(message, probed, classify.reached(text)), image.registry)
@@ -250,6 +254,7 @@ async def _probe(
     settings: PodSettings,
     cache: SingleFlight[Diagnosis],
     on_request: Any,
+    redactor: Redactor,
 ) -> Diagnosis:
     """Run the pod's own pull path (coalesced) and fold in unusable secrets.
 
@@ -263,6 +268,7 @@ async def _probe(
     names = [str(r.get("name")) for r in spec.get("imagePullSecrets") or [] if r.get("name")]
     names += service_account_secret_names(account)
     keyring = await read_keyring(reader, namespace, names)
+    credentials.teach(redactor, (e.credential for e in keyring.entries))
     matched = credentials.lookup(list(keyring.entries), image)
     options = pullpath.chain_options(env, timeout=settings.timeout, platform=platform, on_request=on_request)
     registry = image.registry

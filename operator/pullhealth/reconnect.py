@@ -2,8 +2,8 @@
 
 kopf's API client logs every retried request at ERROR ("Request attempt #2/9 failed;
 will retry ..."): an ordinary 20-second API server restart made some twenty ERROR lines.
-Retrying is the expected behaviour, not an error. :class:`RetryFilter` sits on kopf's
-client logger and hands those records to an :class:`OutageTracker` instead of the log;
+Retrying is the expected behaviour, not an error. :class:`RetryFilter` sits on the log
+handlers and hands those records to an :class:`OutageTracker` instead of the log;
 our own API calls report their connection failures to the same tracker. The tracker says
 once that the API server is unreachable and once that it answers again (with how long and
 how many requests were retried), and counts outages through a callback (the metric).
@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-# kopf's API client: its retry messages are the ones folded into one line per outage.
+# kopf's API client (its retry messages are the ones folded into one line per outage).
 KOPF_CLIENT_LOGGER = "kopf._cogs.clients.api"
 # What a connection-level failure looks like in kopf's retry messages (aiohttp errors,
 # timeouts, 5xx from an API server whose etcd is down).
@@ -30,6 +30,11 @@ _TRANSIENT = (
     "APIServerError",
     "Connection refused",
     "Connection reset",
+    "NewConnectionError",
+    "RemoteDisconnected",
+    # 429 while the API server's storage (re)initialises after an etcd restart, or while
+    # it sheds load: retried like the rest.
+    "APITooManyRequestsError",
 )
 
 
@@ -93,20 +98,28 @@ class RetryFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """False (drop) for a retried request that failed at the connection level."""
+        if getattr(record, "pullhealth_outage", False):
+            return False  # already counted by this filter on another handler
         message = record.getMessage()
-        if message.startswith("Request attempt") and " failed; " in message and is_transient(message):
-            what = message.split(": ", 1)[-1]
-            self._tracker.failed(what)
+        retried = (message.startswith("Request attempt") and " failed; " in message) or message.startswith(
+            "Retrying (Retry("  # urllib3 under the kubernetes client (our own calls)
+        )
+        if retried and is_transient(message):
+            record.pullhealth_outage = True
+            self._tracker.failed(message.split(": ", 1)[-1] if ": " in message else message)
             return False
         return True
 
 
 def install(tracker: OutageTracker) -> RetryFilter:
-    """Attach the filter to kopf's API client logger (idempotent per tracker)."""
-    target = logging.getLogger(KOPF_CLIENT_LOGGER)
-    for existing in target.filters:
-        if isinstance(existing, RetryFilter):
-            target.removeFilter(existing)
+    """Attach the filter to the handlers of the root logger (where kopf's records end up:
+    kopf's client logs through whichever logger its caller passes, per object or per
+    watcher), replacing an earlier one."""
     flt = RetryFilter(tracker)
-    target.addFilter(flt)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        for existing in list(handler.filters):
+            if isinstance(existing, RetryFilter):
+                handler.removeFilter(existing)
+        handler.addFilter(flt)
     return flt

@@ -32,6 +32,14 @@ from pullhealth.reference import ImageReference, InvalidReference, check_host, p
 log = logging.getLogger(__name__)
 
 
+# The readable rule for spec.registry; the CRD's x-kubernetes-validations message is the
+# same text (a test keeps them equal), so kubectl apply and the status say the same.
+REGISTRY_FORM = (
+    "registry is the login server host[:port] alone, without https:// or a path "
+    "(e.g. myacr.azurecr.io, not https://myacr.azurecr.io/team)"
+)
+
+
 class InvalidSpec(ValueError):
     """The spec cannot be checked; the message says what to fix."""
 
@@ -49,8 +57,8 @@ def parse_spec(raw: Mapping[str, Any]) -> tuple[RegistryCheckSpec, ImageReferenc
             f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
         )
         raise InvalidSpec(problems) from None
-    if "/" in spec.registry or "://" in spec.registry:
-        raise InvalidSpec("spec.registry: a login server host[:port], without scheme or path")
+    if "/" in spec.registry:
+        raise InvalidSpec(f"spec.registry: {REGISTRY_FORM} (got {spec.registry[:100]!r})")
     try:
         check_host(spec.registry)
     except InvalidReference as exc:
@@ -83,13 +91,16 @@ async def run_registry_check(
     becomes UNKNOWN with a one-line masked message, the traceback goes to the log. The
     result is masked for secret-shaped text (the chain already masked the run's secrets).
     """
+    redactor = Redactor()  # learns every pull secret read for the check
     try:
-        diagnosis = await _run_registry_check(spec, image, namespace, reader, env, cache, on_request)
+        diagnosis = await _run_registry_check(
+            spec, image, namespace, reader, env, cache, on_request, redactor
+        )
     except Exception as exc:
         log.error("unexpected error checking %s", spec.registry, exc_info=True)
-        text = one_line(f"{type(exc).__name__}: {exc}")
+        text = one_line(f"{type(exc).__name__}: {exc}", redactor=redactor)
         diagnosis = make(Code.UNKNOWN, {"registry": spec.registry, "namespace": namespace, "detail": text})
-    return redacted(diagnosis, Redactor())
+    return redacted(diagnosis, redactor)
 
 
 async def _run_registry_check(
@@ -100,6 +111,7 @@ async def _run_registry_check(
     env: Environment,
     cache: SingleFlight[Diagnosis] | None,
     on_request: Any,
+    redactor: Redactor,
 ) -> Diagnosis:
     options = pullpath.chain_options(
         env,
@@ -143,6 +155,7 @@ async def _run_registry_check(
         return await pullpath.anonymous(registry, image, options, key).run(cache, registry)
 
     keyring = await read_keyring(reader, namespace, secret_names)
+    creds.teach(redactor, (e.credential for e in keyring.entries))
     if keyring.issues:
         # The spec names these secrets explicitly: one that cannot be used is the finding.
         issue = keyring.issues[0]

@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     # kopf has configured its handlers now: mask secret-shaped text in everything logged.
     install_log_redaction()
     logging.getLogger("kopf.objects").addFilter(_no_success_lines)
+    # httpx logs every request at INFO ("HTTP Request: GET ..."): one line per probe step.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,

@@ -41,6 +41,7 @@ async def pod_event(
     uid = uid or ""
     if event.get("type") == "DELETED":
         metrics.POD_FAILURES.forget(uid)
+        State.pod_memo.forget(uid)
         return
     # First sight since start-up: the recorded diagnosis counts until the pod is re-diagnosed.
     metrics.POD_FAILURES.seed_from_annotations(body)
@@ -50,25 +51,15 @@ async def pod_event(
     # No worker slot is held here: the pod cache takes one per probe chain, after the
     # registry's own slot, so pods queued behind a slow registry do not block the others.
     failing = podcheck.failing_containers(body)
-    messages: list[str] = []
-    if failing:
-        try:
-            messages = await client.kubelet_pull_messages(namespace, uid)
-        except ApiException as exc:
-            # Without the events, the waiting message still carries kubelet's text.
-            logger.warning("cannot list the pod's events (HTTP %s); using the waiting message", exc.status)
-    results = await podcheck.diagnose_pod(
-        body,
-        messages,
-        client,
-        State.env,
-        State.pod_settings,
-        State.pod_cache,
-        metrics.count_probe_request,
-    )
-    metrics.POD_FAILURES.set(
-        uid, [(namespace, r.registry or "unknown", r.diagnosis.code.value) for r in results]
-    )
+    # Back-off retries and our own patch change nothing the diagnosis depends on: the
+    # last results are reused (no API read, no chain) while younger than the interval.
+    results = State.pod_memo.recall(uid, body, failing) if failing else None
+    if results is None:
+        results = await _diagnose(client, body, failing, namespace, uid, logger)
+        State.pod_memo.remember(uid, body, failing, results)
+        metrics.POD_FAILURES.set(
+            uid, [(namespace, r.registry or "unknown", r.diagnosis.code.value) for r in results]
+        )
     plan = podcheck.plan_writeback(body, results[0] if results else None, now_rfc3339())
     if plan.annotations is None:
         return
@@ -124,3 +115,30 @@ async def pod_event(
             if layer is not None:
                 metrics.POD_VANTAGE_DIFFERENCES.labels(layer).inc()
         logger.info("diagnosed %s: %s", results[0].container.name, results[0].diagnosis.code.value)
+
+
+async def _diagnose(
+    client: kube.KubeWriter,
+    body: kopf.Body,
+    failing: list[podcheck.FailingContainer],
+    namespace: str,
+    uid: str,
+    logger: kopf.Logger,
+) -> list[podcheck.PodResult]:
+    """Read what the pod's pull depends on and diagnose every failing container."""
+    messages: list[str] = []
+    if failing:
+        try:
+            messages = await client.kubelet_pull_messages(namespace, uid)
+        except ApiException as exc:
+            # Without the events, the waiting message still carries kubelet's text.
+            logger.warning("cannot list the pod's events (HTTP %s); using the waiting message", exc.status)
+    return await podcheck.diagnose_pod(
+        body,
+        messages,
+        State.pod_reader or client,
+        State.env,
+        State.pod_settings,
+        State.pod_cache,
+        metrics.count_probe_request,
+    )

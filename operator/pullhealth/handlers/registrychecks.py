@@ -149,7 +149,8 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
         namespace,
         State.kube,
         State.env,
-        State.registry_check_cache,
+        # A recheck asks for a fresh probe, not a result shared from the last 20 s.
+        State.registry_check_cache if recheck is None else None,
         metrics.count_probe_request,
     )
     finished = datetime.now(UTC)

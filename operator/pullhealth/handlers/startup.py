@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from pullhealth import diagnose, kube, metrics, podcheck, reconnect
+from pullhealth import diagnose, kube, metrics, podcheck, podmemo, readcache, reconnect
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
 from pullhealth.handlers.state import State
@@ -122,6 +122,8 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         is_failure=diagnose.transient,
         shared_limit=State.pod_pool,
     )
+    State.pod_memo = podmemo.PodMemo(ttl=OPTIONS.pod_interval)
+    State.pod_reader = readcache.CachedReader(State.kube)
     metrics.set_admin_registries(OPTIONS.metrics_registries)
     if OPTIONS.metrics_port:
         metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)

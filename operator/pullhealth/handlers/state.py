@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pullhealth import events, podcheck
+from pullhealth import events, podcheck, podmemo, readcache
 from pullhealth import kube as kubeapi
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
@@ -25,6 +25,10 @@ class State:
     # Failing pods: one chain per (registry, credential, image) per interval.
     pod_cache: SingleFlight[Diagnosis] = SingleFlight(ttl=60.0, per_registry=4)
     pod_pool: asyncio.Semaphore | None = None
+    # Per pod: the last diagnosis and what it depended on (reused while nothing changed).
+    pod_memo: podmemo.PodMemo = podmemo.PodMemo(ttl=60.0)
+    # Pod diagnosis reads Nodes, ServiceAccounts and Secrets through short-lived caches.
+    pod_reader: readcache.CachedReader | None = None
     forbidden_until: dict[str, float] = {}
     # RegistryCheck uid -> (generation, recheck request, monotonic time before which it is
     # not run again) of the last check run here: a status write that failed (RBAC,

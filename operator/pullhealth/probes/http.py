@@ -27,7 +27,7 @@ from pullhealth.codes import Code
 from pullhealth.probes.dns import DnsFailure, Resolver
 from pullhealth.probes.net import StepError
 from pullhealth.probes.proxy import Proxy, bypasses
-from pullhealth.redact import Redactor
+from pullhealth.redact import Redactor, clip
 
 MAX_BODY = 1 << 20
 USER_AGENT = "pullhealth/0.1"
@@ -124,13 +124,13 @@ class Http:
         except ValueError as exc:
             raise StepError(
                 Code.CHALLENGE_ERROR,
-                f"the registry sent an unusable URL {self.redactor(url)[:200]!r}: {exc}",
+                f"the registry sent an unusable URL {clip(url, 200, self.redactor)!r}: {exc}",
                 detail="an unusable URL in the registry's answer",
             ) from None
         if parts.scheme not in ("https", "http") or not host:
             raise StepError(
                 Code.CHALLENGE_ERROR,
-                f"the registry sent an unusable URL {self.redactor(url)[:200]!r}",
+                f"the registry sent an unusable URL {clip(url, 200, self.redactor)!r}",
                 detail="an unusable URL in the registry's answer",
             )
         # Local names and refused address literals are refused even through a proxy.
