@@ -72,7 +72,8 @@ def test_registry_kinds() -> None:
 
 # Azure by nature: only an ACR or an Azure identity gets these codes; the egress proxy is
 # the cluster's (AKS's httpProxyConfig), whatever the registry.
-_AZURE_ONLY = {Code.PRIVATE_ENDPOINT_DNS, Code.IDENTITY_UNAVAILABLE, Code.TOKEN_EXCHANGE_DENIED, Code.PROXY_ERROR}
+_AZURE_ONLY = {Code.PRIVATE_ENDPOINT_DNS, Code.IDENTITY_UNAVAILABLE, Code.TOKEN_EXCHANGE_DENIED, Code.PROXY_ERROR,
+               Code.AAD_AUDIENCE_REJECTED}
 _REGISTRIES = {
     "harbor.example.com": ("kubectl", "docker", "skopeo", "curl"),
     "123456789012.dkr.ecr.eu-west-1.amazonaws.com": ("aws ",),
