@@ -75,14 +75,18 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def chart_rbac(dev_cluster: Cluster) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
-    """The chart's ServiceAccount, ClusterRole and binding in a fresh release namespace."""
+def chart_rbac(dev_cluster: Cluster, wait_for: Waiter) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    """The CRD, and the chart's ServiceAccount, ClusterRole and binding in a fresh release namespace."""
     helm = require_helm()
     release = f"alerts-{uuid.uuid4().hex[:6]}"
     ns = f"pullhealth-{release}"
     objects = render(helm, release, ns, *FAST)
     rbac = [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
     k = dev_cluster.kubectl
+    k("apply", "-f", str(ROOT / "crds" / "registrychecks.pullhealth.io.yaml"))
+    wait_for(lambda: "True" in k("get", "crd", "registrychecks.pullhealth.io", "-o",
+                                 "jsonpath={.status.conditions[?(@.type=='Established')].status}").stdout,
+             "the CRD established")
     k("create", "namespace", ns)
     try:
         k("apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
@@ -94,8 +98,26 @@ def chart_rbac(dev_cluster: Cluster) -> Iterator[tuple[str, str, list[dict[str, 
         k("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
 
 
+@pytest.fixture
+def chart_operator(
+    dev_cluster: Cluster, world: World, chart_rbac: tuple[str, str, list[dict[str, Any]]], tmp_path: Path,
+) -> Iterator[OperatorProcess]:
+    """The operator with a token of the chart's ServiceAccount (not started), the only one:
+    a running cluster-admin operator (the session's) would check and write too."""
+    _, release_ns, objects = chart_rbac
+    sa = one(objects, "ServiceAccount")["metadata"]["name"]
+    token = dev_cluster.kubectl("-n", release_ns, "create", "token", sa, "--duration=1h").stdout.strip()
+    kubeconfig = dev_cluster.token_kubeconfig(token, tmp_path / "operator.kubeconfig")
+    op = OperatorProcess(kubeconfig, world, tmp_path / "operator.log")
+    with OperatorProcess.others_stopped():
+        try:
+            yield op
+        finally:
+            op.stop()
+
+
 def test_alerts_fire_survive_a_restart_and_notice_absence_and_staleness(
-    dev_cluster: Cluster, operator: OperatorProcess, world: World, namespace: str, wait_for: Waiter,
+    dev_cluster: Cluster, chart_operator: OperatorProcess, world: World, namespace: str, wait_for: Waiter,
     chart_rbac: tuple[str, str, list[dict[str, Any]]], tmp_path: Path,
 ) -> None:
     prometheus_bin, _ = require_prometheus()
@@ -103,94 +125,86 @@ def test_alerts_fire_survive_a_restart_and_notice_absence_and_staleness(
     monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
     rules = rule_file(one(objects, "PrometheusRule"))
     k = dev_cluster.kubectl
-    sa = one(objects, "ServiceAccount")["metadata"]["name"]
-    token = k("-n", release_ns, "create", "token", sa, "--duration=1h").stdout.strip()
-    kubeconfig = dev_cluster.token_kubeconfig(token, tmp_path / "operator.kubeconfig")
-    op = OperatorProcess(kubeconfig, world, tmp_path / "operator.log")
+    op = chart_operator
 
     def scrape(pod: str) -> list[dict[str, Any]]:
         return scrape_config(monitor, service, f"127.0.0.1:{op.metrics_port}", pod)
 
-    operator.stop()  # the session's cluster-admin operator would check (and write) too
-    try:
-        op.start()
-        with running(prometheus_bin, tmp_path, rules, scrape(f"{release}-pod-1")) as prom:
-            # A target that the rendered selector, namespace and port relabelings keep.
-            up = wait_for(lambda: prom.query(f'up{{namespace="{release_ns}"}} == 1'), "operator scraped")
-            assert up[0]["metric"]["job"] == service["metadata"]["name"], up
-            assert up[0]["metric"]["pod"] == f"{release}-pod-1", up
+    op.start()
+    with running(prometheus_bin, tmp_path, rules, scrape(f"{release}-pod-1")) as prom:
+        # A target that the rendered selector, namespace and port relabelings keep.
+        up = wait_for(lambda: prom.query(f'up{{namespace="{release_ns}"}} == 1'), "operator scraped")
+        assert up[0]["metric"]["job"] == service["metadata"]["name"], up
+        assert up[0]["metric"]["pod"] == f"{release}-pod-1", up
 
-            # "bad" fails (missing tag; interval 300 s, retried sooner while failing, never
-            # stale in this test); "ticking" is healthy and checked every 30 s.
-            k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
-                "bad", {"registry": world.anon, "image": "team/app:v9", "auth": {"mode": "anonymous"}},
-                interval=300))
-            k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
-                "ticking", {"registry": world.anon, "image": "library/alpine:3.19",
-                            "auth": {"mode": "anonymous"}}, interval=30))
+        # "bad" fails (missing tag; interval 300 s, retried sooner while failing, never
+        # stale in this test); "ticking" is healthy and checked every 30 s.
+        k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
+            "bad", {"registry": world.anon, "image": "team/app:v9", "auth": {"mode": "anonymous"}},
+            interval=300))
+        k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
+            "ticking", {"registry": world.anon, "image": "library/alpine:3.19",
+                        "auth": {"mode": "anonymous"}}, interval=30))
 
-            def unhealthy() -> list[dict[str, Any]]:
-                return [a for a in prom.alerts("PullhealthRegistryCheckUnhealthy")
-                        if a["labels"]["name"] == "bad"]
+        def unhealthy() -> list[dict[str, Any]]:
+            return [a for a in prom.alerts("PullhealthRegistryCheckUnhealthy")
+                    if a["labels"]["name"] == "bad"]
 
-            (alert,) = wait_for(unhealthy, "PullhealthRegistryCheckUnhealthy firing", timeout=60)
-            # The check's own namespace, not the operator's (honorLabels), and a runbook.
-            assert alert["labels"]["namespace"] == namespace, alert
-            assert alert["labels"]["registry"] == world.anon and alert["labels"]["severity"] == "warning"
-            assert f"kubectl -n {namespace} get registrycheck bad" in alert["annotations"]["description"]
-            assert alert["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthregistrycheckunhealthy")
-            assert not prom.query(f'{{exported_namespace="{namespace}"}}')
-            active_at = alert["activeAt"]
-            wait_for(lambda: prom.query(f'pullhealth_registry_check_last_run_timestamp_seconds{{name="ticking",'
-                                        f'namespace="{namespace}"}}'), "ticking checked")
-            assert not prom.alerts("PullhealthOperatorAbsent", "firing")
+        (alert,) = wait_for(unhealthy, "PullhealthRegistryCheckUnhealthy firing", timeout=60)
+        # The check's own namespace, not the operator's (honorLabels), and a runbook.
+        assert alert["labels"]["namespace"] == namespace, alert
+        assert alert["labels"]["registry"] == world.anon and alert["labels"]["severity"] == "warning"
+        assert f"kubectl -n {namespace} get registrycheck bad" in alert["annotations"]["description"]
+        assert alert["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthregistrycheckunhealthy")
+        assert not prom.query(f'{{exported_namespace="{namespace}"}}')
+        active_at = alert["activeAt"]
+        wait_for(lambda: prom.query(f'pullhealth_registry_check_last_run_timestamp_seconds{{name="ticking",'
+                                    f'namespace="{namespace}"}}'), "ticking checked")
+        assert not prom.alerts("PullhealthOperatorAbsent", "firing")
 
-            # From now on the operator may not write statuses: checks stop showing up.
-            role = one(objects, "ClusterRole")
-            revoked = json.loads(json.dumps(role))
-            for rule in revoked["rules"]:
-                if "registrychecks/status" in rule["resources"]:
-                    rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
-            k("apply", "-f", "-", stdin=yaml.safe_dump(revoked))
-            time.sleep(1)  # a write in flight lands or is refused
-            status = json.loads(k("-n", namespace, "get", "regcheck", "bad", "-o", "json").stdout)["status"]
-            assert status["code"] == "TAG_NOT_FOUND"
-            written = datetime.strptime(status["lastCheckTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-            last_run = f'pullhealth_registry_check_last_run_timestamp_seconds{{namespace="{namespace}",name="bad"}}'
-            wait_for(lambda: [s for s in prom.query(last_run) if float(s["value"][1]) == written.timestamp()],
-                     "the last written check scraped", timeout=15)
+        # From now on the operator may not write statuses: checks stop showing up.
+        role = one(objects, "ClusterRole")
+        revoked = json.loads(json.dumps(role))
+        for rule in revoked["rules"]:
+            if "registrychecks/status" in rule["resources"]:
+                rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+        k("apply", "-f", "-", stdin=yaml.safe_dump(revoked))
+        time.sleep(1)  # a write in flight lands or is refused
+        status = json.loads(k("-n", namespace, "get", "regcheck", "bad", "-o", "json").stdout)["status"]
+        assert status["code"] == "TAG_NOT_FOUND"
+        written = datetime.strptime(status["lastCheckTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        last_run = f'pullhealth_registry_check_last_run_timestamp_seconds{{namespace="{namespace}",name="bad"}}'
+        wait_for(lambda: [s for s in prom.query(last_run) if float(s["value"][1]) == written.timestamp()],
+                 "the last written check scraped", timeout=15)
 
-            # The operator goes away: OperatorAbsent fires, the check's alert keeps firing.
-            op.stop()
-            absent = wait_for(lambda: prom.alerts("PullhealthOperatorAbsent"), "OperatorAbsent firing",
-                              timeout=30)
-            assert absent[0]["labels"]["namespace"] == release_ns
-            assert absent[0]["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthoperatorabsent")
-            assert [a["activeAt"] for a in unhealthy()] == [active_at]
-            assert not prom.query(last_run)  # its series are gone with the target
-
-            # It comes back as a new pod (new address, new pod name): the series are rebuilt
-            # from the status at once, with the status' own values (no result written since).
-            op.metrics_port = free_port()
-            prom.configure(scrape(f"{release}-pod-2"))
-            op.start()
-            wait_for(lambda: prom.query(f'up{{pod="{release}-pod-2"}} == 1'), "new pod scraped", timeout=30)
-            back = wait_for(lambda: prom.query(last_run), "last run series back", timeout=15)
-            assert float(back[0]["value"][1]) == written.timestamp(), back
-            assert back[0]["metric"]["pod"] == f"{release}-pod-2"
-            wait_for(lambda: not prom.alerts("PullhealthOperatorAbsent"), "OperatorAbsent resolved", timeout=30)
-            assert [a["activeAt"] for a in unhealthy()] == [active_at]
-            time.sleep(3)  # a few more evaluations on the rebuilt series alone
-            assert [a["activeAt"] for a in unhealthy()] == [active_at]
-
-            # "ticking" is still checked every 30 s, but no result reaches its status: within
-            # 2 x 30 s of its last written check, RegistryCheckStale fires.
-            stale = wait_for(lambda: prom.alerts("PullhealthRegistryCheckStale"), "RegistryCheckStale firing",
-                             timeout=90)
-            assert [(a["labels"]["namespace"], a["labels"]["name"]) for a in stale] == [(namespace, "ticking")]
-            assert stale[0]["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthregistrycheckstale")
-            assert [a["activeAt"] for a in unhealthy()] == [active_at]
-            assert "cannot write the status (RBAC)" in op.text()
-    finally:
+        # The operator goes away: OperatorAbsent fires, the check's alert keeps firing.
         op.stop()
-        operator.start()
+        absent = wait_for(lambda: prom.alerts("PullhealthOperatorAbsent"), "OperatorAbsent firing",
+                          timeout=30)
+        assert absent[0]["labels"]["namespace"] == release_ns
+        assert absent[0]["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthoperatorabsent")
+        assert [a["activeAt"] for a in unhealthy()] == [active_at]
+        assert not prom.query(last_run)  # its series are gone with the target
+
+        # It comes back as a new pod (new address, new pod name): the series are rebuilt
+        # from the status at once, with the status' own values (no result written since).
+        op.metrics_port = free_port()
+        prom.configure(scrape(f"{release}-pod-2"))
+        op.start()
+        wait_for(lambda: prom.query(f'up{{pod="{release}-pod-2"}} == 1'), "new pod scraped", timeout=30)
+        back = wait_for(lambda: prom.query(last_run), "last run series back", timeout=15)
+        assert float(back[0]["value"][1]) == written.timestamp(), back
+        assert back[0]["metric"]["pod"] == f"{release}-pod-2"
+        wait_for(lambda: not prom.alerts("PullhealthOperatorAbsent"), "OperatorAbsent resolved", timeout=30)
+        assert [a["activeAt"] for a in unhealthy()] == [active_at]
+        time.sleep(3)  # a few more evaluations on the rebuilt series alone
+        assert [a["activeAt"] for a in unhealthy()] == [active_at]
+
+        # "ticking" is still checked every 30 s, but no result reaches its status: within
+        # 2 x 30 s of its last written check, RegistryCheckStale fires.
+        stale = wait_for(lambda: prom.alerts("PullhealthRegistryCheckStale"), "RegistryCheckStale firing",
+                         timeout=90)
+        assert [(a["labels"]["namespace"], a["labels"]["name"]) for a in stale] == [(namespace, "ticking")]
+        assert stale[0]["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthregistrycheckstale")
+        assert [a["activeAt"] for a in unhealthy()] == [active_at]
+        assert "cannot write the status (RBAC)" in op.text()

@@ -141,6 +141,29 @@ def test_events_read_back_as_kubectl_shows_them(
     assert "another pullhealth operator" not in log
 
 
+def test_a_repeated_diagnosis_is_counted_in_its_events_series(
+    dev_cluster: Any, operator: OperatorProcess, world: World, namespace: str, api: Any,
+    wait_for: Callable[..., Any],
+) -> None:
+    """TAG_NOT_FOUND -> RATE_LIMITED -> TAG_NOT_FOUND: two Events, the first with series.count 2."""
+    ns = namespace
+    missing, limited = f"{world.anon}/team/app:series", f"{world.ratelimit}/team/app:v1"
+    pod = make_pod(api, ns, "flip", missing)
+    for image, mode, code in ((missing, "tag_not_found", "TAG_NOT_FOUND"),
+                              (limited, "rate_limited_429", "RATE_LIMITED"),
+                              (missing, "tag_not_found", "TAG_NOT_FOUND")):
+        api.patch_namespaced_pod("flip", ns, {"spec": {"containers": [{"name": "app", "image": image}]}})
+        pod = dict(api.api_client.sanitize_for_serialization(api.read_namespaced_pod("flip", ns)))
+        fail_pull(api, ns, pod, image, kubelet_message(mode, image), event=False)
+        wait_for(lambda code=code: (api.read_namespaced_pod("flip", ns).metadata.annotations or {}).get(ANN) == code,
+                 f"diagnosis {code}", timeout=60)
+    events = our_events(dev_cluster, ns, ("PullDiagnosed",))
+    by_code = {e["message"].split(":", 1)[0]: e for e in events}
+    assert sorted(by_code) == ["RATE_LIMITED", "TAG_NOT_FOUND"] and len(events) == 2, events
+    assert (by_code["TAG_NOT_FOUND"].get("series") or {}).get("count") == 2, by_code["TAG_NOT_FOUND"]
+    assert not by_code["RATE_LIMITED"].get("series"), by_code["RATE_LIMITED"]
+
+
 def test_two_operators_without_leader_election_post_one_event_each(
     dev_cluster: Any, world: World, namespace: str, api: Any, wait_for: Callable[..., Any],
     alone: None, tmp_path: Path,
@@ -248,6 +271,9 @@ def test_ha_standby_takes_over_within_seconds(
         wait_for(lambda: (json.loads(dev_cluster.kubectl("-n", ns, "get", "regcheck", "ha-missing", "-o", "json")
                                      .stdout).get("status") or {}).get("code") == "TAG_NOT_FOUND",
                  "RegistryCheck checked while both replicas live", timeout=60)
+        # The standby neither probed the RegistryCheck nor posted anything.
+        assert runs(older).get("ha-missing", 0) == 0 and runs(newer).get("ha-missing") == 1.0
+        assert per_object(our_events(dev_cluster, ns, ("CheckFailed",)), "CheckFailed") == {"ha-missing": 1}
         assert "Pausing operations in favour of" in older.text(), older.text()[-2000:]
         assert "Pausing all operators" not in older.text() + newer.text()
         assert per_object(our_events(dev_cluster, ns, ("PullDiagnosed",)), "PullDiagnosed") == dict.fromkeys(names, 1)

@@ -529,3 +529,16 @@ def test_network_policy_values_narrow_it(helm: str) -> None:
     assert registries["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
     assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}] and _egress_ports(api) == {("TCP", 443)}
     assert extra == {"ports": [{"port": 9000}]}
+
+
+def test_pods_know_their_name_for_events_claims_and_peering(helm: str) -> None:
+    """POD_NAME (reportingInstance, claim holder) and POD_ID (kopf's peer identity) come
+    from the downward API; HA mode passes --peering and rolls updates."""
+    for values in ((), ("peering.enabled=true", "replicaCount=2")):
+        deployment = one(render(helm, *values), "Deployment")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+        for name in ("POD_NAME", "POD_ID"):
+            assert env[name] == {"fieldRef": {"fieldPath": "metadata.name"}}, env
+    assert "--peering=pullhealth" in container["args"]
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"

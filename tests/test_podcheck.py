@@ -92,6 +92,11 @@ def test_event_name_is_the_same_on_retry_and_the_occurrence_tells_repeats() -> N
                           _result(Code.TAG_NOT_FOUND), "2026-11-28T10:02:00Z")
     assert back.event is not None and back.event.name == first.event.name
     assert back.event.occurrence != first.event.occurrence
+    # Recovered (annotations removed), restarted, failing again: a repeat, not a retry.
+    restarted = pod({"containerStatuses": [{**waiting("app", "ErrImagePull"), "restartCount": 1}]})
+    again = plan_writeback(restarted, _result(Code.TAG_NOT_FOUND), "2026-11-28T10:09:00Z")
+    assert again.event is not None and again.event.name == first.event.name
+    assert again.event.occurrence != first.event.occurrence
 
 
 def test_recovery_removes_every_annotation_once() -> None:

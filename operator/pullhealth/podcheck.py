@@ -378,6 +378,9 @@ def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -
     code = result.diagnosis.code.value
     if current.get(ANN_DIAGNOSIS) == code and current.get(ANN_CONTAINER) == result.container.name:
         return Writeback()
+    # A failure after a recovery replaces the same (empty) annotations as the first one;
+    # the container's restart count tells them apart (kubelet counts each restart).
+    occurrence = events.fingerprint(occurrence, restart_count(pod, result.container))
     diagnosed = events.EventSpec(
         regarding=_regarding(pod, result.container.field_path),
         type="Warning",
@@ -397,6 +400,21 @@ def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -
         event=diagnosed,
         expected=expected,
     )
+
+
+def restart_count(pod: Mapping[str, Any], container: FailingContainer) -> int:
+    """kubelet's ``restartCount`` of the container (0 when not reported)."""
+    status = pod.get("status") or {}
+    for status_key, spec_key in _STATUS_KINDS:
+        if spec_key != container.kind:
+            continue
+        for cs in status.get(status_key) or []:
+            if cs.get("name") == container.name:
+                try:
+                    return int(cs.get("restartCount") or 0)
+                except (TypeError, ValueError):
+                    return 0
+    return 0
 
 
 def _regarding(pod: Mapping[str, Any], field_path: str) -> events.Regarding:

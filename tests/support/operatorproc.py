@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from support.world import TEST_ALLOW_CIDR, World
 
@@ -36,8 +38,11 @@ class OperatorProcess:
             sets it through the downward API).
     """
 
+    _instances: ClassVar[weakref.WeakSet[OperatorProcess]] = weakref.WeakSet()
+
     def __init__(self, kubeconfig: Path, world: World, log: Path, extra_args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None) -> None:
+        OperatorProcess._instances.add(self)
         self.kubeconfig = kubeconfig
         self.world = world
         self.log = log
@@ -97,6 +102,24 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    @classmethod
+    @contextlib.contextmanager
+    def others_stopped(cls) -> Iterator[None]:
+        """Stop every operator process of this session (e.g. the shared e2e one) for a test
+        that needs to be the only writer, and start them again afterwards."""
+        stopped = [op for op in list(cls._instances) if op.running()]
+        for op in stopped:
+            op.stop()
+        try:
+            yield
+        finally:
+            for op in stopped:
+                op.start()
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to clean up (no peering goodbye, no flush)."""
