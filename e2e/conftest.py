@@ -165,15 +165,12 @@ def world() -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
-def no_session_operator(operator: OperatorProcess) -> Iterator[None]:
-    """Pause the session's operator (admin rights, its own flags) for a module that runs its
+def no_session_operator() -> Iterator[None]:
+    """Stop the session's operator (admin rights, its own flags) for a module that runs its
     own: two operators would race for the same objects, and what the module asserts (the
     chart's RBAC, the trust boundary's flags) must come from its operator alone."""
-    operator.stop()
-    try:
+    with OperatorProcess.others_stopped():
         yield
-    finally:
-        operator.start()
 
 
 @pytest.fixture(scope="session")
