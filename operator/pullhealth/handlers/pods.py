@@ -126,8 +126,9 @@ async def _diagnose(
     logger: kopf.Logger,
 ) -> list[podcheck.PodResult]:
     """Read what the pod's pull depends on and diagnose every failing container."""
-    messages: list[str] = []
-    if failing:
+    watched = State.kubelet_failures.messages(uid) if State.kubelet_failures and failing else None
+    messages: list[str] = watched or []
+    if failing and watched is None:
         try:
             messages = await client.kubelet_pull_messages(namespace, uid)
         except ApiException as exc:
