@@ -94,3 +94,28 @@ def test_kubelet_failures_come_from_one_watch(dev_cluster: Any, namespace: str, 
         wait_for(lambda: watch.messages("pod-uid-1") == [], "the deleted Event forgotten")
     finally:
         watch.stop()
+
+
+def test_pods_of_one_namespace_share_their_reads(operator: Any, world: World, namespace: str, api: Any,
+                                                 wait_for: Any) -> None:
+    image = f"{world.anon}/team/app:shared-reads"
+    message = kubelet_message("tag_not_found", image)
+    time.sleep(1.0)
+    before = requests(api)
+    for i in range(20):
+        fail_pull(api, namespace, make_pod(api, namespace, f"shared-{i}", image), image, message)
+
+    def all_done() -> bool:
+        items = api.list_namespaced_pod(namespace).items
+        return all((p.metadata.annotations or {}).get("pullhealth.io/diagnosis") for p in items)
+
+    wait_for(all_done, "20 pods diagnosed", timeout=120)
+    time.sleep(1.0)
+    after = requests(api)
+    spent = {key: after[key] - before[key] for key in POD_DIAGNOSIS}
+    # One Node and one ServiceAccount read for all 20 (none when still cached), kubelet's
+    # Events from the watch; one patch and one Event per pod.
+    assert spent[("GET", "nodes")] <= 1 and spent[("GET", "serviceaccounts")] <= 1, spent
+    assert spent[("LIST", "events")] == 0, spent
+    # (a patch racing the test's status write is retried: 409 then 200)
+    assert spent[("PATCH", "pods")] >= 20 and spent[("POST", "events.k8s.io/events")] == 20, spent

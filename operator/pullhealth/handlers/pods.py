@@ -126,7 +126,8 @@ async def _diagnose(
     logger: kopf.Logger,
 ) -> list[podcheck.PodResult]:
     """Read what the pod's pull depends on and diagnose every failing container."""
-    watched = State.kubelet_failures.messages(uid) if State.kubelet_failures and failing else None
+    watch = State.kubelet_failures
+    watched = watch.messages(uid) if watch is not None and failing else None
     messages: list[str] = watched or []
     if failing and watched is None:
         try:
@@ -137,7 +138,7 @@ async def _diagnose(
     return await podcheck.diagnose_pod(
         body,
         messages,
-        State.pod_reader or client,
+        client if State.pod_reader is None else State.pod_reader,
         State.env,
         State.pod_settings,
         State.pod_cache,
