@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -356,6 +357,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def bench_cluster() -> Iterator[tuple[World, Any, Any, Any, Path]]:
     """World, control plane (with the bench Node), admin ApiClient, CoreV1Api, temp dir."""
     guard.install()
+    # SIGTERM (timeout, Ctrl-C in a wrapper) unwinds: the world and the cluster are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="pullhealth-bench-") as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         world = start_world(stack, tmp / "world")

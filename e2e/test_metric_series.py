@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import kubernetes
 import pytest
+import yaml
 
 from support import guard
 from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
     from conftest import Cluster
 
 guard.install()
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERING_CRDS = ROOT / "charts" / "pullhealth" / "crds" / "kopf-peering.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +88,44 @@ def test_pod_gauges_are_bounded_and_back_at_once_after_a_restart(
     started = time.monotonic()
     wait_for(lambda: gauge in operator.metrics(), "the failing container counted again", timeout=8)
     assert time.monotonic() - started < 8
+
+
+def test_a_demoted_replica_stops_exporting_registry_checks(
+    dev_cluster: Cluster, world: World, namespace: str, wait_for: Any, tmp_path: Path,
+) -> None:
+    """HA: the replica that was active until a newer one outranked it keeps its check loops
+    but their status is no longer updated; it must not export it (a stale "healthy" next to
+    the active replica's "unhealthy" would hide the alert)."""
+    k = dev_cluster.kubectl
+    peering = f"e2e-metrics-{namespace[-6:]}"
+    for path, crd in ((ROOT / "crds" / "registrychecks.pullhealth.io.yaml", "registrychecks.pullhealth.io"),
+                      (PEERING_CRDS, "clusterkopfpeerings.kopf.dev")):
+        k("apply", "-f", str(path))
+        wait_for(lambda c=crd: "True" in k("get", "crd", c, "-o", "jsonpath={.status.conditions"
+                                           "[?(@.type=='Established')].status}").stdout, f"{crd} established")
+    k("apply", "-f", "-", stdin=yaml.safe_dump(
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}))
+
+    def replica(name: str) -> OperatorProcess:
+        return OperatorProcess(dev_cluster.kubeconfig, world, tmp_path / f"{name}.log", ["--peering", peering],
+                               env={"POD_NAME": name, "POD_ID": name})
+
+    healthy = f'pullhealth_registry_check_healthy{{name="bad",namespace="{namespace}",registry="{world.anon}"}}'
+    older, newer = replica("pullhealth-old"), replica("pullhealth-new")
+    with OperatorProcess.others_stopped():
+        try:
+            older.start()
+            k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
+                "bad", {"registry": world.anon, "image": "team/app:v9"}, interval=300))
+            wait_for(lambda: f"{healthy} 0.0" in older.metrics(), "the active replica exporting", timeout=60)
+            newer.start()  # the newest replica has the highest priority: it takes over
+            wait_for(lambda: "Pausing operations in favour of" in older.text(), "the old replica paused",
+                     timeout=30)
+            wait_for(lambda: healthy not in older.metrics(), "the paused replica withdrawing", timeout=20)
+            wait_for(lambda: f"{healthy} 0.0" in newer.metrics(), "the new active replica exporting", timeout=30)
+            time.sleep(6)  # a few more wake-ups of the old replica's loop: still nothing
+            assert healthy not in older.metrics()
+        finally:
+            newer.stop()
+            older.stop()
+            k("delete", "clusterkopfpeering", peering, "--ignore-not-found", "--wait=false")

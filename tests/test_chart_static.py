@@ -30,7 +30,7 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("pullhealth.io", "registrychecks"): {"get", "list", "watch", "patch"},
     ("pullhealth.io", "registrychecks/status"): {"get", "patch"},
     ("", "pods"): {"get", "list", "watch", "patch"},
-    ("", "events"): {"list"},
+    ("", "events"): {"list", "watch"},
     ("events.k8s.io", "events"): {"create", "get", "patch"},
     ("", "secrets"): {"get"},
     ("", "serviceaccounts"): {"get"},

@@ -71,6 +71,21 @@ def test_a_deleted_check_never_comes_back(ns: str) -> None:
     assert value("pullhealth_registry_check_healthy", namespace=ns, name="gone", registry="reg.example") == 0
 
 
+def test_a_standby_withdraws_and_may_export_again(ns: str) -> None:
+    metrics.export_registry_check(ns, "s", "uid-s", "reg.example", 300, STATUS_UNHEALTHY)
+    metrics.withdraw_registry_check(ns, "s")
+    metrics.withdraw_registry_check(ns, "never-exported")
+    assert series("pullhealth_registry_check_healthy", namespace=ns) == []
+    assert series("pullhealth_registry_check_interval_seconds", namespace=ns) == []
+    metrics.export_registry_check(ns, "s2", "uid-s2", "reg.example", 300, STATUS_UNHEALTHY)
+    assert ns in metrics.exported_registry_check_namespaces()
+    metrics.withdraw_registry_checks(ns)
+    assert ns not in metrics.exported_registry_check_namespaces()
+    # Not deleted: once active again it exports.
+    metrics.export_registry_check(ns, "s", "uid-s", "reg.example", 300, STATUS_UNHEALTHY)
+    assert value("pullhealth_registry_check_healthy", namespace=ns, name="s", registry="reg.example") == 0
+
+
 def test_tombstones_are_bounded(ns: str) -> None:
     for i in range(metrics.MAX_TOMBSTONES + 5):
         metrics.forget_registry_check(ns, f"x{i}", f"{ns}-{i}")

@@ -28,13 +28,22 @@ REQUEST_TIMEOUT = 10.0
 MAX_CONFLICT_RETRIES = 5
 
 
-def load_config() -> kubernetes.client.ApiClient:
-    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+def load_config(pool_size: int | None = None) -> kubernetes.client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG).
+
+    Args:
+        pool_size: connections kept to the API server (one per worker thread: with
+            fewer, urllib3 opens and discards a connection per extra concurrent call).
+    """
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+    if pool_size is None:
+        return kubernetes.client.ApiClient()
+    config = kubernetes.client.Configuration.get_default_copy()
+    config.connection_pool_maxsize = pool_size
+    return kubernetes.client.ApiClient(config)
 
 
 def api_server_addresses(api: kubernetes.client.ApiClient) -> tuple[tuple[str, int | None], ...]:

@@ -242,6 +242,27 @@ def forget_registry_check(namespace: str, name: str, uid: str | None = None) -> 
             _relabel()
 
 
+def withdraw_registry_check(namespace: str, name: str) -> None:
+    """Stop exporting a RegistryCheck that exists (a standby replica: the active one exports it)."""
+    with _lock:
+        if (namespace, name) in _uid_of:
+            _forget_series((namespace, name))
+            _relabel()
+
+
+def exported_registry_check_namespaces() -> set[str]:
+    """Namespaces of the RegistryChecks this process exports."""
+    with _lock:
+        return {namespace for namespace, _ in _uid_of}
+
+
+def withdraw_registry_checks(namespace: str) -> None:
+    """:func:`withdraw_registry_check` for every RegistryCheck of a namespace."""
+    with _lock:
+        for key in [k for k in _uid_of if k[0] == namespace]:
+            withdraw_registry_check(*key)
+
+
 def _forget_series(key: tuple[str, str]) -> None:
     namespace, name = key
     _uid_of.pop(key, None)

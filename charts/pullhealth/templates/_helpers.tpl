@@ -89,11 +89,12 @@ docs/install.md has the same table.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
-# Events (core API): only list, of kubelet's pull-error Events of one failing pod (field
-# selector on its uid).
+# Events (core API): list and watch of kubelet's pull-failure Events only (field selector
+# reason=Failed,involvedObject.kind=Pod): one watch instead of one list per failing pod;
+# without watch, each failing pod's Events are listed (field selector on its uid).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Events (events.k8s.io): posted on RegistryChecks and pods (PullDiagnosed, CheckFailed,
 # ...) under a deterministic name; get reads one back when it exists (409) to tell a
 # retry from a repeat, patch counts a repeat in its series.

@@ -126,8 +126,10 @@ async def _diagnose(
     logger: kopf.Logger,
 ) -> list[podcheck.PodResult]:
     """Read what the pod's pull depends on and diagnose every failing container."""
-    messages: list[str] = []
-    if failing:
+    watch = State.kubelet_failures
+    watched = watch.messages(uid) if watch is not None and failing else None
+    messages: list[str] = watched or []
+    if failing and watched is None:
         try:
             messages = await client.kubelet_pull_messages(namespace, uid)
         except ApiException as exc:
@@ -136,7 +138,7 @@ async def _diagnose(
     return await podcheck.diagnose_pod(
         body,
         messages,
-        State.pod_reader or client,
+        client if State.pod_reader is None else State.pod_reader,
         State.env,
         State.pod_settings,
         State.pod_cache,

@@ -15,6 +15,8 @@ status that records the result, which is written only while the claim is still o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -59,10 +61,39 @@ async def registry_check_event(
     LOOPS.poke(key, body, logger)
 
 
+@kopf.on.startup()
+async def watch_for_standby(**_: Any) -> None:
+    """With leader election: withdraw the RegistryCheck series as soon as this replica is
+    outranked (its check loops sleep until their next check is due, up to a day)."""
+    global _standby_watch
+    _standby_watch = asyncio.create_task(_withdraw_while_standby())
+
+
 @kopf.on.cleanup()
 async def stop_check_loops(**_: Any) -> None:
     """Operator shut-down: no check loop outlives it."""
+    if _standby_watch is not None:
+        _standby_watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await _standby_watch
     await LOOPS.stop_all()
+
+
+_standby_watch: asyncio.Task[None] | None = None
+
+
+async def _withdraw_while_standby() -> None:
+    while True:
+        await asyncio.sleep(STANDBY_RECHECK)
+        if State.peering is None:
+            continue  # no leader election (or start-up still running)
+        for namespace in metrics.exported_registry_check_namespaces():
+            try:
+                standby = await _standby(namespace)
+            except Exception:  # an outage (the check loops report it): try again later
+                break
+            if standby:
+                metrics.withdraw_registry_checks(namespace)
 
 
 async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | None:
@@ -108,6 +139,13 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
         # failed): wait for the run's own retry time rather than probe again (and keep the
         # gauges on the newer result).
         return left
+    if await _standby(namespace):
+        # kopf paused this replica (a live peer outranks it) but our loops are our own
+        # tasks: the active replica runs the check and exports its series (the status this
+        # loop holds stops being updated while paused: exporting it would mask the truth).
+        metrics.withdraw_registry_check(namespace, name)
+        State.last_run.pop(uid, None)
+        return RETRY_SOON
     # Level-triggered metrics: the gauges say what the status says, from the first event
     # after a restart on (no re-check needed to bring them back).
     scheduled = None if parsed.suspend else parsed.interval_seconds
@@ -116,11 +154,6 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
         return None
     if wait > 0 and recheck is None:
         return wait
-    if await _standby(namespace):
-        # kopf paused this replica (a live peer outranks it) but our loops are our own
-        # tasks: the active replica runs the check.
-        State.last_run.pop(uid, None)
-        return RETRY_SOON
     holder = State.instance
     ttl = registrycheck.claim_ttl(parsed)
     other = registrycheck.foreign_claim(previous, holder, now, ttl)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from pullhealth import diagnose, kube, metrics, podcheck, podmemo, readcache, reconnect
+from pullhealth import diagnose, eventwatch, kube, metrics, podcheck, podmemo, readcache, reconnect
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
 from pullhealth.handlers.state import State
@@ -67,6 +68,8 @@ class Options:
 
 OPTIONS = Options()
 RECOVERY_PROBE_SECONDS = 2.0
+# Threads beyond the pod workers: RegistryCheck writes, outage probes, the metrics rebuild.
+EXTRA_THREADS = 4
 
 
 @kopf.on.startup()
@@ -96,7 +99,13 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     outages = reconnect.OutageTracker(logging.getLogger("pullhealth.api"), metrics.API_OUTAGES.inc)
     reconnect.install(outages)
     kube.report_outages_to(outages)
-    State.kube = kube.KubeWriter()
+    # Every blocking client call runs on a worker thread: as many threads (and pooled
+    # connections) as pods are diagnosed at once, not the default pool's 6 on 2 cores.
+    threads = OPTIONS.workers + EXTRA_THREADS
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pullhealth-api")
+    )
+    State.kube = kube.KubeWriter(kube.load_config(pool_size=threads))
     State.background.add(asyncio.create_task(_end_outages(outages, State.kube)))
     State.status = kube.StatusWriter(State.kube.api)
     api_addresses = kube.api_server_addresses(State.kube.api)
@@ -124,6 +133,9 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     )
     State.pod_memo = podmemo.PodMemo(ttl=OPTIONS.pod_interval)
     State.pod_reader = readcache.CachedReader(State.kube)
+    if OPTIONS.pods and not any(c in ns for ns in OPTIONS.namespaces for c in "*?[!"):
+        State.kubelet_failures = eventwatch.KubeletFailures(State.kube.api, OPTIONS.namespaces)
+        State.kubelet_failures.start()
     metrics.set_admin_registries(OPTIONS.metrics_registries)
     if OPTIONS.metrics_port:
         metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pullhealth import events, podcheck, podmemo, readcache
+from pullhealth import events, eventwatch, podcheck, podmemo, readcache
 from pullhealth import kube as kubeapi
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
@@ -29,6 +29,8 @@ class State:
     pod_memo: podmemo.PodMemo = podmemo.PodMemo(ttl=60.0)
     # Pod diagnosis reads Nodes, ServiceAccounts and Secrets through short-lived caches.
     pod_reader: readcache.CachedReader | None = None
+    # kubelet's pull-failure Events of every pod, from one watch (None: listed per pod).
+    kubelet_failures: eventwatch.KubeletFailures | None = None
     forbidden_until: dict[str, float] = {}
     # RegistryCheck uid -> (generation, recheck request, monotonic time before which it is
     # not run again) of the last check run here: a status write that failed (RBAC,
