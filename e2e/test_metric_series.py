@@ -125,6 +125,7 @@ def test_a_demoted_replica_stops_exporting_registry_checks(
             wait_for(lambda: f"{healthy} 0.0" in newer.metrics(), "the new active replica exporting", timeout=30)
             time.sleep(6)  # a few more wake-ups of the old replica's loop: still nothing
             assert healthy not in older.metrics()
+            assert not series_of(older.metrics(), namespace=namespace)
         finally:
             newer.stop()
             older.stop()

@@ -124,6 +124,12 @@ def test_pod_failures_count_containers_and_relabel(ns: str) -> None:
     metrics.set_admin_registries([host])
     tracker.relabel()
     assert samples() == {(ns, host, "TAG_NOT_FOUND"): 2, (ns, "other", "TAG_NOT_FOUND"): 1}
+    assert tracker.namespaces() == {ns}
+    tracker.withdraw("elsewhere")
+    assert sum(samples().values()) == 3
+    tracker.withdraw(ns)
+    assert samples() == {} and tracker.namespaces() == set()
+    tracker.set("p1", [(ns, host, "TAG_NOT_FOUND")])
     tracker.set("p2", [])
     tracker.forget("p1")
     tracker.forget("never-seen")

@@ -361,6 +361,17 @@ class PodFailureTracker:
             if uid in self._by_pod:
                 self.set(uid, [])
 
+    def namespaces(self) -> frozenset[str]:
+        """Namespaces with failing containers counted here."""
+        with self._lock:
+            return frozenset(key[0] for keys in self._by_pod.values() for key in keys)
+
+    def withdraw(self, namespace: str) -> None:
+        """Stop counting a namespace's pods (a standby replica: the active one counts them)."""
+        with self._lock:
+            for uid in [u for u, keys in self._by_pod.items() if any(k[0] == namespace for k in keys)]:
+                self.set(uid, [])
+
     def relabel(self) -> None:
         """Re-derive every series (the set of named registries changed)."""
         with self._lock:

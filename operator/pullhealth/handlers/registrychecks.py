@@ -63,8 +63,9 @@ async def registry_check_event(
 
 @kopf.on.startup()
 async def watch_for_standby(**_: Any) -> None:
-    """With leader election: withdraw the RegistryCheck series as soon as this replica is
-    outranked (its check loops sleep until their next check is due, up to a day)."""
+    """With leader election: withdraw the RegistryCheck and failing-pod series as soon as
+    this replica is outranked (its check loops sleep until their next check is due, up to a
+    day, and a paused replica sees no pod events: what it exported would go stale)."""
     global _standby_watch
     _standby_watch = asyncio.create_task(_withdraw_while_standby())
 
@@ -87,13 +88,15 @@ async def _withdraw_while_standby() -> None:
         await asyncio.sleep(STANDBY_RECHECK)
         if State.peering is None:
             continue  # no leader election (or start-up still running)
-        for namespace in metrics.exported_registry_check_namespaces():
+        exported = metrics.exported_registry_check_namespaces() | metrics.POD_FAILURES.namespaces()
+        for namespace in sorted(exported):
             try:
                 standby = await _standby(namespace)
             except Exception:  # an outage (the check loops report it): try again later
                 break
             if standby:
                 metrics.withdraw_registry_checks(namespace)
+                metrics.POD_FAILURES.withdraw(namespace)
 
 
 async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | None:
