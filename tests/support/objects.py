@@ -20,8 +20,12 @@ def docker_secret_yaml(name: str, server: str, user: str, password: str) -> str:
     })
 
 
-def regcheck_yaml(name: str, spec: dict[str, Any], *, interval: int = 30, timeout: int = 2) -> str:
-    """A RegistryCheck with a short interval and timeout (overridable through ``spec``)."""
+def regcheck_yaml(name: str, spec: dict[str, Any], *, interval: int = 30, timeout: int = 5) -> str:
+    """A RegistryCheck with a short interval and timeout (overridable through ``spec``).
+
+    ``timeoutSeconds`` is the total of the whole check: 5 s leaves a healthy chain room on
+    a loaded CI machine while a silent server still fails fast.
+    """
     return yaml.safe_dump({
         "apiVersion": "pullhealth.io/v1alpha1", "kind": "RegistryCheck",
         "metadata": {"name": name}, "spec": {"intervalSeconds": interval, "timeoutSeconds": timeout, **spec},
