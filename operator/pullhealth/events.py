@@ -98,6 +98,7 @@ class EventSpec:
         note: the human-readable message (at most 1 KiB).
         key: what the report is; with the object name it makes the Event's name.
         occurrence: marker of the state the report replaces (retry vs repeat).
+        controller: the reporting controller (the node agent reports as itself).
     """
 
     regarding: Regarding
@@ -107,6 +108,7 @@ class EventSpec:
     note: str
     key: tuple[str, ...] = field(default_factory=tuple)
     occurrence: str = ""
+    controller: str = REPORTING_CONTROLLER
 
     @property
     def name(self) -> str:
@@ -124,7 +126,7 @@ class EventSpec:
                 "annotations": {OCCURRENCE: self.occurrence},
             },
             "eventTime": micro_time(now),
-            "reportingController": REPORTING_CONTROLLER,
+            "reportingController": self.controller,
             "reportingInstance": instance,
             "action": self.action,
             "reason": self.reason,

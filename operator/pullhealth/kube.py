@@ -183,11 +183,13 @@ class KubeWriter(KubeReader):
         super().__init__(api)
         self._events = kubernetes.client.EventsV1Api(self.api)
 
-    async def emit(self, spec: events.EventSpec, instance: str) -> Emitted:
+    async def emit(self, spec: events.EventSpec, instance: str, *, repeats: bool = True) -> Emitted:
         """Post an Event exactly once (see :mod:`pullhealth.events`).
 
         Create it under its deterministic name; when it exists, the occurrence marker
-        tells a retry (nothing to do) from a repeat (count it in ``series``).
+        tells a retry (nothing to do) from a repeat (count it in ``series``). With
+        ``repeats=False`` an existing Event is left as it is (the node agent may only
+        create Events: its names carry the whole report).
 
         Raises:
             Forbidden: RBAC denies creating Events.
@@ -206,6 +208,8 @@ class KubeWriter(KubeReader):
                 raise Forbidden(_reason(exc) or f"create events in {namespace} is forbidden") from None
             if exc.status != 409:
                 raise
+            if not repeats:
+                return Emitted.EXISTED
         for _ in range(MAX_CONFLICT_RETRIES):
             existing = await self._read(self._events.read_namespaced_event, spec.name, namespace)
             if existing is None:  # expired between create and read: post it again
@@ -263,6 +267,29 @@ class KubeWriter(KubeReader):
 
         events = sorted(result.items or [], key=when, reverse=True)
         return [str(e.message) for e in events if e.message and "pull" in str(e.message).lower()]
+
+    async def node_path_events(self, namespace: str, uid: str, limit: int = 50) -> list[dict[str, str]]:
+        """The pod's ``NodePathChecked`` Events (the node agent's), newest first (bounded):
+        ``note``, ``controller`` (reporting controller) and ``instance`` of each."""
+        result = await self._call(
+            self._core.list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.uid={uid},reason=NodePathChecked",
+            limit=limit,
+        )
+
+        def when(event: Any) -> str:
+            moment = event.event_time or event.last_timestamp or event.first_timestamp
+            return moment.isoformat() if moment else ""
+
+        return [
+            {
+                "note": str(e.message or ""),
+                "controller": str(e.reporting_component or ""),
+                "instance": str(e.reporting_instance or ""),
+            }
+            for e in sorted(result.items or [], key=when, reverse=True)
+        ]
 
     async def patch_pod_annotations(
         self, namespace: str, name: str, annotations: Mapping[str, str | None]
