@@ -542,3 +542,81 @@ def test_pods_know_their_name_for_events_claims_and_peering(helm: str) -> None:
             assert env[name] == {"fieldRef": {"fieldPath": "metadata.name"}}, env
     assert "--peering=pullhealth" in container["args"]
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+# -- the node agent -----------------------------------------------------------------
+
+AGENT_RULES: dict[tuple[str, str], set[str]] = {
+    ("", "pods"): {"list", "watch"},
+    ("events.k8s.io", "events"): {"create"},
+}
+
+
+def agent_objects(helm: str, *sets: str) -> list[dict[str, Any]]:
+    return [o for o in render(helm, "agent.enabled=true", *sets)
+            if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "agent"]
+
+
+def test_agent_is_opt_in(helm: str) -> None:
+    assert not of_kind(render(helm), "DaemonSet")
+    result = run_helm(helm, "lint", "--strict", str(CHART), "--set", "agent.enabled=true")
+    assert result.returncode == 0 and "[WARNING]" not in result.stdout, result.stdout + result.stderr
+
+
+def test_agent_rbac_is_exactly_pods_list_watch_and_events_create(helm: str) -> None:
+    objects = agent_objects(helm)
+    assert sorted(o["kind"] for o in objects) == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"]
+    assert rule_table(one(objects, "ClusterRole")) == AGENT_RULES
+    sa = one(objects, "ServiceAccount")["metadata"]["name"]
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": RELEASE_NS}]
+    assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa
+    operator_sa = [o for o in render(helm, "agent.enabled=true") if o["kind"] == "ServiceAccount"]
+    assert len({o["metadata"]["name"] for o in operator_sa}) == 2  # its own account, not the operator's
+
+
+def test_agent_pod_uses_the_nodes_network_and_reads_the_node_read_only(helm: str) -> None:
+    daemonset = one(agent_objects(helm), "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "Default"
+    assert not pod.get("hostPID") and not pod.get("hostIPC")
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and not sc.get("privileged")
+    host_paths = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths == {
+        "node-ca": {"path": "/etc/ssl/certs", "type": "Directory"},
+        "containerd-config": {"path": "/etc/containerd", "type": "Directory"},
+    }
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    for name in host_paths:
+        assert mounts[name]["readOnly"] is True
+    assert not [v for v in pod["volumes"] if "secret" in v]  # no credential is mounted
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert c["resources"]["requests"] == {"cpu": "10m", "memory": "64Mi"}
+    # Every argument the chart passes is one `pullhealth agent` accepts.
+    from pullhealth.cli import _parser
+
+    parsed = _parser().parse_args([*c["command"][1:], *c["args"]])
+    assert parsed.certs_dir == "/host/containerd/certs.d"
+    assert parsed.ca_bundle == "/host/ca/ca-certificates.crt"
+
+
+def test_agent_values_reach_its_flags(helm: str) -> None:
+    daemonset = one(agent_objects(helm, "agent.privateEndpoints={myacr.azurecr.io}",
+                                  "agent.allowCidrs={10.0.0.0/8}", "agent.registryHosts={*.azurecr.io}",
+                                  "agent.caBundle.hostPath=/etc/pki/tls/certs",
+                                  "agent.caBundle.file=ca-bundle.crt"), "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--private-endpoints=myacr.azurecr.io" in args
+    assert "--allow-cidr=10.0.0.0/8" in args and "--registry-host=*.azurecr.io" in args
+    assert "--ca-bundle=/host/ca/ca-bundle.crt" in args
+    assert {"name": "node-ca", "hostPath": {"path": "/etc/pki/tls/certs", "type": "Directory"}} in pod["volumes"]

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from pullhealth import events, hoststoml
-from pullhealth.codes import Code
 from pullhealth.coalesce import SingleFlight
+from pullhealth.codes import Code
 from pullhealth.engine import ChainOptions, Target, run_chain
 from pullhealth.nodeevidence import ACTION, REASON, REPORTING_CONTROLLER, NodeReport, summarize
 from pullhealth.podcheck import FailingContainer, failing_containers

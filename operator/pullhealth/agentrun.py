@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -41,7 +42,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
     """Agent settings from the command line (raises ValueError on a bad CIDR)."""
     node = args.node or os.environ.get("NODE_NAME", "")
     if not node:
-        raise ValueError("the node's name is needed: --node or NODE_NAME (the chart sets it from spec.nodeName)")
+        raise ValueError("the node's name is needed: --node or NODE_NAME (the chart sets it from the pod)")
     return AgentSettings(
         node=node,
         nameserver=args.nameserver or None,
@@ -183,8 +184,6 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(settings)
     runner = Runner(agent, kube.KubeWriter())
     log.info("checking the pull path of failing pods on node %s", settings.node)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner.run())
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -148,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-pods", action="store_true", help="do not watch failing pods")
     run.add_argument(
+        "--node-agent",
+        action="store_true",
+        help="fold the node agent's NodePathChecked Events into pod diagnoses (the chart sets it "
+        "with agent.enabled; one extra Event list per diagnosed pod)",
+    )
+    run.add_argument(
         "--pod-interval",
         type=float,
         default=60.0,
@@ -213,6 +219,56 @@ def _parser() -> argparse.ArgumentParser:
         help="only registries matching these host patterns are probed, e.g. '*.azurecr.io' (repeatable)",
     )
     run.add_argument("--verbose", "-v", action="store_true")
+
+    agent = sub.add_parser(
+        "agent",
+        help="the node agent: check failing pods' pull path from their node (no credentials)",
+    )
+    agent.add_argument(
+        "--node", default="", help="this node's name (default: $NODE_NAME, from the downward API)"
+    )
+    agent.add_argument(
+        "--nameserver", default="", help="the node's resolver, ip[:port] (default: resolv.conf)"
+    )
+    agent.add_argument(
+        "--certs-dir",
+        default="/etc/containerd/certs.d",
+        help="containerd's config_path with <registry>/hosts.toml (default /etc/containerd/certs.d)",
+    )
+    agent.add_argument(
+        "--ca-bundle",
+        default="",
+        help="the node's CA bundle (PEM); trusted instead of the agent image's CAs",
+    )
+    agent.add_argument(
+        "--interval", type=float, default=300.0, help="seconds a registry's result is reused (default 300)"
+    )
+    agent.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds for one endpoint's check (default 10)"
+    )
+    agent.add_argument(
+        "--private-endpoints",
+        default="",
+        help="comma-separated registry hosts (suffixes) that must resolve to a private address",
+    )
+    agent.add_argument(
+        "--allow-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="addresses the checks may reach although the policy refuses them (repeatable)",
+    )
+    agent.add_argument(
+        "--deny-cidr", action="append", default=[], metavar="CIDR", help="addresses never checked"
+    )
+    agent.add_argument(
+        "--registry-host",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only registries matching these host patterns are checked (repeatable)",
+    )
+    agent.add_argument("--verbose", "-v", action="store_true")
 
     # Listed for the help text only: main() hands everything after "dev-cluster" to
     # devcluster.main, so its own options (--help, --state-dir) work in any order.
@@ -491,6 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pullhealth import runner  # imports kopf only when running the operator
 
             return runner.run(args)
+        if args.command == "agent":
+            from pullhealth import agentrun  # the node agent's runner (kubernetes client)
+
+            return agentrun.run(args)
         if args.command == "codes":
             if args.code:
                 try:

@@ -96,6 +96,37 @@ POD_VANTAGE_DIFFERENCES = Counter(
     ["layer"],
     registry=REGISTRY,
 )
+NODE_PATH_DIAGNOSES = Counter(
+    "pullhealth_node_path_diagnoses",
+    "Pod diagnoses whose cause the node agent found on the pod's node (the node's own pull "
+    "path: resolver, routes, CA bundle, containerd's hosts.toml), by node pool (at most "
+    "MAX_POOLS pools by name, the rest 'other') and code: pull path broken on pool X.",
+    ["pool", "code"],
+    registry=REGISTRY,
+)
+# Node labels that name a node's pool (AKS, GKE, EKS, Karpenter), in this order.
+POOL_LABELS = (
+    "kubernetes.azure.com/agentpool",
+    "agentpool",
+    "cloud.google.com/gke-nodepool",
+    "eks.amazonaws.com/nodegroup",
+    "karpenter.sh/nodepool",
+)
+MAX_POOLS = 32
+_POOLS: set[str] = set()
+
+
+def pool_label(labels: Mapping[str, str] | None) -> str:
+    """A node's pool for metric labels: the first pool label, bounded to MAX_POOLS names."""
+    name = next((str(labels[k]) for k in POOL_LABELS if labels and labels.get(k)), "")
+    if not name:
+        return OTHER
+    if name in _POOLS or len(_POOLS) < MAX_POOLS:
+        _POOLS.add(name)
+        return name
+    return OTHER
+
+
 PATCH_FORBIDDEN = Counter(
     "pullhealth_patch_forbidden",
     "Writes the operator's RBAC did not allow (logged once per object, not retried).",

@@ -175,7 +175,9 @@ def fold(diagnosis: Diagnosis, report: NodeReport | None, message_reached: Layer
         },
     )
     checks = [*diagnosis.checks, check]
-    via = f" (containerd on node {report.node} pulls through mirror {report.endpoint})" if report.mirror else ""
+    via = ""
+    if report.mirror:
+        via = f" (containerd on node {report.node} pulls through mirror {report.endpoint})"
     if not applies(report, message_reached):
         summary = diagnosis.summary.rstrip(".") + via if via else diagnosis.summary
         facts = {**diagnosis.facts, "node": report.node}

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pullhealth import classify, credentials, events, pullpath
+from pullhealth import classify, credentials, events, nodeevidence, pullpath
 from pullhealth.cluster import (
     WORKLOAD_CLIENT_ID,
     ClusterReader,
@@ -159,13 +159,18 @@ async def diagnose_pod(
     settings: PodSettings,
     cache: SingleFlight[Diagnosis],
     on_request: Any = None,
+    node_events: Sequence[Mapping[str, str]] = (),
 ) -> list[PodResult]:
-    """Diagnose every failing container of a pod (at most 8), the first one first."""
+    """Diagnose every failing container of a pod (at most 8), the first one first.
+
+    ``node_events``: the pod's ``NodePathChecked`` Events (the node agent's evidence,
+    newest first; see :mod:`pullhealth.nodeevidence`).
+    """
     results = []
     for container in failing_containers(pod)[:MAX_CONTAINERS]:
         results.append(
             await diagnose_container(
-                pod, container, kubelet_messages, reader, env, settings, cache, on_request
+                pod, container, kubelet_messages, reader, env, settings, cache, on_request, node_events
             )
         )
     return results
@@ -180,6 +185,7 @@ async def diagnose_container(
     settings: PodSettings,
     cache: SingleFlight[Diagnosis],
     on_request: Any = None,
+    node_events: Sequence[Mapping[str, str]] = (),
 ) -> PodResult:
     """Classify the container's pull error, then confirm it on the pod's own pull path.
 
@@ -189,7 +195,7 @@ async def diagnose_container(
     redactor = Redactor()  # learns every pull secret read for the pod
     try:
         result = await _diagnose_container(
-            pod, container, kubelet_messages, reader, env, settings, cache, on_request, redactor
+            pod, container, kubelet_messages, reader, env, settings, cache, on_request, redactor, node_events
         )
     except Exception as exc:
         log.error("unexpected error diagnosing container %s", container.name, exc_info=True)
@@ -210,6 +216,7 @@ async def _diagnose_container(
     cache: SingleFlight[Diagnosis],
     on_request: Any,
     redactor: Redactor,
+    node_events: Sequence[Mapping[str, str]] = (),
 ) -> PodResult:
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace") or "default")
@@ -240,8 +247,15 @@ async def _diagnose_container(
 
     probed = await _probe(pod, image, platform, namespace, reader, env, settings, cache, on_request, redactor)
     # How far the node got decides whether an earlier probe failure is the operator's own
-    # network (a vantage difference) or the cause (diagnose.combine).
-    return PodResult(container, combine(message, probed, classify.reached(text)), image.registry)
+    # network (a vantage difference) or the cause (diagnose.combine). The node agent's
+    # evidence is the node's own vantage point: its path answering over HTTP is how far
+    # the node got too, and a failing node path is folded in as the cause
+    # (nodeevidence.fold) unless kubelet's message shows the pull got further.
+    reached = classify.reached(text)
+    node = nodeevidence.pick(node_events, image.registry, (pod.get("spec") or {}).get("nodeName"))
+    layer = max((r for r in (reached, nodeevidence.reached(node)) if r is not None), default=None)
+    combined = combine(message, probed, layer)
+    return PodResult(container, nodeevidence.fold(combined, node, reached), image.registry)
 
 
 async def _probe(

@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     options.peering = args.peering
     options.namespaces = tuple(args.namespace or ())
     options.pods = not args.no_pods
+    options.node_agent = args.node_agent
     options.pod_interval = max(0.0, args.pod_interval)
     options.per_registry = max(1, args.per_registry)
     options.workers = max(1, args.workers)

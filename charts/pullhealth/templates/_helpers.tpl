@@ -184,3 +184,34 @@ Environment of the operator container (only what is set).
 {{- toYaml . | nindent 0 }}
 {{- end }}
 {{- end }}
+
+{{/*
+Selector labels of the node agent's pods.
+*/}}
+{{- define "pullhealth.agentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "pullhealth.name" . }}-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Standard labels of the node agent's resources.
+*/}}
+{{- define "pullhealth.agentLabels" -}}
+helm.sh/chart: {{ include "pullhealth.chart" . }}
+{{ include "pullhealth.agentSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: agent
+app.kubernetes.io/part-of: pullhealth
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the node agent runs as.
+*/}}
+{{- define "pullhealth.agentServiceAccountName" -}}
+{{- if .Values.agent.serviceAccount.create }}
+{{- default (printf "%s-agent" (include "pullhealth.fullname" .) | trunc 63 | trimSuffix "-") .Values.agent.serviceAccount.name }}
+{{- else }}
+{{- required "agent.serviceAccount.name is required when agent.serviceAccount.create is false" .Values.agent.serviceAccount.name }}
+{{- end }}
+{{- end }}

@@ -13,8 +13,9 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from pullhealth import kube, metrics, podcheck
+from pullhealth import kube, metrics, nodeevidence, podcheck
 from pullhealth.diagnose import vantage_layer
+from pullhealth.handlers import startup
 from pullhealth.handlers.state import State, report_other_writer
 from pullhealth.registrycheck import now_rfc3339
 
@@ -111,6 +112,14 @@ async def pod_event(
     if written is kube.Written.WRITTEN and results:
         metrics.DIAGNOSES.labels(results[0].diagnosis.code.value).inc()
         for result in results:
+            if nodeevidence.node_specific(result.diagnosis):
+                try:
+                    node = await client.node(str((body.get("spec") or {}).get("nodeName") or ""))
+                except ApiException:
+                    node = None  # counted under pool "other"
+                labels = ((node or {}).get("metadata") or {}).get("labels")
+                pool = metrics.pool_label(labels)
+                metrics.NODE_PATH_DIAGNOSES.labels(pool, result.diagnosis.code.value).inc()
             layer = vantage_layer(result.diagnosis)
             if layer is not None:
                 metrics.POD_VANTAGE_DIFFERENCES.labels(layer).inc()
@@ -135,6 +144,13 @@ async def _diagnose(
         except ApiException as exc:
             # Without the events, the waiting message still carries kubelet's text.
             logger.warning("cannot list the pod's events (HTTP %s); using the waiting message", exc.status)
+    node_events: list[dict[str, str]] = []
+    if failing and startup.OPTIONS.node_agent:
+        try:
+            # The node agent's NodePathChecked Events (none when it is not installed).
+            node_events = await client.node_path_events(namespace, uid)
+        except ApiException as exc:
+            logger.warning("cannot list the pod's NodePathChecked events (HTTP %s)", exc.status)
     return await podcheck.diagnose_pod(
         body,
         messages,
@@ -143,4 +159,5 @@ async def _diagnose(
         State.pod_settings,
         State.pod_cache,
         metrics.count_probe_request,
+        node_events,
     )

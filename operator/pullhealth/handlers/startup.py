@@ -30,6 +30,8 @@ class Options:
     peering: str | None = None
     namespaces: tuple[str, ...] = ()
     pods: bool = True
+    # Read the node agent's NodePathChecked Events for failing pods (--node-agent).
+    node_agent: bool = False
     pod_interval: float = 60.0
     per_registry: int = 4
     workers: int = 16
