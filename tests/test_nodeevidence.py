@@ -46,6 +46,7 @@ def test_failing_node_path_outranks_and_names_the_node() -> None:
     folded = ne.fold(message, PE, Layer.HTTP)
     assert folded.code is Code.PRIVATE_ENDPOINT_DNS
     assert folded.summary.startswith("on node aks-pool-b-1: ")
+    assert ne.named_node(folded) == "aks-pool-b-1"
     assert Code.FIREWALL_FORBIDDEN in folded.candidates
     assert ne.node_specific(folded) and ne.node_of(folded) == "aks-pool-b-1"
 
@@ -67,7 +68,7 @@ def test_healthy_node_keeps_the_cause_and_names_the_mirror() -> None:
     diagnosis = make(Code.TAG_NOT_FOUND, {"registry": "r.test"}, checks=[probe])
     folded = ne.fold(diagnosis, mirror, Layer.MANIFEST)
     assert folded.code is Code.TAG_NOT_FOUND
-    assert "pulls through mirror https://mirror.test" in folded.summary
+    assert folded.summary.startswith("containerd on node n1 pulls through mirror https://mirror.test; ")
     assert folded.facts["mirror"] == "https://mirror.test" and not ne.node_specific(folded)
     assert ne.reached(mirror) is Layer.HTTP and ne.reached(PE) is None
     assert ne.fold(diagnosis, None, None) == diagnosis

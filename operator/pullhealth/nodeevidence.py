@@ -175,27 +175,33 @@ def fold(diagnosis: Diagnosis, report: NodeReport | None, message_reached: Layer
         },
     )
     checks = [*diagnosis.checks, check]
+    facts = {**diagnosis.facts, "node": report.node}
     via = ""
     if report.mirror:
-        via = f" (containerd on node {report.node} pulls through mirror {report.endpoint})"
-    if not applies(report, message_reached):
-        summary = diagnosis.summary.rstrip(".") + via if via else diagnosis.summary
-        facts = {**diagnosis.facts, "node": report.node}
-        if report.mirror:
-            facts["mirror"] = report.endpoint
-        return diagnosis.model_copy(update={"checks": checks, "summary": summary, "facts": facts})
-    facts = {**diagnosis.facts, "node": report.node, "nodeEndpoint": report.endpoint}
-    if report.mirror:
         facts["mirror"] = report.endpoint
-    summary = f"on node {report.node}: {report.summary.rstrip('.')}{via}"
+        via = f"containerd on node {report.node} pulls through mirror {report.endpoint}; "
+    if not applies(report, message_reached):
+        return diagnosis.model_copy(
+            update={"checks": checks, "summary": via + diagnosis.summary, "facts": facts}
+        )
+    facts["nodeEndpoint"] = report.endpoint
     return Diagnosis(
         code=report.code,
-        summary=summary,
+        summary=f"on node {report.node}: {via}{report.summary}",
         remediation=codes.remediation(report.code, facts),
         candidates=[c for c in (diagnosis.code, *diagnosis.candidates) if c is not report.code][:8],
         checks=checks,
         facts=facts,
     )
+
+
+def named_node(diagnosis: Diagnosis) -> str | None:
+    """The node the diagnosis' summary names (its cause is node-specific, or containerd on
+    that node pulls through a mirror), else None."""
+    node = node_of(diagnosis)
+    if node is not None and (node_specific(diagnosis) or "mirror" in diagnosis.facts):
+        return node
+    return None
 
 
 def node_specific(diagnosis: Diagnosis) -> bool:

@@ -390,7 +390,13 @@ def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -
         )
         return Writeback(annotations=dict.fromkeys(ANNOTATIONS), event=recovered, expected=expected)
     code = result.diagnosis.code.value
-    if current.get(ANN_DIAGNOSIS) == code and current.get(ANN_CONTAINER) == result.container.name:
+    # The node agent's evidence may name the node (or containerd's mirror on it) after the
+    # code was written: that is news too, once (the summary starts with it).
+    node = nodeevidence.named_node(result.diagnosis)
+    cause = str(current.get(ANN_CAUSE, ""))[:160]
+    node_news = node is not None and not any(f"node {node}{end}" in cause for end in (" ", ":"))
+    same = current.get(ANN_DIAGNOSIS) == code and current.get(ANN_CONTAINER) == result.container.name
+    if same and not node_news:
         return Writeback()
     # A failure after a recovery replaces the same (empty) annotations as the first one;
     # the container's restart count tells them apart (kubelet counts each restart).
@@ -401,7 +407,7 @@ def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -
         reason="PullDiagnosed",
         action="Diagnose",
         note=event_message(result.diagnosis),
-        key=(result.container.kind, result.container.name, code),
+        key=(result.container.kind, result.container.name, code, *((node,) if node else ())),
         occurrence=occurrence,
     )
     return Writeback(

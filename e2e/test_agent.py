@@ -1,0 +1,207 @@
+"""The node agent end to end: two agent processes play two nodes of different pools.
+
+hostNetwork cannot be emulated here, so each "node" is an agent process with its own
+resolver (a dnsmasq of its own), CA bundle and containerd hosts.toml directory, running
+with the chart's agent RBAC (its own ServiceAccount token):
+
+- pool A (healthy): its resolver has the private endpoint, its CA bundle trusts the test
+  CA, and its hosts.toml sends the anonymous registry through a mirror;
+- pool B (broken): its resolver sends the private endpoint's CNAME to a public address
+  (the privatelink zone is not linked to its VNet) and its CA bundle lacks the test CA.
+
+The operator (the session's, with its own network: the world's resolver and CA) must
+fold each node's evidence into its own pods' diagnoses, and only theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+
+from support.dns import Dnsmasq
+from support.helm import require_helm
+from support.kubelet import annotations, fail_pull, kubelet_message, make_pod
+from support.world import LEAK_ADDRESS, World
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "pullhealth"
+AGENT_NS = "pullhealth-agent-e2e"
+NODE_A, NODE_B = "pullhealth-e2e-pool-a-1", "pullhealth-e2e-pool-b-1"
+LOCAL = ("anon.test", "acr.test", "token.test", "untrusted.test")
+
+
+@pytest.fixture(scope="module")
+def api(dev_cluster: Any) -> kubernetes.client.CoreV1Api:
+    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+    core = kubernetes.client.CoreV1Api(client)
+    for name, pool in ((NODE_A, "poola"), (NODE_B, "poolb")):
+        with contextlib.suppress(kubernetes.client.exceptions.ApiException):
+            core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
+                "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+                "kubernetes.azure.com/agentpool": pool}}})
+    return core
+
+
+@pytest.fixture(scope="module")
+def agent_kubeconfig(dev_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart's agent ServiceAccount and RBAC, applied; a kubeconfig with its token."""
+    helm = require_helm()
+    rendered = subprocess.run(
+        [helm, "template", "ph", str(CHART), "--namespace", AGENT_NS, "--set", "agent.enabled=true",
+         "--show-only", "templates/agent-rbac.yaml"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    dev_cluster.kubectl("create", "namespace", AGENT_NS, check=False)
+    dev_cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    token = dev_cluster.kubectl("create", "token", account, "-n", AGENT_NS, "--duration=2h").stdout.strip()
+    return Path(dev_cluster.token_kubeconfig(token, tmp_path_factory.mktemp("agent") / "kubeconfig"))
+
+
+def test_agent_rbac_is_exactly_pods_list_watch_and_events_create(dev_cluster: Any, agent_kubeconfig: Path) -> None:
+    def can(*args: str) -> bool:
+        result = dev_cluster.kubectl("auth", "can-i", *args, check=False, kubeconfig=agent_kubeconfig)
+        return result.stdout.strip() == "yes"
+
+    assert can("list", "pods", "-A") and can("watch", "pods", "-A")
+    assert can("create", "events.events.k8s.io", "-n", "default")
+    for verb, resource in [("get", "secrets"), ("list", "secrets"), ("get", "pods"), ("patch", "pods"),
+                           ("create", "pods"), ("get", "events.events.k8s.io"),
+                           ("patch", "events.events.k8s.io"), ("list", "events"), ("create", "events"),
+                           ("get", "nodes"), ("create", "serviceaccounts/token"), ("get", "serviceaccounts")]:
+        assert not can(verb, resource, "-A"), (verb, resource)
+    # Reading a Secret really is refused by the API server, not only by can-i.
+    result = dev_cluster.kubectl("get", "secrets", "-n", "default", check=False, kubeconfig=agent_kubeconfig)
+    assert result.returncode != 0 and "forbidden" in result.stderr.lower()
+
+
+class AgentProcess:
+    """``pullhealth agent`` for one node, with that node's resolver, CA bundle and certs.d."""
+
+    def __init__(self, node: str, kubeconfig: Path, nameserver: str, ca_bundle: Path, certs: Path,
+                 log: Path) -> None:
+        self.args = [sys.executable, "-m", "pullhealth", "agent", "--node", node, "--nameserver", nameserver,
+                     "--ca-bundle", str(ca_bundle), "--certs-dir", str(certs), "--allow-cidr", "127.0.0.0/8",
+                     "--interval", "30", "--timeout", "5"]
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> AgentProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def nodes(world: World, agent_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Two agents (pool A healthy with a mirror, pool B broken), running; yields the log dir."""
+    root = tmp_path_factory.mktemp("nodes")
+    anon_port = world.anon.rsplit(":", 1)[1]
+    certs_a, certs_b = root / "certs-a", root / "certs-b"
+    (certs_a / world.anon).mkdir(parents=True)
+    # containerd on pool A pulls the anonymous registry through a mirror (the acr registry).
+    (certs_a / world.anon / "hosts.toml").write_text(
+        f'server = "https://{world.anon}"\n\n[host."https://{world.acr}"]\n'
+        f'  capabilities = ["pull", "resolve"]\n'
+    )
+    certs_b.mkdir()
+    assert anon_port
+    records_a = {**dict.fromkeys(LOCAL, "127.0.0.1"), "pe.privatelink.azurecr.io": "127.0.0.1"}
+    records_b = {**dict.fromkeys(LOCAL, "127.0.0.1"), "pe.privatelink.azurecr.io": LEAK_ADDRESS}
+    cname = {"pe.azurecr.io": "pe.privatelink.azurecr.io"}
+    with contextlib.ExitStack() as stack:
+        dns_a = stack.enter_context(Dnsmasq(records_a, cname, workdir=root / "dns-a"))
+        dns_b = stack.enter_context(Dnsmasq(records_b, cname, workdir=root / "dns-b"))
+        stack.enter_context(AgentProcess(NODE_A, agent_kubeconfig, dns_a.nameserver, world.ca_bundle, certs_a,
+                                         root / "agent-a.log"))
+        stack.enter_context(AgentProcess(NODE_B, agent_kubeconfig, dns_b.nameserver, world.untrusted_ca_bundle,
+                                         certs_b, root / "agent-b.log"))
+        yield root
+
+
+def node_reports(api: Any, ns: str, uid: str) -> list[Any]:
+    return list(api.list_namespaced_event(ns, field_selector=f"involvedObject.uid={uid},reason=NodePathChecked").items)
+
+
+def back_off(api: Any, ns: str, name: str, image: str) -> None:
+    """kubelet's next status update: the container waits in ImagePullBackOff."""
+    api.patch_namespaced_pod_status(name, ns, {"status": {"phase": "Pending", "containerStatuses": [
+        {"name": "app", "image": image, "imageID": "", "ready": False, "restartCount": 0,
+         "state": {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}}]}})
+
+
+def test_each_node_path_decides_for_its_own_pods(dev_cluster: Any, operator: Any, world: World, nodes: Path,
+                                                 namespace: str, api: Any, wait_for: Any) -> None:
+    ns = namespace
+    pe_image = f"{world.privatelink}/team/nosuch:v1"
+    anon_image = f"{world.anon}/team/app:nosuchtag"
+    cases = {
+        # name: (node, image, kubelet's recorded failure, expected code)
+        "pe-a": (NODE_A, pe_image, "token_no_credentials_missing_repo", "REPOSITORY_NOT_FOUND"),
+        "pe-b": (NODE_B, pe_image, "token_no_credentials_missing_repo", "PRIVATE_ENDPOINT_DNS"),
+        "anon-a": (NODE_A, anon_image, "tag_not_found", "TAG_NOT_FOUND"),
+        "anon-b": (NODE_B, anon_image, "tls_untrusted_ca", "TLS_UNTRUSTED"),
+    }
+    pods = {}
+    for name, (node, image, mode, _) in cases.items():
+        pods[name] = make_pod(api, ns, name, image, node=node)
+        fail_pull(api, ns, pods[name], image, kubelet_message(mode, image))
+    # Each pod gets its node's NodePathChecked Event, from its node's agent only.
+    for name, (node, _, _, _) in cases.items():
+        uid = pods[name]["metadata"]["uid"]
+        events = wait_for(lambda uid=uid: node_reports(api, ns, uid), f"NodePathChecked on {name}", timeout=90)
+        assert {e.reporting_instance for e in events} == {node}, name
+        assert all(e.reporting_component == "pullhealth.io/agent" and f"node={node} " in e.message for e in events)
+    for name, (_, image, _, _) in cases.items():
+        back_off(api, ns, name, image)
+
+    def diagnosed(name: str) -> dict[str, str] | None:
+        ann = annotations(api, ns, name)
+        want = cases[name][3]
+        if ann.get("pullhealth.io/diagnosis") != want:
+            return None
+        if name in ("pe-b", "anon-b") and not ann.get("pullhealth.io/probable-cause", "").startswith(
+                f"on node {cases[name][0]}: "):
+            return None
+        if name == "anon-a" and f"mirror https://{world.acr}" not in ann.get("pullhealth.io/probable-cause", ""):
+            back_off(api, ns, name, image=cases[name][1])  # a later kubelet update brings the evidence
+            return None
+        return ann
+
+    results = {name: wait_for(lambda name=name: diagnosed(name), f"{name} diagnosed", timeout=90) for name in cases}
+    logs = "".join(p.read_text(errors="replace") for p in nodes.glob("agent-*.log"))
+    # Pool B's private-endpoint miss and untrusted CA name pool B's node; pool A's pods keep
+    # the registry-side causes; the mirror containerd uses on pool A is named.
+    assert "resolves to public address" in results["pe-b"]["pullhealth.io/probable-cause"], logs
+    assert NODE_B not in results["pe-a"]["pullhealth.io/probable-cause"]
+    assert NODE_B not in results["anon-a"]["pullhealth.io/probable-cause"]
+    assert f"containerd on node {NODE_A} pulls through mirror https://{world.acr}" in (
+        results["anon-a"]["pullhealth.io/probable-cause"])
+    # The PullDiagnosed Event names the node too.
+    notes = [e.message for e in api.list_namespaced_event(
+        ns, field_selector=f"involvedObject.uid={pods['pe-b']['metadata']['uid']},reason=PullDiagnosed").items]
+    assert any(n.startswith(f"PRIVATE_ENDPOINT_DNS: on node {NODE_B}: ") for n in notes), notes
+    # Per node pool: "pull path broken on pool B".
+    metrics = operator.metrics()
+    assert 'pullhealth_node_path_diagnoses_total{code="PRIVATE_ENDPOINT_DNS",pool="poolb"}' in metrics
+    assert 'pool="poola"' not in metrics

@@ -1,0 +1,122 @@
+"""The node agent against real local servers: containerd's endpoint choice, the node's
+trust and resolver, the destination policy, and the Events it would post."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pullhealth import agent
+from pullhealth.codes import Code
+from pullhealth.nodeevidence import REASON, REPORTING_CONTROLLER, parse_note
+from pullhealth.probes.destinations import build_policy
+from support.world import World
+
+LOOPBACK = build_policy(allow=["127.0.0.0/8"])
+
+
+def settings(world: World, certs: Path, **kw: Any) -> agent.AgentSettings:
+    return agent.AgentSettings(
+        node="node-a", nameserver=world.nameserver, certs_dir=str(certs), timeout=5.0,
+        destinations=kw.pop("destinations", LOOPBACK), **kw,
+    )
+
+
+def hosts(certs: Path, registry: str, text: str) -> None:
+    (certs / registry).mkdir(parents=True, exist_ok=True)
+    (certs / registry / "hosts.toml").write_text(text)
+
+
+def check(world: World, certs: Path, registry: str, **kw: Any) -> Any:
+    return asyncio.run(agent.check_registry(registry, settings(world, certs, **kw), agent.CaBundles(str(certs))))
+
+
+def test_server_with_the_hosts_toml_ca_is_reached(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.anon, f'server = "https://{world.anon}"\nca = "{world.ca_bundle}"\n')
+    report = check(world, tmp_path, world.anon)
+    assert report.code is Code.OK and report.endpoint == f"https://{world.anon}" and not report.mirror
+
+
+def test_node_without_the_ca_is_untrusted(world: World, tmp_path: Path) -> None:
+    report = check(world, tmp_path, world.anon)  # the system CAs only: the test CA is not there
+    assert report.code is Code.TLS_UNTRUSTED and report.step == "tls"
+
+
+def test_mirror_is_used_first_and_named(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.anon, f'[host."https://{world.acr}"]\n  capabilities = ["pull", "resolve"]\n'
+                                f'  ca = "{world.ca_bundle}"\n')
+    report = check(world, tmp_path, world.anon)
+    assert report.code is Code.OK and report.mirror and report.endpoint == f"https://{world.acr}"
+    assert "through mirror" in report.summary
+
+
+def test_failing_mirror_falls_through_to_the_server(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.anon, f'server = "https://{world.anon}"\nca = "{world.ca_bundle}"\n'
+                                f'[host."https://{world.untrusted}"]\n  ca = "{world.ca_bundle}"\n')
+    report = check(world, tmp_path, world.anon)
+    assert report.code is Code.OK and not report.mirror
+    assert f"https://{world.untrusted}: TLS_UNTRUSTED" in report.summary
+
+
+def test_skip_verify_is_honoured(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.untrusted, f'server = "https://{world.untrusted}"\nskip_verify = true\n')
+    report = check(world, tmp_path, world.untrusted)
+    assert report.code is not Code.TLS_UNTRUSTED and report.step != "tls"
+
+
+def test_private_endpoint_miss_is_found_with_the_nodes_resolver(world: World, tmp_path: Path) -> None:
+    report = check(world, tmp_path, world.leak)
+    assert report.code is Code.PRIVATE_ENDPOINT_DNS and report.step == "dns"
+
+
+def test_default_policy_refuses_the_nodes_loopback(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.anon, f'ca = "{world.ca_bundle}"\n')
+    report = check(world, tmp_path, world.anon, destinations=build_policy())
+    assert report.code is Code.DESTINATION_REFUSED
+
+
+def test_one_check_per_registry_per_interval_and_one_event_per_result(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.anon, f'ca = "{world.ca_bundle}"\n')
+    node = agent.Agent(settings(world, tmp_path, interval=60.0))
+
+    def pod(name: str) -> dict[str, Any]:
+        image = f"{world.anon}/team/app:v1"
+        return {
+            "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}"},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": image}]},
+            "status": {"containerStatuses": [{"name": "app", "image": image, "state": {
+                "waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]},
+        }
+
+    async def run() -> list[Any]:
+        specs = []
+        for i in range(20):
+            specs += await node.events_for(pod(f"p{i}"))
+        return specs
+
+    specs = asyncio.run(run())
+    assert node.cache.runs == 1 and len(specs) == 20
+    first = specs[0]
+    body = first.body("node-a")
+    assert body["reason"] == REASON and body["reportingController"] == REPORTING_CONTROLLER
+    assert body["regarding"]["fieldPath"] == "spec.containers{app}"
+    report = parse_note(body["note"])
+    assert report is not None and report.code is Code.OK and report.node == "node-a"
+    # Deterministic: the same result for the same pod has the same name (posted once).
+    again = agent.event_for(pod("p0"), agent.work_for(pod("p0"), "node-a").containers[0][0], report)  # type: ignore[union-attr]
+    assert again.name == first.name
+    # Pods of another node are not this agent's.
+    assert asyncio.run(node.events_for({**pod("x"), "spec": {**pod("x")["spec"], "nodeName": "node-b"}})) == []
+
+
+@pytest.mark.parametrize("text", ["", "not toml ["])
+def test_no_or_broken_config_checks_the_server(world: World, tmp_path: Path, text: str) -> None:
+    if text:
+        hosts(tmp_path, world.missing, text)
+    report = check(world, tmp_path, world.missing)
+    assert report.code is Code.DNS_NXDOMAIN
+    if text:
+        assert "not valid TOML" in report.summary
