@@ -44,7 +44,8 @@ def usage(pid: int) -> dict[str, float]:
     """CPU seconds so far and memory (MiB) of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / TICK
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    status = dict(line.split(":", 1) for line in lines if ":" in line)
     kib = {k: float(status[k].split()[0]) for k in ("VmRSS", "VmHWM")}
     return {"cpu_s": cpu, "rss_mib": kib["VmRSS"] / 1024, "peak_rss_mib": kib["VmHWM"] / 1024}
 
@@ -52,9 +53,15 @@ def usage(pid: int) -> dict[str, float]:
 def failing(core: Any, ns: str, name: str, image: str) -> None:
     pod = core.create_namespaced_pod(ns, {"metadata": {"name": name}, "spec": {
         "nodeName": NODE, "containers": [{"name": "app", "image": image}]}})
-    core.patch_namespaced_pod_status(pod.metadata.name, ns, {"status": {"phase": "Pending", "containerStatuses": [
+    backoff(core, ns, pod.metadata.name, image, "ImagePullBackOff")
+
+
+def backoff(core: Any, ns: str, name: str, image: str, reason: str) -> None:
+    """kubelet's status update of a pod failing its pull (ErrImagePull <-> ImagePullBackOff)."""
+    waiting = {"reason": reason, "message": f'Back-off pulling image "{image}"'}
+    core.patch_namespaced_pod_status(name, ns, {"status": {"phase": "Pending", "containerStatuses": [
         {"name": "app", "image": image, "imageID": "", "ready": False, "restartCount": 0,
-         "state": {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}}]}})
+         "state": {"waiting": waiting}}]}})
 
 
 def main() -> None:
@@ -96,13 +103,12 @@ def main() -> None:
         reported = time.monotonic() - began
         after_burst = usage(proc.pid)
         deadline = time.monotonic() + idle
+        flip = 0
         while time.monotonic() < deadline:  # kubelet's back-off: every pod updated each 10 s
+            flip += 1
             for i in range(n):
                 image = f"{registries[i % len(registries)]}/team/app{i}:v1"
-                core.patch_namespaced_pod_status(f"p{i}", "bench", {"status": {"containerStatuses": [
-                    {"name": "app", "image": image, "imageID": "", "ready": False, "restartCount": 0,
-                     "state": {"waiting": {"reason": "ImagePullBackOff",
-                                           "message": f'Back-off pulling image "{image}" ({time.time():.0f})'}}}]}})
+                backoff(core, "bench", f"p{i}", image, ("ErrImagePull", "ImagePullBackOff")[flip % 2])
             time.sleep(10)
         end = usage(proc.pid)
         print(json.dumps({

@@ -121,7 +121,7 @@ class Runner:
         )
         for pod in result.items or []:
             self.submit(self.core.api_client.sanitize_for_serialization(pod))
-        return str(result.metadata.resource_version or "")
+        return str((result.metadata and result.metadata.resource_version) or "")
 
     async def watch(self, resource_version: str) -> None:
         """Follow pod changes for one interval (the server ends the watch), then return."""
@@ -133,7 +133,7 @@ class Runner:
         def pump() -> None:
             watcher = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
             try:
-                for event in watcher.stream(
+                for event in watcher.stream(  # type: ignore[no-untyped-call]
                     self.core.list_pod_for_all_namespaces,
                     field_selector=self.selector,
                     resource_version=resource_version,

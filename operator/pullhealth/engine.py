@@ -73,6 +73,8 @@ class ChainOptions:
         no_proxy: NO_PROXY entries: hosts reached directly.
         destinations: where the chain may connect (default: the operator's safe policy;
             the CLI passes :meth:`DestinationPolicy.unrestricted`).
+        verify_tls: False checks the TLS handshake without verifying the certificate
+            (containerd's ``skip_verify`` for a host, seen by the node agent).
     """
 
     nameserver: str | None = None
@@ -85,6 +87,7 @@ class ChainOptions:
     proxy: Proxy | None = None
     no_proxy: tuple[str, ...] = ()
     destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
+    verify_tls: bool = True
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,9 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
             # One verification context for the TLS step and every HTTP request (the CA
             # bundle is read once per chain).
             ctx = make_ssl_context(options.ca_file)
+            if not options.verify_tls:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
             http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy, redactor)
             try:
                 await _steps(run, target, options, resolver, http, ctx, host, port, redactor)

@@ -145,12 +145,10 @@ def parse(text: str, registry: str, base: Path, source: str = "") -> HostsConfig
     if isinstance(hosts, dict):
         for url, table in list(hosts.items())[:MAX_HOSTS]:
             mirrors.append(_endpoint(str(url), table, base, mirror=True))
+    # Top-level ca / skip_verify / capabilities apply to the server, named or default.
     server_url = data.get("server")
-    server = (
-        _endpoint(server_url, data, base, mirror=False)
-        if isinstance(server_url, str) and server_url
-        else _default_server(registry)
-    )
+    url = server_url if isinstance(server_url, str) and server_url else default_server(registry)
+    server = _endpoint(url, data, base, mirror=False)
     return HostsConfig(registry, source, (*mirrors, server))
 
 
