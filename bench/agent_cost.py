@@ -87,10 +87,12 @@ def main() -> None:
             stdout=log, stderr=subprocess.STDOUT,
         )
         stack.callback(lambda: (proc.terminate(), proc.wait(timeout=20)))
+        print("agent started; idle phase", file=sys.stderr, flush=True)
         time.sleep(5)  # start-up (imports, first list)
         start = usage(proc.pid)
         time.sleep(idle)
         after_idle = usage(proc.pid)
+        print("burst phase", file=sys.stderr, flush=True)
         registries = [world.anon, world.basic, world.acr, world.privatelink, world.untrusted, world.missing]
         began = time.monotonic()
         for i in range(n):
@@ -101,6 +103,7 @@ def main() -> None:
                 break
             time.sleep(1)
         reported = time.monotonic() - began
+        print(f"burst done in {reported:.1f}s; steady phase", file=sys.stderr, flush=True)
         after_burst = usage(proc.pid)
         deadline = time.monotonic() + idle
         flip = 0
