@@ -20,7 +20,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from pullhealth import kube
-from pullhealth.agent import MAX_PODS_PER_PASS, Agent, AgentSettings
+from pullhealth.agent import MAX_PODS_PER_PASS, Agent, AgentSettings, work_for
 from pullhealth.probes.destinations import build_policy
 
 log = logging.getLogger("pullhealth.agent")
@@ -76,15 +76,34 @@ class Runner:
         self.selector = f"spec.nodeName={agent.settings.node}"
         self.posted: dict[tuple[str, str], str] = {}  # (pod uid, container) -> Event name
         self.inflight: set[str] = set()
+        self.pending: dict[str, Mapping[str, Any]] = {}  # uid -> latest update while in flight
         self.limit = asyncio.Semaphore(MAX_INFLIGHT)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, pod: Mapping[str, Any]) -> None:
-        """Check one pod and post what is new; never raises (logged instead)."""
+        """Check one pod and post what is new; never raises (logged instead).
+
+        A pod updated while it is being handled is handled again afterwards, as it is
+        then (the latest update wins; at most one pending update per pod).
+        """
         uid = str((pod.get("metadata") or {}).get("uid") or "")
-        if not uid or uid in self.inflight:
+        if not uid:
+            return
+        if uid in self.inflight:
+            self.pending[uid] = pod
             return
         self.inflight.add(uid)
+        try:
+            current: Mapping[str, Any] | None = pod
+            while current is not None:
+                await self._post(uid, current)
+                current = self.pending.pop(uid, None)
+        finally:
+            self.inflight.discard(uid)
+
+    async def _post(self, uid: str, pod: Mapping[str, Any]) -> None:
+        if work_for(pod, self.agent.settings.node) is None:
+            return  # not failing on this node: no slot taken
         try:
             async with self.limit:
                 for spec in await self.agent.events_for(pod):
@@ -102,8 +121,6 @@ class Runner:
                         exc.status)
         except Exception:
             log.error("unexpected error checking a pod's node path", exc_info=True)
-        finally:
-            self.inflight.discard(uid)
 
     def submit(self, pod: Mapping[str, Any]) -> None:
         """Handle a pod in the background (bounded by :data:`MAX_INFLIGHT`)."""
