@@ -87,8 +87,11 @@ def main() -> None:
             stdout=log, stderr=subprocess.STDOUT,
         )
         stack.callback(lambda: (proc.terminate(), proc.wait(timeout=20)))
+        # Start-up (imports, the first list) is not idle time: wait for its log line, then 10 s.
+        while b"checking the pull path" not in (tmp / "agent.log").read_bytes():
+            time.sleep(0.5)
+        time.sleep(10)
         print("agent started; idle phase", file=sys.stderr, flush=True)
-        time.sleep(5)  # start-up (imports, first list)
         start = usage(proc.pid)
         time.sleep(idle)
         after_idle = usage(proc.pid)

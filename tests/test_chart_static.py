@@ -600,7 +600,7 @@ def test_agent_pod_uses_the_nodes_network_and_reads_the_node_read_only(helm: str
     assert not [v for v in pod["volumes"] if "secret" in v]  # no credential is mounted
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    assert c["resources"]["requests"] == {"cpu": "10m", "memory": "64Mi"}
+    assert c["resources"]["requests"] == {"cpu": "10m", "memory": "96Mi"}
     # Every argument the chart passes is one `pullhealth agent` accepts.
     from pullhealth.cli import _parser
 
