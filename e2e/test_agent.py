@@ -31,6 +31,7 @@ import yaml
 from support.dns import Dnsmasq
 from support.helm import require_helm
 from support.kubelet import annotations, fail_pull, kubelet_message, make_pod
+from support.operatorproc import OperatorProcess
 from support.world import LEAK_ADDRESS, World
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,9 +161,16 @@ class Kubelet:
              "state": {"waiting": {"reason": reason, "message": f'Back-off pulling image "{image}"'}}}]}})
 
 
-def test_each_node_path_decides_for_its_own_pods(dev_cluster: Any, operator: Any, world: World, nodes: Path,
-                                                 namespace: str, api: Any, wait_for: Any) -> None:
-    ns = namespace
+def test_each_node_path_decides_for_its_own_pods(dev_cluster: Any, world: World, nodes: Path, namespace: str,
+                                                 api: Any, wait_for: Any, tmp_path: Path) -> None:
+    # The operator as the chart runs it with agent.enabled (--node-agent), the only one.
+    with OperatorProcess.others_stopped(), OperatorProcess(
+        dev_cluster.kubeconfig, world, tmp_path / "operator.log", ["--pod-interval", "60", "--node-agent"]
+    ) as operator:
+        check_each_node(world, nodes, namespace, api, wait_for, operator)
+
+
+def check_each_node(world: World, nodes: Path, ns: str, api: Any, wait_for: Any, operator: Any) -> None:
     pe_image = f"{world.myacr}/team/nosuch:v1"
     anon_image = f"{world.anon}/team/app:nosuchtag"
     cases = {

@@ -609,6 +609,11 @@ def test_agent_pod_uses_the_nodes_network_and_reads_the_node_read_only(helm: str
     assert parsed.ca_bundle == "/host/ca/ca-certificates.crt"
 
 
+def test_agent_enabled_makes_the_operator_read_its_events(helm: str) -> None:
+    assert "--node-agent" not in container(render(helm))["args"]
+    assert "--node-agent" in container(render(helm, "agent.enabled=true"))["args"]
+
+
 def test_agent_values_reach_its_flags(helm: str) -> None:
     daemonset = one(agent_objects(helm, "agent.privateEndpoints={myacr.azurecr.io}",
                                   "agent.allowCidrs={10.0.0.0/8}", "agent.registryHosts={*.azurecr.io}",
