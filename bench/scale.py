@@ -252,9 +252,11 @@ class Annotations:
             time.sleep(0.1)
 
 
-# Requests other components make meanwhile (the controller manager's leases and node
-# status, admission's LimitRange lookups when pods are created): never the operator's.
+# Requests other components make meanwhile (the controller manager's leases, node status,
+# each new namespace's default ServiceAccount and root CA ConfigMap; admission's
+# LimitRange lookups when pods are created): never the operator's.
 NOT_OURS = frozenset({"coordination.k8s.io/leases", "limitranges", "nodes/status"})
+NOT_OURS_CALLS = frozenset({("PATCH", "nodes"), ("POST", "serviceaccounts"), ("POST", "configmaps")})
 
 
 def operator_delta(before: Counter[Key], after: Counter[Key], driver: Counter[Key]) -> Counter[Key]:
@@ -263,7 +265,7 @@ def operator_delta(before: Counter[Key], after: Counter[Key], driver: Counter[Ke
     out: Counter[Key] = Counter()
     for key in set(after) | set(before):
         n = after[key] - before[key] - driver[key]
-        if n > 0 and key[1] not in NOT_OURS and key != ("PATCH", "nodes"):
+        if n > 0 and key[1] not in NOT_OURS and key not in NOT_OURS_CALLS:
             out[key] = n
     return out
 
