@@ -50,8 +50,8 @@ class KubeletFailures:
         api: kubernetes.client.ApiClient,
         namespaces: Sequence[str] = (),
         *,
-        per_pod: int = 5,
-        limit: int = 20_000,
+        per_pod: int = 3,
+        limit: int = 10_000,
     ) -> None:
         self._core = kubernetes.client.CoreV1Api(api)
         self._scopes: list[str | None] = list(namespaces) or [None]

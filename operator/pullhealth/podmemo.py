@@ -22,7 +22,7 @@ from pullhealth.podcheck import FailingContainer, PodResult
 BACKOFF = "Back-off pulling image"
 # kubelet's back-off and pull-error states are one failure seen at two moments.
 _PULL_STATES = frozenset({"ErrImagePull", "ImagePullBackOff"})
-DEFAULT_LIMIT = 50_000
+DEFAULT_LIMIT = 10_000  # failing pods remembered; beyond, the oldest are diagnosed afresh
 
 
 def failure_text(container: FailingContainer) -> str | None:
