@@ -204,6 +204,8 @@ class KubeWriter(KubeReader):
             )
             return Emitted.CREATED
         except ApiException as exc:
+            if exc.status == 403 and _terminating(exc):
+                return Emitted.EXISTED  # the namespace is being deleted: nobody will read it
             if exc.status == 403:
                 raise Forbidden(_reason(exc) or f"create events in {namespace} is forbidden") from None
             if exc.status != 409:
@@ -212,8 +214,8 @@ class KubeWriter(KubeReader):
                 return Emitted.EXISTED
         for _ in range(MAX_CONFLICT_RETRIES):
             existing = await self._read(self._events.read_namespaced_event, spec.name, namespace)
-            if existing is None:  # expired between create and read: post it again
-                return await self.emit(spec, instance)
+            if existing is None:  # expired between create and read: post it again, once
+                return await self.emit(spec, instance, repeats=False)
             if events.is_retry(existing, spec.occurrence):
                 return Emitted.EXISTED
             try:
@@ -450,6 +452,11 @@ class StatusWriter(_Caller):
                 raise Conflict(f"{plural} {namespace}/{name} was written by another operator")
             rv = str((fresh.get("metadata") or {}).get("resourceVersion") or "")
         raise Conflict(f"{plural} {namespace}/{name} keeps changing")
+
+
+def _terminating(exc: ApiException) -> bool:
+    """A 403 from admission (NamespaceLifecycle), not RBAC: the namespace is being deleted."""
+    return "because it is being terminated" in _reason(exc)
 
 
 def _reason(exc: ApiException) -> str:
