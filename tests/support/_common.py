@@ -129,15 +129,7 @@ class ManagedProcess(Stoppable):
         """Terminate, then kill after 5 s; always reaps the child."""
         super().stop()
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        terminate(proc, grace=5.0)
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
@@ -310,3 +302,15 @@ class QuietHandler(BaseHTTPRequestHandler):
     def send_json(self, status: int, doc: Any, headers: Mapping[str, str] | None = None) -> None:
         """Send a JSON response."""
         self.send_bytes(status, json.dumps(doc).encode(), headers, "application/json")
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, grace: float, reap: float = 10.0) -> None:
+    """SIGTERM a child process, SIGKILL it after ``grace`` seconds; always reaps it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=reap)

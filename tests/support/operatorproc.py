@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from support._common import terminate
 from support.world import TEST_ALLOW_CIDR, World
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,13 +96,7 @@ class OperatorProcess:
 
     def stop(self) -> None:
         """Terminate (then kill) the process."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc, grace=20.0)
 
     def running(self) -> bool:
         """Whether the process is alive."""

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from support._common import terminate
 from support.operatorproc import free_port
 
 _RELABEL_KEYS = {
@@ -172,13 +173,8 @@ class Prometheus:
         raise RuntimeError("prometheus did not become ready:\n" + self.log.read_text()[-3000:])
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        """Terminate (then kill) Prometheus."""
+        terminate(self.proc, grace=20.0)
 
     def _get(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
