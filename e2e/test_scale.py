@@ -131,6 +131,8 @@ def test_pods_of_one_namespace_share_their_reads(operator: Any, world: World, na
     # One Node and one ServiceAccount read for all 20 (none when still cached), kubelet's
     # Events from the watch; one patch and one Event per pod.
     assert spent[("GET", "nodes")] <= 1 and spent[("GET", "serviceaccounts")] <= 1, spent
-    assert spent[("LIST", "events")] == 0, spent
+    # kubelet's Events come from the one watch: no list per pod (20 pods would be 20 lists).
+    # The watch itself re-lists when the API server ends it, which may fall in this window.
+    assert spent[("LIST", "events")] <= 1, spent
     # (a patch racing the test's status write is retried: 409 then 200)
     assert spent[("PATCH", "pods")] >= 20 and spent[("POST", "events.k8s.io/events")] == 20, spent
