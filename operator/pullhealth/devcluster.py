@@ -58,7 +58,29 @@ KUBE_CONTROLLER_MANAGER = "kube-controller-manager"
 _STATE_FILE = "state.json"
 _ADMIN_KUBECONFIG = "admin.kubeconfig"
 # Everything `start()` creates, so a fresh start removes only what it owns.
-_OWNED = ("pki", "etcd-data", "logs", "kcm", _STATE_FILE, _ADMIN_KUBECONFIG)
+_AUDIT_POLICY_FILE = "audit-policy.yaml"
+_OWNED = ("pki", "etcd-data", "logs", "kcm", _STATE_FILE, _ADMIN_KUBECONFIG, _AUDIT_POLICY_FILE)
+
+# What the API server records in logs/audit.log: who read or wrote the objects pod diagnosis
+# touches, at Metadata level (never a Secret's data), once per request when it completes.
+# Tests and benchmarks count the operator's requests per namespace from it, where the
+# cluster-wide apiserver_request_total cannot tell one client or namespace from another.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system", "system:nodes"]
+  - level: Metadata
+    resources:
+      - group: ""
+        resources: ["pods", "pods/status", "events", "serviceaccounts", "secrets", "nodes"]
+      - group: "events.k8s.io"
+        resources: ["events"]
+  - level: None
+"""
+AUDIT_LOG_MAX_MB = 500  # one file for a whole test session; older content rotates out
 _PR_SET_PDEATHSIG = 1
 
 
@@ -288,6 +310,11 @@ class DevCluster:
     def logs(self) -> Path:
         """Directory of the component logs (``<component>.log``)."""
         return self.state_dir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines, see :data:`AUDIT_POLICY`)."""
+        return self.logs / "audit.log"
 
     @property
     def ca_pem(self) -> bytes:
@@ -618,6 +645,7 @@ class DevCluster:
 
     def _start_apiserver(self, exe: Path, etcd_port: int, port: int, detach: bool) -> None:
         pki = self.pki
+        (self.state_dir / _AUDIT_POLICY_FILE).write_text(AUDIT_POLICY)
         self._spawn(
             KUBE_APISERVER,
             [
@@ -649,6 +677,11 @@ class DevCluster:
                 # reconciler would try to publish 127.0.0.1, which Endpoints reject.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                f"--audit-policy-file={self.state_dir / _AUDIT_POLICY_FILE}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                f"--audit-log-maxsize={AUDIT_LOG_MAX_MB}",
+                "--audit-log-maxbackup=1",
             ],
             detach,
         )
