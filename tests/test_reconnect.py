@@ -11,7 +11,9 @@ from pullhealth import reconnect
 
 def test_kopf_retry_errors_become_one_warning_per_outage(caplog: pytest.LogCaptureFixture) -> None:
     outages: list[int] = []
-    tracker = reconnect.OutageTracker(logging.getLogger("pullhealth.api"), lambda: outages.append(1))
+    now = [100.0]
+    tracker = reconnect.OutageTracker(logging.getLogger("pullhealth.api"), lambda: outages.append(1),
+                                      settle=15.0, clock=lambda: now[0])
     reconnect.install(tracker)
     kopf_client = logging.getLogger(reconnect.KOPF_CLIENT_LOGGER)
     caplog.set_level(logging.DEBUG)
@@ -26,13 +28,18 @@ def test_kopf_retry_errors_become_one_warning_per_outage(caplog: pytest.LogCaptu
         "broken by 'NewConnectionError(\"HTTPSConnection(host='127.0.0.1', port=6443): Failed to establish "
         "a new connection: [Errno 111] Connection refused\")': /readyz"
     )
+    now[0] += 20.0
     tracker.recovered()
     tracker.recovered()  # no outage now: nothing more
+    now[0] += 5.0
+    tracker.failed("ReadTimeoutError")  # a request sent while it came back: the same outage
+    assert not tracker.down and tracker.tail_failures == 1
+    now[0] += 11.0
     tracker.failed("HTTP 503")  # a second outage (etcd down behind the API server)
     records = [r for r in caplog.records if r.name in ("pullhealth.api", reconnect.KOPF_CLIENT_LOGGER)]
     assert [r.levelno for r in records] == [logging.WARNING] * 3, [r.getMessage() for r in records]
     assert "unreachable" in records[0].getMessage() and "reachable again" in records[1].getMessage()
-    assert "22 requests retried" in records[1].getMessage()
+    assert "22 requests retried" in records[1].getMessage() and "after 20s" in records[1].getMessage()
     assert len(outages) == 2 and tracker.down
 
 

@@ -7,6 +7,12 @@ handlers and hands those records to an :class:`OutageTracker` instead of the log
 our own API calls report their connection failures to the same tracker. The tracker says
 once that the API server is unreachable and once that it answers again (with how long and
 how many requests were retried), and counts outages through a callback (the metric).
+
+A request sent while the API server was coming back can still fail a few seconds after
+the outage ended (a read that timed out on a server still syncing its caches). Such a
+failure within :data:`SETTLE` seconds of the end is counted as the same outage's tail,
+not logged as a new outage: one restart is one outage. A new outage that starts in that
+window is logged by its first failure after it (kopf and urllib3 keep retrying).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ _TRANSIENT = (
     # it sheds load: retried like the rest.
     "APITooManyRequestsError",
 )
+SETTLE = 15.0  # seconds after an outage's end in which a failure is still its tail
 
 
 class OutageTracker:
@@ -46,14 +53,27 @@ class OutageTracker:
     Args:
         logger: where the two lines of an outage go.
         on_outage: called once when an outage starts (increments the metric).
+        settle: seconds after an outage's end in which failures are its tail.
+        clock: monotonic seconds.
     """
 
-    def __init__(self, logger: logging.Logger, on_outage: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        on_outage: Callable[[], None] = lambda: None,
+        *,
+        settle: float = SETTLE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._logger = logger
         self._on_outage = on_outage
+        self._settle = settle
+        self._clock = clock
         self._lock = threading.Lock()
         self._since: float | None = None
+        self._ended: float | None = None
         self._failures = 0
+        self.tail_failures = 0  # failures counted as the tail of the outage before
 
     @property
     def down(self) -> bool:
@@ -63,10 +83,14 @@ class OutageTracker:
     def failed(self, what: str) -> None:
         """A request failed at the connection level (it will be retried)."""
         with self._lock:
+            now = self._clock()
+            if self._since is None and self._ended is not None and now - self._ended < self._settle:
+                self.tail_failures += 1
+                return
             self._failures += 1
             if self._since is not None:
                 return
-            self._since = time.monotonic()
+            self._since = now
         self._on_outage()
         self._logger.warning(
             "API server unreachable (%s); requests are retried until it answers "
@@ -79,7 +103,8 @@ class OutageTracker:
         with self._lock:
             if self._since is None:
                 return
-            took, failures = time.monotonic() - self._since, self._failures
+            self._ended = self._clock()
+            took, failures = self._ended - self._since, self._failures
             self._since, self._failures = None, 0
         self._logger.warning("API server reachable again after %.0fs (%d requests retried)", took, failures)
 
