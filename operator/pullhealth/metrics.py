@@ -140,6 +140,13 @@ API_OUTAGES = Counter(
     registry=REGISTRY,
 )
 
+SCHEDULE_WAKEUPS = Counter(
+    "pullhealth_registry_check_wakeups",
+    "Times a RegistryCheck's schedule woke up (a check due, a retry, or the object changed): "
+    "at rest, about one per RegistryCheck per interval.",
+    registry=REGISTRY,
+)
+
 BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 MAX_TOMBSTONES = 10000

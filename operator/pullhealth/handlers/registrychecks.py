@@ -230,7 +230,7 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
     return float(retry)
 
 
-LOOPS = Loops(check_when_due)
+LOOPS = Loops(check_when_due, metrics.SCHEDULE_WAKEUPS.inc)
 
 
 async def _standby(namespace: str) -> bool:

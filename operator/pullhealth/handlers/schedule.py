@@ -1,5 +1,9 @@
 """One sleeping asyncio task per watched object, woken by its watch events.
 
+This is the one scheduler of all RegistryChecks: a task sleeps until its object's next
+check is due (or its object changes), so N RegistryChecks at rest wake about N/interval
+times a second, not once per object every few seconds (bench/registrychecks.py).
+
 kopf's timers and daemons always put a finalizer on the object (kopf stops them before
 letting the object go), so with the operator stopped a ``kubectl delete`` would hang. A
 plain task fed by ``@kopf.on.event`` needs no finalizer: the DELETED event cancels it.
@@ -30,10 +34,12 @@ class _Entry:
 
 class Loops:
     """Runs ``step(body, logger)`` per object: at once, then after the delay it returns
-    (None: only when woken), or earlier when a new event for the object arrives."""
+    (None: only when woken), or earlier when a new event for the object arrives.
+    ``on_wake`` is called before each step (the wake-up metric)."""
 
-    def __init__(self, step: Step) -> None:
+    def __init__(self, step: Step, on_wake: Callable[[], None] = lambda: None) -> None:
         self._step = step
+        self._on_wake = on_wake
         self._entries: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
@@ -68,6 +74,7 @@ class Loops:
     async def _run(self, entry: _Entry) -> None:
         while True:
             entry.wake.clear()
+            self._on_wake()
             try:
                 delay = await self._step(entry.body, entry.logger)
             except Exception as exc:  # a bug must not end the schedule of this object
