@@ -94,6 +94,35 @@ class _Caller:
             _Caller.outages.recovered()
         return result
 
+    async def _write(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """A write whose answer is not used: the response body is read and dropped, not
+        turned into the client's model objects (a Pod's costs more CPU than the request)."""
+        await self._call(_discarding(fn), *args, **kwargs)
+
+
+def _as_json(fn: Any) -> Any:
+    """``fn``'s answer as plain JSON (no model objects, no sanitize round trip)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        response = fn(*args, _preload_content=False, **kwargs)
+        try:
+            return json.loads(response.read())
+        finally:
+            response.release_conn()
+
+    return call
+
+
+def _discarding(fn: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> None:
+        response = fn(*args, _preload_content=False, **kwargs)
+        try:
+            response.read()
+        finally:
+            response.release_conn()
+
+    return call
+
 
 def report_outages_to(tracker: OutageTracker | None) -> None:
     """Every API call made through this module reports connection failures and successes."""
@@ -118,12 +147,11 @@ class KubeReader(_Caller):
     async def node(self, name: str) -> Mapping[str, Any] | None:
         """Read a Node (cluster-scoped); None when absent or RBAC does not allow it."""
         try:
-            obj = await self._call(self._core.read_node, name)
+            data: Mapping[str, Any] = await self._call(_as_json(self._core.read_node), name)
         except ApiException as exc:
             if exc.status in (403, 404):
                 return None  # the default platform is used instead
             raise
-        data: Mapping[str, Any] = self._core.api_client.sanitize_for_serialization(obj)
         return data
 
     async def service_account_token(self, namespace: str, name: str, audience: str) -> str:
@@ -143,12 +171,11 @@ class KubeReader(_Caller):
 
     async def _read(self, call: Any, name: str, namespace: str) -> Mapping[str, Any] | None:
         try:
-            obj = await self._call(call, name, namespace)
+            data: Mapping[str, Any] = await self._call(_as_json(call), name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        data: Mapping[str, Any] = self._core.api_client.sanitize_for_serialization(obj)
         return data
 
 
@@ -197,7 +224,7 @@ class KubeWriter(KubeReader):
         """
         namespace = spec.regarding.namespace
         try:
-            await self._call(
+            await self._write(
                 self._events.create_namespaced_event,
                 namespace,
                 spec.body(instance),  # a dict is serialised as is
@@ -219,7 +246,7 @@ class KubeWriter(KubeReader):
             if events.is_retry(existing, spec.occurrence):
                 return Emitted.EXISTED
             try:
-                await self._call(
+                await self._write(
                     self._events.patch_namespaced_event,
                     spec.name,
                     namespace,
@@ -303,9 +330,7 @@ class KubeWriter(KubeReader):
         """
         body = {"metadata": {"annotations": dict(annotations)}}
         try:
-            await self._call(
-                self._core.patch_namespaced_pod, name, namespace, body
-            )
+            await self._write(self._core.patch_namespaced_pod, name, namespace, body)
         except ApiException as exc:
             if exc.status == 403:
                 raise Forbidden(_reason(exc) or f"patch pods/{name} in {namespace} is forbidden") from None
@@ -336,9 +361,7 @@ class KubeWriter(KubeReader):
         for _ in range(MAX_CONFLICT_RETRIES):
             body = {"metadata": {"annotations": dict(annotations), "resourceVersion": version}}
             try:
-                await self._call(
-                    self._core.patch_namespaced_pod, name, namespace, body
-                )
+                await self._write(self._core.patch_namespaced_pod, name, namespace, body)
                 return Written.WRITTEN
             except ApiException as exc:
                 if exc.status == 403:
