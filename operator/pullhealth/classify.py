@@ -11,6 +11,7 @@ code (ACCESS_DENIED, IMAGE_NOT_FOUND) and the codes it may hide as ``candidates`
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -420,6 +421,10 @@ def _facts(text: str) -> dict[str, str]:
     return facts
 
 
+DECIDE_CACHE_SIZE = 1024
+DECIDE_CACHE_TEXT = 4096  # longer texts are matched each time, never kept
+
+
 def match(text: str) -> Rule | None:
     """The first rule whose pattern occurs in text, or None."""
     return next((rule for rule in RULES if rule.pattern.search(text)), None)
@@ -469,13 +474,26 @@ def classify(text: str) -> Diagnosis:
     return make(best.code, facts, candidates=candidates)
 
 
-def _decide(text: str) -> list[Rule]:
-    """The rules found in each member of the text, the deciding one first."""
+def _decide(text: str) -> tuple[Rule, ...]:
+    """The rules found in each member of the text, the deciding one first.
+
+    A thousand pods failing on one image carry one text: the answer for recent texts of
+    ordinary length is remembered (the rules are fixed; a bounded cache).
+    """
+    if len(text) > DECIDE_CACHE_TEXT:
+        return _decide_uncached(text)
+    return _decide_cached(text)
+
+
+def _decide_uncached(text: str) -> tuple[Rule, ...]:
     found = [rule for rule in (match(part) for part in _split_aggregate(text)) if rule is not None]
     if not found:
-        return []
+        return ()
     best = _most_specific(found)
-    return [best, *(r for r in found if r is not best)]
+    return (best, *(r for r in found if r is not best))
+
+
+_decide_cached = functools.lru_cache(maxsize=DECIDE_CACHE_SIZE)(_decide_uncached)
 
 
 def reached(text: str) -> Layer | None:

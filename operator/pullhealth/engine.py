@@ -219,12 +219,9 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
     try:
         async with asyncio.timeout(deadline.remaining()):
             resolver = Resolver(options.nameserver, options.timeout, options.destinations)
-            # One verification context for the TLS step and every HTTP request (the CA
-            # bundle is read once per chain).
-            ctx = make_ssl_context(options.ca_file)
-            if not options.verify_tls:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
+            # One verification context for the TLS step and every HTTP request (shared
+            # by every chain while the CA bundle file is unchanged).
+            ctx = make_ssl_context(options.ca_file, options.verify_tls)
             http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy, redactor)
             try:
                 await _steps(run, target, options, resolver, http, ctx, host, port, redactor)
