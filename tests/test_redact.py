@@ -2,6 +2,9 @@
 
 import base64
 
+import hypothesis
+
+from pullhealth import redact as redact_module
 from pullhealth.redact import MASK, Redactor, redact
 
 
@@ -49,3 +52,23 @@ def test_log_filter_masks_messages_and_arguments(caplog: object) -> None:
     text = handler_records[0].getMessage()
     assert "eyJzdWIiOiJ4In0" not in text and "YWxpY2U6cHc9PQ==" not in text
     assert text.startswith("token ")
+
+
+FRAGMENTS = (
+    "Bearer ", "Basic ", "eyJhbGciOiJ", ".eyJzdWIi", ".sig-_x", '"password": "', '"token":"', '"auth" : "',
+    '"identityToken": "', "password=", "client_secret=", "access_token=", "https://", "user:", "@host",
+    "s3cr3t-V4lue+/=", "<password>", "authentication", " ", "\\\"", "&", "abc123", "Token", "passwd",
+)
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(hypothesis.strategies.lists(hypothesis.strategies.sampled_from(FRAGMENTS), max_size=12),
+                  hypothesis.strategies.text(max_size=20))
+def test_the_quick_precheck_never_skips_a_shape(parts: list[str], noise: str) -> None:
+    """shapes() returns early on text without any pattern's literal: the same result as
+    applying every pattern."""
+    text = "".join(parts) + noise
+    full = text
+    for pattern, replacement in redact_module._PATTERNS:
+        full = pattern.sub(replacement, full)
+    assert redact_module.shapes(text) == full

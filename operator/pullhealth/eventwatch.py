@@ -12,11 +12,12 @@ says it does not know (None): the caller lists the pod's Events as before.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kubernetes
@@ -30,9 +31,16 @@ REQUEST_TIMEOUT = 30.0
 MAX_BACKOFF = 30.0
 
 
-def _moment(event: Any) -> str:
-    moment = event.last_timestamp or event.event_time or event.first_timestamp
-    return moment.isoformat() if moment else ""
+def _moment(event: Mapping[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or "")
+
+
+def _uid(event: Mapping[str, Any]) -> str:
+    return str((event.get("metadata") or {}).get("uid") or "")
+
+
+def _involved_uid(event: Mapping[str, Any]) -> str:
+    return str((event.get("involvedObject") or {}).get("uid") or "")
 
 
 class KubeletFailures:
@@ -92,14 +100,13 @@ class KubeletFailures:
         with self._lock:
             return len(self._by_pod)
 
-    def add(self, event: Any) -> None:
-        """Record one Event (a model of the client)."""
-        involved = event.involved_object
-        message = str(event.message or "")
-        if involved is None or not involved.uid or "pull" not in message.lower():
+    def add(self, event: Mapping[str, Any]) -> None:
+        """Record one Event (its JSON)."""
+        key = _involved_uid(event)
+        message = str(event.get("message") or "")
+        if not key or "pull" not in message.lower():
             return
-        key = str(involved.uid)
-        entry = (_moment(event), str(event.metadata.uid or ""), message)
+        entry = (_moment(event), _uid(event), message)
         with self._lock:
             kept = [e for e in self._by_pod.pop(key, []) if e[1] != entry[1]]
             kept.append(entry)
@@ -108,33 +115,39 @@ class KubeletFailures:
             while len(self._by_pod) > self.limit:
                 self._by_pod.popitem(last=False)
 
-    def remove(self, event: Any) -> None:
+    def remove(self, event: Mapping[str, Any]) -> None:
         """An Event expired or was deleted."""
-        involved = event.involved_object
-        if involved is None or not involved.uid:
+        key = _involved_uid(event)
+        if not key:
             return
         with self._lock:
-            kept = [
-                e for e in self._by_pod.get(str(involved.uid), []) if e[1] != str(event.metadata.uid or "")
-            ]
+            kept = [e for e in self._by_pod.get(key, []) if e[1] != _uid(event)]
             if kept:
-                self._by_pod[str(involved.uid)] = kept
+                self._by_pod[key] = kept
             else:
-                self._by_pod.pop(str(involved.uid), None)
+                self._by_pod.pop(key, None)
 
-    def _list(self, scope: str | None, **kwargs: Any) -> Any:
-        if scope is None:
-            return self._core.list_event_for_all_namespaces(**kwargs)
-        return self._core.list_namespaced_event(scope, **kwargs)
+    def _list(self, scope: str | None, **kwargs: Any) -> dict[str, Any]:
+        """The Events as plain JSON (no client models: thousands of Events at start-up)."""
+        response: Any = (
+            self._core.list_event_for_all_namespaces(_preload_content=False, **kwargs)
+            if scope is None
+            else self._core.list_namespaced_event(scope, _preload_content=False, **kwargs)
+        )
+        try:
+            listed: dict[str, Any] = json.loads(response.read())
+        finally:
+            response.release_conn()
+        return listed
 
     def _run(self, scope: str | None) -> None:
         backoff = 1.0
         while not self._stop.is_set():
             try:
                 listed = self._list(scope, field_selector=FIELD_SELECTOR, _request_timeout=REQUEST_TIMEOUT)
-                for event in listed.items or []:
+                for event in listed.get("items") or []:
                     self.add(event)
-                version = listed.metadata.resource_version
+                version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
                 with self._lock:
                     self._synced[scope] = True
                 backoff = 1.0
@@ -177,15 +190,16 @@ class KubeletFailures:
             args = () if scope is None else (scope,)
             started = time.monotonic()
             for item in watch.stream(func, *args, **kwargs):  # type: ignore[no-untyped-call]
-                kind, event = item["type"], item["object"]
+                kind, event = item["type"], item.get("raw_object")  # the Event's JSON
                 if kind == "ERROR":
-                    raise ApiException(status=int((item.get("raw_object") or {}).get("code") or 500))
+                    raise ApiException(status=int((event or {}).get("code") or 500))
+                if not isinstance(event, Mapping):
+                    continue
                 if kind == "DELETED":
                     self.remove(event)
                 elif kind in ("ADDED", "MODIFIED"):
                     self.add(event)
-                if event is not None and getattr(event, "metadata", None) is not None:
-                    version = event.metadata.resource_version or version
+                version = str((event.get("metadata") or {}).get("resourceVersion") or version)
                 if self._stop.is_set():
                     watch.stop()  # type: ignore[no-untyped-call]
             if time.monotonic() - started < 1.0:
