@@ -286,6 +286,7 @@ def scenario(
     # The watcher's own list+watch requests happen before `before` is read.
     with watcher.running():
         namespaces = driver.namespaces(f"{name}", args.namespaces)
+        live = 0.0
         if name == "live":
             op.start()
             proc = Proc(op.proc.pid if op.proc else 0)
@@ -303,6 +304,7 @@ def scenario(
             driver.sent.clear()
             t0 = time.monotonic()
             op.start()
+            live = time.monotonic()
             proc = Proc(op.proc.pid if op.proc else 0)
             cpu0 = 0.0
             watcher.wait(list(written), args.timeout)
@@ -327,8 +329,10 @@ def scenario(
             f"max {max(latencies) if latencies else float('nan'):.2f} s"
         )
     else:
+        first, last = (min(done) - origin, max(done) - origin) if done else (float("nan"), float("nan"))
         print(
-            f"  all annotated {max(done) - origin if done else float('nan'):.2f} s after the operator's spawn"
+            f"  all annotated {last:.2f} s after the operator's spawn "
+            f"(live after {live - origin:.2f} s, first annotation after {first:.2f} s)"
         )
     print(
         f"  operator: {cpu:.1f} CPU s over {elapsed:.1f} s ({cpu / max(elapsed, 0.001):.2f} cores), "

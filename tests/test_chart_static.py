@@ -278,12 +278,13 @@ def test_default_render(helm: str) -> None:
     assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-bind-address=0.0.0.0",
                          "--liveness=http://0.0.0.0:8081/healthz",
                          "--log-format=json", "--pod-interval=60", "--per-registry=4", "--workers=16",
+                         "--api-concurrency=48",
                          "--acr-domains=.azurecr.io,.azurecr.cn,.azurecr.us"]
     # Every argument the chart passes is one `pullhealth run` accepts.
     from pullhealth.cli import _parser
 
     parsed = _parser().parse_args([*c["command"][1:], *c["args"]])
-    assert parsed.pod_interval == 60 and not parsed.no_pods
+    assert parsed.pod_interval == 60 and not parsed.no_pods and parsed.api_concurrency == 48
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
     for probe in ("livenessProbe", "readinessProbe"):

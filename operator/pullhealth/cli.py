@@ -168,6 +168,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--workers", type=int, default=16, help="pods diagnosed at once (default 16)")
     run.add_argument(
+        "--api-concurrency",
+        type=int,
+        default=48,
+        help="API server requests in flight at once: worker threads and pooled connections "
+        "(default 48, at most 256)",
+    )
+    run.add_argument(
         "--acr-domains",
         default=".azurecr.io,.azurecr.cn,.azurecr.us",
         help="registries for which kubelet uses the node identity when no secret matches",

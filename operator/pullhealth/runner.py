@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     options.pod_interval = max(0.0, args.pod_interval)
     options.per_registry = max(1, args.per_registry)
     options.workers = max(1, args.workers)
+    options.api_concurrency = max(1, min(args.api_concurrency, 256))
     options.acr_domains = args.acr_domains
     options.kubelet_client_id = args.kubelet_client_id
     options.managed_identities = tuple(args.allow_managed_identity)

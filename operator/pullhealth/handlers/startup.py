@@ -35,6 +35,9 @@ class Options:
     pod_interval: float = 60.0
     per_registry: int = 4
     workers: int = 16
+    # API requests in flight at once (threads and pooled connections): what bounds how
+    # fast a thousand pods are annotated is the API server's latency times this.
+    api_concurrency: int = 48
     acr_domains: str = ".azurecr.io,.azurecr.cn,.azurecr.us"
     kubelet_client_id: str | None = None
     managed_identities: tuple[str, ...] = ()
@@ -70,7 +73,7 @@ class Options:
 
 OPTIONS = Options()
 RECOVERY_PROBE_SECONDS = 2.0
-# Threads beyond the pod workers: RegistryCheck writes, outage probes, the metrics rebuild.
+# Threads beyond the API requests of pods: RegistryCheck writes, outage probes, the metrics rebuild.
 EXTRA_THREADS = 4
 
 
@@ -102,8 +105,8 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     reconnect.install(outages)
     kube.report_outages_to(outages)
     # Every blocking client call runs on a worker thread: as many threads (and pooled
-    # connections) as pods are diagnosed at once, not the default pool's 6 on 2 cores.
-    threads = OPTIONS.workers + EXTRA_THREADS
+    # connections) as API requests may be in flight, not the default pool's 6 on 2 cores.
+    threads = OPTIONS.api_concurrency + EXTRA_THREADS
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pullhealth-api")
     )
