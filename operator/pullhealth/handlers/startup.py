@@ -71,6 +71,21 @@ class Options:
     peering_lifetime: int = 10
 
 
+class NoEssence(kopf.DiffBaseStorage):
+    """kopf's change detection, switched off: every handler here is ``on.event`` (level-
+    triggered), so no diff is ever used, yet kopf would deep-copy each object twice per
+    event to compute one (most of its CPU per pod update during kubelet's back-off)."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return None
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 OPTIONS = Options()
 RECOVERY_PROBE_SECONDS = 2.0
 # Threads beyond the API requests of pods: RegistryCheck writes, outage probes, the metrics rebuild.
@@ -93,6 +108,9 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         State.leader_election = True
         State.peering = (OPTIONS.peering, not OPTIONS.namespaces, OPTIONS.peering_priority)
         logger.info("leader election: peering %s, priority %d", OPTIONS.peering, OPTIONS.peering_priority)
+    settings.persistence.diffbase_storage = NoEssence()
+    # The first list of pods arrives in pages, not as one 10k-pod answer.
+    settings.watching.chunk_size = 500
     # Every API call is bounded; watches reconnect rather than hang.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
