@@ -71,6 +71,13 @@ class KubeletFailures:
         self._synced: dict[str | None, bool] = dict.fromkeys(self._scopes, False)
         self._stop = threading.Event()
         self._forbidden = False
+        self._listed: set[str | None] = set()
+
+    @property
+    def ever_synced(self) -> bool:
+        """Every scope was listed at least once (or the watch is forbidden: it never will)."""
+        with self._lock:
+            return self._forbidden or self._listed >= set(self._scopes)
 
     @property
     def synced(self) -> bool:
@@ -150,6 +157,7 @@ class KubeletFailures:
                 version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
                 with self._lock:
                     self._synced[scope] = True
+                    self._listed.add(scope)
                 backoff = 1.0
                 self._watch(scope, version)
             except ApiException as exc:

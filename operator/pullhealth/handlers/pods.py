@@ -136,6 +136,9 @@ async def _diagnose(
 ) -> list[podcheck.PodResult]:
     """Read what the pod's pull depends on and diagnose every failing container."""
     watch = State.kubelet_failures
+    ready = State.kubelet_failures_ready
+    if watch is not None and failing and ready is not None and not ready.is_set():
+        await ready.wait()  # start-up: the first list of kubelet's Events is on its way
     watched = watch.messages(uid) if watch is not None and failing else None
     messages: list[str] = watched or []
     if failing and watched is None:

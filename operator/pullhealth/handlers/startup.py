@@ -88,6 +88,9 @@ class NoEssence(kopf.DiffBaseStorage):
 
 OPTIONS = Options()
 RECOVERY_PROBE_SECONDS = 2.0
+# Seconds pods wait at start-up for the first list of kubelet's Events (instead of each
+# pod listing its own Events while that list is on its way).
+FIRST_LISTING_WAIT = 10.0
 # Threads beyond the API requests of pods: RegistryCheck writes, outage probes, the metrics rebuild.
 EXTRA_THREADS = 4
 
@@ -159,10 +162,21 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     if OPTIONS.pods and not any(c in ns for ns in OPTIONS.namespaces for c in "*?[!"):
         State.kubelet_failures = eventwatch.KubeletFailures(State.kube.api, OPTIONS.namespaces)
         State.kubelet_failures.start()
+        ready = State.kubelet_failures_ready = asyncio.Event()
+        State.background.add(asyncio.create_task(_first_listing(State.kubelet_failures, ready)))
     metrics.set_admin_registries(OPTIONS.metrics_registries)
     if OPTIONS.metrics_port:
         metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)
         logger.info("metrics on %s:%d/metrics", OPTIONS.metrics_bind_address, OPTIONS.metrics_port)
+
+
+async def _first_listing(watch: eventwatch.KubeletFailures, ready: asyncio.Event) -> None:
+    """Set ``ready`` once kubelet's Events were first listed, or after FIRST_LISTING_WAIT s
+    (then pods list their own Events until the watch is up)."""
+    deadline = time.monotonic() + FIRST_LISTING_WAIT
+    while not watch.ever_synced and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    ready.set()
 
 
 async def _end_outages(outages: reconnect.OutageTracker, client: kube.KubeWriter) -> None:

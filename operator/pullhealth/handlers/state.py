@@ -31,6 +31,9 @@ class State:
     pod_reader: readcache.CachedReader | None = None
     # kubelet's pull-failure Events of every pod, from one watch (None: listed per pod).
     kubelet_failures: eventwatch.KubeletFailures | None = None
+    # Set once that watch first listed (or gave up waiting for it): at start-up pods wait
+    # for it instead of each listing its Events.
+    kubelet_failures_ready: asyncio.Event | None = None
     forbidden_until: dict[str, float] = {}
     # RegistryCheck uid -> (generation, recheck request, monotonic time before which it is
     # not run again) of the last check run here: a status write that failed (RBAC,
