@@ -112,8 +112,11 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         State.peering = (OPTIONS.peering, not OPTIONS.namespaces, OPTIONS.peering_priority)
         logger.info("leader election: peering %s, priority %d", OPTIONS.peering, OPTIONS.peering_priority)
     settings.persistence.diffbase_storage = NoEssence()
-    # The first list of pods arrives in pages, not as one 10k-pod answer.
+    # The first list of pods arrives in pages, not as one 10k-pod answer; kopf's per-object
+    # worker keeps the last event's object while it idles: let it go at once, so a restart
+    # against 10k pods does not hold all of them for kopf's default 5 s.
     settings.watching.chunk_size = 500
+    settings.queueing.idle_timeout = 0.2
     # Every API call is bounded; watches reconnect rather than hang.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
