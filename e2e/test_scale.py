@@ -11,9 +11,10 @@ import kubernetes
 import pytest
 
 from pullhealth.eventwatch import KubeletFailures
+from pullhealth.podwatch import PodStream
 from pullhealth.readcache import ACCOUNT_TTL, NODE_TTL
 from support.audit import AuditLog, Request, closest_repeat, counted, in_namespace
-from support.kubelet import NODE, ensure_node, fail_pull, kubelet_message, make_pod
+from support.kubelet import NODE, ensure_node, fail_pull, kubelet_message, make_pod, recover
 from support.world import World
 
 # What diagnosing a pod reads and writes (verb, [group/]resource).
@@ -100,6 +101,38 @@ def test_kubelet_failures_come_from_one_watch(dev_cluster: Any, namespace: str, 
         wait_for(lambda: watch.messages("pod-uid-1") == [], "the deleted Event forgotten")
     finally:
         watch.stop()
+
+
+def test_the_pod_stream_hands_over_only_failing_or_annotated_pods(dev_cluster: Any, namespace: str, api: Any,
+                                                                   wait_for: Any) -> None:
+    image = "r.test/team/app:missing"
+    message = kubelet_message("tag_not_found", image)
+    make_pod(api, namespace, "ok", "r.test/team/app:1")
+    failing = make_pod(api, namespace, "failing", image)
+    fail_pull(api, namespace, failing, image, message)
+    make_pod(api, namespace, "annotated", "r.test/team/app:1")
+    api.patch_namespaced_pod("annotated", namespace, {"metadata": {"annotations": {
+        "pullhealth.io/diagnosis": "TAG_NOT_FOUND"}}})
+    got: list[tuple[str, str]] = []
+    stream = PodStream(api.api_client, [namespace], lambda kind, pod: got.append((kind, pod["metadata"]["name"])))
+    stream.start()
+    try:
+        wait_for(lambda: len(got) >= 2, "the first list")
+        assert sorted(got) == [("LISTED", "annotated"), ("LISTED", "failing")]
+        got.clear()
+        api.patch_namespaced_pod("ok", namespace, {"metadata": {"labels": {"touched": "1"}}})
+        recover(api, namespace, "failing", image)  # stops mattering: handed over once more
+        wait_for(lambda: got, "the recovery")
+        api.patch_namespaced_pod("failing", namespace, {"metadata": {"labels": {"touched": "1"}}})
+        api.delete_namespaced_pod("annotated", namespace, grace_period_seconds=0)
+        wait_for(lambda: ("DELETED", "annotated") in got, "the deletion")
+        time.sleep(1.0)
+        # The recovered pod once (not its later change), the deleted one, never the healthy one.
+        assert [g for g in got if g[1] == "failing"] == [("MODIFIED", "failing")], got
+        assert got[-1] == ("DELETED", "annotated") and not [g for g in got if g[1] == "ok"], got
+        assert stream.events > len(got) + 2  # every pod event was read; most not handed over
+    finally:
+        stream.stop()
 
 
 def test_pods_of_one_namespace_share_their_reads(operator: Any, world: World, namespace: str, api: Any,

@@ -1,21 +1,30 @@
 """Failing pods: every pod event is filtered cheaply; failing ones are diagnosed.
 
-Level-triggered: each event recomputes the diagnosis from the pod as it is now; the
-annotations already on the pod decide whether anything must be written, so repeated
-events (kubelet back-off retries, our own patch) write nothing and post no Event.
+Pods come from our own list-and-watch (:mod:`pullhealth.podwatch`), filtered on the
+reading thread, not through kopf: only failing or annotated pods reach the loop, one
+handler at a time per pod. Level-triggered: each event recomputes the diagnosis from the
+pod as it is now; the annotations already on the pod decide whether anything must be
+written, so repeated events (kubelet back-off retries, our own patch) write nothing and
+post no Event. With leader election, an outranked replica holds its pods' newest events
+and handles them once it leads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from pullhealth import kube, metrics, nodeevidence, podcheck
+from pullhealth import kube, metrics, nodeevidence, podcheck, podwatch
 from pullhealth.diagnose import vantage_layer
 from pullhealth.handlers import startup
+from pullhealth.handlers.schedule import Logger
+from pullhealth.handlers.standby import STANDBY_RECHECK, outranked
 from pullhealth.handlers.state import State, report_other_writer
 from pullhealth.registrycheck import now_rfc3339
 
@@ -23,24 +32,99 @@ FORBIDDEN_BACKOFF = 600.0
 MAX_FORBIDDEN_REMEMBERED = 10000
 
 
-def _relevant(body: kopf.Body, **_: Any) -> bool:
-    return podcheck.is_relevant(body)
+MAX_DEFERRED = 50000  # relevant pods held by an outranked replica
 
 
-@kopf.on.event("", "v1", "pods", when=_relevant)
-async def pod_event(
-    *,
-    event: kopf.RawEvent,
-    body: kopf.Body,
-    namespace: str | None,
-    name: str | None,
-    uid: str | None,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
+class _Pods:
+    stream: podwatch.PodStream | None = None
+    per_pod: podwatch.PerPod | None = None
+    settings: kopf.OperatorSettings | None = None
+    deferred: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    flusher: asyncio.Task[None] | None = None
+
+
+@kopf.on.startup()
+async def start_pod_stream(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    """Start reading pods once the start-up handler has wired the client."""
+    for _wait in range(600):
+        if State.kube is not None:
+            break
+        await asyncio.sleep(0.05)
+    if State.kube is None:
+        raise kopf.PermanentError("start-up did not finish: no API client for the pod stream")
+    _Pods.settings = settings
+    loop = asyncio.get_running_loop()
+    _Pods.per_pod = podwatch.PerPod(_handle, loop)
+    patterns = startup.OPTIONS.namespaces
+    globbed = any(c in ns for ns in patterns for c in "*?[!")
+    _Pods.stream = podwatch.PodStream(
+        State.kube.api,
+        () if globbed else patterns,
+        _Pods.per_pod.deliver,
+        relevant=_in_patterns(patterns) if globbed else podcheck.is_relevant,
+    )
+    _Pods.stream.start()
+    _Pods.flusher = asyncio.create_task(_flush_deferred())
+    logger.debug("pod stream started")
+
+
+@kopf.on.cleanup()
+async def stop_pod_stream(**_: Any) -> None:
+    """Operator shut-down: the reading threads end, no pod handler outlives it."""
+    if _Pods.stream is not None:
+        _Pods.stream.stop()
+    if _Pods.flusher is not None:
+        _Pods.flusher.cancel()
+    if _Pods.per_pod is not None:
+        await _Pods.per_pod.stop()
+
+
+def _in_patterns(patterns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], bool]:
+    """With namespace globs (``--namespace 'team-*'``): one cluster-wide stream, filtered here."""
+
+    def relevant(pod: Mapping[str, Any]) -> bool:
+        namespace = str((pod.get("metadata") or {}).get("namespace") or "")
+        return any(fnmatch.fnmatchcase(namespace, p) for p in patterns) and podcheck.is_relevant(pod)
+
+    return relevant
+
+
+async def _handle(kind: str, body: Mapping[str, Any]) -> None:
+    meta = body.get("metadata") or {}
+    uid, namespace = str(meta.get("uid") or ""), str(meta.get("namespace") or "")
+    if kind != "DELETED" and namespace and await outranked(namespace):
+        if len(_Pods.deferred) >= MAX_DEFERRED:
+            _Pods.deferred.clear()  # the leader handles them; a take-over re-lists anyway
+        _Pods.deferred[uid] = (kind, body)
+        return
+    _Pods.deferred.pop(uid, None)
+    assert _Pods.settings is not None
+    await pod_event(kind, body, kopf.LocalObjectLogger(body=cast(kopf.Body, body), settings=_Pods.settings))
+
+
+async def _flush_deferred() -> None:
+    """An outranked replica that comes to lead handles the pods it held."""
+    while True:
+        await asyncio.sleep(STANDBY_RECHECK)
+        if not _Pods.deferred or _Pods.per_pod is None:
+            continue
+        for uid, (kind, body) in list(_Pods.deferred.items()):
+            namespace = str((body.get("metadata") or {}).get("namespace") or "")
+            try:
+                if await outranked(namespace):
+                    continue
+            except Exception:  # an outage: try again later
+                break
+            if _Pods.deferred.pop(uid, None) is not None:
+                _Pods.per_pod.put(kind, body)
+
+
+async def pod_event(kind: str, body: Mapping[str, Any], logger: Logger) -> None:
     """Diagnose a failing pod, or clear a recovered one."""
-    uid = uid or ""
-    if event.get("type") == "DELETED":
+    meta = body.get("metadata") or {}
+    uid = str(meta.get("uid") or "")
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    if kind == "DELETED":
         metrics.POD_FAILURES.forget(uid)
         State.pod_memo.forget(uid)
         return
@@ -128,11 +212,11 @@ async def pod_event(
 
 async def _diagnose(
     client: kube.KubeWriter,
-    body: kopf.Body,
+    body: Mapping[str, Any],
     failing: list[podcheck.FailingContainer],
     namespace: str,
     uid: str,
-    logger: kopf.Logger,
+    logger: Logger,
 ) -> list[podcheck.PodResult]:
     """Read what the pod's pull depends on and diagnose every failing container."""
     watch = State.kubelet_failures

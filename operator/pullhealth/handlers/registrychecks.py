@@ -25,8 +25,9 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from pullhealth import events, kube, metrics, peering, registrycheck
+from pullhealth import events, kube, metrics, registrycheck
 from pullhealth.handlers.schedule import Logger, Loops
+from pullhealth.handlers.standby import STANDBY_RECHECK, outranked
 from pullhealth.handlers.state import State, report_other_writer
 from pullhealth.model import Phase, StepStatus
 
@@ -35,7 +36,6 @@ STARTUP_DELAY = 1.0
 INVALID_RETRY = 300
 # After a lost claim, a conflict or an API outage: look again soon (an event may come first).
 RETRY_SOON = 5.0
-STANDBY_RECHECK = 2.0
 MAX_REMEMBERED = 10000
 
 
@@ -91,7 +91,7 @@ async def _withdraw_while_standby() -> None:
         exported = metrics.exported_registry_check_namespaces() | metrics.POD_FAILURES.namespaces()
         for namespace in sorted(exported):
             try:
-                standby = await _standby(namespace)
+                standby = await outranked(namespace)
             except Exception:  # an outage (the check loops report it): try again later
                 break
             if standby:
@@ -142,7 +142,7 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
         # failed): wait for the run's own retry time rather than probe again (and keep the
         # gauges on the newer result).
         return left
-    if await _standby(namespace):
+    if await outranked(namespace):
         # kopf paused this replica (a live peer outranks it) but our loops are our own
         # tasks: the active replica runs the check and exports its series (the status this
         # loop holds stops being updated while paused: exporting it would mask the truth).
@@ -231,22 +231,6 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
 
 
 LOOPS = Loops(check_when_due, metrics.SCHEDULE_WAKEUPS.inc)
-
-
-async def _standby(namespace: str) -> bool:
-    """With leader election: whether a live peer outranks this replica (read every 2 s)."""
-    if State.peering is None or State.status is None:
-        return False
-    name, clusterwide, priority = State.peering
-    where = None if clusterwide else namespace
-    seen = State.standby_seen.get(where)
-    if seen is not None and time.monotonic() - seen[0] < STANDBY_RECHECK:
-        return seen[1]
-    standby = peering.outranked(await State.status.peering_status(name, where), priority)
-    if len(State.standby_seen) > MAX_REMEMBERED:
-        State.standby_seen.clear()
-    State.standby_seen[where] = (time.monotonic(), standby)
-    return standby
 
 
 async def _emit(event: events.EventSpec, logger: Logger) -> bool:
