@@ -15,6 +15,7 @@ from pullhealth.podwatch import PodStream
 from pullhealth.readcache import ACCOUNT_TTL, NODE_TTL
 from support.audit import AuditLog, Request, closest_repeat, counted, in_namespace
 from support.kubelet import NODE, ensure_node, fail_pull, kubelet_message, make_pod, recover
+from support.operatorproc import OperatorProcess
 from support.world import World
 
 # What diagnosing a pod reads and writes (verb, [group/]resource).
@@ -105,6 +106,11 @@ def test_kubelet_failures_come_from_one_watch(dev_cluster: Any, namespace: str, 
 
 def test_the_pod_stream_hands_over_only_failing_or_annotated_pods(dev_cluster: Any, namespace: str, api: Any,
                                                                    wait_for: Any) -> None:
+    with OperatorProcess.others_stopped():  # the session operator would annotate these pods
+        _pod_stream_scenario(namespace, api, wait_for)
+
+
+def _pod_stream_scenario(namespace: str, api: Any, wait_for: Any) -> None:
     image = "r.test/team/app:missing"
     message = kubelet_message("tag_not_found", image)
     make_pod(api, namespace, "ok", "r.test/team/app:1")
