@@ -120,10 +120,23 @@ def attacker(world: World) -> Iterator[dict[str, Any]]:
 def operator_as_chart(chart: Installed, world: World, tmp_path: Path) -> Iterator[OperatorProcess]:
     """The operator with the chart's ServiceAccount token and the chart's defaults, plus
     workload identity on (the flag the chart's value passes)."""
-    kubeconfig = chart.token_kubeconfig(tmp_path / "operator.kubeconfig")
-    with OperatorProcess(kubeconfig, world, tmp_path / "operator.log", ["--workload-identity"],
-                         env={"AZURE_AUTHORITY_HOST": world.aad_authority}) as op:
+    with chart_operator(chart, world, tmp_path) as op:
         yield op
+
+
+@pytest.fixture()
+def operator_in_namespace(chart: Installed, world: World, tmp_path: Path, namespace: str) -> Iterator[OperatorProcess]:
+    """The same operator watching only the test's namespace: the IMDS fixture then counts
+    only this test's requests (a cluster-wide operator also diagnoses the ACR pods that
+    earlier modules left failing, with the kubelet identity: legitimate IMDS requests)."""
+    with chart_operator(chart, world, tmp_path, "--namespace", namespace) as op:
+        yield op
+
+
+def chart_operator(chart: Installed, world: World, tmp_path: Path, *args: str) -> OperatorProcess:
+    kubeconfig = chart.token_kubeconfig(tmp_path / "operator.kubeconfig")
+    return OperatorProcess(kubeconfig, world, tmp_path / "operator.log", ["--workload-identity", *args],
+                           env={"AZURE_AUTHORITY_HOST": world.aad_authority})
 
 
 def status_of(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
@@ -139,7 +152,7 @@ def run_checks(cluster: Cluster, ns: str, wait_for: Waiter, cases: dict[str, dic
 
 
 def test_identity_never_requested_for_other_registries_or_client_ids(
-    dev_cluster: Cluster, operator_as_chart: OperatorProcess, world: World, attacker: dict[str, Any],
+    dev_cluster: Cluster, operator_in_namespace: OperatorProcess, world: World, attacker: dict[str, Any],
     namespace: str, wait_for: Waiter,
 ) -> None:
     world.imds.reset_hits()

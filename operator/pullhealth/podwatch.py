@@ -11,11 +11,15 @@ the loop. The loop side runs one handler at a time per pod, always with the newe
 
 Bounded: pages of ``PAGE`` pods, a watch ends after ``WATCH_SECONDS`` and is resumed from
 its resourceVersion, a failure waits 1 s doubling to ``MAX_BACKOFF`` and lists again.
+
+The same reader serves any other kind through a ``lister`` (the peering objects of leader
+election: :mod:`pullhealth.handlers.standby`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import threading
@@ -38,10 +42,34 @@ MAX_BACKOFF = 30.0
 Pod = Mapping[str, Any]
 # (event type: "LISTED", "ADDED", "MODIFIED" or "DELETED", the pod's JSON)
 Deliver = Callable[[str, Pod], None]
+# (scope: a namespace or None for all, **list/watch arguments) -> the raw (unparsed) answer
+Lister = Callable[..., Any]
+
+
+def pod_lister(api: kubernetes.client.ApiClient) -> Lister:
+    """Lists (or watches, with ``watch=True``) pods of one namespace or of all."""
+    core = kubernetes.client.CoreV1Api(api)
+
+    def call(scope: str | None, **kwargs: Any) -> Any:
+        if scope is None:
+            return core.list_pod_for_all_namespaces(_preload_content=False, **kwargs)
+        return core.list_namespaced_pod(scope, _preload_content=False, **kwargs)
+
+    return call
 
 
 def _uid(pod: Pod) -> str:
     return str((pod.get("metadata") or {}).get("uid") or "")
+
+
+def in_namespaces(patterns: Sequence[str]) -> Callable[[Pod], bool]:
+    """Whether an object's namespace matches one of the globs (``--namespace 'team-*'``)."""
+
+    def matches(obj: Pod) -> bool:
+        namespace = str((obj.get("metadata") or {}).get("namespace") or "")
+        return any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+    return matches
 
 
 class _Gone(Exception):
@@ -49,13 +77,15 @@ class _Gone(Exception):
 
 
 class PodStream:
-    """Reads pods on threads and delivers the relevant ones.
+    """Reads pods (or, with ``lister``, another kind) on threads and delivers the relevant ones.
 
     Args:
         api: the API client.
         namespaces: watched namespaces; empty = cluster-wide.
         deliver: called on the reading thread with each relevant event (thread-safe).
         relevant: the filter (failing or annotated).
+        lister: lists or watches one scope (default: pods).
+        what: what is read, for the log (its RBAC resource name).
     """
 
     def __init__(
@@ -64,13 +94,22 @@ class PodStream:
         namespaces: Sequence[str],
         deliver: Deliver,
         relevant: Callable[[Pod], bool] = podcheck.is_relevant,
+        lister: Lister | None = None,
+        what: str = "pods",
     ) -> None:
-        self._core = kubernetes.client.CoreV1Api(api)
+        self._what = what
+        self._call = lister or pod_lister(api)
         self._scopes: list[str | None] = list(namespaces) or [None]
         self._deliver = deliver
         self._relevant = relevant
         self._stop = threading.Event()
+        self._listed: set[str | None] = set()
         self.events = 0  # pod events read (for tests and benchmarks)
+
+    @property
+    def ever_synced(self) -> bool:
+        """Every scope was listed at least once (what was delivered is the whole state)."""
+        return self._listed >= set(self._scopes)
 
     def start(self) -> None:
         """One daemon thread per scope."""
@@ -83,11 +122,6 @@ class PodStream:
         """The threads end at their next event or watch time-out."""
         self._stop.set()
 
-    def _call(self, scope: str | None, **kwargs: Any) -> Any:
-        if scope is None:
-            return self._core.list_pod_for_all_namespaces(_preload_content=False, **kwargs)
-        return self._core.list_namespaced_pod(scope, _preload_content=False, **kwargs)
-
     def _run(self, scope: str | None) -> None:
         known: set[str] = set()  # uids delivered and still relevant
         backoff = 1.0
@@ -95,6 +129,7 @@ class PodStream:
         while not self._stop.is_set():
             try:
                 version = self._list(scope, known)
+                self._listed.add(scope)
                 backoff = 1.0
                 while not self._stop.is_set():
                     version = self._watch(scope, version, known)
@@ -103,8 +138,8 @@ class PodStream:
             except ApiException as exc:
                 if exc.status == 403 and not forbidden_reported:
                     forbidden_reported = True
-                    log.error("cannot list/watch pods (RBAC: grant list and watch on pods): %s; "
-                              "failing pods are not diagnosed until it is granted", exc.reason)
+                    log.error("cannot list/watch %s (RBAC: grant list and watch on %s): %s; "
+                              "retrying", self._what, self._what, exc.reason)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception:  # the connection: an outage is reported by the API calls

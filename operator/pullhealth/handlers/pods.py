@@ -12,7 +12,6 @@ and handles them once it leads.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -25,7 +24,7 @@ from pullhealth.diagnose import vantage_layer
 from pullhealth.handlers import startup
 from pullhealth.handlers.schedule import Logger
 from pullhealth.handlers.standby import STANDBY_RECHECK, outranked
-from pullhealth.handlers.state import State, report_other_writer
+from pullhealth.handlers.state import State, client_wired, report_other_writer
 from pullhealth.registrycheck import now_rfc3339
 
 FORBIDDEN_BACKOFF = 600.0
@@ -46,11 +45,7 @@ class _Pods:
 @kopf.on.startup()
 async def start_pod_stream(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     """Start reading pods once the start-up handler has wired the client."""
-    for _wait in range(600):
-        if State.kube is not None:
-            break
-        await asyncio.sleep(0.05)
-    if State.kube is None:
+    if not await client_wired() or State.kube is None:
         raise kopf.PermanentError("start-up did not finish: no API client for the pod stream")
     _Pods.settings = settings
     loop = asyncio.get_running_loop()
@@ -61,7 +56,7 @@ async def start_pod_stream(settings: kopf.OperatorSettings, logger: kopf.Logger,
         State.kube.api,
         () if globbed else patterns,
         _Pods.per_pod.deliver,
-        relevant=_in_patterns(patterns) if globbed else podcheck.is_relevant,
+        relevant=_failing_in(patterns) if globbed else podcheck.is_relevant,
     )
     _Pods.stream.start()
     _Pods.flusher = asyncio.create_task(_flush_deferred())
@@ -79,14 +74,10 @@ async def stop_pod_stream(**_: Any) -> None:
         await _Pods.per_pod.stop()
 
 
-def _in_patterns(patterns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], bool]:
+def _failing_in(patterns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], bool]:
     """With namespace globs (``--namespace 'team-*'``): one cluster-wide stream, filtered here."""
-
-    def relevant(pod: Mapping[str, Any]) -> bool:
-        namespace = str((pod.get("metadata") or {}).get("namespace") or "")
-        return any(fnmatch.fnmatchcase(namespace, p) for p in patterns) and podcheck.is_relevant(pod)
-
-    return relevant
+    matches = podwatch.in_namespaces(patterns)
+    return lambda pod: matches(pod) and podcheck.is_relevant(pod)
 
 
 async def _handle(kind: str, body: Mapping[str, Any]) -> None:

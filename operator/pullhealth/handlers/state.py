@@ -66,3 +66,14 @@ def report_other_writer(logger: logging.Logger | logging.LoggerAdapter[logging.L
         "operator started by hand against this cluster.",
         what,
     )
+
+
+async def client_wired(wait: float = 30.0) -> bool:
+    """Wait (at most ``wait`` s) until the start-up handler has wired the API client.
+
+    kopf runs start-up handlers concurrently; the ones that start readers need the client.
+    """
+    deadline = asyncio.get_running_loop().time() + wait
+    while State.kube is None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    return State.kube is not None
