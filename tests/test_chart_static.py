@@ -33,14 +33,14 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"list", "watch"},
     ("events.k8s.io", "events"): {"create", "get", "patch"},
     ("", "secrets"): {"get"},
-    ("", "serviceaccounts"): {"get"},
+    ("", "serviceaccounts"): {"get", "list", "watch"},
 }
 # Only with security.identities.workloadIdentity=true: minting service-account tokens.
 WORKLOAD_IDENTITY_RULE = {("", "serviceaccounts/token"): {"create"}}
 CRD_RULE = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     # cluster-scoped: the platform of the node a failing pod runs on
-    ("", "nodes"): {"get"},
+    ("", "nodes"): {"get", "list", "watch"},
 }
 NAMESPACES_RULE = {("", "namespaces"): {"get", "list", "watch"}}
 PEERING_VERBS = {"get", "list", "watch", "patch"}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pullhealth.readcache import CachedReader
+from pullhealth.readcache import CachedReader, Mirror, account_pull_fields, node_labels
 
 
 class Counting:
@@ -126,3 +126,52 @@ def test_a_cancelled_reader_does_not_cancel_the_others() -> None:
 
     assert asyncio.run(run())["metadata"]["labels"] == {"kubernetes.io/arch": "arm64"}
     assert len(inner.reads) == 2
+
+
+def account(namespace: str, name: str, uid: str, client_id: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": namespace, "name": name, "uid": uid, "resourceVersion": "7",
+                         "annotations": {"azure.workload.identity/client-id": client_id}},
+            "imagePullSecrets": [{"name": "pull"}], "secrets": [{"name": "token-x"}]}
+
+
+def test_a_synced_mirror_answers_without_a_request_and_sees_changes_at_once() -> None:
+    inner = Counting({("account", "team", "late"): {"metadata": {"name": "late"}}})
+    accounts, nodes = Mirror(account_pull_fields), Mirror(node_labels)
+    reader = CachedReader(inner, accounts=accounts, nodes=nodes)
+    accounts.deliver("LISTED", account("team", "default", "u1", "id-1"))
+    nodes.deliver("LISTED", {"metadata": {"name": "n1", "uid": "n", "labels": {"kubernetes.io/arch": "arm64"}},
+                             "status": {"images": ["big"]}})
+
+    async def main() -> None:
+        # Not listed yet (start-up): reads go to the API server.
+        await reader.service_account("team", "default")
+        assert len(inner.reads) == 1
+        accounts.synced = nodes.synced = lambda: True
+        got = await reader.service_account("team", "default")
+        assert got == {"metadata": {"name": "default", "namespace": "team",
+                                    "annotations": {"azure.workload.identity/client-id": "id-1"}},
+                       "imagePullSecrets": [{"name": "pull"}]}  # only what diagnosis uses
+        assert await reader.node("n1") == {"metadata": {"name": "n1", "labels": {"kubernetes.io/arch": "arm64"}}}
+        accounts.deliver("MODIFIED", account("team", "default", "u1", "id-2"))
+        got = await reader.service_account("team", "default")
+        assert got is not None and got["metadata"]["annotations"]["azure.workload.identity/client-id"] == "id-2"
+        assert len(inner.reads) == 1  # none of these was a request
+        # One the mirror lacks (created a moment ago, its event on its way): read it.
+        assert await reader.service_account("team", "late") == {
+            "metadata": {"name": "late", "namespace": None, "annotations": {}}, "imagePullSecrets": []}
+        assert inner.reads[-1] == ("account", "team", "late")
+        # A deletion reported by uid (a re-list) forgets it.
+        accounts.deliver("DELETED", {"metadata": {"uid": "u1"}})
+        assert accounts.get("team", "default") is None
+
+    asyncio.run(main())
+
+
+def test_a_mirror_past_its_limit_stops_answering() -> None:
+    mirror = Mirror(account_pull_fields, limit=2)
+    mirror.synced = lambda: True
+    for i in range(2):
+        mirror.deliver("LISTED", account("team", f"a{i}", f"u{i}", "x"))
+    assert mirror.get("team", "a0") is not None
+    mirror.deliver("LISTED", account("team", "a2", "u2", "x"))
+    assert len(mirror) == 2 and mirror.get("team", "a0") is None  # readers fall back to GETs

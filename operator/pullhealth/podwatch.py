@@ -46,20 +46,28 @@ Deliver = Callable[[str, Pod], None]
 Lister = Callable[..., Any]
 
 
-def pod_lister(api: kubernetes.client.ApiClient) -> Lister:
-    """Lists (or watches, with ``watch=True``) pods of one namespace or of all."""
+def _uid(obj: Pod) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def core_lister(api: kubernetes.client.ApiClient, plural: str = "pods") -> Lister:
+    """Lists (or watches, with ``watch=True``) pods, service accounts (of one namespace or
+    of all) or nodes (cluster-scoped: the scope is ignored)."""
     core = kubernetes.client.CoreV1Api(api)
+    names = {
+        "pods": ("list_pod_for_all_namespaces", "list_namespaced_pod"),
+        "serviceaccounts": ("list_service_account_for_all_namespaces", "list_namespaced_service_account"),
+        "nodes": ("list_node", ""),
+    }[plural]
+    every: Callable[..., Any] = getattr(core, names[0])
+    one: Callable[..., Any] | None = getattr(core, names[1]) if names[1] else None
 
     def call(scope: str | None, **kwargs: Any) -> Any:
-        if scope is None:
-            return core.list_pod_for_all_namespaces(_preload_content=False, **kwargs)
-        return core.list_namespaced_pod(scope, _preload_content=False, **kwargs)
+        if scope is None or one is None:
+            return every(_preload_content=False, **kwargs)
+        return one(scope, _preload_content=False, **kwargs)
 
     return call
-
-
-def _uid(pod: Pod) -> str:
-    return str((pod.get("metadata") or {}).get("uid") or "")
 
 
 def in_namespaces(patterns: Sequence[str]) -> Callable[[Pod], bool]:
@@ -86,6 +94,7 @@ class PodStream:
         relevant: the filter (failing or annotated).
         lister: lists or watches one scope (default: pods).
         what: what is read, for the log (its RBAC resource name).
+        without: what the operator does without it, for the log.
     """
 
     def __init__(
@@ -96,9 +105,10 @@ class PodStream:
         relevant: Callable[[Pod], bool] = podcheck.is_relevant,
         lister: Lister | None = None,
         what: str = "pods",
+        without: str = "failing pods are not diagnosed until it is granted",
     ) -> None:
-        self._what = what
-        self._call = lister or pod_lister(api)
+        self._what, self._without = what, without
+        self._call = lister or core_lister(api)
         self._scopes: list[str | None] = list(namespaces) or [None]
         self._deliver = deliver
         self._relevant = relevant
@@ -138,8 +148,8 @@ class PodStream:
             except ApiException as exc:
                 if exc.status == 403 and not forbidden_reported:
                     forbidden_reported = True
-                    log.error("cannot list/watch %s (RBAC: grant list and watch on %s): %s; "
-                              "retrying", self._what, self._what, exc.reason)
+                    log.error("cannot list/watch %s (RBAC: grant list and watch on %s): %s; %s",
+                              self._what, self._what, exc.reason, self._without)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception:  # the connection: an outage is reported by the API calls
@@ -162,8 +172,9 @@ class PodStream:
                 response.release_conn()
             for pod in page.get("items") or []:
                 self.events += 1
-                pod.setdefault("apiVersion", "v1")  # a list's items do not repeat them
-                pod.setdefault("kind", "Pod")
+                # A list's items do not repeat these: "PodList" -> "Pod".
+                pod.setdefault("apiVersion", page.get("apiVersion"))
+                pod.setdefault("kind", str(page.get("kind") or "").removesuffix("List"))
                 uid = _uid(pod)
                 if uid and (self._relevant(pod) or uid in known):
                     seen.add(uid)

@@ -1,11 +1,14 @@
-"""Short-lived, shared reads for pod diagnosis: one GET serves every pod that needs it.
+"""Shared reads for pod diagnosis: Nodes and ServiceAccounts from watches, Secrets by name.
 
 A thousand failing pods in a hundred namespaces read one Node, a hundred ServiceAccounts
-and a handful of pull Secrets; without a cache each pod reads them again. Here each
-object is read once per time-to-live, concurrent readers share the one request in
-flight, and only what diagnosis uses is kept (a Node's labels; a ServiceAccount's pull
-secret names and annotations). Secrets stay read by name (no list, no watch: the chart
-grants only ``get``), for a few seconds. Errors are not cached; "absent" is.
+and a handful of pull Secrets; without a cache each pod reads them again. Nodes and
+ServiceAccounts are mirrored from a list-and-watch (:class:`Mirror`, fed by the handlers'
+readers): once listed, they are read without a request and a change is seen at once.
+Until then, or for an object the mirror lacks, or without list/watch rights, each object
+is read once per time-to-live, concurrent readers share the one request in flight.
+Only what diagnosis uses is kept (a Node's labels; a ServiceAccount's pull secret names
+and annotations). Secrets stay read by name (no list, no watch: the chart grants only
+``get``), for a few seconds. Errors are not cached; "absent" is.
 
 RegistryChecks read through the uncached client: a check asked for with
 ``pullhealth.io/recheck`` sees a Secret fixed a moment ago.
@@ -52,6 +55,51 @@ def account_pull_fields(account: Read) -> Read:
     }
 
 
+class Mirror:
+    """One kind's objects as a watch delivered them, reduced by ``keep``.
+
+    Fed on the reading thread (:meth:`deliver`: one dict assignment per event), read on the
+    event loop. Bounded: past ``limit`` objects it stops answering (readers fall back to GETs).
+
+    Args:
+        keep: what is kept of an object.
+        limit: objects kept at most.
+    """
+
+    def __init__(self, keep: Callable[[Read], Read], limit: int = MAX_ENTRIES) -> None:
+        self._keep = keep
+        self._limit = limit
+        self._objects: dict[tuple[str, str], Read] = {}
+        self._keys: dict[str, tuple[str, str]] = {}  # uid -> key (a re-list reports deletions by uid)
+        self._overflow = False
+        self.synced: Callable[[], bool] = lambda: False  # set by who feeds it: first list done
+
+    def deliver(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """A list or watch event."""
+        meta = obj.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        if kind == "DELETED":
+            key = self._keys.pop(uid, None)
+            if key is not None:
+                self._objects.pop(key, None)
+            return
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if key not in self._objects and len(self._objects) >= self._limit:
+            self._overflow = True
+            return
+        self._objects[key] = self._keep(obj)
+        self._keys[uid] = key
+
+    def get(self, namespace: str, name: str) -> Read:
+        """The kept object; None when unknown (not listed yet, absent, or past the limit)."""
+        if self._overflow or not self.synced():
+            return None
+        return self._objects.get((namespace, name))
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+
 class CachedReader:
     """A :class:`ClusterReader` whose reads are shared for a short time.
 
@@ -60,6 +108,7 @@ class CachedReader:
         node_ttl, account_ttl, secret_ttl: seconds a read is reused.
         limit: entries kept at most (least recently read out first).
         clock: monotonic seconds.
+        nodes, accounts: watch-fed mirrors, asked first (an object they lack is read).
     """
 
     def __init__(
@@ -71,8 +120,11 @@ class CachedReader:
         secret_ttl: float = SECRET_TTL,
         limit: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        nodes: Mirror | None = None,
+        accounts: Mirror | None = None,
     ) -> None:
         self.inner = inner
+        self.nodes, self.accounts = nodes, accounts
         self._ttl = {"node": node_ttl, "account": account_ttl, "secret": secret_ttl}
         self.limit = limit
         self._clock = clock
@@ -85,10 +137,16 @@ class CachedReader:
 
     async def node(self, name: str) -> Read:
         """The Node's labels."""
+        mirrored = self.nodes.get("", name) if self.nodes is not None else None
+        if mirrored is not None:
+            return mirrored
         return await self._get(("node", name), lambda: self.inner.node(name), node_labels)
 
     async def service_account(self, namespace: str, name: str) -> Read:
         """The ServiceAccount's pull secret names and annotations."""
+        mirrored = self.accounts.get(namespace, name) if self.accounts is not None else None
+        if mirrored is not None:
+            return mirrored
         return await self._get(
             ("account", namespace, name),
             lambda: self.inner.service_account(namespace, name),

@@ -104,16 +104,3 @@ def in_namespace(requests: Iterable[Request], namespace: str) -> list[Request]:
 def counted(requests: Iterable[Request]) -> Counter[tuple[str, str]]:
     """Requests by (VERB, [group/]resource)."""
     return Counter(r.key for r in requests)
-
-
-def closest_repeat(requests: Iterable[Request]) -> float | None:
-    """The shortest time, in seconds, between two requests for the same object (None: no repeat)."""
-    last: dict[tuple[str, str, str], float] = {}
-    shortest: float | None = None
-    for r in sorted(requests, key=lambda r: r.received):
-        what = (r.resource, r.namespace, r.name)
-        if what in last:
-            gap = r.received - last[what]
-            shortest = gap if shortest is None else min(shortest, gap)
-        last[what] = r.received
-    return shortest

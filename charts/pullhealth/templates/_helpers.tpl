@@ -108,10 +108,11 @@ docs/install.md has the same table.
   resources: ["secrets"]
   verbs: ["get"{{ if .Values.rbac.readSecretsClusterWide }}, "list", "watch"{{ end }}]
 # ServiceAccounts: their imagePullSecrets and workload identity annotations
-# (azure.workload.identity/client-id) are what a pod would pull with.
+# (azure.workload.identity/client-id) are what a pod would pull with. Listed and watched
+# (only those fields are kept) instead of one get per failing pod; get for RegistryChecks.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 {{- if .Values.security.identities.workloadIdentity }}
 # Workload identity checks (security.identities.workloadIdentity): a short-lived token
 # of the ServiceAccount (TokenRequest), exchanged with Azure AD exactly as the pod's token

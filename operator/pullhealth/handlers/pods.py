@@ -66,8 +66,9 @@ async def start_pod_stream(settings: kopf.OperatorSettings, logger: kopf.Logger,
 @kopf.on.cleanup()
 async def stop_pod_stream(**_: Any) -> None:
     """Operator shut-down: the reading threads end, no pod handler outlives it."""
-    if _Pods.stream is not None:
-        _Pods.stream.stop()
+    for stream in (_Pods.stream, *State.readers):
+        if stream is not None:
+            stream.stop()
     if _Pods.flusher is not None:
         _Pods.flusher.cancel()
     if _Pods.per_pod is not None:
@@ -210,10 +211,10 @@ async def _diagnose(
     logger: Logger,
 ) -> list[podcheck.PodResult]:
     """Read what the pod's pull depends on and diagnose every failing container."""
+    ready = State.first_listings_ready
+    if failing and ready is not None and not ready.is_set():
+        await ready.wait()  # start-up: the first lists of Events, Nodes, accounts are on their way
     watch = State.kubelet_failures
-    ready = State.kubelet_failures_ready
-    if watch is not None and failing and ready is not None and not ready.is_set():
-        await ready.wait()  # start-up: the first list of kubelet's Events is on its way
     watched = watch.messages(uid) if watch is not None and failing else None
     messages: list[str] = watched or []
     if failing and watched is None:

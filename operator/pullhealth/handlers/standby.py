@@ -95,6 +95,7 @@ async def watch_peering(**_: Any) -> None:
         relevant=podwatch.in_namespaces(patterns) if globbed and not clusterwide else lambda _obj: True,
         lister=peering_lister(State.kube.api, name, clusterwide),
         what="clusterkopfpeerings" if clusterwide else "kopfpeerings",
+        without="the peering object is read every 2 s instead",
     )
     _Watched.view = view
     _Watched.stream.start()

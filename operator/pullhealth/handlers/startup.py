@@ -7,12 +7,13 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from pullhealth import diagnose, eventwatch, kube, metrics, podcheck, podmemo, readcache, reconnect
+from pullhealth import diagnose, eventwatch, kube, metrics, podcheck, podmemo, podwatch, readcache, reconnect
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
 from pullhealth.handlers.state import State
@@ -88,8 +89,8 @@ class NoEssence(kopf.DiffBaseStorage):
 
 OPTIONS = Options()
 RECOVERY_PROBE_SECONDS = 2.0
-# Seconds pods wait at start-up for the first list of kubelet's Events (instead of each
-# pod listing its own Events while that list is on its way).
+# Seconds pods wait at start-up for the first lists of kubelet's Events, Nodes and
+# ServiceAccounts (instead of each pod reading its own while those lists are on their way).
 FIRST_LISTING_WAIT = 10.0
 # Threads beyond the API requests of pods: RegistryCheck writes, outage probes, the metrics rebuild.
 EXTRA_THREADS = 4
@@ -161,23 +162,62 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         shared_limit=State.pod_pool,
     )
     State.pod_memo = podmemo.PodMemo(ttl=OPTIONS.pod_interval)
-    State.pod_reader = readcache.CachedReader(State.kube)
-    if OPTIONS.pods and not any(c in ns for ns in OPTIONS.namespaces for c in "*?[!"):
+    listed: list[Callable[[], bool]] = []  # the first listings pods wait for at start-up
+    if OPTIONS.pods:
+        nodes, accounts = _mirror_nodes_and_accounts(State.kube.api)
+        State.pod_reader = readcache.CachedReader(State.kube, nodes=nodes, accounts=accounts)
+        listed += [nodes.synced, accounts.synced]
+    else:
+        State.pod_reader = readcache.CachedReader(State.kube)
+    if OPTIONS.pods and not _globbed():
         State.kubelet_failures = eventwatch.KubeletFailures(State.kube.api, OPTIONS.namespaces)
         State.kubelet_failures.start()
-        ready = State.kubelet_failures_ready = asyncio.Event()
-        State.background.add(asyncio.create_task(_first_listing(State.kubelet_failures, ready)))
+        failures = State.kubelet_failures
+        listed.append(lambda: failures.ever_synced)
+    if listed:
+        ready = State.first_listings_ready = asyncio.Event()
+        State.background.add(asyncio.create_task(_first_listings(listed, ready)))
     metrics.set_admin_registries(OPTIONS.metrics_registries)
     if OPTIONS.metrics_port:
         metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)
         logger.info("metrics on %s:%d/metrics", OPTIONS.metrics_bind_address, OPTIONS.metrics_port)
 
 
-async def _first_listing(watch: eventwatch.KubeletFailures, ready: asyncio.Event) -> None:
-    """Set ``ready`` once kubelet's Events were first listed, or after FIRST_LISTING_WAIT s
-    (then pods list their own Events until the watch is up)."""
+def _globbed() -> bool:
+    return any(c in ns for ns in OPTIONS.namespaces for c in "*?[!")
+
+
+def _mirror_nodes_and_accounts(api: Any) -> tuple[readcache.Mirror, readcache.Mirror]:
+    """Nodes (labels) and ServiceAccounts (pull fields) from one list-and-watch each."""
+    nodes = readcache.Mirror(readcache.node_labels)
+    accounts = readcache.Mirror(readcache.account_pull_fields)
+    without = "it is read with a GET per object instead (cached for seconds)"
+    node_stream = podwatch.PodStream(
+        api, (), nodes.deliver, relevant=lambda _node: True,
+        lister=podwatch.core_lister(api, "nodes"), what="nodes", without=without,
+    )
+    globbed = _globbed()
+    account_stream = podwatch.PodStream(
+        api, () if globbed else OPTIONS.namespaces, accounts.deliver,
+        relevant=podwatch.in_namespaces(OPTIONS.namespaces) if globbed else lambda _account: True,
+        lister=podwatch.core_lister(api, "serviceaccounts"), what="serviceaccounts", without=without,
+    )
+    for mirror, stream in ((nodes, node_stream), (accounts, account_stream)):
+        mirror.synced = _synced(stream)
+        stream.start()
+        State.readers.append(stream)
+    return nodes, accounts
+
+
+def _synced(stream: podwatch.PodStream) -> Callable[[], bool]:
+    return lambda: stream.ever_synced
+
+
+async def _first_listings(listed: list[Callable[[], bool]], ready: asyncio.Event) -> None:
+    """Set ``ready`` once the watch-fed reads were first listed, or after FIRST_LISTING_WAIT s
+    (then pods read what is missing with GETs, and list their own Events)."""
     deadline = time.monotonic() + FIRST_LISTING_WAIT
-    while not watch.ever_synced and time.monotonic() < deadline:
+    while not all(synced() for synced in listed) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     ready.set()
 

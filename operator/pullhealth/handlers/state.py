@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pullhealth import events, eventwatch, podcheck, podmemo, readcache
+from pullhealth import events, eventwatch, podcheck, podmemo, podwatch, readcache
 from pullhealth import kube as kubeapi
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
@@ -31,9 +31,11 @@ class State:
     pod_reader: readcache.CachedReader | None = None
     # kubelet's pull-failure Events of every pod, from one watch (None: listed per pod).
     kubelet_failures: eventwatch.KubeletFailures | None = None
-    # Set once that watch first listed (or gave up waiting for it): at start-up pods wait
-    # for it instead of each listing its Events.
-    kubelet_failures_ready: asyncio.Event | None = None
+    # Set once that watch and the Node and ServiceAccount mirrors first listed (or gave up
+    # waiting for them): at start-up pods wait for it instead of each reading its own.
+    first_listings_ready: asyncio.Event | None = None
+    # The list-and-watch readers feeding those mirrors (stopped at clean-up).
+    readers: list[podwatch.PodStream] = []
     forbidden_until: dict[str, float] = {}
     # RegistryCheck uid -> (generation, recheck request, monotonic time before which it is
     # not run again) of the last check run here: a status write that failed (RBAC,
