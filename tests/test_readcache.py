@@ -175,3 +175,15 @@ def test_a_mirror_past_its_limit_stops_answering() -> None:
     assert mirror.get("team", "a0") is not None
     mirror.deliver("LISTED", account("team", "a2", "u2", "x"))
     assert len(mirror) == 2 and mirror.get("team", "a0") is None  # readers fall back to GETs
+
+
+def test_a_recreated_object_survives_the_deletion_of_its_predecessor_reported_late() -> None:
+    mirror = Mirror(account_pull_fields)
+    mirror.synced = lambda: True
+    mirror.deliver("LISTED", account("team", "ci", "old", "id-1"))
+    # A re-list after a watch gap: the new object (same name, new uid) is listed first,
+    # then the one no longer listed is reported deleted, by its uid.
+    mirror.deliver("LISTED", account("team", "ci", "new", "id-2"))
+    mirror.deliver("DELETED", {"metadata": {"uid": "old"}})
+    got = mirror.get("team", "ci")
+    assert got is not None and got["metadata"]["annotations"]["azure.workload.identity/client-id"] == "id-2"

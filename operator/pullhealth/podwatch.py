@@ -114,12 +114,18 @@ class PodStream:
         self._relevant = relevant
         self._stop = threading.Event()
         self._listed: set[str | None] = set()
+        self.forbidden = False  # a list or watch was refused (403)
         self.events = 0  # pod events read (for tests and benchmarks)
 
     @property
     def ever_synced(self) -> bool:
         """Every scope was listed at least once (what was delivered is the whole state)."""
         return self._listed >= set(self._scopes)
+
+    @property
+    def settled(self) -> bool:
+        """Listed, or refused by RBAC (then nothing will come: do not wait for it)."""
+        return self.forbidden or self.ever_synced
 
     def start(self) -> None:
         """One daemon thread per scope."""
@@ -146,6 +152,8 @@ class PodStream:
             except _Gone:
                 continue  # list again at once
             except ApiException as exc:
+                if exc.status == 403:
+                    self.forbidden = True
                 if exc.status == 403 and not forbidden_reported:
                     forbidden_reported = True
                     log.error("cannot list/watch %s (RBAC: grant list and watch on %s): %s; %s",

@@ -69,7 +69,7 @@ class Mirror:
     def __init__(self, keep: Callable[[Read], Read], limit: int = MAX_ENTRIES) -> None:
         self._keep = keep
         self._limit = limit
-        self._objects: dict[tuple[str, str], Read] = {}
+        self._objects: dict[tuple[str, str], tuple[str, Read]] = {}  # key -> (uid, kept)
         self._keys: dict[str, tuple[str, str]] = {}  # uid -> key (a re-list reports deletions by uid)
         self._overflow = False
         self.synced: Callable[[], bool] = lambda: False  # set by who feeds it: first list done
@@ -80,21 +80,23 @@ class Mirror:
         uid = str(meta.get("uid") or "")
         if kind == "DELETED":
             key = self._keys.pop(uid, None)
-            if key is not None:
+            held = self._objects.get(key) if key is not None else None
+            if key is not None and held is not None and held[0] == uid:  # not a successor's
                 self._objects.pop(key, None)
             return
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         if key not in self._objects and len(self._objects) >= self._limit:
             self._overflow = True
             return
-        self._objects[key] = self._keep(obj)
+        self._objects[key] = (uid, self._keep(obj))
         self._keys[uid] = key
 
     def get(self, namespace: str, name: str) -> Read:
         """The kept object; None when unknown (not listed yet, absent, or past the limit)."""
         if self._overflow or not self.synced():
             return None
-        return self._objects.get((namespace, name))
+        held = self._objects.get((namespace, name))
+        return held[1] if held is not None else None
 
     def __len__(self) -> int:
         return len(self._objects)

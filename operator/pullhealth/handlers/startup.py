@@ -164,9 +164,9 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     State.pod_memo = podmemo.PodMemo(ttl=OPTIONS.pod_interval)
     listed: list[Callable[[], bool]] = []  # the first listings pods wait for at start-up
     if OPTIONS.pods:
-        nodes, accounts = _mirror_nodes_and_accounts(State.kube.api)
+        nodes, accounts, settled = _mirror_nodes_and_accounts(State.kube.api)
         State.pod_reader = readcache.CachedReader(State.kube, nodes=nodes, accounts=accounts)
-        listed += [nodes.synced, accounts.synced]
+        listed.append(settled)
     else:
         State.pod_reader = readcache.CachedReader(State.kube)
     if OPTIONS.pods and not _globbed():
@@ -187,8 +187,11 @@ def _globbed() -> bool:
     return any(c in ns for ns in OPTIONS.namespaces for c in "*?[!")
 
 
-def _mirror_nodes_and_accounts(api: Any) -> tuple[readcache.Mirror, readcache.Mirror]:
-    """Nodes (labels) and ServiceAccounts (pull fields) from one list-and-watch each."""
+def _mirror_nodes_and_accounts(
+    api: Any,
+) -> tuple[readcache.Mirror, readcache.Mirror, Callable[[], bool]]:
+    """Nodes (labels) and ServiceAccounts (pull fields) from one list-and-watch each; and
+    whether both were listed (or refused: then pods read them with GETs)."""
     nodes = readcache.Mirror(readcache.node_labels)
     accounts = readcache.Mirror(readcache.account_pull_fields)
     without = "it is read with a GET per object instead (cached for seconds)"
@@ -206,7 +209,7 @@ def _mirror_nodes_and_accounts(api: Any) -> tuple[readcache.Mirror, readcache.Mi
         mirror.synced = _synced(stream)
         stream.start()
         State.readers.append(stream)
-    return nodes, accounts
+    return nodes, accounts, lambda: node_stream.settled and account_stream.settled
 
 
 def _synced(stream: podwatch.PodStream) -> Callable[[], bool]:
