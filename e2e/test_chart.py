@@ -11,6 +11,7 @@ from the test world.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -185,17 +186,17 @@ def test_operator_account_can_change_only_its_annotations_on_pods(
     assert (pod.metadata.annotations or {}).get("pullhealth.io/admission-test") == "allowed"
 
 
-def test_missing_verb_is_reported_once_and_not_retried_hot(
-    dev_cluster: Cluster, installed: Installed, world: World, namespace: str, wait_for: Waiter, tmp_path: Path,
-) -> None:
-    """Without patch on registrychecks/status: a clear permission error, no hot loop."""
-    k = dev_cluster.kubectl
+@contextlib.contextmanager
+def limited_account(cluster: Cluster, installed: Installed, tmp_path: Path,
+                    narrow: Callable[[dict[str, Any]], None]) -> Iterator[Path]:
+    """A ServiceAccount bound to a copy of the chart's ClusterRole whose rules ``narrow``
+    edits in place; yields a kubeconfig with its token."""
+    k = cluster.kubectl
     limited = f"{RELEASE}-limited-{uuid.uuid4().hex[:4]}"
     role = json.loads(json.dumps(installed.one("ClusterRole")))
     role["metadata"] = {"name": limited}
     for rule in role["rules"]:
-        if rule["resources"] == ["registrychecks/status"]:
-            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+        narrow(rule)
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": limited},
@@ -205,27 +206,68 @@ def test_missing_verb_is_reported_once_and_not_retried_hot(
     k("-n", installed.namespace, "create", "serviceaccount", limited)
     k("apply", "-f", "-", stdin=dump([role, binding]))
     try:
-        kubeconfig = installed.token_kubeconfig(tmp_path / "limited.kubeconfig", limited)
-        with OperatorProcess(kubeconfig, world, tmp_path / "operator.log") as op:
-            k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml("healthy", {
-                "registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}))
-
-            wait_for(lambda: rbac_denials(op.text()), "a permission error in the operator log", timeout=60)
-            before = len(op.lines())
-            time.sleep(10)
-            grown = len(op.lines()) - before
-            text = op.text()
-        # Clear: the log names the refused request and what to grant, once per check interval.
-        errors = rbac_denials(text)
-        assert errors and all('cannot patch resource \\"registrychecks/status\\"' in line for line in errors), errors[:3]
-        assert all("grant patch on registrychecks/status" in line for line in errors), errors[:3]
-        assert len(errors) == 1, errors
-        # Not hot: a handful of lines in 10 s (one timer tick is 5 s), not hundreds.
-        assert grown <= 20, f"{grown} log lines in 10 s:\n" + "\n".join(text.splitlines()[-30:])
-        assert not status_of(dev_cluster, namespace, "healthy").get("phase")
+        yield installed.token_kubeconfig(tmp_path / "limited.kubeconfig", limited)
     finally:
         k("delete", "clusterrolebinding", limited, "--ignore-not-found", "--wait=false")
         k("delete", "clusterrole", limited, "--ignore-not-found", "--wait=false")
+
+
+def test_missing_verb_is_reported_once_and_not_retried_hot(
+    dev_cluster: Cluster, installed: Installed, world: World, namespace: str, wait_for: Waiter, tmp_path: Path,
+) -> None:
+    """Without patch on registrychecks/status: a clear permission error, no hot loop."""
+    k = dev_cluster.kubectl
+
+    def no_status_patch(rule: dict[str, Any]) -> None:
+        if rule["resources"] == ["registrychecks/status"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+
+    with limited_account(dev_cluster, installed, tmp_path, no_status_patch) as kubeconfig, \
+            OperatorProcess(kubeconfig, world, tmp_path / "operator.log") as op:
+        k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml("healthy", {
+            "registry": world.anon, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}}))
+
+        wait_for(lambda: rbac_denials(op.text()), "a permission error in the operator log", timeout=60)
+        before = len(op.lines())
+        time.sleep(10)
+        grown = len(op.lines()) - before
+        text = op.text()
+    # Clear: the log names the refused request and what to grant, once per check interval.
+    errors = rbac_denials(text)
+    assert errors and all('cannot patch resource \\"registrychecks/status\\"' in line for line in errors), errors[:3]
+    assert all("grant patch on registrychecks/status" in line for line in errors), errors[:3]
+    assert len(errors) == 1, errors
+    # Not hot: a handful of lines in 10 s (one timer tick is 5 s), not hundreds.
+    assert grown <= 20, f"{grown} log lines in 10 s:\n" + "\n".join(text.splitlines()[-30:])
+    assert not status_of(dev_cluster, namespace, "healthy").get("phase")
+
+
+def test_rbac_of_an_older_chart_still_diagnoses_pods(
+    dev_cluster: Cluster, installed: Installed, world: World, namespace: str, wait_for: Waiter, tmp_path: Path,
+) -> None:
+    """Only get on ServiceAccounts and Nodes (the chart before their watches): one ERROR per
+    kind saying what to grant, and failing pods are still diagnosed, reading them by GET."""
+
+    def get_only(rule: dict[str, Any]) -> None:
+        if rule["resources"] in (["serviceaccounts"], ["nodes"]):
+            rule["verbs"] = ["get"]
+
+    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(
+        config_file=str(dev_cluster.kubeconfig)))
+    ensure_node(api)
+    image = f"{world.anon}/team/app:older-rbac"
+    with limited_account(dev_cluster, installed, tmp_path, get_only) as kubeconfig, \
+            OperatorProcess(kubeconfig, world, tmp_path / "operator.log") as op:
+        pod = make_pod(api, namespace, "older-rbac", image, [])
+        fail_pull(api, namespace, pod, image, kubelet_message("tag_not_found", image))
+        got = wait_for(lambda: annotations(api, namespace, "older-rbac").get("pullhealth.io/diagnosis"),
+                       "the pod diagnosed", timeout=60)
+        text = op.text()
+    assert got == "TAG_NOT_FOUND", text[-3000:]
+    for kind in ("serviceaccounts", "nodes"):
+        said = [line for line in text.splitlines() if f"cannot list/watch {kind}" in line]
+        assert len(said) == 1 and f"grant list and watch on {kind}" in said[0], said
+        assert "read with a GET per object instead" in said[0], said
 
 
 def test_helm_install_and_uninstall(dev_cluster: Cluster, tmp_path: Path) -> None:

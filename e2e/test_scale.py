@@ -11,7 +11,7 @@ import kubernetes
 import pytest
 
 from pullhealth.eventwatch import KubeletFailures
-from pullhealth.podwatch import PodStream
+from pullhealth.podwatch import pod_stream
 from support.audit import AuditLog, Request, counted, in_namespace
 from support.kubelet import NODE, ensure_node, fail_pull, kubelet_message, make_pod, recover
 from support.operatorproc import OperatorProcess
@@ -119,7 +119,7 @@ def _pod_stream_scenario(namespace: str, api: Any, wait_for: Any) -> None:
     api.patch_namespaced_pod("annotated", namespace, {"metadata": {"annotations": {
         "pullhealth.io/diagnosis": "TAG_NOT_FOUND"}}})
     got: list[tuple[str, str]] = []
-    stream = PodStream(api.api_client, [namespace], lambda kind, pod: got.append((kind, pod["metadata"]["name"])))
+    stream = pod_stream(api.api_client, [namespace], lambda kind, pod: got.append((kind, pod["metadata"]["name"])))
     stream.start()
     try:
         wait_for(lambda: len(got) >= 2, "the first list")

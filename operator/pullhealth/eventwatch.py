@@ -6,29 +6,23 @@ API server sends only those Events (field selector ``reason=Failed,involvedObjec
 to one watch per watched scope, and the newest few pull messages per pod are kept.
 Bounded: at most ``per_pod`` messages for ``limit`` pods (least recently failed out first).
 
-Until the first list has arrived, or while the watch is down, :meth:`KubeletFailures.messages`
+Read by :class:`pullhealth.listwatch.ListWatch` (plain JSON, one thread per scope). Until
+the first list has arrived, or while the watch is down, :meth:`KubeletFailures.messages`
 says it does not know (None): the caller lists the pod's Events as before.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kubernetes
-from kubernetes.client.exceptions import ApiException
 
-log = logging.getLogger(__name__)
+from pullhealth.listwatch import ListWatch, core_lister
 
 FIELD_SELECTOR = "reason=Failed,involvedObject.kind=Pod"
-WATCH_SECONDS = 300
-REQUEST_TIMEOUT = 30.0
-MAX_BACKOFF = 30.0
 
 
 def _moment(event: Mapping[str, Any]) -> str:
@@ -41,6 +35,12 @@ def _uid(event: Mapping[str, Any]) -> str:
 
 def _involved_uid(event: Mapping[str, Any]) -> str:
     return str((event.get("involvedObject") or {}).get("uid") or "")
+
+
+def about_a_pull(event: Mapping[str, Any]) -> bool:
+    """A pod's Event whose message is about pulling (kubelet's ``Failed`` Events also say
+    ``Error: ...`` for other failures)."""
+    return bool(_involved_uid(event)) and "pull" in str(event.get("message") or "").lower()
 
 
 class KubeletFailures:
@@ -61,40 +61,39 @@ class KubeletFailures:
         per_pod: int = 3,
         limit: int = 10_000,
     ) -> None:
-        self._core = kubernetes.client.CoreV1Api(api)
-        self._scopes: list[str | None] = list(namespaces) or [None]
         self.per_pod = per_pod
         self.limit = limit
         self._lock = threading.Lock()
-        # uid -> [(moment, event uid, message)], newest first.
+        # pod uid -> [(moment, event uid, message)], newest first.
         self._by_pod: OrderedDict[str, list[tuple[str, str, str]]] = OrderedDict()
-        self._synced: dict[str | None, bool] = dict.fromkeys(self._scopes, False)
-        self._stop = threading.Event()
-        self._forbidden = False
-        self._listed: set[str | None] = set()
+        # event uid -> pod uid, for the deletions a re-list reports (by the Event's uid only).
+        self._pod_of: dict[str, str] = {}
+        self._reader = ListWatch(
+            core_lister(api, "events", FIELD_SELECTOR),
+            namespaces,
+            self._event,
+            relevant=about_a_pull,
+            what="events",
+            without="each failing pod's Events are listed instead",
+        )
 
     @property
     def ever_synced(self) -> bool:
-        """Every scope was listed at least once (or the watch is forbidden: it never will)."""
-        with self._lock:
-            return self._forbidden or self._listed >= set(self._scopes)
+        """Every scope was listed at least once (or the watch is forbidden: no use waiting)."""
+        return self._reader.settled
 
     @property
     def synced(self) -> bool:
         """Every scope listed and its watch running."""
-        with self._lock:
-            return not self._forbidden and all(self._synced.values())
+        return self._reader.synced
 
     def start(self) -> None:
         """One daemon thread per scope (they end with the process)."""
-        for scope in self._scopes:
-            threading.Thread(
-                target=self._run, args=(scope,), name=f"kubelet-events-{scope or 'all'}", daemon=True
-            ).start()
+        self._reader.start()
 
     def stop(self) -> None:
         """The watches end at their next event or time-out."""
-        self._stop.set()
+        self._reader.stop()
 
     def messages(self, uid: str) -> list[str] | None:
         """The pod's pull-failure messages, newest first; None when not known (not synced)."""
@@ -107,108 +106,41 @@ class KubeletFailures:
         with self._lock:
             return len(self._by_pod)
 
+    def _event(self, kind: str, event: Mapping[str, Any]) -> None:
+        if kind == "DELETED" or not about_a_pull(event):  # gone, or no longer about a pull
+            self.remove(event)
+        else:
+            self.add(event)
+
     def add(self, event: Mapping[str, Any]) -> None:
         """Record one Event (its JSON)."""
-        key = _involved_uid(event)
-        message = str(event.get("message") or "")
-        if not key or "pull" not in message.lower():
+        if not about_a_pull(event):
             return
-        entry = (_moment(event), _uid(event), message)
+        key = _involved_uid(event)
+        entry = (_moment(event), _uid(event), str(event.get("message") or ""))
         with self._lock:
             kept = [e for e in self._by_pod.pop(key, []) if e[1] != entry[1]]
             kept.append(entry)
             kept.sort(reverse=True)
+            for _, dropped, _ in kept[self.per_pod :]:
+                self._pod_of.pop(dropped, None)
             self._by_pod[key] = kept[: self.per_pod]
+            self._pod_of[entry[1]] = key
             while len(self._by_pod) > self.limit:
-                self._by_pod.popitem(last=False)
+                _, evicted = self._by_pod.popitem(last=False)
+                for _, dropped, _ in evicted:
+                    self._pod_of.pop(dropped, None)
 
     def remove(self, event: Mapping[str, Any]) -> None:
-        """An Event expired or was deleted."""
-        key = _involved_uid(event)
-        if not key:
-            return
+        """An Event expired or was deleted (a re-list names it by its uid only)."""
+        uid = _uid(event)
         with self._lock:
-            kept = [e for e in self._by_pod.get(key, []) if e[1] != _uid(event)]
+            key = _involved_uid(event) or self._pod_of.get(uid, "")
+            self._pod_of.pop(uid, None)
+            if not key:
+                return
+            kept = [e for e in self._by_pod.get(key, []) if e[1] != uid]
             if kept:
                 self._by_pod[key] = kept
             else:
                 self._by_pod.pop(key, None)
-
-    def _list(self, scope: str | None, **kwargs: Any) -> dict[str, Any]:
-        """The Events as plain JSON (no client models: thousands of Events at start-up)."""
-        response: Any = (
-            self._core.list_event_for_all_namespaces(_preload_content=False, **kwargs)
-            if scope is None
-            else self._core.list_namespaced_event(scope, _preload_content=False, **kwargs)
-        )
-        try:
-            listed: dict[str, Any] = json.loads(response.read())
-        finally:
-            response.release_conn()
-        return listed
-
-    def _run(self, scope: str | None) -> None:
-        backoff = 1.0
-        while not self._stop.is_set():
-            try:
-                listed = self._list(scope, field_selector=FIELD_SELECTOR, _request_timeout=REQUEST_TIMEOUT)
-                for event in listed.get("items") or []:
-                    self.add(event)
-                version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-                with self._lock:
-                    self._synced[scope] = True
-                    self._listed.add(scope)
-                backoff = 1.0
-                self._watch(scope, version)
-            except ApiException as exc:
-                if exc.status == 403:
-                    log.warning(
-                        "cannot watch kubelet's Events (RBAC: grant list and watch on events); "
-                        "each failing pod's Events are listed instead"
-                    )
-                    with self._lock:
-                        self._forbidden = True
-                    return
-                if exc.status != 410:  # 410: the version expired, list again at once
-                    self._down(scope, backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
-            except Exception:  # the connection: the API server's outage is reported elsewhere
-                self._down(scope, backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-
-    def _down(self, scope: str | None, delay: float) -> None:
-        with self._lock:
-            self._synced[scope] = False
-        self._stop.wait(delay)
-
-    def _watch(self, scope: str | None, version: str) -> None:
-        while not self._stop.is_set():
-            watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-            kwargs: dict[str, Any] = {
-                "field_selector": FIELD_SELECTOR,
-                "resource_version": version,
-                "timeout_seconds": WATCH_SECONDS,
-                "_request_timeout": WATCH_SECONDS + REQUEST_TIMEOUT,
-            }
-            func = (
-                self._core.list_event_for_all_namespaces
-                if scope is None
-                else self._core.list_namespaced_event
-            )
-            args = () if scope is None else (scope,)
-            started = time.monotonic()
-            for item in watch.stream(func, *args, **kwargs):  # type: ignore[no-untyped-call]
-                kind, event = item["type"], item.get("raw_object")  # the Event's JSON
-                if kind == "ERROR":
-                    raise ApiException(status=int((event or {}).get("code") or 500))
-                if not isinstance(event, Mapping):
-                    continue
-                if kind == "DELETED":
-                    self.remove(event)
-                elif kind in ("ADDED", "MODIFIED"):
-                    self.add(event)
-                version = str((event.get("metadata") or {}).get("resourceVersion") or version)
-                if self._stop.is_set():
-                    watch.stop()  # type: ignore[no-untyped-call]
-            if time.monotonic() - started < 1.0:
-                time.sleep(1.0)  # a watch that ends at once: not a busy loop

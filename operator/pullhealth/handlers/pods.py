@@ -19,7 +19,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from pullhealth import kube, metrics, nodeevidence, podcheck, podwatch
+from pullhealth import kube, listwatch, metrics, nodeevidence, podcheck, podwatch
 from pullhealth.diagnose import vantage_layer
 from pullhealth.handlers import startup
 from pullhealth.handlers.schedule import Logger
@@ -35,7 +35,7 @@ MAX_DEFERRED = 50000  # relevant pods held by an outranked replica
 
 
 class _Pods:
-    stream: podwatch.PodStream | None = None
+    stream: listwatch.ListWatch | None = None
     per_pod: podwatch.PerPod | None = None
     settings: kopf.OperatorSettings | None = None
     deferred: dict[str, tuple[str, Mapping[str, Any]]] = {}
@@ -52,7 +52,7 @@ async def start_pod_stream(settings: kopf.OperatorSettings, logger: kopf.Logger,
     _Pods.per_pod = podwatch.PerPod(_handle, loop)
     patterns = startup.OPTIONS.namespaces
     globbed = any(c in ns for ns in patterns for c in "*?[!")
-    _Pods.stream = podwatch.PodStream(
+    _Pods.stream = podwatch.pod_stream(
         State.kube.api,
         () if globbed else patterns,
         _Pods.per_pod.deliver,
@@ -77,7 +77,7 @@ async def stop_pod_stream(**_: Any) -> None:
 
 def _failing_in(patterns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], bool]:
     """With namespace globs (``--namespace 'team-*'``): one cluster-wide stream, filtered here."""
-    matches = podwatch.in_namespaces(patterns)
+    matches = listwatch.in_namespaces(patterns)
     return lambda pod: matches(pod) and podcheck.is_relevant(pod)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from pullhealth import peering, podwatch
+from pullhealth import listwatch, peering
 from pullhealth.handlers import startup
 from pullhealth.handlers.state import State, client_wired
 
@@ -58,7 +58,7 @@ class PeeringView:
         return None
 
 
-def peering_lister(api: kubernetes.client.ApiClient, name: str, clusterwide: bool) -> podwatch.Lister:
+def peering_lister(api: kubernetes.client.ApiClient, name: str, clusterwide: bool) -> listwatch.Lister:
     """Lists or watches the peering objects called ``name`` (in one namespace or all)."""
     custom = kubernetes.client.CustomObjectsApi(api)
     selector = f"metadata.name={name}"
@@ -76,7 +76,7 @@ def peering_lister(api: kubernetes.client.ApiClient, name: str, clusterwide: boo
 
 class _Watched:
     view: PeeringView | None = None
-    stream: podwatch.PodStream | None = None
+    stream: listwatch.ListWatch | None = None
 
 
 @kopf.on.startup()
@@ -88,12 +88,11 @@ async def watch_peering(**_: Any) -> None:
     patterns = startup.OPTIONS.namespaces
     globbed = any(c in ns for ns in patterns for c in "*?[!")
     view = PeeringView(clusterwide)
-    _Watched.stream = podwatch.PodStream(
-        State.kube.api,
+    _Watched.stream = listwatch.ListWatch(
+        peering_lister(State.kube.api, name, clusterwide),
         () if clusterwide or globbed else patterns,
         view.deliver,
-        relevant=podwatch.in_namespaces(patterns) if globbed and not clusterwide else lambda _obj: True,
-        lister=peering_lister(State.kube.api, name, clusterwide),
+        relevant=listwatch.in_namespaces(patterns) if globbed and not clusterwide else lambda _obj: True,
         what="clusterkopfpeerings" if clusterwide else "kopfpeerings",
         without="the peering object is read every 2 s instead",
     )

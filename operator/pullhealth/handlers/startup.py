@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from pullhealth import diagnose, eventwatch, kube, metrics, podcheck, podmemo, podwatch, readcache, reconnect
+from pullhealth import diagnose, eventwatch, kube, listwatch, metrics, podcheck, podmemo, readcache, reconnect
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
 from pullhealth.handlers.state import State
@@ -195,15 +195,17 @@ def _mirror_nodes_and_accounts(
     nodes = readcache.Mirror(readcache.node_labels)
     accounts = readcache.Mirror(readcache.account_pull_fields)
     without = "it is read with a GET per object instead (cached for seconds)"
-    node_stream = podwatch.PodStream(
-        api, (), nodes.deliver, relevant=lambda _node: True,
-        lister=podwatch.core_lister(api, "nodes"), what="nodes", without=without,
+    node_stream = listwatch.ListWatch(
+        listwatch.core_lister(api, "nodes"), (), nodes.deliver, what="nodes", without=without
     )
     globbed = _globbed()
-    account_stream = podwatch.PodStream(
-        api, () if globbed else OPTIONS.namespaces, accounts.deliver,
-        relevant=podwatch.in_namespaces(OPTIONS.namespaces) if globbed else lambda _account: True,
-        lister=podwatch.core_lister(api, "serviceaccounts"), what="serviceaccounts", without=without,
+    account_stream = listwatch.ListWatch(
+        listwatch.core_lister(api, "serviceaccounts"),
+        () if globbed else OPTIONS.namespaces,
+        accounts.deliver,
+        relevant=listwatch.in_namespaces(OPTIONS.namespaces) if globbed else lambda _account: True,
+        what="serviceaccounts",
+        without=without,
     )
     for mirror, stream in ((nodes, node_stream), (accounts, account_stream)):
         mirror.synced = _synced(stream)
@@ -212,7 +214,7 @@ def _mirror_nodes_and_accounts(
     return nodes, accounts, lambda: node_stream.settled and account_stream.settled
 
 
-def _synced(stream: podwatch.PodStream) -> Callable[[], bool]:
+def _synced(stream: listwatch.ListWatch) -> Callable[[], bool]:
     return lambda: stream.ever_synced
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pullhealth import events, eventwatch, podcheck, podmemo, podwatch, readcache
+from pullhealth import events, eventwatch, listwatch, podcheck, podmemo, readcache
 from pullhealth import kube as kubeapi
 from pullhealth.cluster import Environment
 from pullhealth.coalesce import SingleFlight
@@ -35,7 +35,7 @@ class State:
     # waiting for them): at start-up pods wait for it instead of each reading its own.
     first_listings_ready: asyncio.Event | None = None
     # The list-and-watch readers feeding those mirrors (stopped at clean-up).
-    readers: list[podwatch.PodStream] = []
+    readers: list[listwatch.ListWatch] = []
     forbidden_until: dict[str, float] = {}
     # RegistryCheck uid -> (generation, recheck request, monotonic time before which it is
     # not run again) of the last check run here: a status write that failed (RBAC,
