@@ -100,28 +100,28 @@ class _Caller:
         await self._call(_discarding(fn), *args, **kwargs)
 
 
-def _as_json(fn: Any) -> Any:
-    """``fn``'s answer as plain JSON (no model objects, no sanitize round trip)."""
+def _raw(fn: Any, parse: Any) -> Any:
+    """``fn`` called for its raw answer, which ``parse`` turns into the result (no model
+    objects, no sanitize round trip); the connection goes back to the pool either way."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
         response = fn(*args, _preload_content=False, **kwargs)
         try:
-            return json.loads(response.read())
+            return parse(response.read())
         finally:
             response.release_conn()
 
     return call
+
+
+def _as_json(fn: Any) -> Any:
+    """``fn``'s answer as plain JSON."""
+    return _raw(fn, json.loads)
 
 
 def _discarding(fn: Any) -> Any:
-    def call(*args: Any, **kwargs: Any) -> None:
-        response = fn(*args, _preload_content=False, **kwargs)
-        try:
-            response.read()
-        finally:
-            response.release_conn()
-
-    return call
+    """``fn``'s answer read and dropped."""
+    return _raw(fn, lambda _body: None)
 
 
 def report_outages_to(tracker: OutageTracker | None) -> None:
