@@ -328,3 +328,32 @@ def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
     with TinyProxy([port], basic_auth=("proxyuser", "proxy-s3cret")) as authenticating:
         wants = diagnose(authenticating.address, "Proxy Authentication Required")
         assert wants.code is Code.PROXY_ERROR and "demands proxy credentials" in wants.summary
+
+
+def test_namespace_globs_scope_every_reader(
+    dev_cluster: Any, operator: Any, world: World, namespace: str, api: Any, wait_for: Any, tmp_path: Path
+) -> None:
+    """``--namespace 'prefix-*'`` (kopf's glob syntax): pods, ServiceAccounts and Events are
+    read cluster-wide and filtered by namespace; a pod outside the glob is left alone."""
+    from support.operatorproc import OperatorProcess
+
+    prefix = f"glob-{namespace[-6:]}"
+    inside = f"{prefix}-a"
+    dev_cluster.kubectl("create", "namespace", inside)
+    scoped = OperatorProcess(dev_cluster.kubeconfig, world, tmp_path / "glob.log", ["--namespace", f"{prefix}-*"])
+    operator.stop()  # the all-namespaces operator would annotate both pods
+    try:
+        scoped.start()
+        image = f"{world.anon}/team/app:glob-missing"
+        for ns in (inside, namespace):
+            fail_pull(api, ns, make_pod(api, ns, "app", image), image, kubelet_message("tag_not_found", image))
+        got = wait_for(lambda: annotations(api, inside, "app").get("pullhealth.io/diagnosis"),
+                       "the pod inside the glob diagnosed", timeout=60)
+        assert got == "TAG_NOT_FOUND", scoped.text()[-3000:]
+        time.sleep(2)
+        assert "pullhealth.io/diagnosis" not in annotations(api, namespace, "app")
+        assert "cannot list/watch" not in scoped.text()
+    finally:
+        scoped.stop()
+        operator.start()
+        dev_cluster.kubectl("delete", "namespace", inside, "--wait=false", "--ignore-not-found")

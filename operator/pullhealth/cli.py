@@ -116,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the operator (RegistryChecks)")
     scope = run.add_mutually_exclusive_group()
     scope.add_argument(
-        "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)"
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable; a glob such as 'team-*' matches names)",
     )
     scope.add_argument(
         "--all-namespaces",

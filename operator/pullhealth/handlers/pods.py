@@ -50,13 +50,12 @@ async def start_pod_stream(settings: kopf.OperatorSettings, logger: kopf.Logger,
     _Pods.settings = settings
     loop = asyncio.get_running_loop()
     _Pods.per_pod = podwatch.PerPod(_handle, loop)
-    patterns = startup.OPTIONS.namespaces
-    globbed = any(c in ns for ns in patterns for c in "*?[!")
+    scopes, in_scope = startup.read_scopes()
     _Pods.stream = podwatch.pod_stream(
         State.kube.api,
-        () if globbed else patterns,
+        scopes,
         _Pods.per_pod.deliver,
-        relevant=_failing_in(patterns) if globbed else podcheck.is_relevant,
+        relevant=podcheck.is_relevant if in_scope is None else _failing_in(in_scope),
     )
     _Pods.stream.start()
     _Pods.flusher = asyncio.create_task(_flush_deferred())
@@ -75,10 +74,9 @@ async def stop_pod_stream(**_: Any) -> None:
         await _Pods.per_pod.stop()
 
 
-def _failing_in(patterns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], bool]:
+def _failing_in(in_scope: Callable[[Mapping[str, Any]], bool]) -> Callable[[Mapping[str, Any]], bool]:
     """With namespace globs (``--namespace 'team-*'``): one cluster-wide stream, filtered here."""
-    matches = listwatch.in_namespaces(patterns)
-    return lambda pod: matches(pod) and podcheck.is_relevant(pod)
+    return lambda pod: in_scope(pod) and podcheck.is_relevant(pod)
 
 
 async def _handle(kind: str, body: Mapping[str, Any]) -> None:

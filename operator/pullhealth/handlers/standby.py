@@ -85,14 +85,13 @@ async def watch_peering(**_: Any) -> None:
     if not await client_wired() or State.peering is None or State.kube is None:
         return
     name, clusterwide, _priority = State.peering
-    patterns = startup.OPTIONS.namespaces
-    globbed = any(c in ns for ns in patterns for c in "*?[!")
+    scopes, in_scope = ((), None) if clusterwide else startup.read_scopes()
     view = PeeringView(clusterwide)
     _Watched.stream = listwatch.ListWatch(
         peering_lister(State.kube.api, name, clusterwide),
-        () if clusterwide or globbed else patterns,
+        scopes,
         view.deliver,
-        relevant=listwatch.in_namespaces(patterns) if globbed and not clusterwide else lambda _obj: True,
+        relevant=in_scope or (lambda _obj: True),
         what="clusterkopfpeerings" if clusterwide else "kopfpeerings",
         without="the peering object is read every 2 s instead",
     )

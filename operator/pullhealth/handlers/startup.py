@@ -169,7 +169,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         listed.append(settled)
     else:
         State.pod_reader = readcache.CachedReader(State.kube)
-    if OPTIONS.pods and not _globbed():
+    if OPTIONS.pods and read_scopes()[1] is None:
         State.kubelet_failures = eventwatch.KubeletFailures(State.kube.api, OPTIONS.namespaces)
         State.kubelet_failures.start()
         failures = State.kubelet_failures
@@ -183,8 +183,13 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         logger.info("metrics on %s:%d/metrics", OPTIONS.metrics_bind_address, OPTIONS.metrics_port)
 
 
-def _globbed() -> bool:
-    return any(c in ns for ns in OPTIONS.namespaces for c in "*?[!")
+def read_scopes() -> tuple[tuple[str, ...], Callable[[listwatch.Obj], bool] | None]:
+    """Where the operator's own readers list and watch namespaced kinds: the watched
+    namespaces, or all of them (empty) with a filter when ``--namespace`` has globs."""
+    patterns = OPTIONS.namespaces
+    if any(c in ns for ns in patterns for c in "*?[!"):
+        return (), listwatch.in_namespaces(patterns)
+    return patterns, None
 
 
 def _mirror_nodes_and_accounts(
@@ -198,12 +203,12 @@ def _mirror_nodes_and_accounts(
     node_stream = listwatch.ListWatch(
         listwatch.core_lister(api, "nodes"), (), nodes.deliver, what="nodes", without=without
     )
-    globbed = _globbed()
+    scopes, in_scope = read_scopes()
     account_stream = listwatch.ListWatch(
         listwatch.core_lister(api, "serviceaccounts"),
-        () if globbed else OPTIONS.namespaces,
+        scopes,
         accounts.deliver,
-        relevant=listwatch.in_namespaces(OPTIONS.namespaces) if globbed else lambda _account: True,
+        relevant=in_scope or (lambda _account: True),
         what="serviceaccounts",
         without=without,
     )
