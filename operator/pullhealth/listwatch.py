@@ -116,7 +116,7 @@ class ListWatch:
         self._stop = threading.Event()
         self._listed: set[str | None] = set()
         self._up: set[str | None] = set()
-        self.forbidden = False  # a list or watch was refused (403)
+        self.forbidden = False  # the last list or watch was refused (403)
         self.events = 0  # events read (for tests and benchmarks)
 
     @property
@@ -154,6 +154,7 @@ class ListWatch:
                 version = self._list(scope, known)
                 self._listed.add(scope)
                 self._up.add(scope)
+                self.forbidden = False  # granted since
                 backoff = 1.0
                 while not self._stop.is_set():
                     started = time.monotonic()
