@@ -116,7 +116,7 @@ class ListWatch:
         self._stop = threading.Event()
         self._listed: set[str | None] = set()
         self._up: set[str | None] = set()
-        self.forbidden = False  # the last list or watch was refused (403)
+        self._refused: set[str | None] = set()  # scopes whose last list or watch got 403
         self.events = 0  # events read (for tests and benchmarks)
 
     @property
@@ -130,9 +130,14 @@ class ListWatch:
         return self._up >= set(self._scopes)
 
     @property
+    def forbidden(self) -> bool:
+        """A scope's list or watch was refused (RBAC), and not granted since."""
+        return bool(self._refused)
+
+    @property
     def settled(self) -> bool:
-        """Listed, or refused by RBAC (then nothing will come: do not wait for it)."""
-        return self.forbidden or self.ever_synced
+        """Every scope listed, or refused by RBAC (nothing will come: do not wait for it)."""
+        return (self._listed | self._refused) >= set(self._scopes)
 
     def start(self) -> None:
         """One daemon thread per scope."""
@@ -154,7 +159,7 @@ class ListWatch:
                 version = self._list(scope, known)
                 self._listed.add(scope)
                 self._up.add(scope)
-                self.forbidden = False  # granted since
+                self._refused.discard(scope)  # granted since
                 backoff = 1.0
                 while not self._stop.is_set():
                     started = time.monotonic()
@@ -167,7 +172,7 @@ class ListWatch:
             except ApiException as exc:
                 self._up.discard(scope)
                 if exc.status == 403:
-                    self.forbidden = True
+                    self._refused.add(scope)
                 if exc.status == 403 and not forbidden_reported:
                     forbidden_reported = True
                     log.error("cannot list/watch %s (RBAC: grant list and watch on %s): %s; %s",
