@@ -130,11 +130,6 @@ class ListWatch:
         return self._up >= set(self._scopes)
 
     @property
-    def forbidden(self) -> bool:
-        """A scope's list or watch was refused (RBAC), and not granted since."""
-        return bool(self._refused)
-
-    @property
     def settled(self) -> bool:
         """Every scope listed, or refused by RBAC (nothing will come: do not wait for it)."""
         return (self._listed | self._refused) >= set(self._scopes)
