@@ -20,17 +20,13 @@ from typing import Any
 
 import kubernetes
 
-from pullhealth.listwatch import ListWatch, core_lister
+from pullhealth.listwatch import ListWatch, core_lister, uid_of
 
 FIELD_SELECTOR = "reason=Failed,involvedObject.kind=Pod"
 
 
 def _moment(event: Mapping[str, Any]) -> str:
     return str(event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or "")
-
-
-def _uid(event: Mapping[str, Any]) -> str:
-    return str((event.get("metadata") or {}).get("uid") or "")
 
 
 def _involved_uid(event: Mapping[str, Any]) -> str:
@@ -117,7 +113,7 @@ class KubeletFailures:
         if not about_a_pull(event):
             return
         key = _involved_uid(event)
-        entry = (_moment(event), _uid(event), str(event.get("message") or ""))
+        entry = (_moment(event), uid_of(event), str(event.get("message") or ""))
         with self._lock:
             kept = [e for e in self._by_pod.pop(key, []) if e[1] != entry[1]]
             kept.append(entry)
@@ -133,7 +129,7 @@ class KubeletFailures:
 
     def remove(self, event: Mapping[str, Any]) -> None:
         """An Event expired or was deleted (a re-list names it by its uid only)."""
-        uid = _uid(event)
+        uid = uid_of(event)
         with self._lock:
             key = _involved_uid(event) or self._pod_of.get(uid, "")
             self._pod_of.pop(uid, None)

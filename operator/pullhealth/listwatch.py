@@ -51,7 +51,8 @@ CORE_LISTS = {
 }
 
 
-def _uid(obj: Obj) -> str:
+def uid_of(obj: Obj) -> str:
+    """An object's uid ("" when it has none)."""
     return str((obj.get("metadata") or {}).get("uid") or "")
 
 
@@ -198,7 +199,7 @@ class ListWatch:
                 # A list's items do not repeat these: "PodList" -> "Pod".
                 obj.setdefault("apiVersion", page.get("apiVersion"))
                 obj.setdefault("kind", str(page.get("kind") or "").removesuffix("List"))
-                uid = _uid(obj)
+                uid = uid_of(obj)
                 if uid and (self._relevant(obj) or uid in known):
                     seen.add(uid)
                     self._deliver("LISTED", obj)
@@ -236,7 +237,7 @@ class ListWatch:
                 if kind == "BOOKMARK":
                     continue
                 self.events += 1
-                uid = _uid(obj)
+                uid = uid_of(obj)
                 if not uid:
                     continue
                 if kind == "DELETED":

@@ -19,15 +19,11 @@ from typing import Any
 import kubernetes
 
 from pullhealth import podcheck
-from pullhealth.listwatch import Deliver, ListWatch, core_lister
+from pullhealth.listwatch import Deliver, ListWatch, core_lister, uid_of
 
 log = logging.getLogger(__name__)
 
 Pod = Mapping[str, Any]
-
-
-def _uid(pod: Pod) -> str:
-    return str((pod.get("metadata") or {}).get("uid") or "")
 
 
 def pod_stream(
@@ -72,7 +68,7 @@ class PerPod:
         self._put(kind, pod)
 
     def _put(self, kind: str, pod: Pod) -> None:
-        uid = _uid(pod)
+        uid = uid_of(pod)
         self._latest[uid] = (kind, pod)
         if uid not in self._running:
             self._running[uid] = self._loop.create_task(self._run(uid), name=f"pullhealth pod {uid}")

@@ -2,7 +2,7 @@
 
 kopf pauses its own watches on a replica that is outranked; the RegistryCheck loops and the
 pod stream are our own tasks, so they ask here before acting. The peering objects are
-watched (one list-and-watch per scope, :mod:`pullhealth.podwatch`): a newer replica's first
+watched (one list-and-watch per scope, :mod:`pullhealth.listwatch`): a newer replica's first
 keep-alive is seen within the watch's latency, and every answer is judged at the moment it
 is asked (a peer whose keep-alive ran out no longer counts), without an API request. Until
 the first list arrived (the first second of start-up), the peering object is read, at most
