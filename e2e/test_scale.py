@@ -77,11 +77,11 @@ def test_backoff_churn_costs_no_api_request(operator: Any, world: World, namespa
 
 def test_kubelet_failures_come_from_one_watch(dev_cluster: Any, namespace: str, api: Any, wait_for: Any) -> None:
     watch = KubeletFailures(api.api_client, [namespace])
-    assert not watch.ever_synced
+    assert not watch.settled
     watch.start()
     try:
         wait_for(lambda: watch.synced, "the first list")
-        assert watch.ever_synced
+        assert watch.settled
         assert watch.messages("no-such-uid") == []
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -74,8 +74,8 @@ class KubeletFailures:
         )
 
     @property
-    def ever_synced(self) -> bool:
-        """Every scope was listed at least once (or the watch is forbidden: no use waiting)."""
+    def settled(self) -> bool:
+        """Every scope listed at least once, or refused by RBAC (no use waiting for it)."""
         return self._reader.settled
 
     @property

@@ -173,7 +173,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         State.kubelet_failures = eventwatch.KubeletFailures(State.kube.api, OPTIONS.namespaces)
         State.kubelet_failures.start()
         failures = State.kubelet_failures
-        listed.append(lambda: failures.ever_synced)
+        listed.append(lambda: failures.settled)
     if listed:
         ready = State.first_listings_ready = asyncio.Event()
         State.background.add(asyncio.create_task(_first_listings(listed, ready)))
