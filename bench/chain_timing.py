@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
 
-from pullhealth.credentials import Credential, CredentialKind  # noqa: E402
-from pullhealth.engine import ChainOptions, Target, run_chain  # noqa: E402
-from pullhealth.reference import parse_target  # noqa: E402
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain  # noqa: E402
+from pullhealth.domain.credentials import Credential, CredentialKind  # noqa: E402
+from pullhealth.domain.reference import parse_target  # noqa: E402
 from support import guard  # noqa: E402
 from support.world import TEST_DESTINATIONS, start_world  # noqa: E402
 

@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
 
 import yaml  # noqa: E402
 
-from pullhealth import devcluster  # noqa: E402
+from pullhealth_dev import cluster as devcluster  # noqa: E402
 from support import guard  # noqa: E402
 from support.objects import regcheck_yaml  # noqa: E402
 from support.operatorproc import OperatorProcess  # noqa: E402

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pullhealth import podcheck
+from pullhealth.pods import podcheck
 from scale import NODE, Proc, bench_cluster
 from support.kubelet import kubelet_message
 from support.operatorproc import OperatorProcess

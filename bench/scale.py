@@ -49,7 +49,7 @@ sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
 
 import kubernetes  # noqa: E402
 
-from pullhealth import devcluster  # noqa: E402
+from pullhealth_dev import cluster as devcluster  # noqa: E402
 from support import guard  # noqa: E402
 from support.kubelet import kubelet_message  # noqa: E402
 from support.operatorproc import OperatorProcess  # noqa: E402

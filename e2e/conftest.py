@@ -2,7 +2,7 @@
 
 By default a session-wide local control plane (etcd, kube-apiserver,
 kube-controller-manager from ``hack/build-k8s.sh``) is started with
-:mod:`pullhealth.devcluster`. ``pytest e2e --kubeconfig PATH`` uses an existing
+:mod:`pullhealth_dev.cluster`. ``pytest e2e --kubeconfig PATH`` uses an existing
 cluster instead. Without binaries the e2e tests are skipped, unless
 ``PULLHEALTH_REQUIRE_E2E`` is set (CI), in which case they fail.
 """
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from pullhealth import devcluster
+from pullhealth_dev import cluster as devcluster
 from support import guard
 from support.operatorproc import OperatorProcess
 from support.world import World, start_world

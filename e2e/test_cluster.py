@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pullhealth import devcluster
+from pullhealth_dev import cluster as devcluster
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -112,7 +112,7 @@ def test_up_down_leave_no_process(tmp_path: Path, request: pytest.FixtureRequest
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "pullhealth.devcluster", "--state-dir", str(tmp_path), *args],
+            [sys.executable, "-m", "pullhealth_dev", "cluster", "--state-dir", str(tmp_path), *args],
             capture_output=True,
             text=True,
             timeout=180,

@@ -19,7 +19,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
 from support.kubelet import (
     annotations,
     docker_secret,
@@ -292,13 +292,13 @@ def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
     # alone reads as a registry 403; the probe through the proxy finds the proxy.
     import asyncio
 
-    from pullhealth.cluster import Environment
-    from pullhealth.coalesce import SingleFlight
-    from pullhealth.kube import KubeReader
-    from pullhealth.model import Diagnosis
-    from pullhealth.podcheck import PodSettings, diagnose_pod
+    from pullhealth.chain.pullsources import Environment
+    from pullhealth.chain.singleflight import SingleFlight
+    from pullhealth.chain.trust import TrustPolicy
+    from pullhealth.domain.model import Diagnosis
+    from pullhealth.kube.kubeapi import KubeReader
+    from pullhealth.pods.podcheck import PodSettings, diagnose_pod
     from pullhealth.probes.proxy import parse_proxy
-    from pullhealth.trust import TrustPolicy
     from support.kubelet import NODE
     from support.proxy import TinyProxy
     from support.world import TEST_DESTINATIONS

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pullhealth.codes import reason as camel_reason
+from pullhealth.domain.codes import reason as camel_reason
 from support.objects import docker_secret_yaml, regcheck_yaml
 from support.world import World
 

@@ -10,8 +10,8 @@ from typing import Any
 import kubernetes
 import pytest
 
-from pullhealth.eventwatch import KubeletFailures
-from pullhealth.podwatch import pod_stream
+from pullhealth.pods.kubeletevents import KubeletFailures
+from pullhealth.pods.podstream import pod_stream
 from support.audit import AuditLog, Request, counted, in_namespace
 from support.kubelet import NODE, ensure_node, fail_pull, kubelet_message, make_pod, recover
 from support.operatorproc import OperatorProcess

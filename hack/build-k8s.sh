@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the local control plane used by e2e tests and `pullhealth dev-cluster`:
+# Build the local control plane used by e2e tests and `pullhealth-dev cluster`:
 # kube-apiserver and kube-controller-manager from k8s.io/kubernetes, and etcd from
 # go.etcd.io/etcd/server/v3, at the versions pinned in hack/k8s/versions.env.
 #

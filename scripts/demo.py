@@ -29,7 +29,7 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
 
-from pullhealth import devcluster  # noqa: E402
+from pullhealth_dev import cluster as devcluster  # noqa: E402
 from support import guard  # noqa: E402
 from support.operatorproc import free_port  # noqa: E402
 from support.world import TEST_ALLOW_CIDR, World, start_world  # noqa: E402

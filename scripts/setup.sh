@@ -85,11 +85,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pullhealth, pytest, trustme" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "setup: installing pullhealth[dev] into .venv"
+if ! .venv/bin/python -c "import pullhealth, pullhealth_dev, pytest, trustme" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ] || [ dev/pyproject.toml -nt .venv/.installed ]; then
+  echo "setup: installing pullhealth[dev] and pullhealth-dev (dev/) into .venv"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q -e '.[dev]' -e ./dev
   touch .venv/.installed
 fi
 go_dir="$(ensure_go)"

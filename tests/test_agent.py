@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from pullhealth import agent
-from pullhealth.codes import Code
-from pullhealth.nodeevidence import REASON, REPORTING_CONTROLLER, parse_note
+from pullhealth.agent import nodeagent
+from pullhealth.agent.nodereport import REASON, REPORTING_CONTROLLER, parse_note
+from pullhealth.domain.codes import Code
 from pullhealth.probes.destinations import build_policy
 from support.world import World
 
 LOOPBACK = build_policy(allow=["127.0.0.0/8"])
 
 
-def settings(world: World, certs: Path, **kw: Any) -> agent.AgentSettings:
-    return agent.AgentSettings(
+def settings(world: World, certs: Path, **kw: Any) -> nodeagent.AgentSettings:
+    return nodeagent.AgentSettings(
         node="node-a", nameserver=world.nameserver, certs_dir=str(certs), timeout=5.0,
         destinations=kw.pop("destinations", LOOPBACK), **kw,
     )
@@ -31,7 +31,7 @@ def hosts(certs: Path, registry: str, text: str) -> None:
 
 
 def check(world: World, certs: Path, registry: str, **kw: Any) -> Any:
-    return asyncio.run(agent.check_registry(registry, settings(world, certs, **kw), agent.CaBundles(str(certs))))
+    return asyncio.run(nodeagent.check_registry(registry, settings(world, certs, **kw), nodeagent.CaBundles(str(certs))))
 
 
 def test_server_with_the_hosts_toml_ca_is_reached(world: World, tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_default_policy_refuses_the_nodes_loopback(world: World, tmp_path: Path)
 
 def test_one_check_per_registry_per_interval_and_one_event_per_result(world: World, tmp_path: Path) -> None:
     hosts(tmp_path, world.anon, f'ca = "{world.ca_bundle}"\n')
-    node = agent.Agent(settings(world, tmp_path, interval=60.0))
+    node = nodeagent.Agent(settings(world, tmp_path, interval=60.0))
 
     def pod(name: str) -> dict[str, Any]:
         image = f"{world.anon}/team/app:v1"
@@ -106,7 +106,7 @@ def test_one_check_per_registry_per_interval_and_one_event_per_result(world: Wor
     report = parse_note(body["note"])
     assert report is not None and report.code is Code.OK and report.node == "node-a"
     # Deterministic: the same result for the same pod has the same name (posted once).
-    again = agent.event_for(pod("p0"), agent.work_for(pod("p0"), "node-a").containers[0][0], report)  # type: ignore[union-attr]
+    again = nodeagent.event_for(pod("p0"), nodeagent.work_for(pod("p0"), "node-a").containers[0][0], report)  # type: ignore[union-attr]
     assert again.name == first.name
     # Pods of another node are not this agent's.
     assert asyncio.run(node.events_for({**pod("x"), "spec": {**pod("x")["spec"], "nodeName": "node-b"}})) == []

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from pullhealth.codes import Code
-from pullhealth.credentials import Credential, CredentialKind
-from pullhealth.engine import ChainOptions, Target, run_chain
-from pullhealth.model import Diagnosis, StepStatus
-from pullhealth.reference import parse_target
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.domain.codes import Code
+from pullhealth.domain.credentials import Credential, CredentialKind
+from pullhealth.domain.model import Diagnosis, StepStatus
+from pullhealth.domain.reference import parse_target
 from support.world import TEST_DESTINATIONS
 
 
@@ -317,7 +317,7 @@ async def test_credentials_never_appear_in_results(world: Any) -> None:
 
 
 async def test_each_matching_credential_is_tried_like_kubelet(world: Any) -> None:
-    from pullhealth.engine import check_credentials
+    from pullhealth.chain.probechain import check_credentials
 
     registry, image = parse_target(f"{world.acr}/team/app:v1")
     stale = _basic((world.acr_puller[0], "stale"))

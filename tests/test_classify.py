@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pullhealth.classify import classify, reached
-from pullhealth.codes import Code
-from pullhealth.diagnose import Layer
+from pullhealth.domain.classify import classify, reached
+from pullhealth.domain.codes import Code
+from pullhealth.domain.diagnose import Layer
 
 DATA = Path(__file__).parent / "data"
 REF = "myacr.azurecr.io/team/app:v1"

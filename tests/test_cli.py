@@ -177,12 +177,18 @@ def test_version_and_one_code() -> None:
 
 
 def test_dev_cluster_help_and_option_order(tmp_path: Path) -> None:
-    proc = run("dev-cluster", "--help")
+    def dev(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pullhealth_dev", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    proc = dev("cluster", "--help")
     assert proc.returncode == 0 and "--state-dir" in proc.stdout
     # The order its usage shows: options first, then the command.
-    proc = run("dev-cluster", "--state-dir", str(tmp_path / "state"), "status")
+    proc = dev("cluster", "--state-dir", str(tmp_path / "state"), "status")
     assert "unrecognized" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert "dev-cluster" in run("--help").stdout
+    assert dev("--help").stdout.startswith("usage: pullhealth-dev cluster")
+    # The dev world is not part of the runtime command (nor of its wheel).
+    assert "dev-cluster" not in run("--help").stdout
 
 
 def test_healthy_summary_says_what_was_proven(world: Any) -> None:

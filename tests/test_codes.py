@@ -1,7 +1,7 @@
 """The code catalog is complete, renders without raising and names the exact codes."""
 
-from pullhealth import codes
-from pullhealth.codes import CATALOG, Code
+from pullhealth.domain import codes
+from pullhealth.domain.codes import CATALOG, Code
 
 EXPECTED = """
 OK DNS_NXDOMAIN DNS_TIMEOUT PRIVATE_ENDPOINT_DNS CONNECT_REFUSED CONNECT_TIMEOUT PROXY_ERROR
@@ -49,7 +49,7 @@ def test_check_health_errors_are_named_where_they_exist() -> None:
 def test_docs_codes_md_is_generated_from_the_catalog() -> None:
     from pathlib import Path
 
-    from pullhealth.docgen import codes_markdown
+    from pullhealth.domain.codedocs import codes_markdown
 
     path = Path(__file__).resolve().parents[1] / "docs" / "codes.md"
     assert path.read_text() == codes_markdown(), "regenerate: pullhealth codes > docs/codes.md"

@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from pullhealth.codes import Code
-from pullhealth.credentials import (
+from pullhealth.domain.codes import Code
+from pullhealth.domain.credentials import (
     CredentialKind,
     SecretProblem,
     lookup,
     parse_docker_config,
     parse_pull_secret,
 )
-from pullhealth.reference import parse
+from pullhealth.domain.reference import parse
 
 
 def _config(auths: dict[str, dict[str, str]]) -> str:
@@ -150,7 +150,7 @@ def test_credential_repr_and_describe_hide_the_secret() -> None:
 
 
 def test_registry_only_matching_includes_docker_hub_aliases() -> None:
-    from pullhealth.credentials import for_target
+    from pullhealth.domain.credentials import for_target
 
     entries = _keys("https://index.docker.io/v1/", "myacr.azurecr.io", "other.io/team")
     assert [c.username for c in for_target(entries, "docker.io", None)] == ["https___index.docker.io_v1_"]

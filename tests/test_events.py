@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pullhealth import events
+from pullhealth.kube import events
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -54,7 +54,7 @@ def test_reporting_instance_is_the_pod_name(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_outranked_by_a_live_peer_with_a_higher_priority_only() -> None:
-    from pullhealth import peering
+    from pullhealth.kube import peering
 
     now = datetime(2026, 11, 28, 12, 0, 10, tzinfo=UTC)
     live = {"priority": 200, "lifetime": 10, "lastseen": "2026-11-28T12:00:05+00:00"}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pullhealth.classify import classify, reached
-from pullhealth.codes import Code
-from pullhealth.diagnose import VANTAGE_CHECK, Layer, combine, vantage_layer
-from pullhealth.engine import ChainOptions, Target, run_chain
-from pullhealth.model import Diagnosis, StepStatus
-from pullhealth.reference import parse_target
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.domain.classify import classify, reached
+from pullhealth.domain.codes import Code
+from pullhealth.domain.diagnose import VANTAGE_CHECK, Layer, combine, vantage_layer
+from pullhealth.domain.model import Diagnosis, StepStatus
+from pullhealth.domain.reference import parse_target
 from support.world import TEST_DESTINATIONS
 
 
@@ -88,8 +88,8 @@ async def test_message_without_a_layer_lets_the_probe_decide(world: Any) -> None
 def test_a_failing_egress_proxy_is_the_cause_not_a_vantage_difference() -> None:
     # Go reports a proxy's refused CONNECT as the bare status text; the probe went through
     # the same proxy the runtime uses and found it: the probe decides.
-    from pullhealth.diagnose import make
-    from pullhealth.model import CheckResult
+    from pullhealth.domain.diagnose import make
+    from pullhealth.domain.model import CheckResult
 
     checks = [CheckResult(name="dns", status=StepStatus.PASSED), CheckResult(name="tcp", status=StepStatus.PASSED),
               CheckResult(name="tls", status=StepStatus.FAILED, code=Code.PROXY_ERROR, message="refused CONNECT")]
@@ -101,8 +101,8 @@ def test_a_failing_egress_proxy_is_the_cause_not_a_vantage_difference() -> None:
 
 
 def test_an_unexpected_probe_failure_does_not_override_a_recognised_message() -> None:
-    from pullhealth.diagnose import make
-    from pullhealth.model import CheckResult
+    from pullhealth.domain.diagnose import make
+    from pullhealth.domain.model import CheckResult
 
     checks = [CheckResult(name="dns", status=StepStatus.FAILED, code=Code.UNKNOWN, message="dns step failed unexpectedly")]
     probed = make(Code.UNKNOWN, {"detail": "dns step failed unexpectedly"}, checks=checks)

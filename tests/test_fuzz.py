@@ -30,11 +30,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pullhealth import classify, cli
-from pullhealth.credentials import Credential, CredentialKind
-from pullhealth.engine import ChainOptions, Target, run_chain
-from pullhealth.redact import Redactor
-from pullhealth.reference import InvalidReference, parse, parse_target
+from pullhealth import cli
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.domain import classify
+from pullhealth.domain.credentials import Credential, CredentialKind
+from pullhealth.domain.redact import Redactor
+from pullhealth.domain.reference import InvalidReference, parse, parse_target
 from support.pki import PKI
 from support.scripted import Answer, ScriptedRegistry
 from support.world import TEST_DESTINATIONS

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from pullhealth import cli
-from pullhealth.codes import Code
-from pullhealth.credentials import Credential, CredentialKind
-from pullhealth.engine import ChainOptions, Target, check_credentials, run_chain
-from pullhealth.reference import parse_target
+from pullhealth.chain.probechain import ChainOptions, Target, check_credentials, run_chain
+from pullhealth.domain.codes import Code
+from pullhealth.domain.credentials import Credential, CredentialKind
+from pullhealth.domain.reference import parse_target
 from support.hostile import MODES, DripRegistry, HostileRegistry, planted_forms
 from support.world import TEST_DESTINATIONS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pullhealth import hoststoml
+from pullhealth.agent import hoststoml
 
 
 def write(root: Path, host: str, text: str) -> Path:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from pullhealth import metrics, podcheck
+from pullhealth import metrics
+from pullhealth.pods import podcheck
 from support.operatorproc import free_port
 
 

@@ -18,10 +18,10 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from pullhealth import cli
-from pullhealth.codes import Code
-from pullhealth.diagnose import make, redacted
-from pullhealth.model import CheckResult, StepStatus
-from pullhealth.redact import MASK, Redactor, clip, encodings, redact
+from pullhealth.domain.codes import Code
+from pullhealth.domain.diagnose import make, redacted
+from pullhealth.domain.model import CheckResult, StepStatus
+from pullhealth.domain.redact import MASK, Redactor, clip, encodings, redact
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = {"registry": "myacr.azurecr.io", "host": "myacr.azurecr.io", "namespace": "team", "secret": "regcred",

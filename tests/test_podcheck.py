@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pullhealth import podcheck
-from pullhealth.codes import Code
-from pullhealth.diagnose import make
-from pullhealth.podcheck import FailingContainer, PodResult, plan_writeback
+from pullhealth.domain.codes import Code
+from pullhealth.domain.diagnose import make
+from pullhealth.pods import podcheck
+from pullhealth.pods.podcheck import FailingContainer, PodResult, plan_writeback
 
 
 def pod(statuses: dict[str, list[dict[str, Any]]], annotations: dict[str, str] | None = None) -> dict[str, Any]:

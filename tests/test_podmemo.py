@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pullhealth import podcheck
-from pullhealth.codes import Code
-from pullhealth.diagnose import make
-from pullhealth.podcheck import PodResult
-from pullhealth.podmemo import PodMemo, failure_text
+from pullhealth.domain.codes import Code
+from pullhealth.domain.diagnose import make
+from pullhealth.pods import podcheck
+from pullhealth.pods.podcheck import PodResult
+from pullhealth.pods.podmemo import PodMemo, failure_text
 
 IMAGE = "r.io:5000/team/app:1"
 ERROR = f'rpc error: code = NotFound desc = failed to pull and unpack image "{IMAGE}": not found'

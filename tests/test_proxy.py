@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from pullhealth.codes import Code
-from pullhealth.engine import ChainOptions, Target, run_chain
-from pullhealth.model import StepStatus
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.domain.codes import Code
+from pullhealth.domain.model import StepStatus
+from pullhealth.domain.reference import parse_target
 from pullhealth.probes.proxy import Proxy, bypasses, from_environment, parse_proxy
-from pullhealth.reference import parse_target
 from support.proxy import TinyProxy
 from support.world import TEST_DESTINATIONS
 
@@ -141,7 +141,7 @@ def test_cli_proxy_option_never_prints_proxy_credentials(world: Any, proxies: An
 
 
 def test_operator_environment_reads_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pullhealth.cluster import Environment
+    from pullhealth.chain.pullsources import Environment
 
     monkeypatch.setenv("PULLHEALTH_PROXY", "env")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")

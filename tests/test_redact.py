@@ -4,8 +4,8 @@ import base64
 
 import hypothesis
 
-from pullhealth import redact as redact_module
-from pullhealth.redact import MASK, Redactor, redact
+from pullhealth.domain import redact as redact_module
+from pullhealth.domain.redact import MASK, Redactor, redact
 
 
 def test_known_secrets_and_their_base64_forms_are_masked() -> None:
@@ -33,7 +33,7 @@ def test_secret_shapes_are_masked_without_knowing_them() -> None:
 def test_log_filter_masks_messages_and_arguments(caplog: object) -> None:
     import logging
 
-    from pullhealth.redact import RedactingFilter
+    from pullhealth.domain.redact import RedactingFilter
 
     logger = logging.getLogger("pullhealth.test.redact")
     handler_records: list[logging.LogRecord] = []

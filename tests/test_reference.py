@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pullhealth.reference import InvalidReference, parse, parse_target
+from pullhealth.domain.reference import InvalidReference, parse, parse_target
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_hosts_ports_and_labels_are_validated_like_the_crd() -> None:
 
     import yaml
 
-    from pullhealth.reference import check_host, parse_target
+    from pullhealth.domain.reference import check_host, parse_target
 
     crd = yaml.safe_load((Path(__file__).resolve().parents[1] / "crds/registrychecks.pullhealth.io.yaml").read_text())
     pattern = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pullhealth import registrycheck as rc
-from pullhealth.codes import Code
-from pullhealth.diagnose import make
-from pullhealth.model import AuthMode, RegistryCheckSpec
+from pullhealth.domain.codes import Code
+from pullhealth.domain.diagnose import make
+from pullhealth.domain.model import AuthMode, RegistryCheckSpec
+from pullhealth.registrychecks import registrycheck as rc
 
 CRD = Path(__file__).resolve().parents[1] / "crds" / "registrychecks.pullhealth.io.yaml"
 
@@ -106,7 +106,7 @@ def test_ready_transition_time_changes_only_when_status_flips() -> None:
 
 
 def test_camel_case_reasons() -> None:
-    from pullhealth.codes import reason
+    from pullhealth.domain.codes import reason
 
     assert [reason(c) for c in (Code.TAG_NOT_FOUND, Code.DNS_NXDOMAIN, Code.TLS_UNTRUSTED, Code.OK)] == [
         "TagNotFound", "DNSNxdomain", "TLSUntrusted", "Healthy",
@@ -116,7 +116,7 @@ def test_camel_case_reasons() -> None:
 
 
 def test_skipped_steps_carry_no_code() -> None:
-    from pullhealth.model import CheckResult, StepStatus
+    from pullhealth.domain.model import CheckResult, StepStatus
 
     diag = make(Code.DNS_NXDOMAIN, {"registry": "r.io"}, checks=[
         CheckResult(name="dns", status=StepStatus.FAILED, code=Code.DNS_NXDOMAIN),

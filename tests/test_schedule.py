@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from pullhealth.handlers.schedule import Loops
+from pullhealth.registrychecks.schedule import Loops
 
 LOG = logging.getLogger("test")
 

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from pullhealth.codes import Code
-from pullhealth.credentials import Credential, CredentialKind
-from pullhealth.engine import ChainOptions, Target, run_chain
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.chain.trust import TrustPolicy, is_acr
+from pullhealth.domain.codes import Code
+from pullhealth.domain.credentials import Credential, CredentialKind
+from pullhealth.domain.reference import parse_target
 from pullhealth.probes.destinations import DestinationPolicy, build_policy
 from pullhealth.probes.identity import ACR_RESOURCE, ARM_RESOURCE, managed_identity_token
 from pullhealth.probes.net import StepError
 from pullhealth.probes.token import check_realm, realm_elsewhere
-from pullhealth.reference import parse_target
-from pullhealth.trust import TrustPolicy, is_acr
 from support.world import TEST_DESTINATIONS
 
 DEFAULT = DestinationPolicy()

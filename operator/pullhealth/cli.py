@@ -3,7 +3,6 @@
 ``pullhealth check REFERENCE``   probe a registry pull path (exit 0 healthy, 1 problem, 2 usage)
 ``pullhealth explain MESSAGE``   classify pasted pull-error text (no network)
 ``pullhealth recheck NAME...``   check RegistryChecks now and print the results
-``pullhealth dev-cluster ...``   the local control plane for tests and demos
 """
 
 from __future__ import annotations
@@ -17,15 +16,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pullhealth import __version__, classify, credentials, docgen, engine
-from pullhealth.codes import SOURCE_DOCKER_CONFIG, Code
-from pullhealth.diagnose import make, redacted
-from pullhealth.model import Diagnosis, StepStatus
+from pullhealth import __version__
+from pullhealth.chain import probechain
+from pullhealth.domain import classify, codedocs, credentials
+from pullhealth.domain.codes import SOURCE_DOCKER_CONFIG, Code
+from pullhealth.domain.diagnose import make, redacted
+from pullhealth.domain.model import Diagnosis, StepStatus
+from pullhealth.domain.redact import Redactor
+from pullhealth.domain.reference import ImageReference, InvalidReference, parse_target
 from pullhealth.probes import identity
 from pullhealth.probes.destinations import DestinationPolicy
 from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
-from pullhealth.redact import Redactor
-from pullhealth.reference import ImageReference, InvalidReference, parse_target
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -281,9 +282,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--verbose", "-v", action="store_true")
 
-    # Listed for the help text only: main() hands everything after "dev-cluster" to
-    # devcluster.main, so its own options (--help, --state-dir) work in any order.
-    sub.add_parser("dev-cluster", help="a local kube-apiserver for tests and demos", add_help=False)
     return parser
 
 
@@ -326,7 +324,7 @@ def _credentials(
     return credentials.for_target(entries, registry, image), None
 
 
-async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> engine.IdentitySource | None:
+async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> probechain.IdentitySource | None:
     if args.managed_identity:
 
         async def imds(resource: str) -> identity.AadToken:
@@ -393,7 +391,7 @@ async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
     except InvalidReference as exc:
         return make(Code.INVALID_IMAGE_NAME, {"reference": args.reference, "detail": str(exc)})
     proxy, no_proxy = _proxy(args, secrets)
-    options = engine.ChainOptions(
+    options = probechain.ChainOptions(
         proxy=proxy,
         no_proxy=no_proxy,
         nameserver=args.nameserver,
@@ -410,14 +408,14 @@ async def _check(args: argparse.Namespace, secrets: list[str]) -> Diagnosis:
     source = await _identity_source(args, secrets)
     if source is not None:
         audiences = (identity.ACR_RESOURCE,) + ((identity.ARM_RESOURCE,) if args.arm_audience else ())
-        target = engine.Target(registry, image, identity=source, audiences=audiences)
-        return await engine.run_chain(target, options)
+        target = probechain.Target(registry, image, identity=source, audiences=audiences)
+        return await probechain.run_chain(target, options)
     if args.anonymous:
-        return await engine.run_chain(engine.Target(registry, image), options)
+        return await probechain.run_chain(probechain.Target(registry, image), options)
     matched, problem = _credentials(args, registry, image, secrets)
     if problem is not None:
         return problem
-    return await engine.check_credentials(
+    return await probechain.check_credentials(
         registry,
         image,
         matched,
@@ -492,9 +490,10 @@ def _print_explain(diagnosis: Diagnosis, output: str) -> None:
 
 def _recheck(args: argparse.Namespace) -> int:
     """Annotate each RegistryCheck, wait for its answer, print one line each."""
-    from pullhealth import kube, recheck  # the kubernetes client only for this command
+    from pullhealth.kube import kubeapi
+    from pullhealth.registrychecks import recheck  # the kubernetes client only for this command
 
-    api = kube.load_config()
+    api = kubeapi.load_config()
     namespace = args.namespace or _kubeconfig_namespace()
     worst = EXIT_OK
     for name in args.names:
@@ -530,10 +529,6 @@ def _kubeconfig_namespace() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pullhealth`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["dev-cluster"]:
-        from pullhealth import devcluster  # optional: needs the dev extras
-
-        return devcluster.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
@@ -555,11 +550,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "recheck":
             return _recheck(args)
         if args.command == "run":
-            from pullhealth import runner  # imports kopf only when running the operator
+            from pullhealth.runtime import main  # imports kopf only when running the operator
 
-            return runner.run(args)
+            return main.run(args)
         if args.command == "agent":
-            from pullhealth import agentrun  # the node agent's runner (kubernetes client)
+            from pullhealth.agent import agentrun  # the node agent's runner (kubernetes client)
 
             return agentrun.run(args)
         if args.command == "codes":
@@ -570,9 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise UsageError(
                         f"no code {args.code}; the codes are: {', '.join(c.value for c in Code)}"
                     ) from None
-                print(docgen.code_markdown(code), end="")
+                print(codedocs.code_markdown(code), end="")
                 return EXIT_OK
-            print(docgen.codes_markdown(), end="")
+            print(codedocs.codes_markdown(), end="")
             return EXIT_OK
     except UsageError as exc:
         print(f"pullhealth: error: {exc}", file=sys.stderr)

@@ -24,9 +24,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from pullhealth import __version__, podcheck
-from pullhealth.model import Phase
-from pullhealth.reference import normalize_registry
+from pullhealth import __version__
+from pullhealth.domain.model import Phase
+from pullhealth.domain.reference import normalize_registry
+from pullhealth.pods import podcheck
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
 from pullhealth.probes.http import Http, Reply
 from pullhealth.probes.net import StepError
 

@@ -25,7 +25,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
 from pullhealth.probes.net import StepError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
 from pullhealth.probes.destinations import DestinationPolicy
 
 PRIVATELINK = "privatelink."

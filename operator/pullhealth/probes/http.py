@@ -8,7 +8,7 @@ are made against the name. Bodies are read up to a cap; redirects are not follow
 Every request has a total deadline (connect + TLS + headers + body: a registry that drips
 one byte a second cannot hold it longer). Every credential a request carries (the
 Authorization value, ``password``/``refresh_token``/``access_token`` form fields) is
-remembered by the chain's :class:`~pullhealth.redact.Redactor`, and masked out of every
+remembered by the chain's :class:`~pullhealth.domain.redact.Redactor`, and masked out of every
 reply (body and headers) before the probes read it: an echo never reaches a message.
 """
 
@@ -23,11 +23,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
+from pullhealth.domain.redact import Redactor, clip
 from pullhealth.probes.dns import DnsFailure, Resolver
 from pullhealth.probes.net import StepError
 from pullhealth.probes.proxy import Proxy, bypasses
-from pullhealth.redact import Redactor, clip
 
 MAX_BODY = 1 << 20
 USER_AGENT = "pullhealth/0.1"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
 from pullhealth.probes.net import StepError
 
 IMDS_ENDPOINT = "http://169.254.169.254"

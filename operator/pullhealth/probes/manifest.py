@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
+from pullhealth.domain.reference import ImageReference
 from pullhealth.probes.challenge import error_codes, error_messages, fail_on_common
 from pullhealth.probes.http import Http
 from pullhealth.probes.net import StepError
 from pullhealth.probes.token import Authorization
-from pullhealth.reference import ImageReference
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
 
 # OpenSSL X509_V_ERR_* codes that mean "this chain is not trusted here".
 _HOSTNAME_MISMATCH = 62

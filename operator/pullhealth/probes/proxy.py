@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from pullhealth.codes import Code
+from pullhealth.domain.codes import Code
 from pullhealth.probes.net import StepError
 
 MAX_RESPONSE_HEAD = 16 * 1024

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pullhealth.codes import Code
-from pullhealth.credentials import Credential, CredentialKind
+from pullhealth.domain.codes import Code
+from pullhealth.domain.credentials import Credential, CredentialKind
 from pullhealth.probes.challenge import Challenge, error_code, error_messages, fail_on_common
 from pullhealth.probes.http import Http, Reply
 from pullhealth.probes.identity import AadToken

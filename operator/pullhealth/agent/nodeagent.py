@@ -1,0 +1,232 @@
+"""``pullhealth agent``: the node's own pull path for the failing pods on that node.
+
+No kopf, no credentials, no Secret reads. For each failing pod on its node (the runner
+watches pods with a ``spec.nodeName`` field selector), the agent checks the registry the
+way the node reaches it:
+
+- the endpoints containerd would try, from ``certs.d/<host>/hosts.toml``
+  (:mod:`pullhealth.agent.hoststoml`): mirrors in order, then the server;
+- for each, the credential-free steps of the same probe chain the operator runs
+  (:func:`pullhealth.chain.probechain.run_chain` without credential or image: dns with the node's
+  resolver incl. the private-endpoint checks, tcp, tls with the node's CA bundle plus the
+  endpoint's ``ca``/``skip_verify``, and the ``/v2/`` challenge), through the same
+  destination policy (:class:`pullhealth.probes.destinations.DestinationPolicy`);
+- the first endpoint that answers is the one containerd would use; when none does, the
+  last failure (the server's) is reported.
+
+One check per registry per interval however many pods fail (:class:`SingleFlight`);
+the result becomes a ``NodePathChecked`` Event on each failing pod
+(:func:`event_for`), named so that the same result is posted once per pod per hour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pullhealth.agent import hoststoml
+from pullhealth.agent.nodereport import ACTION, REASON, REPORTING_CONTROLLER, NodeReport, summarize
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.chain.singleflight import SingleFlight
+from pullhealth.domain.codes import Code
+from pullhealth.domain.reference import InvalidReference, parse
+from pullhealth.kube import events
+from pullhealth.pods.podcheck import FailingContainer, failing_containers
+from pullhealth.probes.destinations import DestinationPolicy
+
+MAX_PODS_PER_PASS = 500
+MAX_REGISTRIES_PER_POD = 8
+MAX_CA_BYTES = 1024 * 1024
+# An Event of the same result is posted again after this many seconds (Events expire
+# after an hour by default: the evidence must outlive the failure).
+REPOST_SECONDS = 3000
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the node is and where its configuration lives.
+
+    Attributes:
+        node: the node's name (``NODE_NAME`` from the downward API).
+        nameserver: ``ip[:port]`` of the node's resolver; None: the system resolver
+            (``dnsPolicy: Default`` gives the pod the node's ``resolv.conf``).
+        certs_dir: containerd's ``config_path`` (``/etc/containerd/certs.d``), or None.
+        timeout: seconds for one endpoint's check (the whole chain).
+        interval: seconds a registry's result is reused.
+        private_endpoints: registry host suffixes that must resolve to a private address.
+        destinations: where the checks may connect.
+    """
+
+    node: str
+    nameserver: str | None = None
+    certs_dir: str | None = None
+    timeout: float = 10.0
+    interval: float = 300.0
+    private_endpoints: tuple[str, ...] = ()
+    destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
+
+
+def expects_private(registry: str, suffixes: Sequence[str]) -> bool:
+    """Whether the registry host is configured to be reached through a private endpoint."""
+    host = registry.split(":")[0].lower()
+    return any(host == s.lstrip(".") or host.endswith("." + s.lstrip(".")) for s in suffixes)
+
+
+class CaBundles:
+    """hosts.toml ``ca`` lists joined into one file each (the chain takes one extra bundle).
+
+    Files live in a private temporary directory; at most :data:`MAX_CA_BYTES` are read
+    per bundle.
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        self._dir = Path(directory or tempfile.mkdtemp(prefix="pullhealth-agent-ca-"))
+        self._made: dict[tuple[str, ...], str] = {}
+
+    def bundle(self, paths: Sequence[str]) -> str | None:
+        """One file trusting every CA in ``paths``; None for none. Raises OSError."""
+        if not paths:
+            return None
+        if len(paths) == 1:
+            return paths[0]
+        key = tuple(paths)
+        if key in self._made:
+            return self._made[key]
+        data = b""
+        for path in paths:
+            with open(path, "rb") as handle:
+                data += handle.read(MAX_CA_BYTES - len(data)) + b"\n"
+        name = self._dir / (hashlib.sha256("\0".join(paths).encode()).hexdigest()[:16] + ".pem")
+        name.write_bytes(data)
+        self._made[key] = str(name)
+        return str(name)
+
+
+async def check_endpoint(
+    endpoint: hoststoml.Endpoint, registry: str, settings: AgentSettings, bundles: CaBundles
+) -> tuple[Code, str, str]:
+    """(code, failed step, message) of the credential-free chain against one endpoint."""
+    try:
+        ca_file = bundles.bundle(endpoint.ca)
+    except OSError as exc:
+        return Code.TLS_UNTRUSTED, "tls", f"cannot read the CA file of {endpoint.url}: {exc.strerror or exc}"
+    options = ChainOptions(
+        nameserver=settings.nameserver,
+        timeout=settings.timeout,
+        ca_file=ca_file,
+        expect_private_endpoint=expects_private(registry, settings.private_endpoints),
+        destinations=settings.destinations,
+        verify_tls=not endpoint.skip_verify,
+    )
+    result = await run_chain(Target(endpoint.host), options)
+    code, step, message = summarize(result.checks)
+    if endpoint.plain_http and code is Code.TLS_PROTOCOL_ERROR and "plain HTTP" in message:
+        # hosts.toml says http://: a plain-HTTP answer is what containerd expects.
+        return Code.OK, "", f"{endpoint.host} answers plain HTTP, as hosts.toml configures"
+    if code is Code.OK:
+        challenge = next((c for c in result.checks if c.name == "challenge"), None)
+        return Code.OK, "", challenge.message if challenge else "reachable"
+    return code, step, message
+
+
+async def check_registry(registry: str, settings: AgentSettings, bundles: CaBundles) -> NodeReport:
+    """The node's path to ``registry``: the endpoint containerd would use, or why none works."""
+    config = hoststoml.load(settings.certs_dir, registry)
+    endpoints = config.pull_endpoints() or config.endpoints[-1:]
+    order = hoststoml.describe(endpoints)
+    failures: list[str] = []
+    last = NodeReport(Code.UNKNOWN, settings.node, registry, summary="no endpoint to check")
+    for endpoint in endpoints:
+        code, step, message = await check_endpoint(endpoint, registry, settings, bundles)
+        if code is Code.OK:
+            via = f" through mirror {endpoint.url}" if endpoint.mirror else ""
+            tried = f"; before it: {'; '.join(failures)}" if failures else ""
+            summary = f"containerd reaches {registry}{via}: {message}{tried}"
+            return NodeReport(Code.OK, settings.node, registry, "", endpoint.url, endpoint.mirror, summary)
+        failures.append(f"{endpoint.url}: {code.value}")
+        last = NodeReport(code, settings.node, registry, step, endpoint.url, endpoint.mirror, message)
+    problem = f" ({config.problem})" if config.problem else ""
+    if len(endpoints) > 1:
+        return replace(last, summary=f"{last.summary.rstrip('.')}; containerd tries {order}{problem}")
+    return replace(last, summary=last.summary + problem)
+
+
+@dataclass(frozen=True)
+class PodWork:
+    """A failing pod on this node and the registries its failing containers pull from."""
+
+    pod: Mapping[str, Any]
+    containers: tuple[tuple[FailingContainer, str], ...]  # (container, registry)
+
+
+def work_for(pod: Mapping[str, Any], node: str) -> PodWork | None:
+    """The pod's failing containers with their registries; None when nothing to check.
+
+    Pods of another node are ignored (the field selector already filters them).
+    """
+    if (pod.get("spec") or {}).get("nodeName") != node:
+        return None
+    found: list[tuple[FailingContainer, str]] = []
+    for container in failing_containers(pod)[:MAX_REGISTRIES_PER_POD]:
+        if container.reason in ("InvalidImageName", "ErrImageNeverPull"):
+            continue
+        try:
+            found.append((container, parse(container.image).registry))
+        except InvalidReference:
+            continue
+    return PodWork(pod, tuple(found)) if found else None
+
+
+def event_for(
+    pod: Mapping[str, Any], container: FailingContainer, report: NodeReport, now: float | None = None
+) -> events.EventSpec:
+    """The ``NodePathChecked`` Event on the pod: one per result per pod per period."""
+    meta = pod.get("metadata") or {}
+    period = int((time.time() if now is None else now) // REPOST_SECONDS)
+    return events.EventSpec(
+        regarding=events.Regarding(
+            api_version="v1",
+            kind="Pod",
+            namespace=str(meta.get("namespace") or "default"),
+            name=str(meta.get("name") or ""),
+            uid=str(meta.get("uid") or ""),
+            field_path=container.field_path,
+        ),
+        type="Normal" if report.ok else "Warning",
+        reason=REASON,
+        action=ACTION,
+        note=report.note(),
+        key=(report.node, report.registry, report.code.value, report.endpoint, str(period)),
+        controller=REPORTING_CONTROLLER,
+    )
+
+
+class Agent:
+    """The agent's state: settings, the per-registry cache, the CA bundles."""
+
+    def __init__(self, settings: AgentSettings, *, per_registry: int = 1) -> None:
+        self.settings = settings
+        self.bundles = CaBundles()
+        self.cache: SingleFlight[NodeReport] = SingleFlight(
+            settings.interval,
+            per_registry=per_registry,
+            failure_ttl=settings.interval,
+        )
+
+    async def report(self, registry: str) -> NodeReport:
+        """The registry's node path, shared for the interval."""
+        return await self.cache.get(
+            registry, ("node", registry), lambda: check_registry(registry, self.settings, self.bundles)
+        )
+
+    async def events_for(self, pod: Mapping[str, Any]) -> list[events.EventSpec]:
+        """The Events to post for one pod (empty: nothing failing on this node)."""
+        work = work_for(pod, self.settings.node)
+        if work is None:
+            return []
+        return [event_for(pod, c, await self.report(registry)) for c, registry in work.containers]

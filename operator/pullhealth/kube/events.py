@@ -1,0 +1,163 @@
+"""The Events pullhealth posts (events.k8s.io/v1): what they say and how they are named.
+
+Pure: no API calls here (``pullhealth.kube.kubeapi.KubeWriter.emit`` posts them).
+
+Exactly one Event per report, even across crashes: the Event's name is derived from what
+it reports (the pod's UID + container + code, the RegistryCheck's UID + result), and it
+is created, and awaited, *before* the annotation or status that marks the report as done.
+A retry after a crash, or a second operator racing this one, computes the same name and
+gets 409 AlreadyExists instead of posting a second Event.
+
+A name alone cannot tell a retry of the same report from a *repeat* of it (the pod went
+from TAG_NOT_FOUND to CREDENTIALS_REJECTED and back): each Event carries an occurrence
+marker, a hash of the state the report replaces (the previous annotations or status). The
+same marker is a retry (nothing to do); a different one is a repeat, counted in the
+Event's ``series`` like kubelet's repeated Events (``series.count``, ``lastObservedTime``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+REPORTING_CONTROLLER = "pullhealth.io/operator"
+# Metadata annotation on our Events: the state the report replaced (see module docstring).
+OCCURRENCE = "pullhealth.io/occurrence"
+MAX_NOTE = 1024
+_INVALID_NAME = re.compile(r"[^a-z0-9.-]")
+
+
+def reporting_instance() -> str:
+    """The operator's pod name (``POD_NAME``, from the chart's downward API), else the host name."""
+    return (os.environ.get("POD_NAME") or socket.gethostname() or "pullhealth")[:128]
+
+
+def fingerprint(*parts: object) -> str:
+    """A short stable hash of ``parts`` (names and markers)."""
+    text = "\x00".join("" if p is None else str(p) for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def event_name(object_name: str, *key: object) -> str:
+    """``<object>.<hash of key>``: a valid DNS subdomain, the same for the same report."""
+    prefix = _INVALID_NAME.sub("-", object_name.lower())[:200].rstrip(".-") or "object"
+    return f"{prefix}.{fingerprint(*key)}"
+
+
+@dataclass(frozen=True)
+class Regarding:
+    """The object an Event is about; ``field_path`` names a container of a pod."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    field_path: str = ""
+
+    def wire(self) -> dict[str, str]:
+        """The ``regarding`` object reference."""
+        ref = {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "uid": self.uid,
+        }
+        if self.field_path:
+            ref["fieldPath"] = self.field_path
+        return ref
+
+
+def container_field_path(kind: str, name: str) -> str:
+    """``spec.containers{app}`` / ``spec.initContainers{x}`` / ``spec.ephemeralContainers{x}``.
+
+    Args:
+        kind: the pod spec list the container is in (``containers``, ``initContainers``,
+            ``ephemeralContainers``).
+        name: the container's name.
+    """
+    return f"spec.{kind or 'containers'}{{{name}}}"
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One report to post exactly once.
+
+    Attributes:
+        regarding: the object reported on.
+        type: ``Normal`` or ``Warning``.
+        reason: CamelCase reason (``PullDiagnosed``, ``CheckFailed``, ...).
+        action: what the operator did (``Diagnose``, ``Check``).
+        note: the human-readable message (at most 1 KiB).
+        key: what the report is; with the object name it makes the Event's name.
+        occurrence: marker of the state the report replaces (retry vs repeat).
+        controller: the reporting controller (the node agent reports as itself).
+    """
+
+    regarding: Regarding
+    type: str
+    reason: str
+    action: str
+    note: str
+    key: tuple[str, ...] = field(default_factory=tuple)
+    occurrence: str = ""
+    controller: str = REPORTING_CONTROLLER
+
+    @property
+    def name(self) -> str:
+        """The deterministic Event name."""
+        return event_name(self.regarding.name, self.regarding.uid, self.reason, *self.key)
+
+    def body(self, instance: str, now: datetime | None = None) -> dict[str, Any]:
+        """The events.k8s.io/v1 Event to create."""
+        return {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.regarding.namespace,
+                "annotations": {OCCURRENCE: self.occurrence},
+            },
+            "eventTime": micro_time(now),
+            "reportingController": self.controller,
+            "reportingInstance": instance,
+            "action": self.action,
+            "reason": self.reason,
+            "type": self.type,
+            "note": self.note[:MAX_NOTE],
+            "regarding": self.regarding.wire(),
+        }
+
+
+def micro_time(now: datetime | None = None) -> str:
+    """RFC 3339 with microseconds, as ``MicroTime`` fields want it."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def repeat_patch(existing: Mapping[str, Any], occurrence: str, now: datetime | None = None) -> dict[str, Any]:
+    """The patch that counts one more occurrence of an existing Event (kubelet-style series).
+
+    The first occurrence has no ``series``; the second sets ``count: 2``.
+    """
+    series = existing.get("series") or {}
+    count = int(series.get("count") or 1) + 1
+    return {
+        "metadata": {
+            "annotations": {OCCURRENCE: occurrence},
+            "resourceVersion": (existing.get("metadata") or {}).get("resourceVersion"),
+        },
+        "series": {"count": count, "lastObservedTime": micro_time(now)},
+    }
+
+
+def is_retry(existing: Mapping[str, Any], occurrence: str) -> bool:
+    """The existing Event already reports this occurrence (a retry, or a racing writer)."""
+    annotations = (existing.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(OCCURRENCE) == occurrence

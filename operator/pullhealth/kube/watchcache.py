@@ -1,0 +1,208 @@
+"""Shared reads for pod diagnosis: Nodes and ServiceAccounts from watches, Secrets by name.
+
+A thousand failing pods in a hundred namespaces read one Node, a hundred ServiceAccounts
+and a handful of pull Secrets; without a cache each pod reads them again. Nodes and
+ServiceAccounts are mirrored from a list-and-watch (:class:`Mirror`, fed by the handlers'
+readers): once listed, they are read without a request and a change is seen at once.
+Until then, or for an object the mirror lacks, or without list/watch rights, each object
+is read once per time-to-live, concurrent readers share the one request in flight.
+Only what diagnosis uses is kept (a Node's labels; a ServiceAccount's pull secret names
+and annotations). Secrets stay read by name (no list, no watch: the chart grants only
+``get``), for a few seconds. Errors are not cached; "absent" is.
+
+RegistryChecks read through the uncached client: a check asked for with
+``pullhealth.io/recheck`` sees a Secret fixed a moment ago.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pullhealth.chain.pullsources import ClusterReader
+
+NODE_TTL = 60.0  # os/arch labels of a node do not change while it runs
+ACCOUNT_TTL = 10.0  # a ServiceAccount fixed by hand is seen within seconds
+SECRET_TTL = 5.0
+MAX_ENTRIES = 20_000
+
+Read = Mapping[str, Any] | None
+
+
+def node_labels(node: Read) -> Read:
+    """Only what diagnosis uses of a Node: its labels."""
+    if node is None:
+        return None
+    meta = node.get("metadata") or {}
+    return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})}}
+
+
+def account_pull_fields(account: Read) -> Read:
+    """Only what diagnosis uses of a ServiceAccount: pull secret names and annotations."""
+    if account is None:
+        return None
+    meta = account.get("metadata") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "annotations": dict(meta.get("annotations") or {}),
+        },
+        "imagePullSecrets": list(account.get("imagePullSecrets") or []),
+    }
+
+
+class Mirror:
+    """One kind's objects as a watch delivered them, reduced by ``keep``.
+
+    Fed on the reading thread (:meth:`deliver`: one dict assignment per event), read on the
+    event loop. Bounded: past ``limit`` objects it stops answering (readers fall back to GETs).
+
+    Args:
+        keep: what is kept of an object.
+        limit: objects kept at most.
+    """
+
+    def __init__(self, keep: Callable[[Read], Read], limit: int = MAX_ENTRIES) -> None:
+        self._keep = keep
+        self._limit = limit
+        self._objects: dict[tuple[str, str], tuple[str, Read]] = {}  # key -> (uid, kept)
+        self._keys: dict[str, tuple[str, str]] = {}  # uid -> key (a re-list reports deletions by uid)
+        self._overflow = False
+        self.synced: Callable[[], bool] = lambda: False  # set by who feeds it: first list done
+
+    def deliver(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """A list or watch event."""
+        meta = obj.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        if kind == "DELETED":
+            key = self._keys.pop(uid, None)
+            held = self._objects.get(key) if key is not None else None
+            if key is not None and held is not None and held[0] == uid:  # not a successor's
+                self._objects.pop(key, None)
+            return
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if key not in self._objects and len(self._objects) >= self._limit:
+            self._overflow = True
+            return
+        self._objects[key] = (uid, self._keep(obj))
+        self._keys[uid] = key
+
+    def get(self, namespace: str, name: str) -> Read:
+        """The kept object; None when unknown (not listed yet, absent, or past the limit)."""
+        if self._overflow or not self.synced():
+            return None
+        held = self._objects.get((namespace, name))
+        return held[1] if held is not None else None
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+
+class CachedReader:
+    """A :class:`ClusterReader` whose reads are shared for a short time.
+
+    Args:
+        inner: the API client.
+        node_ttl, account_ttl, secret_ttl: seconds a read is reused.
+        limit: entries kept at most (least recently read out first).
+        clock: monotonic seconds.
+        nodes, accounts: watch-fed mirrors, asked first (an object they lack is read).
+    """
+
+    def __init__(
+        self,
+        inner: ClusterReader,
+        *,
+        node_ttl: float = NODE_TTL,
+        account_ttl: float = ACCOUNT_TTL,
+        secret_ttl: float = SECRET_TTL,
+        limit: int = MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+        nodes: Mirror | None = None,
+        accounts: Mirror | None = None,
+    ) -> None:
+        self.inner = inner
+        self.nodes, self.accounts = nodes, accounts
+        self._ttl = {"node": node_ttl, "account": account_ttl, "secret": secret_ttl}
+        self.limit = limit
+        self._clock = clock
+        self._done: OrderedDict[tuple[str, ...], tuple[float, Read]] = OrderedDict()
+        self._flying: dict[tuple[str, ...], asyncio.Future[Read]] = {}
+        self.reads = 0  # requests actually sent (for tests and benchmarks)
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    async def node(self, name: str) -> Read:
+        """The Node's labels."""
+        mirrored = self.nodes.get("", name) if self.nodes is not None else None
+        if mirrored is not None:
+            return mirrored
+        return await self._get(("node", name), lambda: self.inner.node(name), node_labels)
+
+    async def service_account(self, namespace: str, name: str) -> Read:
+        """The ServiceAccount's pull secret names and annotations."""
+        mirrored = self.accounts.get(namespace, name) if self.accounts is not None else None
+        if mirrored is not None:
+            return mirrored
+        return await self._get(
+            ("account", namespace, name),
+            lambda: self.inner.service_account(namespace, name),
+            account_pull_fields,
+        )
+
+    async def secret(self, namespace: str, name: str) -> Read:
+        """The Secret, read by name."""
+        return await self._get(("secret", namespace, name), lambda: self.inner.secret(namespace, name), None)
+
+    async def service_account_token(self, namespace: str, name: str, audience: str) -> str:
+        """Never cached: a fresh TokenRequest each time (the chain's cache shares its result)."""
+        return await self.inner.service_account_token(namespace, name, audience)
+
+    async def _get(
+        self,
+        key: tuple[str, ...],
+        read: Callable[[], Awaitable[Read]],
+        keep: Callable[[Read], Read] | None,
+    ) -> Read:
+        ttl = self._ttl[key[0]]
+        now = self._clock()
+        hit = self._done.get(key)
+        if hit is not None and now - hit[0] < ttl:
+            self._done.move_to_end(key)
+            return hit[1]
+        flying = self._flying.get(key)
+        if flying is not None:
+            try:
+                return await asyncio.shield(flying)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if flying.cancelled() and task is not None and not task.cancelling():
+                    return await self._get(key, read, keep)  # the reader was cancelled, not us
+                raise
+        future: asyncio.Future[Read] = asyncio.get_running_loop().create_future()
+        self._flying[key] = future
+        try:
+            self.reads += 1
+            value = await read()
+            value = keep(value) if keep is not None else value
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            self._flying.pop(key, None)
+        future.set_result(value)
+        if ttl > 0:
+            self._done[key] = (self._clock(), value)
+            self._done.move_to_end(key)
+            while len(self._done) > self.limit:
+                self._done.popitem(last=False)
+        return value

@@ -1,0 +1,1 @@
+"""RegistryCheck custom resources: the check, its schedule, its handlers and ``pullhealth recheck``."""
