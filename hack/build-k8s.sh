@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the local control plane used by e2e tests and `pullhealth-dev cluster`:
-# kube-apiserver and kube-controller-manager from k8s.io/kubernetes, and etcd from
-# go.etcd.io/etcd/server/v3, at the versions pinned in hack/k8s/versions.env.
+# Build the local control plane and node used by e2e tests and `pullhealth-dev cluster`:
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl from
+# k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3, at the versions pinned in
+# hack/k8s/versions.env, and the node's pause image from upstream's pause.c.
 #
 # Binaries land in ${PULLHEALTH_CACHE:-$HOME/.cache/pullhealth}/k8s/<k8s-version>/
 # and .../etcd/<etcd-version>/. Each one is built only when missing, written to a
@@ -71,9 +72,10 @@ build() {
   log "built $* in $((SECONDS - started))s"
 }
 
-# --- kube-apiserver, kube-controller-manager -------------------------------------
+# --- kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl ---------
+k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 k8s_missing=()
-for bin in kube-apiserver kube-controller-manager kubectl; do
+for bin in "${k8s_bins[@]}"; do
   [[ -x "${k8s_dir}/${bin}" ]] || k8s_missing+=("./cmd/${bin}")
 done
 if [[ ${#k8s_missing[@]} -gt 0 ]]; then
@@ -92,7 +94,27 @@ if [[ ${#k8s_missing[@]} -gt 0 ]]; then
   done
   build "${root}/k8s" "${k8s_dir}" "${ldflags}" "${k8s_missing[@]}"
 else
-  log "kube-apiserver, kube-controller-manager and kubectl ${K8S_VERSION} already built"
+  log "${k8s_bins[*]} ${K8S_VERSION} already built"
+fi
+
+# --- pause (the node's sandbox image) ------------------------------------------------
+# No registry is reachable, so the sandbox image cannot be pulled: build it from the
+# pause.c shipped in the kubernetes module (build/pause/linux), statically, and pack it
+# as an OCI archive that `pullhealth-dev cluster up --node` imports into containerd.
+if [[ ! -f "${k8s_dir}/pause.oci.tar" ]]; then
+  command -v cc >/dev/null || { log "a C compiler is needed for pause.c (apt-get install gcc libc6-dev)"; exit 1; }
+  k8s_src="$(cd "${root}/k8s" && go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+  tmp="$(mktemp -d "${k8s_dir}/.tmp.XXXXXX")"
+  cc -Os -static -Wall -Werror -DVERSION="${K8S_VERSION}-pullhealth" -o "${tmp}/pause" \
+    "${k8s_src}/build/pause/linux/pause.c"
+  strip "${tmp}/pause" 2>/dev/null || true
+  python3 "${root}/oci-archive.py" "${tmp}/pause" /pause "${tmp}/pause.oci.tar" \
+    "localhost/pullhealth/pause:${K8S_VERSION}"
+  mv -f "${tmp}/pause" "${k8s_dir}/pause"
+  mv -f "${tmp}/pause.oci.tar" "${k8s_dir}/pause.oci.tar"
+  rm -rf "${tmp}"
+  log "built pause and its image archive"
 fi
 
 # --- etcd ---------------------------------------------------------------------------
@@ -103,7 +125,7 @@ else
   log "etcd ${ETCD_VERSION} already built"
 fi
 
-for bin in "${k8s_dir}/kube-apiserver" "${k8s_dir}/kube-controller-manager" "${k8s_dir}/kubectl" "${etcd_dir}/etcd"; do
+for bin in "${k8s_bins[@]/#/${k8s_dir}/}" "${etcd_dir}/etcd"; do
   printf '%s\t%s\n' "$(du -h "${bin}" | cut -f1)" "${bin}"
 done
 

@@ -62,7 +62,12 @@ if [[ "${1:-}" == "--print-go-dir" ]]; then
 fi
 
 # prometheus (with promtool) runs the alert rules against the operator (e2e/test_alerting.py).
-PKGS=(docker-registry dnsmasq-base apache2-utils tinyproxy prometheus)
+# containerd, runc and containernetworking-plugins make the real node of `pullhealth-dev
+# cluster up --node` (with kubelet from hack/build-k8s.sh, which compiles pause.c with gcc);
+# buildah and mmdebstrap build the operator image from the Dockerfile without a daemon or
+# a registry (`pullhealth-dev cluster install`).
+PKGS=(docker-registry dnsmasq-base apache2-utils tinyproxy prometheus
+      containerd runc containernetworking-plugins gcc libc6-dev buildah mmdebstrap)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -76,7 +81,7 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
   # Tests start their own dnsmasq, tinyproxy and prometheus; the packages' system services
   # are not wanted (they may have been started by the install).
-  for svc in tinyproxy dnsmasq prometheus; do
+  for svc in tinyproxy dnsmasq prometheus containerd; do
     if [[ " ${missing[*]} " == *" $svc "* ]]; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
   done
 fi

@@ -1,7 +1,8 @@
 """``pullhealth-dev``: the local world's command line.
 
-``pullhealth-dev cluster [--state-dir DIR] {up,down,status,kubeconfig}`` runs the local
-control plane (:mod:`pullhealth_dev.cluster`).
+``pullhealth-dev cluster [--state-dir DIR] {up,down,status,kubeconfig} [--node]`` runs the
+local control plane (:mod:`pullhealth_dev.cluster`) and, with ``up --node``, a real node
+(:mod:`pullhealth_dev.node`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 from pullhealth_dev import cluster
 
-USAGE = "usage: pullhealth-dev cluster [--state-dir DIR] {up,down,status,kubeconfig}"
+USAGE = "usage: pullhealth-dev cluster [--state-dir DIR] {up,down,status,kubeconfig} [--node]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

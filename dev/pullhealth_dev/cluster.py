@@ -1,11 +1,14 @@
 """A real, local Kubernetes control plane for e2e tests and demos.
 
 Runs etcd, kube-apiserver and kube-controller-manager built from upstream sources by
-``hack/build-k8s.sh``: no kubelet, no container runtime, no Docker. Everything
-listens on 127.0.0.1 at free ports; certificates, keys, data and logs live in one
-state directory. Pods are never scheduled, but every API object, RBAC decision,
-admission check, ServiceAccount token and controller (namespace lifecycle, garbage
-collection, ...) is the real thing, which is what the operator talks to.
+``hack/build-k8s.sh``. Everything listens on 127.0.0.1 at free ports; certificates, keys,
+data and logs live in one state directory. Every API object, RBAC decision, admission
+check, ServiceAccount token and controller (namespace lifecycle, garbage collection, ...)
+is the real thing, which is what the operator talks to.
+
+Without a node, pods are never scheduled. With ``node=True`` (``up --node``) kube-scheduler,
+containerd and kubelet join: a real node named ``127.0.0.1`` runs ``hostNetwork`` pods and
+pulls their images (:mod:`pullhealth_dev.node`).
 
 Usage from the command line::
 
@@ -40,6 +43,8 @@ from typing import IO, Any
 
 import yaml
 
+from pullhealth_dev import node as realnode
+
 #: Versions built by hack/build-k8s.sh; keep in sync with hack/k8s/versions.env.
 K8S_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
@@ -59,7 +64,10 @@ _STATE_FILE = "state.json"
 _ADMIN_KUBECONFIG = "admin.kubeconfig"
 # Everything `start()` creates, so a fresh start removes only what it owns.
 _AUDIT_POLICY_FILE = "audit-policy.yaml"
-_OWNED = ("pki", "etcd-data", "logs", "kcm", _STATE_FILE, _ADMIN_KUBECONFIG, _AUDIT_POLICY_FILE)
+_OWNED = (
+    "pki", "etcd-data", "logs", "kcm", "scheduler", "node",
+    _STATE_FILE, _ADMIN_KUBECONFIG, _AUDIT_POLICY_FILE,
+)
 
 # What the API server records in logs/audit.log: who read or wrote the objects pod diagnosis
 # touches, at Metadata level (never a Secret's data), once per request when it completes.
@@ -280,18 +288,39 @@ class DevCluster:
         timeout: Bound, in seconds, of each wait for a component to become ready.
     """
 
-    def __init__(self, state_dir: Path, binaries: Binaries | None = None, *, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        binaries: Binaries | None = None,
+        *,
+        timeout: float = 120.0,
+        node: bool = False,
+        node_dns_upstream: str | None = None,
+        node_dns_domains: Sequence[str] = (),
+        node_taints: Sequence[Mapping[str, str]] = (),
+    ) -> None:
         """Prepare a cluster; nothing starts before :meth:`start`.
 
         Args:
             state_dir: Directory for certificates, data, logs and the kubeconfig.
             binaries: Executables; located with :func:`find_binaries` when omitted.
             timeout: Bound, in seconds, of each readiness wait.
+            node: Also start kube-scheduler and a real node (containerd + kubelet).
+            node_dns_upstream: A loopback resolver (``127.0.0.1:PORT``) the node asks for
+                the names under ``node_dns_domains``; every other name does not resolve.
+            node_dns_domains: Domains resolved through ``node_dns_upstream``.
+            node_taints: Taints the node registers with (``key``, ``value``, ``effect``).
         """
         self.state_dir = Path(state_dir).absolute()
         self.binaries = binaries
         self.timeout = timeout
         self.server = ""
+        self.with_node = node
+        self.node_dns_upstream = node_dns_upstream
+        self.node_dns_domains = tuple(node_dns_domains)
+        self.node_taints = [dict(t) for t in node_taints]
+        #: The running node's state (None without a node).
+        self.node: realnode.NodeState | None = None
         self._procs: list[_Proc] = []
 
     # -- paths -----------------------------------------------------------------------
@@ -358,6 +387,13 @@ class DevCluster:
         binaries = self.binaries or find_binaries()
         if self._procs:
             raise DevClusterError("already started")
+        node_binaries = None
+        if self.with_node:
+            try:
+                realnode.check_state_dir(self.state_dir)
+                node_binaries = realnode.find_node_binaries(binaries.kube_apiserver.parent)
+            except realnode.NodeError as err:
+                raise DevClusterError(str(err)) from err
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for name in _OWNED:
             target = self.state_dir / name
@@ -383,6 +419,8 @@ class DevCluster:
                 KUBE_CONTROLLER_MANAGER,
                 lambda: self._probe(api_port, "/api/v1/namespaces/default/serviceaccounts/default", "admin"),
             )
+            if node_binaries is not None:
+                self._start_node(node_binaries, pki, detach)
         except BaseException:
             self.stop()
             raise
@@ -404,10 +442,32 @@ class DevCluster:
         for proc in reversed(self._procs):
             if not _terminate(proc, timeout):
                 survivors.append(f"{proc.name} (pid {proc.pid})")
+            if proc.name == realnode.KUBELET and self.node is not None:
+                # kubelet leaves its pods running: stop them (and their shims) before
+                # containerd, or the shims outlive everything.
+                left_pids = realnode.kill_shims(self.node.containerd_address)
+                survivors += [f"shim or container (pid {p})" for p in left_pids]
+        if self.node is not None:
+            # Shims of an earlier, crashed node process (its kubelet already gone).
+            left_pids = realnode.kill_shims(self.node.containerd_address)
+            survivors += [f"shim or container (pid {p})" for p in left_pids]
+            left = realnode.remove_cgroups(
+                [
+                    *self.node.created_cgroups,
+                    *realnode.node_cgroups(self.node.cgroup_root),
+                    *realnode.new_containerd_cgroups(self._cgroups_before()),
+                ]
+            )
+            if left:
+                survivors.append(f"cgroups {', '.join(left)}")
+            mounts = realnode.mounts_under(self.node.dir)
+            if mounts:
+                survivors.append(f"mounts {', '.join(mounts)}")
+            self.node = None
         self._procs = []
         (self.state_dir / _STATE_FILE).unlink(missing_ok=True)
         if survivors:
-            raise DevClusterError(f"processes survived SIGKILL: {', '.join(survivors)}")
+            raise DevClusterError(f"left behind after stop: {', '.join(survivors)}")
 
     def kill(self, name: str) -> None:
         """SIGKILL one component (fault injection: a crashed etcd or API server).
@@ -487,6 +547,10 @@ class DevCluster:
         cluster._procs = [
             _Proc(p["name"], int(p["pid"]), str(p["exe"]), Path(p["log"])) for p in state["processes"]
         ]
+        if state.get("node"):
+            cluster.node = realnode.NodeState.from_json(state["node"])
+            cluster.with_node = True
+        cluster._k8s_cgroups_before = list(state.get("k8s_cgroups_before", []))
         return cluster
 
     # -- credentials ---------------------------------------------------------------------
@@ -568,6 +632,12 @@ class DevCluster:
             "admin": ("pullhealth-admin", "system:masters", ()),
             "kcm": ("system:kube-controller-manager", "pullhealth", ()),
             "kcm-serving": ("kube-controller-manager", "pullhealth", local),
+            "scheduler": ("system:kube-scheduler", "pullhealth", ()),
+            "scheduler-serving": ("kube-scheduler", "pullhealth", local),
+            # The node's identity for the Node authorizer and NodeRestriction admission.
+            "node": (f"system:node:{realnode.NODE_NAME}", "system:nodes", ()),
+            # The API server's client certificate towards kubelet (logs, exec, port-forward).
+            "kubelet-client": ("kube-apiserver-kubelet-client", "system:masters", ()),
         }
         files = {}
         for name, (cn, org, identities) in leaves.items():
@@ -669,6 +739,11 @@ class DevCluster:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
                 f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                # The node registers as 127.0.0.1 (its Hostname address): never dial the
+                # machine's other addresses that kubelet may also report.
+                "--kubelet-preferred-address-types=Hostname",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -718,7 +793,165 @@ class DevCluster:
             detach,
         )
 
-    def _spawn(self, name: str, argv: Sequence[str], detach: bool) -> None:
+    # -- the node ------------------------------------------------------------------------
+
+    _k8s_cgroups_before: list[str] | None = None
+
+    def _cgroups_before(self) -> list[str]:
+        return list(self._k8s_cgroups_before or [])
+
+    def _start_node(
+        self, binaries: realnode.NodeBinaries, leaves: Mapping[str, tuple[Path, Path]], detach: bool
+    ) -> None:
+        """Start kube-scheduler, the node's resolver, its namespace, containerd and kubelet,
+        and wait until the node is Ready (see :mod:`pullhealth_dev.node`)."""
+        node_dir = self.state_dir / "node"
+        for sub in ("var-lib", "var-log", "containerd", "certs.d", "cni/net.d", "volume-plugins"):
+            (node_dir / sub).mkdir(parents=True, exist_ok=True)
+        pki = self.pki
+        # kube-scheduler, beside the rest of the control plane.
+        sched_port, kubelet_port, healthz_port = free_ports(3)
+        sched_kubeconfig = self.state_dir / "scheduler" / "scheduler.kubeconfig"
+        self._write_client_kubeconfig(sched_kubeconfig, leaves, "scheduler")
+        self._spawn(
+            realnode.KUBE_SCHEDULER,
+            [
+                str(binaries.kube_scheduler),
+                f"--kubeconfig={sched_kubeconfig}",
+                f"--authentication-kubeconfig={sched_kubeconfig}",
+                f"--authorization-kubeconfig={sched_kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={sched_port}",
+                f"--tls-cert-file={pki / 'scheduler-serving.crt'}",
+                f"--tls-private-key-file={pki / 'scheduler-serving.key'}",
+                "--leader-elect=false",
+            ],
+            detach,
+        )
+        self._wait(realnode.KUBE_SCHEDULER, lambda: self._probe(sched_port, "/healthz", None))
+
+        # The node's resolver on 127.0.0.X:53.
+        dns_address = realnode.pick_dns_address()
+        dns_conf = node_dir / "dnsmasq.conf"
+        dns_conf.write_text(
+            realnode.dns_config(
+                self.logs / "node-dns-queries.log", self.node_dns_upstream, self.node_dns_domains
+            )
+        )
+        self._spawn(
+            realnode.NODE_DNS,
+            [
+                str(binaries.dnsmasq), "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                "--bind-interfaces", f"--listen-address={dns_address}", "--port=53",
+                f"--conf-file={dns_conf}", "--pid-file=", "--user=root",
+            ],
+            detach,
+        )
+        self._wait(realnode.NODE_DNS, lambda: realnode.dns_answers(dns_address))
+        resolv_conf = node_dir / "resolv.conf"
+        resolv_conf.write_text(f"nameserver {dns_address}\n")
+
+        # cgroups: kubelet's root must exist; containerd may add k8s.io ones.
+        cgroup_root = realnode.cgroup_root_for(self.state_dir)
+        self._k8s_cgroups_before = realnode.containerd_cgroups_before()
+        containerd_address = node_dir / "containerd" / "containerd.sock"
+        self.node = realnode.NodeState(
+            node_dir, containerd_address, cgroup_root, realnode.make_cgroup_root(cgroup_root), dns_address
+        )
+        self._save_state()  # from here on, `down` can clean up even if start fails
+
+        # The private mount namespace, held open by `sleep`.
+        realnode.write_sysctl_files(node_dir)
+        script = node_dir / "namespace.sh"
+        sleep = shutil.which("sleep") or "/bin/sleep"
+        script.write_text(realnode.namespace_script(node_dir, resolv_conf, sleep))
+        (node_dir / "namespace.ready").unlink(missing_ok=True)
+        self._spawn(
+            realnode.NODE_NAMESPACE,
+            [str(binaries.unshare), "--mount", "--propagation", "private", "--", "/bin/sh", str(script)],
+            detach,
+            exe=sleep,
+        )
+        self._wait(realnode.NODE_NAMESPACE, lambda: (node_dir / "namespace.ready").exists())
+        holder = self._proc(realnode.NODE_NAMESPACE).pid
+        enter = [str(binaries.nsenter), f"--mount=/proc/{holder}/ns/mnt", "--"]
+        env = realnode.node_env()
+
+        # containerd, then the pause image it cannot pull.
+        pause_image = realnode.pause_image_name(binaries.pause_archive)
+        containerd_conf = node_dir / "containerd" / "config.toml"
+        containerd_conf.write_text(realnode.containerd_config(node_dir, binaries, pause_image))
+        cni = node_dir / "cni" / "net.d" / "10-pullhealth-loopback.conflist"
+        cni.write_text(json.dumps(realnode.CNI_CONFLIST, indent=2))
+        self._spawn(
+            realnode.CONTAINERD,
+            [*enter, str(binaries.containerd), f"--config={containerd_conf}"],
+            detach, exe=str(binaries.containerd), env=env,
+        )
+        node, ctr = self.node, str(binaries.ctr)
+        self._wait(realnode.CONTAINERD, lambda: node.ctr("version", timeout=10, ctr=ctr).returncode == 0)
+        imported = node.ctr("images", "import", str(binaries.pause_archive), ctr=ctr)
+        if imported.returncode != 0:
+            raise DevClusterError(f"importing the pause image failed: {imported.stderr.strip()}")
+
+        # kubelet.
+        kubelet_dir = node_dir / "kubelet"
+        kubelet_kubeconfig = kubelet_dir / "kubelet.kubeconfig"
+        self._write_client_kubeconfig(kubelet_kubeconfig, leaves, "node")
+        config = realnode.kubelet_config(
+            node_dir,
+            ca_file=pki / "ca.crt",
+            containerd_address=containerd_address,
+            cgroup_root=cgroup_root,
+            port=kubelet_port,
+            healthz_port=healthz_port,
+            resolv_conf=resolv_conf,
+            taints=self.node_taints,
+        )
+        realnode.write_yaml(kubelet_dir / "config.yaml", config)
+        self._spawn(
+            realnode.KUBELET,
+            [
+                *enter, str(binaries.kubelet),
+                f"--config={kubelet_dir / 'config.yaml'}",
+                f"--kubeconfig={kubelet_kubeconfig}",
+                f"--hostname-override={realnode.NODE_NAME}",
+                "--v=2",
+            ],
+            detach, exe=str(binaries.kubelet), env=env,
+        )
+        self._wait(realnode.KUBELET, self.node_ready)
+
+    def node_ready(self) -> bool:
+        """Tell whether the node is registered and its Ready condition is True."""
+        try:
+            status, body = self._request("GET", f"/api/v1/nodes/{realnode.NODE_NAME}", None)
+        except (OSError, http.client.HTTPException):
+            return False
+        if status != 200:
+            return False
+        conditions = json.loads(body).get("status", {}).get("conditions", [])
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+    def _spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        detach: bool,
+        *,
+        exe: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start one component with its log in ``logs/<name>.log``.
+
+        Args:
+            name: The component.
+            argv: Its command line.
+            detach: Whether it outlives this process.
+            exe: The program it ends up running when ``argv[0]`` execs another one
+                (``nsenter``, ``unshare``): what the PID check compares with.
+            env: Its environment (this process's by default).
+        """
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
@@ -727,11 +960,12 @@ class DevCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.state_dir,
+                env=None if env is None else dict(env),
                 # Own session: a Ctrl-C in the shell that ran `up` does not reach it.
                 start_new_session=True,
                 preexec_fn=None if detach else _die_with_parent,
             )
-        self._procs.append(_Proc(name, popen.pid, argv[0], log, popen, tuple(argv), detach))
+        self._procs.append(_Proc(name, popen.pid, exe or argv[0], log, popen, tuple(argv), detach))
 
     def _wait(self, name: str, check: Callable[[], bool]) -> None:
         proc = next(p for p in self._procs if p.name == name)
@@ -778,13 +1012,16 @@ class DevCluster:
             conn.close()
 
     def _save_state(self) -> None:
-        state = {
+        state: dict[str, Any] = {
             "server": self.server,
             "kubeconfig": str(self.kubeconfig),
             "processes": [
                 {"name": p.name, "pid": p.pid, "exe": p.exe, "log": str(p.log)} for p in self._procs
             ],
         }
+        if self.node is not None:
+            state["node"] = self.node.to_json()
+            state["k8s_cgroups_before"] = self._cgroups_before()
         _write_private(self.state_dir / _STATE_FILE, json.dumps(state, indent=2).encode())
 
 
@@ -854,7 +1091,8 @@ def main(argv: list[str]) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="pullhealth-dev cluster",
-        description="A local etcd + kube-apiserver + kube-controller-manager on 127.0.0.1.",
+        description="A local etcd + kube-apiserver + kube-controller-manager on 127.0.0.1; "
+        "with `up --node`, also kube-scheduler and a real node (containerd + kubelet).",
     )
     parser.add_argument(
         "--state-dir",
@@ -863,27 +1101,36 @@ def main(argv: list[str]) -> int:
         help="certificates, data, logs and kubeconfig (default: %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per component")
-    parser.add_argument("command", choices=("up", "down", "kubeconfig", "status"))
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="with up: also start kube-scheduler and a real node (containerd + kubelet, "
+        "hostNetwork pods only); needs scripts/setup.sh and hack/build-k8s.sh",
+    )
+    parser.add_argument("command", choices=tuple(_COMMANDS))
     args = parser.parse_args(argv)
     out: IO[str] = sys.stdout
     try:
-        return _COMMANDS[args.command](args.state_dir, args.timeout, out)
+        return _COMMANDS[args.command](args, out)
     except DevClusterError as err:
         print(f"pullhealth-dev cluster: {err}", file=sys.stderr)
         return 1
 
 
-def _up(state_dir: Path, timeout: float, out: IO[str]) -> int:
+def _up(args: argparse.Namespace, out: IO[str]) -> int:
+    state_dir: Path = args.state_dir
     existing = DevCluster.load(state_dir)
     if existing is not None:
-        if all(existing.running().values()) and existing.ready():
+        has_node = existing.node is not None
+        if all(existing.running().values()) and existing.ready() and has_node >= args.node:
             print(f"already running at {existing.server}", file=sys.stderr)
             print(existing.kubeconfig, file=out)
             return 0
-        existing.stop()  # stale: clean up whatever is left before starting afresh
-    cluster = DevCluster(state_dir, find_binaries(), timeout=timeout)
+        existing.stop()  # stale, or without the node asked for: clean up, start afresh
+    cluster = DevCluster(state_dir, find_binaries(), timeout=args.timeout, node=args.node)
     started = time.monotonic()
-    print(f"starting etcd {ETCD_VERSION} and Kubernetes {K8S_VERSION} ...", file=sys.stderr)
+    what = " with a node (kube-scheduler, containerd, kubelet)" if args.node else ""
+    print(f"starting etcd {ETCD_VERSION} and Kubernetes {K8S_VERSION}{what} ...", file=sys.stderr)
     cluster.start(detach=True)
     print(
         f"ready at {cluster.server} in {time.monotonic() - started:.1f}s; logs in "
@@ -894,8 +1141,8 @@ def _up(state_dir: Path, timeout: float, out: IO[str]) -> int:
     return 0
 
 
-def _down(state_dir: Path, timeout: float, out: IO[str]) -> int:
-    cluster = DevCluster.load(state_dir)
+def _down(args: argparse.Namespace, out: IO[str]) -> int:
+    cluster = DevCluster.load(args.state_dir)
     if cluster is None:
         print("not running", file=sys.stderr)
         return 0
@@ -904,8 +1151,8 @@ def _down(state_dir: Path, timeout: float, out: IO[str]) -> int:
     return 0
 
 
-def _kubeconfig(state_dir: Path, timeout: float, out: IO[str]) -> int:
-    cluster = DevCluster.load(state_dir)
+def _kubeconfig(args: argparse.Namespace, out: IO[str]) -> int:
+    cluster = DevCluster.load(args.state_dir)
     if cluster is None:
         print("not running: start it with `pullhealth-dev cluster up`", file=sys.stderr)
         return 1
@@ -913,8 +1160,8 @@ def _kubeconfig(state_dir: Path, timeout: float, out: IO[str]) -> int:
     return 0
 
 
-def _status(state_dir: Path, timeout: float, out: IO[str]) -> int:
-    cluster = DevCluster.load(state_dir)
+def _status(args: argparse.Namespace, out: IO[str]) -> int:
+    cluster = DevCluster.load(args.state_dir)
     if cluster is None:
         print("not running", file=out)
         return 3
@@ -923,11 +1170,15 @@ def _status(state_dir: Path, timeout: float, out: IO[str]) -> int:
         print(f"{name:<24} pid {pid:<8} {'running' if running[name] else 'DEAD'}", file=out)
     ready = all(running.values()) and cluster.ready()
     print(f"server {cluster.server} {'ready' if ready else 'NOT READY'}", file=out)
+    if cluster.node is not None:
+        node_ready = ready and cluster.node_ready()
+        ready = node_ready
+        print(f"node {realnode.NODE_NAME} {'Ready' if node_ready else 'NOT READY'}", file=out)
     print(f"kubeconfig {cluster.kubeconfig}", file=out)
     return 0 if ready else 1
 
 
-_COMMANDS: dict[str, Callable[[Path, float, IO[str]], int]] = {
+_COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str]], int]] = {
     "up": _up,
     "down": _down,
     "kubeconfig": _kubeconfig,
