@@ -15,7 +15,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # e2e must run, not skip, when the binaries were just built.
 export PULLHEALTH_REQUIRE_E2E=1
 
-echo "== ruff"; ruff check operator tests e2e bench scripts
+echo "== ruff"; ruff check operator dev tests e2e bench scripts
 echo "== mypy --strict"; mypy
 echo "== import-linter"; lint-imports
 echo "== pytest"

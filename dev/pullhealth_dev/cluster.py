@@ -438,6 +438,14 @@ class DevCluster:
         Raises:
             DevClusterError: If a process survives SIGKILL (should never happen).
         """
+        try:
+            self._stop_procs(timeout)
+        finally:
+            self._procs = []
+            (self.state_dir / _STATE_FILE).unlink(missing_ok=True)
+
+    def _stop_procs(self, timeout: float) -> None:
+        """Stop the recorded processes (reverse start order) and what the node leaves."""
         survivors = []
         for proc in reversed(self._procs):
             if not _terminate(proc, timeout):
@@ -465,7 +473,6 @@ class DevCluster:
                 survivors.append(f"mounts {', '.join(mounts)}")
             self.node = None
         self._procs = []
-        (self.state_dir / _STATE_FILE).unlink(missing_ok=True)
         if survivors:
             raise DevClusterError(f"left behind after stop: {', '.join(survivors)}")
 
@@ -794,6 +801,78 @@ class DevCluster:
         )
 
     # -- the node ------------------------------------------------------------------------
+
+    #: The components a node adds, in start order.
+    NODE_COMPONENTS = (
+        realnode.KUBE_SCHEDULER,
+        realnode.NODE_DNS,
+        realnode.NODE_NAMESPACE,
+        realnode.CONTAINERD,
+        realnode.KUBELET,
+    )
+
+    def add_node(
+        self,
+        *,
+        dns_upstream: str | None = None,
+        dns_domains: Sequence[str] = (),
+        taints: Sequence[Mapping[str, str]] = (),
+    ) -> realnode.NodeState:
+        """Start kube-scheduler and the real node on this running cluster (started here).
+
+        Args:
+            dns_upstream: A loopback resolver for the names under ``dns_domains``.
+            dns_domains: Domains the node resolves through ``dns_upstream``.
+            taints: Taints the node registers with.
+
+        Returns:
+            The node's state (its containerd, certs.d for hosts.toml files).
+
+        Raises:
+            DevClusterError: If it is already there, or does not become Ready in time.
+        """
+        if self.node is not None or not self._procs:
+            raise DevClusterError("add_node needs a running cluster without a node")
+        binaries = self.binaries or find_binaries()
+        try:
+            realnode.check_state_dir(self.state_dir)
+            node_binaries = realnode.find_node_binaries(binaries.kube_apiserver.parent)
+        except realnode.NodeError as err:
+            raise DevClusterError(str(err)) from err
+        self.node_dns_upstream, self.node_dns_domains = dns_upstream, tuple(dns_domains)
+        self.node_taints = [dict(t) for t in taints]
+        leaves = {
+            crt.stem: (crt, crt.with_suffix(".key"))
+            for crt in self.pki.glob("*.crt")
+            if crt.with_suffix(".key").exists()
+        }
+        detach = any(p.detach for p in self._procs)
+        try:
+            self._start_node(node_binaries, leaves, detach)
+        except BaseException:
+            self.remove_node()
+            raise
+        self._save_state()
+        assert self.node is not None
+        return self.node
+
+    def remove_node(self, timeout: float = 15.0) -> None:
+        """Stop the node and kube-scheduler, leaving the control plane running; the Node
+        object is deleted (its pods are then garbage-collected by the control plane).
+
+        Raises:
+            DevClusterError: If anything of the node is left behind.
+        """
+        node_procs = [p for p in self._procs if p.name in self.NODE_COMPONENTS]
+        control_plane = [p for p in self._procs if p.name not in self.NODE_COMPONENTS]
+        self._procs = node_procs
+        try:
+            self._stop_procs(timeout)
+        finally:
+            self._procs = control_plane
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            self._request("DELETE", f"/api/v1/nodes/{realnode.NODE_NAME}", None)
+        self._save_state()
 
     _k8s_cgroups_before: list[str] | None = None
 

@@ -184,13 +184,16 @@ class NodeState:
     def trust(self, host: str, ca_file: Path) -> Path:
         """Make containerd trust ``ca_file`` for ``host`` (a ``host:port``).
 
-        containerd reads ``hosts.toml`` at every pull, so this applies to the next pull.
+        Docker's certificate pattern (``certs.d/<host:port>/ca.crt``), which containerd
+        reads at every pull when the directory has no ``hosts.toml``.
 
         Returns:
-            The ``hosts.toml`` written.
+            The file written.
         """
-        return self.write_hosts_toml(host, f'server = "https://{host}"\n\n[host."https://{host}"]\n'
-                                     f'  capabilities = ["pull", "resolve"]\n  ca = "{ca_file}"\n')
+        path = self.certs_d / host / "ca.crt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ca_file, path)
+        return path
 
     def write_hosts_toml(self, host: str, text: str) -> Path:
         """Write ``certs.d/<host>/hosts.toml`` (a mirror, a CA) as containerd reads it."""

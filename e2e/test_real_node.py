@@ -1,0 +1,221 @@
+"""Failing pulls on a real node: kubelet and containerd fail, the operator explains.
+
+Unlike e2e/test_pods.py (where the test plays kubelet with recorded text), nothing here is
+written on kubelet's behalf: a real kubelet v1.34 with Debian's containerd 1.6 and runc
+(:mod:`pullhealth_dev.node`, added to the session's control plane for this module) pulls
+from the test world's real registries, and the failures, pod status and Events are its own.
+Workloads are created as users create them (Deployments, pull secrets, a ServiceAccount's
+pull secrets); they only add ``hostNetwork: true`` (there is no pod network here) and a
+toleration for the node's taint (so that no other test's pod lands on it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pullhealth_dev import cluster as devcluster
+from pullhealth_dev import node as realnode
+from support.kubelet import docker_secret
+from support.world import World
+
+TAINT = {"key": "pullhealth.io/e2e-real-node", "value": "true", "effect": "NoSchedule"}
+TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+#: The world's names the node resolves through the world's dnsmasq; anything else: NXDOMAIN.
+WORLD_DOMAINS = ("test", "azurecr.io")
+DIAGNOSIS = "pullhealth.io/diagnosis"
+# Generous bounds: CI machines are small and shared. The diagnosis bound is the product's
+# promise (60 s after kubelet reported the failure), the others only keep a stuck test finite.
+KUBELET_WAIT = 180.0
+DIAGNOSIS_WAIT = 60.0
+
+
+@pytest.fixture(scope="module")
+def real_node(dev_cluster: Any, world: World) -> Iterator[realnode.NodeState]:
+    """kube-scheduler + containerd + kubelet on the session's control plane, for this module.
+
+    The node trusts the world's CA for the world's registries (hosts.toml, as an operator of
+    a real node would configure it), and resolves the world's names through its dnsmasq.
+    """
+    harness: devcluster.DevCluster | None = dev_cluster.harness
+    if harness is None:
+        pytest.skip("the real node runs only on the local dev cluster (not with --kubeconfig)")
+    binaries = harness.binaries or devcluster.find_binaries()
+    try:
+        realnode.find_node_binaries(binaries.kube_apiserver.parent)
+    except realnode.NodeError as err:
+        if os.environ.get("PULLHEALTH_REQUIRE_E2E"):
+            pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {err}", pytrace=False)
+        pytest.skip(f"no real node here: {err}")
+    node = harness.add_node(dns_upstream=world.nameserver, dns_domains=WORLD_DOMAINS, taints=[TAINT])
+    try:
+        for host in (world.anon, world.basic, world.acr, world.myacr):
+            node.trust(host, world.ca_bundle)
+        yield node
+    finally:
+        address, cgroups = node.containerd_address, realnode.node_cgroups(node.cgroup_root)
+        harness.remove_node()
+    # Nothing of the node may outlive it: no shim, no container, no cgroup, no mount.
+    assert realnode.shim_pids(address) == []
+    assert [c for c in cgroups if Path(c).exists()] == []
+    assert realnode.mounts_under(node.dir) == []
+
+
+def deployment(name: str, image: str, *, secrets: tuple[str, ...] = (), account: str | None = None) -> str:
+    """A Deployment as a user writes it, plus hostNetwork and the node's toleration."""
+    spec: dict[str, Any] = {
+        "hostNetwork": True,
+        "tolerations": [TOLERATION],
+        "terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "app", "image": image, "imagePullPolicy": "Always"}],
+    }
+    if secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in secrets]
+    if account:
+        spec["serviceAccountName"] = account
+    return json.dumps({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+        },
+    })
+
+
+def pods_of(dev_cluster: Any, ns: str, app: str) -> list[dict[str, Any]]:
+    out = dev_cluster.kubectl("get", "pods", "-n", ns, "-l", f"app={app}", "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def waiting_reason(pod: dict[str, Any]) -> str:
+    for status in pod.get("status", {}).get("containerStatuses", []):
+        waiting = status.get("state", {}).get("waiting")
+        if waiting:
+            return str(waiting.get("reason", ""))
+    return ""
+
+
+def events_of(dev_cluster: Any, ns: str, pod: str) -> list[dict[str, Any]]:
+    out = dev_cluster.kubectl("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={pod}",
+                              "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def kubelet_failure(dev_cluster: Any, ns: str, app: str, wait_for: Callable[..., Any]) -> dict[str, Any]:
+    """Wait until kubelet itself reports the pod's pull failure; return the pod."""
+    def failed() -> dict[str, Any] | None:
+        for pod in pods_of(dev_cluster, ns, app):
+            if waiting_reason(pod) in ("ErrImagePull", "ImagePullBackOff"):
+                return pod
+        return None
+
+    pod: dict[str, Any] = wait_for(failed, f"kubelet's ErrImagePull for {app}", timeout=KUBELET_WAIT)
+    assert pod["spec"]["nodeName"] == realnode.NODE_NAME
+    return pod
+
+
+def kubelet_pull_message(dev_cluster: Any, ns: str, pod: str) -> str:
+    """The message of kubelet's own ``Failed to pull image`` Event (source: the real node)."""
+    for event in events_of(dev_cluster, ns, pod):
+        if event["reason"] == "Failed" and event["message"].startswith("Failed to pull image"):
+            assert event["source"] == {"component": "kubelet", "host": realnode.NODE_NAME}
+            return str(event["message"])
+    raise AssertionError(f"no kubelet pull failure event for {pod}")
+
+
+def diagnosis(dev_cluster: Any, ns: str, app: str, wait_for: Callable[..., Any]) -> tuple[str, str]:
+    """(pod name, diagnosis code) once kubelet failed and the operator annotated the pod."""
+    pod = kubelet_failure(dev_cluster, ns, app, wait_for)
+    name = pod["metadata"]["name"]
+
+    def annotated() -> str | None:
+        out = dev_cluster.kubectl("get", "pod", "-n", ns, name, "-o", "json").stdout
+        return json.loads(out)["metadata"].get("annotations", {}).get(DIAGNOSIS)
+
+    return name, str(wait_for(annotated, f"{DIAGNOSIS} on {name}", timeout=DIAGNOSIS_WAIT))
+
+
+def test_node_is_ready_and_real(real_node: realnode.NodeState, dev_cluster: Any) -> None:
+    node = json.loads(dev_cluster.kubectl("get", "node", realnode.NODE_NAME, "-o", "json").stdout)
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == devcluster.K8S_VERSION
+    assert info["containerRuntimeVersion"].startswith("containerd://1.")
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", ready
+    # kubelet is reached only on loopback.
+    assert {a["address"] for a in node["status"]["addresses"]} == {realnode.NODE_NAME}
+
+
+def test_unknown_host_deployment_is_diagnosed(real_node: realnode.NodeState, dev_cluster: Any, operator: Any,
+                                              namespace: str, wait_for: Callable[..., Any]) -> None:
+    image = "nosuch-registry.test/team/app:v1"
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("unknown-host", image))
+    name, code = diagnosis(dev_cluster, namespace, "unknown-host", wait_for)
+    assert code == "DNS_NXDOMAIN"
+    message = kubelet_pull_message(dev_cluster, namespace, name)
+    # containerd's own words, through kubelet: the lookup went to the node's resolver.
+    assert f'failed to pull and unpack image "{image}"' in message
+    assert f"lookup nosuch-registry.test on {real_node.dns_address}:53: no such host" in message
+
+    # kubelet keeps retrying (BackOff); the operator says it once.
+    wait_for(lambda: any(e["reason"] == "BackOff" for e in events_of(dev_cluster, namespace, name)),
+             "kubelet's BackOff", timeout=KUBELET_WAIT)
+    time.sleep(2)  # let a (wrong) second diagnosis event land, if the operator wrote one
+    ours = [e for e in events_of(dev_cluster, namespace, name) if e["reason"] == "PullDiagnosed"]
+    assert len(ours) == 1 and ours[0].get("count", 1) == 1, ours
+
+
+def test_wrong_pull_secret(real_node: realnode.NodeState, dev_cluster: Any, operator: Any, world: World,
+                           namespace: str, wait_for: Callable[..., Any]) -> None:
+    secret = docker_secret("stale", world.acr, world.acr_puller[0], "rotated-elsewhere")
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(secret))
+    image = f"{world.acr}/team/app:v1"
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                        stdin=deployment("stale-secret", image, secrets=("stale",)))
+    name, code = diagnosis(dev_cluster, namespace, "stale-secret", wait_for)
+    assert code == "CREDENTIALS_REJECTED"
+    message = kubelet_pull_message(dev_cluster, namespace, name)
+    assert "401 Unauthorized" in message, message
+    assert "rotated-elsewhere" not in json.dumps(events_of(dev_cluster, namespace, name))
+
+
+def test_service_account_pull_secret(real_node: realnode.NodeState, dev_cluster: Any, operator: Any,
+                                     world: World, namespace: str, wait_for: Callable[..., Any]) -> None:
+    """The pod names no secret: the ServiceAccount's (wrong) one is what kubelet used."""
+    secret = docker_secret("team-pull", world.acr, world.acr_puller[0], "expired-password")
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(secret))
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "builder"},
+               "imagePullSecrets": [{"name": "team-pull"}]}
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(account))
+    image = f"{world.acr}/team/app:v1"
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("via-sa", image, account="builder"))
+    name, code = diagnosis(dev_cluster, namespace, "via-sa", wait_for)
+    assert code == "CREDENTIALS_REJECTED"
+    assert "401 Unauthorized" in kubelet_pull_message(dev_cluster, namespace, name)
+
+
+def test_missing_tag(real_node: realnode.NodeState, dev_cluster: Any, operator: Any, world: World,
+                     namespace: str, wait_for: Callable[..., Any]) -> None:
+    image = f"{world.anon}/team/app:nosuchtag"
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("missing-tag", image))
+    name, code = diagnosis(dev_cluster, namespace, "missing-tag", wait_for)
+    assert code == "TAG_NOT_FOUND"
+    assert ": not found" in kubelet_pull_message(dev_cluster, namespace, name)
+
+
+def test_untrusted_tls(real_node: realnode.NodeState, dev_cluster: Any, operator: Any, world: World,
+                       namespace: str, wait_for: Callable[..., Any]) -> None:
+    image = f"{world.untrusted}/team/app:v1"
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("untrusted", image))
+    name, code = diagnosis(dev_cluster, namespace, "untrusted", wait_for)
+    assert code == "TLS_UNTRUSTED"
+    assert "x509: certificate signed by unknown authority" in kubelet_pull_message(dev_cluster, namespace, name)
