@@ -2,9 +2,11 @@
 
 Starts real local registries (Debian's docker-registry: anonymous, htpasswd, token auth
 with an ACR-style token service), dnsmasq with a test zone, a local control plane
-(etcd + kube-apiserver + kube-controller-manager built by hack/build-k8s.sh), then runs
-the operator, applies sample RegistryChecks and shows ``kubectl get regcheck``; also
-shows ``pullhealth check`` and ``pullhealth explain`` one-shots. Everything is stopped at
+(etcd + kube-apiserver + kube-controller-manager built by hack/build-k8s.sh) with a real
+node (kube-scheduler, kubelet, containerd: ``pullhealth-dev cluster up --node``), then runs
+the operator, applies sample RegistryChecks and shows ``kubectl get regcheck``, and deploys
+an app whose pull kubelet really fails; also shows ``pullhealth check`` and ``pullhealth
+explain`` one-shots. Everything is stopped at
 the end, also when the demo is interrupted (Ctrl-C, SIGTERM from ``timeout`` or ``kill``,
 SIGHUP from a closed terminal): every server, the control plane, the operator and the
 temporary directory go. ``--keep`` leaves everything running at the end, until Ctrl-C.
@@ -38,6 +40,7 @@ KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl") or "kubectl"
 # Bold banners only on a terminal (https://no-color.org: NO_COLOR turns them off too).
 COLOUR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+WORLD_DOMAINS = ("test", "azurecr.io")  # the node resolves these through the world's dnsmasq
 
 
 def banner(text: str) -> None:
@@ -141,24 +144,33 @@ def samples(world: World) -> list[dict[str, object]]:
     ]
 
 
+def web_deployment(image: str) -> str:
+    """The demo's app: a Deployment with a stale pull secret (hostNetwork: no pod network here)."""
+    template = {"metadata": {"labels": {"app": "web"}},
+                "spec": {"hostNetwork": True, "imagePullSecrets": [{"name": "acr-stale"}],
+                         "containers": [{"name": "app", "image": image, "imagePullPolicy": "Always"}]}}
+    return json.dumps({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                       "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                                "template": template}})
+
+
 def failing_pod(world: World, kubeconfig: str, k: list[str]) -> None:
-    """A pod in ErrImagePull, as kubelet reports it (recorded containerd text), diagnosed."""
-    import kubernetes
-
-    from support.kubelet import ensure_node, fail_pull, kubelet_message, make_pod
-
-    banner("a pod fails to pull (kubelet's status and event written as kubelet does)")
-    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(config_file=kubeconfig))
-    ensure_node(api)
+    """A Deployment whose pull kubelet fails on the real node (a stale secret), diagnosed."""
+    banner("a Deployment with a stale pull secret: kubelet on the node fails to pull it")
     image = f"{world.acr}/team/app:v1"
-    pod = make_pod(api, "demo", "web", image, ["acr-stale"])
-    fail_pull(api, "demo", pod, image, kubelet_message("token_wrong_password", image))
-    deadline = time.monotonic() + 30
+    sh(*k, "-n", "demo", "apply", "-f", "-", stdin=web_deployment(image))
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if "pullhealth.io/diagnosis" in (api.read_namespaced_pod("web", "demo").metadata.annotations or {}):
+        out = subprocess.run([*k, "-n", "demo", "get", "pods", "-l", "app=web", "-o", "json"],
+                             capture_output=True, text=True, timeout=30, check=False).stdout
+        pods = json.loads(out or '{"items": []}')["items"]
+        if pods and "pullhealth.io/diagnosis" in pods[0]["metadata"].get("annotations", {}):
             break
-        time.sleep(0.5)
-    sh(*k, "-n", "demo", "get", "pod", "web", "-o", "jsonpath={.metadata.annotations}")
+        time.sleep(1)
+    sh(*k, "-n", "demo", "get", "pods", "-l", "app=web", "-o", "wide")
+    sh(*k, "-n", "demo", "get", "events", "--field-selector", "source=kubelet", "-o",
+       "custom-columns=REASON:.reason,MESSAGE:.message")
+    sh(*k, "-n", "demo", "get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.annotations}")
     sh(*k, "-n", "demo", "get", "events", "--field-selector", "reason=PullDiagnosed")
 
 
@@ -174,12 +186,18 @@ def show_metrics(port: int) -> None:
 
 def cluster_demo(world: World, state: Path, stack: contextlib.ExitStack, keep: bool) -> None:
     binaries = devcluster.find_binaries()
-    banner("starting a local control plane (etcd, kube-apiserver, kube-controller-manager)")
-    cluster = devcluster.DevCluster(state / "cluster", binaries)
+    banner("starting a local control plane (etcd, kube-apiserver, kube-controller-manager) and a "
+           "node (kube-scheduler, containerd, kubelet)")
+    # The node resolves the world's names through the world's dnsmasq, nothing else.
+    cluster = devcluster.DevCluster(state / "cluster", binaries, node=True,
+                                    node_dns_upstream=world.nameserver, node_dns_domains=WORLD_DOMAINS)
     # Registered before start(): an interrupt while it starts still stops what did start.
-    stack.callback(banner, "stopped the control plane")
+    stack.callback(banner, "stopped the control plane and the node")
     stack.callback(cluster.stop)
     cluster.start()
+    assert cluster.node is not None
+    for registry in (world.anon, world.basic, world.acr, world.myacr):
+        cluster.node.trust(registry, world.ca_bundle)  # as a node's admin adds a private CA
     kubeconfig = str(cluster.kubeconfig)
     k = [KUBECTL, f"--kubeconfig={kubeconfig}"]
     sh(*k, "apply", "-f", str(ROOT / "crds" / "registrychecks.pullhealth.io.yaml"))
