@@ -933,9 +933,9 @@ class DevCluster:
         # cgroups: kubelet's root must exist; containerd may add k8s.io ones.
         cgroup_root = realnode.cgroup_root_for(self.state_dir)
         self._k8s_cgroups_before = realnode.containerd_cgroups_before()
-        containerd_address = node_dir / "containerd" / "containerd.sock"
+        containerd_address = realnode.containerd_address_for(self.state_dir)
         self.node = realnode.NodeState(
-            node_dir, containerd_address, cgroup_root, realnode.make_cgroup_root(cgroup_root), dns_address
+            node_dir, containerd_address, 0, cgroup_root, realnode.make_cgroup_root(cgroup_root), dns_address
         )
         self._save_state()  # from here on, `down` can clean up even if start fails
 
@@ -953,13 +953,17 @@ class DevCluster:
         )
         self._wait(realnode.NODE_NAMESPACE, lambda: (node_dir / "namespace.ready").exists())
         holder = self._proc(realnode.NODE_NAMESPACE).pid
+        self.node.namespace_pid = holder
+        self._save_state()
         enter = [str(binaries.nsenter), f"--mount=/proc/{holder}/ns/mnt", "--"]
         env = realnode.node_env()
 
         # containerd, then the pause image it cannot pull.
         pause_image = realnode.pause_image_name(binaries.pause_archive)
         containerd_conf = node_dir / "containerd" / "config.toml"
-        containerd_conf.write_text(realnode.containerd_config(node_dir, binaries, pause_image))
+        containerd_conf.write_text(
+            realnode.containerd_config(node_dir, binaries, pause_image, containerd_address)
+        )
         cni = node_dir / "cni" / "net.d" / "10-pullhealth-loopback.conflist"
         cni.write_text(json.dumps(realnode.CNI_CONFLIST, indent=2))
         self._spawn(

@@ -143,7 +143,10 @@ class NodeState:
 
     Attributes:
         dir: The node's directory inside the cluster's state directory.
-        containerd_address: containerd's socket; its shims carry it as ``-address``.
+        containerd_address: containerd's socket, inside the node's namespace (its ``/run``:
+            a path under a long state directory would pass the 104-byte limit of socket
+            paths); its shims carry it as ``-address``, distinct per node.
+        namespace_pid: The process holding the node's mount namespace open.
         cgroup_root: kubelet's ``cgroupRoot``, created in every v1 hierarchy by us.
         created_cgroups: cgroup directories created by us or by the node (removed at stop).
         dns_address: The node's dnsmasq, ``127.0.0.X``.
@@ -151,6 +154,7 @@ class NodeState:
 
     dir: Path
     containerd_address: Path
+    namespace_pid: int
     cgroup_root: str
     created_cgroups: list[str]
     dns_address: str
@@ -160,6 +164,7 @@ class NodeState:
         return {
             "dir": str(self.dir),
             "containerd_address": str(self.containerd_address),
+            "namespace_pid": self.namespace_pid,
             "cgroup_root": self.cgroup_root,
             "created_cgroups": self.created_cgroups,
             "dns_address": self.dns_address,
@@ -171,6 +176,7 @@ class NodeState:
         return cls(
             Path(data["dir"]),
             Path(data["containerd_address"]),
+            int(data["namespace_pid"]),
             str(data["cgroup_root"]),
             [str(c) for c in data["created_cgroups"]],
             str(data["dns_address"]),
@@ -204,9 +210,10 @@ class NodeState:
         return path
 
     def ctr(self, *args: str, timeout: float = 120.0, ctr: str = "ctr") -> subprocess.CompletedProcess[str]:
-        """Run ``ctr -n k8s.io`` against this node's containerd (bounded)."""
+        """Run ``ctr -n k8s.io`` against this node's containerd, in its namespace (bounded)."""
+        enter = [shutil.which("nsenter") or "nsenter", f"--mount=/proc/{self.namespace_pid}/ns/mnt", "--"]
         return subprocess.run(
-            [ctr, "--address", str(self.containerd_address), "--namespace", "k8s.io", *args],
+            [*enter, ctr, "--address", str(self.containerd_address), "--namespace", "k8s.io", *args],
             capture_output=True, text=True, timeout=timeout, check=False,
         )
 
@@ -222,9 +229,19 @@ def check_state_dir(state_dir: Path) -> None:
             raise NodeError(f"the node's state directory may not be under {private} (it is {resolved})")
 
 
+def node_id(state_dir: Path) -> str:
+    """``pullhealth-node-<hash of the state directory>``: distinct per node on one machine."""
+    return "pullhealth-node-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
+
 def cgroup_root_for(state_dir: Path) -> str:
-    """kubelet's ``cgroupRoot`` for one state directory: distinct per node on one machine."""
-    return "/pullhealth-node-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    """kubelet's ``cgroupRoot`` for one state directory."""
+    return "/" + node_id(state_dir)
+
+
+def containerd_address_for(state_dir: Path) -> Path:
+    """containerd's socket for one state directory, in the node's private ``/run``."""
+    return Path("/run") / node_id(state_dir) / "containerd.sock"
 
 
 def cgroup_hierarchies(*, unified: bool = False) -> list[Path]:
@@ -394,7 +411,7 @@ def write_sysctl_files(node_dir: Path) -> None:
         (folder / name.replace("/", ".")).write_text(value + "\n")
 
 
-def containerd_config(node_dir: Path, binaries: NodeBinaries, pause_image: str) -> str:
+def containerd_config(node_dir: Path, binaries: NodeBinaries, pause_image: str, address: Path) -> str:
     """containerd 1.6's configuration (version 2) for the node."""
     root = node_dir / "containerd"
     cri = 'plugins."io.containerd.grpc.v1.cri"'
@@ -408,10 +425,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   "io.containerd.snapshotter.v1.devmapper"]
 
 [grpc]
-  address = "{root / 'containerd.sock'}"
+  address = "{address}"
 
 [ttrpc]
-  address = "{root / 'containerd.sock.ttrpc'}"
+  address = "{address}.ttrpc"
 
 [debug]
   level = "info"
