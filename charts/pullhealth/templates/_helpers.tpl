@@ -166,6 +166,7 @@ Environment of the operator container (only what is set).
 - name: PULLHEALTH_CA_FILE
   value: {{ . | quote }}
 {{- end }}
+{{- include "pullhealth.apiServerEnv" . }}
 {{- if .Values.proxy.url }}
 - name: PULLHEALTH_PROXY
   value: {{ .Values.proxy.url | quote }}
@@ -214,5 +215,18 @@ Name of the ServiceAccount the node agent runs as.
 {{- default (printf "%s-agent" (include "pullhealth.fullname" .) | trunc 63 | trimSuffix "-") .Values.agent.serviceAccount.name }}
 {{- else }}
 {{- required "agent.serviceAccount.name is required when agent.serviceAccount.create is false" .Values.agent.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+KUBERNETES_SERVICE_HOST/PORT when apiServer.host is set: the in-cluster client then talks to
+that address instead of the `kubernetes` Service (operator and agent alike).
+*/}}
+{{- define "pullhealth.apiServerEnv" -}}
+{{- with .Values.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ $.Values.apiServer.port | quote }}
 {{- end }}
 {{- end }}
