@@ -1,6 +1,6 @@
 """``pullhealth-dev``: the local world's command line.
 
-``pullhealth-dev cluster [--state-dir DIR] {up,down,status,kubeconfig} [--node]`` runs the
+``pullhealth-dev cluster [--state-dir DIR] {up,down,status,kubeconfig,install} [--node]`` runs the
 local control plane (:mod:`pullhealth_dev.cluster`) and, with ``up --node``, a real node
 (:mod:`pullhealth_dev.node`).
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pullhealth_dev import cluster
 
-USAGE = "usage: pullhealth-dev cluster [--state-dir DIR] {up,down,status,kubeconfig} [--node]"
+USAGE = "usage: pullhealth-dev cluster [--state-dir DIR] {up,down,status,kubeconfig,install} [--node]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,7 +43,13 @@ from typing import IO, Any
 
 import yaml
 
+from pullhealth_dev import image as nodeimage
 from pullhealth_dev import node as realnode
+
+#: The repository this (editable) package lives in: the Dockerfile, the chart, hack/.
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_VALUES = REPO / "dev" / "values-local.yaml"
+RELEASE = "pullhealth"
 
 #: Versions built by hack/build-k8s.sh; keep in sync with hack/k8s/versions.env.
 K8S_VERSION = "v1.34.4"
@@ -1243,6 +1249,64 @@ def _kubeconfig(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def _install(args: argparse.Namespace, out: IO[str]) -> int:
+    """Build the operator image from the Dockerfile, load it into the node, helm install."""
+    cluster = DevCluster.load(args.state_dir)
+    if cluster is None or cluster.node is None or not cluster.node_ready():
+        print("no Ready node: start one with `pullhealth-dev cluster up --node`", file=sys.stderr)
+        return 1
+    missing = nodeimage.environment_ok()
+    if missing:
+        raise DevClusterError(f"cannot build images: missing {', '.join(missing)} (bash scripts/setup.sh)")
+    if not (REPO / "Dockerfile").exists():
+        raise DevClusterError(f"no Dockerfile in {REPO}: install needs the repository checkout")
+    from importlib.metadata import version
+
+    started = time.monotonic()
+    try:
+        name, archive = nodeimage.build_and_export(cache_dir(), REPO, version("pullhealth"), cluster.node.dir)
+    except nodeimage.ImageError as err:
+        raise DevClusterError(str(err)) from err
+    imported = cluster.node.ctr("images", "import", str(archive), timeout=600)
+    archive.unlink(missing_ok=True)
+    if imported.returncode != 0:
+        raise DevClusterError(f"ctr images import failed: {imported.stderr.strip()}")
+    print(f"image {name} built and loaded in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    metrics_port, health_port = free_ports(2)
+    argv = [
+        _helm(), "upgrade", "--install", RELEASE, str(REPO / "charts" / "pullhealth"),
+        "--namespace", RELEASE, "--create-namespace", f"--kubeconfig={cluster.kubeconfig}",
+        "-f", str(LOCAL_VALUES),
+        "--set", f"image.tag={name.rsplit(':', 1)[1]}",
+        "--set", f"apiServer.port={cluster.server.rsplit(':', 1)[1]}",
+        "--set", f"metrics.port={metrics_port}", "--set", f"healthPort={health_port}",
+        # The agent reads containerd's certs.d/<host>/hosts.toml where this node keeps them.
+        "--set", f"agent.containerdConfigPath={cluster.node.dir}",
+        "--wait", "--timeout", f"{int(args.timeout * 3)}s",
+    ]
+    print("$ " + " ".join(argv), file=sys.stderr, flush=True)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout * 3 + 60, check=False)
+    print((result.stdout + result.stderr).rstrip(), file=sys.stderr)
+    if result.returncode != 0:
+        raise DevClusterError(f"helm install failed ({result.returncode})")
+    print(f"installed {RELEASE} ({name}) in {time.monotonic() - started:.0f}s; operator and agent ready",
+          file=sys.stderr)
+    print(name, file=out)
+    return 0
+
+
+def _helm() -> str:
+    """helm: the one on PATH, else the pinned one hack/build-helm.sh builds."""
+    found = shutil.which("helm")
+    if found:
+        return found
+    built = subprocess.run(["bash", str(REPO / "hack" / "build-helm.sh"), "--print-dir"], capture_output=True,
+                           text=True, timeout=60, check=False).stdout.strip()
+    if built and (Path(built) / "helm").exists():
+        return str(Path(built) / "helm")
+    raise DevClusterError("helm is missing: run hack/build-helm.sh")
+
+
 def _status(args: argparse.Namespace, out: IO[str]) -> int:
     cluster = DevCluster.load(args.state_dir)
     if cluster is None:
@@ -1266,6 +1330,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str]], int]] = {
     "down": _down,
     "kubeconfig": _kubeconfig,
     "status": _status,
+    "install": _install,
 }
 
 
