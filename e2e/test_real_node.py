@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -219,3 +222,173 @@ def test_untrusted_tls(real_node: realnode.NodeState, dev_cluster: Any, operator
     name, code = diagnosis(dev_cluster, namespace, "untrusted", wait_for)
     assert code == "TLS_UNTRUSTED"
     assert "x509: certificate signed by unknown authority" in kubelet_pull_message(dev_cluster, namespace, name)
+
+
+# --- the chart as users run it: the image built from the Dockerfile, pods on the node -------
+
+RELEASE = "pullhealth"
+IMAGE_USER = 10001  # the Dockerfile's USER, and the chart's runAsUser
+
+
+@pytest.fixture(scope="module")
+def installed(real_node: realnode.NodeState, dev_cluster: Any, no_session_operator: None,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``pullhealth-dev cluster install`` on the node: the image name it installed.
+
+    The session's local operator is stopped meanwhile (two operators would race); the only
+    extra values are tolerations of this module's taint.
+    """
+    harness = dev_cluster.harness
+    values = tmp_path_factory.mktemp("chart") / "tolerate.yaml"
+    values.write_text(json.dumps({"tolerations": [TOLERATION], "agent": {"tolerations": [TOLERATION]}}))
+    # Cold: the base rootfs (mmdebstrap) and pip downloads; cached later (~1 min).
+    proc = subprocess.run(
+        [sys.executable, "-m", "pullhealth_dev", "cluster", "--state-dir", str(harness.state_dir),
+         "install", "--values", str(values)],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    yield proc.stdout.strip()
+    # Whatever a test left, the release goes (idempotent after test_uninstall).
+    subprocess.run([helm_binary(), f"--kubeconfig={dev_cluster.kubeconfig}", "uninstall", RELEASE,
+                    "--namespace", RELEASE, "--ignore-not-found", "--wait", "--timeout", "120s"],
+                   capture_output=True, text=True, timeout=180, check=False)
+
+
+def helm_binary() -> str:
+    from support.helm import require_helm
+
+    return require_helm()
+
+
+def release_pods(dev_cluster: Any) -> list[dict[str, Any]]:
+    out = dev_cluster.kubectl("get", "pods", "-n", RELEASE, "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def running_and_ready(pod: dict[str, Any]) -> bool:
+    statuses = pod.get("status", {}).get("containerStatuses", [])
+    return pod.get("status", {}).get("phase") == "Running" and bool(statuses) and all(s["ready"] for s in statuses)
+
+
+def operator_pod(dev_cluster: Any) -> dict[str, Any]:
+    pods = [p for p in release_pods(dev_cluster)
+            if p["metadata"]["labels"].get("app.kubernetes.io/component") != "agent"
+            and "agent" not in p["metadata"]["name"] and p["metadata"].get("deletionTimestamp") is None]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    return pods[0]
+
+
+def flag(pod: dict[str, Any], name: str) -> str:
+    args = pod["spec"]["containers"][0]["args"]
+    return next(a.split("=", 1)[1] for a in args if a.startswith(f"--{name}="))
+
+
+def test_chart_pods_run_the_image_built_from_the_dockerfile(installed: str, dev_cluster: Any) -> None:
+    pods = release_pods(dev_cluster)
+    assert len(pods) == 2 and all(running_and_ready(p) for p in pods), [p["status"] for p in pods]
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == realnode.NODE_NAME
+        assert pod["spec"]["containers"][0]["image"] == installed
+        assert pod["status"]["containerStatuses"][0]["image"] == installed
+    # The chart's securityContext holds with the real image: UID 10001, read-only root.
+    name = operator_pod(dev_cluster)["metadata"]["name"]
+    ids = dev_cluster.kubectl("exec", "-n", RELEASE, name, "--", "python", "-c",
+                              "import os; print(os.getuid(), os.access('/', os.W_OK))").stdout.split()
+    assert ids == [str(IMAGE_USER), "False"]
+    version = dev_cluster.kubectl("exec", "-n", RELEASE, name, "--", "pullhealth", "--version").stdout
+    assert version.strip(), version
+
+
+def test_chart_operator_diagnoses_what_kubelet_failed(installed: str, dev_cluster: Any, namespace: str,
+                                                     wait_for: Callable[..., Any]) -> None:
+    operator = operator_pod(dev_cluster)
+    image = "typo-registry.invalid/team/app:v1"
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("typo", image))
+    name, code = diagnosis(dev_cluster, namespace, "typo", wait_for)
+    assert code == "DNS_NXDOMAIN"
+    ours = wait_for(lambda: [e for e in events_of(dev_cluster, namespace, name) if e["reason"] == "PullDiagnosed"],
+                    "the PullDiagnosed Event", timeout=DIAGNOSIS_WAIT)
+    # Written by the operator pod, not by a process of the test.
+    assert ours[0].get("reportingInstance") == operator["metadata"]["name"], ours[0]
+
+    # /metrics, scraped where the pod listens (hostNetwork, loopback only in the local values).
+    port = flag(operator, "metrics-port")
+    assert flag(operator, "metrics-bind-address") == "127.0.0.1"
+
+    def counted() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return any(line.startswith('pullhealth_diagnoses_total{code="DNS_NXDOMAIN"}')
+                   and float(line.rsplit(" ", 1)[1]) >= 1 for line in text.splitlines())
+
+    wait_for(counted, "the diagnosis counted in /metrics", timeout=DIAGNOSIS_WAIT)
+
+
+def test_chart_liveness_passes(installed: str, dev_cluster: Any, wait_for: Callable[..., Any]) -> None:
+    # kubelet has probed for a while by now (initialDelaySeconds 10, periodSeconds 20).
+    operator = operator_pod(dev_cluster)
+    started = operator["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    name = operator["metadata"]["name"]
+
+    def probed_twice() -> bool:
+        log = dev_cluster.kubectl("logs", "-n", RELEASE, name).stdout
+        return log.count('"GET /healthz') >= 2
+
+    wait_for(probed_twice, "two liveness probes answered", timeout=KUBELET_WAIT)
+    again = operator_pod(dev_cluster)
+    status = again["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 0 and status["state"]["running"]["startedAt"] == started
+    # (A readiness probe may fail once while the operator starts: that is what it is for.)
+    unhealthy = [e["message"] for e in events_of(dev_cluster, RELEASE, name) if e["reason"] == "Unhealthy"]
+    assert not [m for m in unhealthy if m.startswith("Liveness")], unhealthy
+
+
+def test_chart_upgrade_with_a_changed_value(installed: str, dev_cluster: Any,
+                                            wait_for: Callable[..., Any]) -> None:
+    before = operator_pod(dev_cluster)["metadata"]["name"]
+    proc = subprocess.run([helm_binary(), f"--kubeconfig={dev_cluster.kubeconfig}", "upgrade", RELEASE,
+                           str(devcluster.REPO / "charts" / "pullhealth"), "--namespace", RELEASE,
+                           "--reuse-values", "--set", "pods.interval=120", "--wait", "--timeout", "300s"],
+                          capture_output=True, text=True, timeout=360, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+    def rolled() -> dict[str, Any] | None:
+        pods = [p for p in release_pods(dev_cluster) if "agent" not in p["metadata"]["name"]]
+        new = [p for p in pods if p["metadata"]["name"] != before]
+        return new[0] if len(pods) == 1 and new and running_and_ready(new[0]) else None
+
+    new = wait_for(rolled, "the upgraded operator pod", timeout=KUBELET_WAIT)
+    assert flag(new, "pod-interval") == "120"
+
+
+def test_chart_uninstall_leaves_nothing(installed: str, dev_cluster: Any, wait_for: Callable[..., Any]) -> None:
+    proc = subprocess.run([helm_binary(), f"--kubeconfig={dev_cluster.kubeconfig}", "uninstall", RELEASE,
+                           "--namespace", RELEASE, "--wait", "--timeout", "300s"],
+                          capture_output=True, text=True, timeout=360, check=False)
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: release_pods(dev_cluster) == [], "the release's pods gone", timeout=KUBELET_WAIT)
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    left = dev_cluster.kubectl("get", "all,serviceaccounts,roles,rolebindings,configmaps,secrets", "-n", RELEASE,
+                               "-l", selector, "-o", "name").stdout.split()
+    assert left == []
+    cluster_wide = dev_cluster.kubectl("get", "clusterroles,clusterrolebindings,validatingadmissionpolicies,"
+                                       "validatingadmissionpolicybindings", "-l", selector, "-o", "name",
+                                       check=False).stdout.split()
+    assert cluster_wide == []
+
+    # And on the node: no process of the image's user is left (kubelet stopped them).
+    def none_left() -> bool:
+        return not [p for p in Path("/proc").glob("[0-9]*") if _uid_of(p) == IMAGE_USER]
+
+    wait_for(none_left, f"no process of UID {IMAGE_USER} on the node", timeout=KUBELET_WAIT)
+
+
+def _uid_of(proc: Path) -> int | None:
+    try:
+        for line in (proc / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None

@@ -1196,6 +1196,14 @@ def main(argv: list[str]) -> int:
         help="with up: also start kube-scheduler and a real node (containerd + kubelet, "
         "hostNetwork pods only); needs scripts/setup.sh and hack/build-k8s.sh",
     )
+    parser.add_argument(
+        "--values",
+        "-f",
+        action="append",
+        type=Path,
+        default=[],
+        help="with install: more Helm values files, after dev/values-local.yaml (repeatable)",
+    )
     parser.add_argument("command", choices=tuple(_COMMANDS))
     args = parser.parse_args(argv)
     out: IO[str] = sys.stdout
@@ -1276,7 +1284,7 @@ def _install(args: argparse.Namespace, out: IO[str]) -> int:
     argv = [
         _helm(), "upgrade", "--install", RELEASE, str(REPO / "charts" / "pullhealth"),
         "--namespace", RELEASE, "--create-namespace", f"--kubeconfig={cluster.kubeconfig}",
-        "-f", str(LOCAL_VALUES),
+        "-f", str(LOCAL_VALUES), *(a for f in args.values for a in ("-f", str(f))),
         "--set", f"image.tag={name.rsplit(':', 1)[1]}",
         "--set", f"apiServer.port={cluster.server.rsplit(':', 1)[1]}",
         "--set", f"metrics.port={metrics_port}", "--set", f"healthPort={health_port}",
