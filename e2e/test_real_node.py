@@ -206,6 +206,30 @@ def test_service_account_pull_secret(real_node: realnode.NodeState, dev_cluster:
     assert "401 Unauthorized" in kubelet_pull_message(dev_cluster, namespace, name)
 
 
+def test_the_credential_named_is_the_one_kubelet_used(real_node: realnode.NodeState, dev_cluster: Any,
+                                                     operator: Any, world: World, namespace: str,
+                                                     wait_for: Callable[..., Any]) -> None:
+    """Two pull secrets; kubelet picks the one for the image's registry. The token service
+    records who logged in, and with which client: containerd's login is the one the operator
+    names."""
+    for secret in (docker_secret("for-basic", world.basic, *world.basic_user),
+                   docker_secret("acr-nopull", world.acr, *world.acr_nopull)):
+        dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(secret))
+    repo = f"team/cred-{namespace[-6:]}"  # pulled by this test only
+    image = f"{world.acr}/{repo}:v1"
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                        stdin=deployment("cred", image, secrets=("for-basic", "acr-nopull")))
+    name, code = diagnosis(dev_cluster, namespace, "cred", wait_for)
+    logins = [login for login in world.tokenserver.logins if any(repo in s for s in login.scopes)]
+    by_kubelet = {login.user for login in logins if "containerd" in login.user_agent}
+    assert by_kubelet == {world.acr_nopull[0]}, logins
+    out = dev_cluster.kubectl("get", "pod", "-n", namespace, name, "-o", "json").stdout
+    cause = json.loads(out)["metadata"]["annotations"]["pullhealth.io/probable-cause"]
+    assert f"user {world.acr_nopull[0]} from secret {namespace}/acr-nopull" in cause, (code, cause)
+    assert world.basic_user[0] not in cause
+    assert code == "PERMISSION_DENIED", cause
+
+
 def test_missing_tag(real_node: realnode.NodeState, dev_cluster: Any, operator: Any, world: World,
                      namespace: str, wait_for: Callable[..., Any]) -> None:
     image = f"{world.anon}/team/app:nosuchtag"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import fnmatch
 import json
 import threading
@@ -166,6 +167,23 @@ def _err(code: str, message: str) -> dict[str, object]:
     return {"errors": [{"code": code, "message": message}]}
 
 
+@dataclass(frozen=True)
+class Login:
+    """One username/password presented to the token endpoint (the password is not kept)."""
+
+    user: str
+    accepted: bool
+    user_agent: str
+    scopes: tuple[str, ...]
+
+
+def _basic_user(header: str) -> str:
+    """The user name of a ``Basic`` Authorization header ("" if unreadable)."""
+    with contextlib.suppress(binascii.Error, UnicodeDecodeError, ValueError):
+        return base64.b64decode(header.partition(" ")[2].strip()).decode().partition(":")[0]
+    return ""
+
+
 class _TokenHandler(QuietHandler):
     def do_GET(self) -> None:
         fx: TokenServer = self.fixture
@@ -187,6 +205,8 @@ class _TokenHandler(QuietHandler):
         auth = self.headers.get("Authorization")
         if auth:
             principal = fx.authenticate_basic(auth)
+            fx.record(_basic_user(auth), principal is not None, self.headers.get("User-Agent", ""),
+                      q.get("scope", []))
             if principal is None:
                 self._unauthorized("authentication required, invalid username or password")
                 return
@@ -230,6 +250,8 @@ class _TokenHandler(QuietHandler):
         principal: str | None
         if grant_type == "password":
             principal = fx.check_password(form.get("username", ""), form.get("password", ""))
+            fx.record(form.get("username", ""), principal is not None, self.headers.get("User-Agent", ""),
+                      form.get("scope", "").split())
         elif grant_type == "refresh_token":
             principal = fx.refresh_principal(form.get("refresh_token", ""))
         else:
@@ -310,6 +332,14 @@ class TokenServer(BackgroundHTTPServer):
         self.arm_audience_enabled = True
         self._refresh: dict[str, str] = {}
         self._lock = threading.Lock()
+        #: Who presented a user name and password, in order (never the password): tests
+        #: tell which credential a client (kubelet's containerd, the operator) really used.
+        self.logins: list[Login] = []
+
+    def record(self, user: str, accepted: bool, user_agent: str, scopes: list[str]) -> None:
+        """Note one username/password login (see :attr:`logins`)."""
+        with self._lock:
+            self.logins.append(Login(user, accepted, user_agent, tuple(scopes)))
 
     @property
     def realm(self) -> str:
