@@ -230,6 +230,27 @@ def test_the_credential_named_is_the_one_kubelet_used(real_node: realnode.NodeSt
     assert code == "PERMISSION_DENIED", cause
 
 
+def test_hosts_toml_mirror(real_node: realnode.NodeState, dev_cluster: Any, operator: Any, world: World,
+                           namespace: str, wait_for: Callable[..., Any]) -> None:
+    """containerd asks the mirror its hosts.toml names before the registry itself; kubelet's
+    message shows only the last failure (the registry's), which is what the operator explains."""
+    registry = f"mirrored-{namespace[-6:]}.test"  # NXDOMAIN: only the mirror can answer
+    real_node.write_hosts_toml(registry, f'server = "https://{registry}"\n\n'
+                                         f'[host."https://{world.anon}"]\n'
+                                         f'  capabilities = ["pull", "resolve"]\n'
+                                         f'  ca = "{world.ca_bundle}"\n')
+    image = f"{registry}/team/app:nosuchtag"
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("mirrored", image))
+    name, code = diagnosis(dev_cluster, namespace, "mirrored", wait_for)
+    message = kubelet_pull_message(dev_cluster, namespace, name)
+    assert f"lookup {registry} on {real_node.dns_address}:53: no such host" in message, message
+    # The mirror was asked first, by containerd, for this registry's namespace (?ns=).
+    log = world.registries["anon"].log_path.read_text(errors="replace")
+    asked = [line for line in log.splitlines() if f"/v2/team/app/manifests/nosuchtag?ns={registry}" in line]
+    assert asked and all("containerd" in line for line in asked), asked[:3]
+    assert code == "DNS_NXDOMAIN"
+
+
 def test_missing_tag(real_node: realnode.NodeState, dev_cluster: Any, operator: Any, world: World,
                      namespace: str, wait_for: Callable[..., Any]) -> None:
     image = f"{world.anon}/team/app:nosuchtag"
