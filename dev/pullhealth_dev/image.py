@@ -39,8 +39,9 @@ VENV = "/opt/venv"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 OPERATOR_IMAGE = "docker.io/library/pullhealth"
-#: buildah (containers/image) keeps a blob-info cache here whatever its --root.
-_CONTAINERS_CACHE = Path("/var/lib/containers")
+#: buildah (containers/image) keeps a blob-info cache here whatever its --root, and its
+#: network setup creates /etc/cni/net.d: removed afterwards when they were not there before.
+_HOST_LEFTOVERS = (Path("/var/lib/containers"), Path("/etc/cni"))
 BUILD_TIMEOUT = 1800.0
 
 
@@ -48,11 +49,12 @@ class ImageError(RuntimeError):
     """The base image or the operator image cannot be built or loaded."""
 
 
-def _run(argv: Sequence[str], what: str, timeout: float = BUILD_TIMEOUT, echo: bool = True) -> str:
-    """Run a build step (bounded); its output goes to stderr as it comes when ``echo``."""
+def _run(argv: Sequence[str], what: str, timeout: float = BUILD_TIMEOUT, echo: bool = True,
+         env: dict[str, str] | None = None) -> str:
+    """Run a build step (bounded); its output goes to stderr afterwards when ``echo``."""
     if echo:
         print(f"$ {' '.join(argv)}", file=sys.stderr, flush=True)
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False, env=env)
     if echo and proc.stderr.strip():
         print(proc.stderr.rstrip()[-4000:], file=sys.stderr, flush=True)
     if proc.returncode != 0:
@@ -68,10 +70,16 @@ class Builder:
         self.runroot = cache / "buildah" / "run"
         self.base_dir = cache / "images" / BASE_KEY
         self.buildah = shutil.which("buildah") or "buildah"
+        # Its own containers.conf: CNI configuration (never used: RUN steps share the
+        # host's network) under the cache, not /etc/cni.
+        self.conf = cache / "buildah" / "containers.conf"
+        self.conf.parent.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(f'[network]\nnetwork_config_dir = "{cache / "buildah" / "cni"}"\n')
 
     def __call__(self, *args: str, what: str, echo: bool = True) -> str:
+        env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
         return _run([self.buildah, "--root", str(self.root), "--runroot", str(self.runroot), *args], what,
-                    echo=echo)
+                    echo=echo, env=env)
 
     def has_image(self, name: str) -> bool:
         out = self("images", "--noheading", "--format", "{{.Name}}:{{.Tag}}",
@@ -117,7 +125,7 @@ class Builder:
         """Build the repository's Dockerfile; return the image's full name with its tag."""
         self.base_image()
         tmp_tag = f"{OPERATOR_IMAGE}:build"
-        self("bud", "--isolation", "chroot", "--pull=never", "--layers",
+        self("bud", "--isolation", "chroot", "--network", "host", "--pull=never", "--layers",
              "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
              "--build-arg", f"VERSION={version}", "-f", str(repo / "Dockerfile"), "-t", tmp_tag, str(repo),
              what="buildah bud")
@@ -137,14 +145,13 @@ class Builder:
 
 @contextlib.contextmanager
 def containers_cache_restored() -> Iterator[None]:
-    """Remove ``/var/lib/containers`` afterwards if it did not exist before (buildah writes
-    its blob-info cache there even with its own storage root)."""
-    existed = _CONTAINERS_CACHE.exists()
+    """Remove what buildah leaves on the host (see _HOST_LEFTOVERS) if it was not there."""
+    absent = [path for path in _HOST_LEFTOVERS if not path.exists()]
     try:
         yield None
     finally:
-        if not existed:
-            shutil.rmtree(_CONTAINERS_CACHE, ignore_errors=True)
+        for path in absent:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def build_and_export(cache: Path, repo: Path, version: str, out_dir: Path) -> tuple[str, Path]:
