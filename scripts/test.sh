@@ -2,7 +2,8 @@
 # The README's second command (and CI's): install, build the local control plane (cached
 # under ~/.cache/pullhealth), lint, type-check, check import layers, then run the unit +
 # integration tests (real local registries, DNS, token service) and the e2e suite (real
-# kube-apiserver). Extra arguments go to pytest.
+# kube-apiserver; e2e/test_real_node.py adds a real node, kubelet + containerd, and builds
+# the operator image from the Dockerfile). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
