@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pullhealth_dev import cluster as devcluster
+from pullhealth_dev import node as realnode
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -147,3 +148,53 @@ def _runs(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def test_up_node_down_leave_no_process_mount_or_cgroup(tmp_path: Path, request: pytest.FixtureRequest,
+                                                       wait_for: Any) -> None:
+    """`up --node` detaches the control plane and a Ready node; a pod runs on it; `down` from
+    another process stops everything, the pod's shim and container included, and leaves no
+    cgroup and no mount behind."""
+    if request.config.getoption("--kubeconfig"):
+        pytest.skip("uses the local harness, not --kubeconfig")
+    binaries = request.getfixturevalue("require_binaries")
+    try:
+        realnode.find_node_binaries(binaries.kube_apiserver.parent)
+    except realnode.NodeError as err:
+        if os.environ.get("PULLHEALTH_REQUIRE_E2E"):
+            pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {err}", pytrace=False)
+        pytest.skip(f"no real node here: {err}")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pullhealth_dev", "cluster", "--state-dir", str(tmp_path), *args],
+            capture_output=True, text=True, timeout=300, check=False,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+
+    up = cli("up", "--node")
+    assert up.returncode == 0, up.stderr
+    state = json.loads((tmp_path / "state.json").read_text())
+    pids = {p["name"]: p["pid"] for p in state["processes"]}
+    node = realnode.NodeState.from_json(state["node"])
+    cgroups = realnode.node_cgroups(node.cgroup_root)
+    try:
+        status = cli("status")
+        assert status.returncode == 0 and "node 127.0.0.1 Ready" in status.stdout, status.stdout
+        kubectl = [os.environ.get("KUBECTL", "kubectl"), f"--kubeconfig={up.stdout.strip()}"]
+        pause = realnode.pause_image_name(realnode.find_node_binaries(binaries.kube_apiserver.parent).pause_archive)
+        subprocess.run([*kubectl, "run", "sleeper", f"--image={pause}", "--image-pull-policy=Never",
+                        "--overrides", '{"spec": {"hostNetwork": true}}'], check=True, timeout=60,
+                       capture_output=True)
+        wait_for(lambda: subprocess.run([*kubectl, "get", "pod", "sleeper", "-o", "jsonpath={.status.phase}"],
+                                        capture_output=True, text=True, timeout=60).stdout == "Running",
+                 "the pod Running on the node", timeout=120)
+        assert realnode.shim_pids(node.containerd_address)
+        assert any(Path(c).exists() for c in cgroups)
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stderr
+    assert not [name for name, pid in pids.items() if _runs(pid)]
+    assert realnode.shim_pids(node.containerd_address) == []
+    assert [c for c in cgroups if Path(c).exists()] == []
+    assert realnode.mounts_under(tmp_path) == []
