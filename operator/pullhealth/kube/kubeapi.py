@@ -390,7 +390,11 @@ class StatusWriter(_Caller):
 
     async def peering_status(self, name: str, namespace: str | None) -> Mapping[str, Any] | None:
         """The status of kopf's peering object (ClusterKopfPeering, or KopfPeering in
-        ``namespace``): one keep-alive record per replica. None when absent or unreadable."""
+        ``namespace``): one keep-alive record per replica. None when absent.
+
+        Raises:
+            ApiException: it could not be read (an outage, RBAC): the caller must not act.
+        """
         try:
             if namespace is None:
                 obj: Any = await self._call(
@@ -405,8 +409,10 @@ class StatusWriter(_Caller):
                     "kopfpeerings",
                     name,
                 )
-        except ApiException:
-            return None
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
         status: Mapping[str, Any] | None = (obj or {}).get("status")
         return status
 
