@@ -17,7 +17,6 @@ import contextlib
 import platform
 import threading
 from collections import Counter as Tally
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from pullhealth import __version__
+from pullhealth.bounded import BoundedDict
 from pullhealth.domain.model import Phase
 from pullhealth.domain.reference import normalize_registry
 from pullhealth.pods import podcheck
@@ -157,7 +157,7 @@ _codes_seen: dict[tuple[str, str], set[str]] = {}
 _registry_of: dict[tuple[str, str], str] = {}  # RegistryCheck -> the registry it names
 _named: Tally[str] = Tally()  # registry -> how many RegistryChecks name it
 _uid_of: dict[tuple[str, str], str] = {}
-_deleted: OrderedDict[str, None] = OrderedDict()  # uids of deleted RegistryChecks (bounded)
+_deleted: BoundedDict[str, None] = BoundedDict(MAX_TOMBSTONES)  # uids of deleted RegistryChecks
 _admin_registries: frozenset[str] = frozenset()
 _probe_series: set[tuple[str, str]] = set()
 
@@ -274,8 +274,6 @@ def forget_registry_check(namespace: str, name: str, uid: str | None = None) -> 
         uid = uid or _uid_of.get(key)
         if uid:
             _deleted[uid] = None
-            while len(_deleted) > MAX_TOMBSTONES:
-                _deleted.popitem(last=False)
         if _uid_of.get(key) in (None, uid):
             _forget_series(key)
             _relabel()

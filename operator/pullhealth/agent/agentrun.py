@@ -20,6 +20,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from pullhealth.agent.nodeagent import MAX_PODS_PER_PASS, Agent, AgentSettings, work_for
+from pullhealth.bounded import BoundedDict
 from pullhealth.kube import kubeapi
 from pullhealth.probes.destinations import build_policy
 
@@ -74,7 +75,8 @@ class Runner:
         self.client = client
         self.core = kubernetes.client.CoreV1Api(client.api)
         self.selector = f"spec.nodeName={agent.settings.node}"
-        self.posted: dict[tuple[str, str], str] = {}  # (pod uid, container) -> Event name
+        # (pod uid, container) -> Event name
+        self.posted: BoundedDict[tuple[str, str], str] = BoundedDict(MAX_POSTED)
         self.inflight: set[str] = set()
         self.pending: dict[str, Mapping[str, Any]] = {}  # uid -> latest update while in flight
         self.limit = asyncio.Semaphore(MAX_INFLIGHT)
@@ -111,8 +113,6 @@ class Runner:
                     if self.posted.get(key) == spec.name:
                         continue
                     await self.client.emit(spec, self.agent.settings.node, repeats=False)
-                    if len(self.posted) >= MAX_POSTED:
-                        self.posted.clear()
                     self.posted[key] = spec.name
         except kubeapi.Forbidden as exc:
             log.error("cannot post the NodePathChecked Event (RBAC): %s", exc)

@@ -24,6 +24,7 @@ from typing import Any
 
 import kubernetes
 
+from pullhealth.bounded import BoundedDict
 from pullhealth.kube import kubeapi, listwatch, peering
 
 STANDBY_RECHECK = 2.0
@@ -113,7 +114,7 @@ class LeaderElection:
             what="clusterkopfpeerings" if clusterwide else "kopfpeerings",
             without="the peering object is read every 2 s instead",
         )
-        self._read: dict[str | None, tuple[float, bool]] = {}
+        self._read: BoundedDict[str | None, tuple[float, bool]] = BoundedDict(MAX_SCOPES)
 
     def start(self) -> None:
         """Start watching the peering object(s)."""
@@ -143,7 +144,5 @@ class LeaderElection:
             log.debug("peering object %s unreadable (%s): not acting", self.name, type(exc).__name__)
             return True
         standby = peering.outranked(status, self.priority)
-        if len(self._read) > MAX_SCOPES:
-            self._read.clear()
         self._read[where] = (time.monotonic(), standby)
         return standby

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pullhealth import metrics
 from pullhealth.agent import nodereport
+from pullhealth.bounded import BoundedDict
 from pullhealth.domain.diagnose import vantage_layer
 from pullhealth.kube import kubeapi, listwatch
 from pullhealth.kube.leader import STANDBY_RECHECK
@@ -44,9 +45,10 @@ class PodController:
         self._kopf_settings = kopf_settings
         self._stream: listwatch.ListWatch | None = None
         self._per_pod: podstream.PerPod | None = None
-        self._deferred: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        # Relevant pods held while outranked (the leader handles them; a take-over re-lists anyway).
+        self._deferred: BoundedDict[str, tuple[str, Mapping[str, Any]]] = BoundedDict(MAX_DEFERRED)
         self._flusher: asyncio.Task[None] | None = None
-        self._forbidden_until: dict[str, float] = {}
+        self._forbidden_until: BoundedDict[str, float] = BoundedDict(MAX_FORBIDDEN_REMEMBERED)
 
     def start(self) -> None:
         """Start reading pods (on the running event loop)."""
@@ -74,8 +76,6 @@ class PodController:
         meta = body.get("metadata") or {}
         uid, namespace = str(meta.get("uid") or ""), str(meta.get("namespace") or "")
         if kind != "DELETED" and namespace and await self.runtime.outranked(namespace):
-            if len(self._deferred) >= MAX_DEFERRED:
-                self._deferred.clear()  # the leader handles them; a take-over re-lists anyway
             self._deferred[uid] = (kind, body)
             return
         self._deferred.pop(uid, None)
@@ -156,8 +156,6 @@ class PodController:
             return  # the outage is logged once; the pod's next event (a re-list) retries
         except kubeapi.Forbidden as exc:
             metrics.PATCH_FORBIDDEN.labels("pods").inc()
-            if len(self._forbidden_until) > MAX_FORBIDDEN_REMEMBERED:
-                self._forbidden_until.clear()
             self._forbidden_until[uid] = time.monotonic() + FORBIDDEN_BACKOFF
             logger.error(
                 "cannot annotate the pod (RBAC): %s; grant patch on pods to the operator's "

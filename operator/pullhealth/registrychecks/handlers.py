@@ -29,6 +29,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from pullhealth import metrics
+from pullhealth.bounded import BoundedDict
 from pullhealth.domain.model import Phase, StepStatus
 from pullhealth.kube import events, kubeapi
 from pullhealth.kube.leader import STANDBY_RECHECK
@@ -71,7 +72,7 @@ class RegistryCheckController:
         # is not run again) of the last check run here: a status write that failed (RBAC,
         # conflict), or an event carrying an older status, must not cause a retry storm
         # against the registry.
-        self._last_run: dict[str, tuple[int, str | None, float]] = {}
+        self._last_run: BoundedDict[str, tuple[int, str | None, float]] = BoundedDict(MAX_REMEMBERED)
         self._standby_watch: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -289,8 +290,6 @@ class RegistryCheckController:
 
 
     def _remember(self, uid: str, generation: int, recheck: str | None, wait: float) -> None:
-        if len(self._last_run) > MAX_REMEMBERED:
-            self._last_run.clear()
         self._last_run[uid] = (generation, recheck, time.monotonic() + wait)
 
 
