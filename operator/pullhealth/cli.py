@@ -26,7 +26,7 @@ from pullhealth.domain.redact import Redactor
 from pullhealth.domain.reference import ImageReference, InvalidReference, parse_target
 from pullhealth.probes import identity
 from pullhealth.probes.destinations import DestinationPolicy
-from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
+from pullhealth.probes.proxy import Proxy, from_setting
 from pullhealth.runtime import settings as run_settings
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -255,15 +255,8 @@ async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> prob
 
 def _proxy(args: argparse.Namespace, secrets: list[str]) -> tuple[Proxy | None, tuple[str, ...]]:
     """The proxy to probe through, like the runtime would use it."""
-    no_proxy = split_no_proxy(args.no_proxy)
-    if not args.proxy:
-        return None, no_proxy
     try:
-        if args.proxy == "env":
-            proxy, env_no_proxy = from_environment()
-            no_proxy = no_proxy or env_no_proxy
-        else:
-            proxy = parse_proxy(args.proxy)
+        proxy, no_proxy = from_setting(args.proxy, args.no_proxy)
     except ValueError as exc:
         raise UsageError(f"--proxy: {exc}") from None
     if proxy is not None and proxy.password:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pullhealth.chain.trust import TrustPolicy
+from pullhealth.domain.codes import ACR_SUFFIXES
 from pullhealth.probes.destinations import build_policy, parse_networks
 
 API_CONCURRENCY_MAX = 256
@@ -85,7 +86,7 @@ class Settings:
         type=int,
     )
     acr_domains: str = _flag(
-        ".azurecr.io,.azurecr.cn,.azurecr.us",
+        ",".join(ACR_SUFFIXES),
         "registries for which kubelet uses the node identity when no secret matches",
     )
     kubelet_client_id: str | None = _flag(
