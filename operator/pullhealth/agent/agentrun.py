@@ -19,8 +19,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from pullhealth.agent.nodeagent import MAX_PODS_PER_PASS, Agent, AgentSettings, work_for
 from pullhealth.bounded import BoundedDict
 from pullhealth.kube import kubeapi
@@ -104,13 +102,11 @@ class Runner:
                     key = (uid, spec.regarding.field_path)
                     if self.posted.get(key) == spec.name:
                         continue
-                    await self.client.emit(spec, self.node, repeats=False)
-                    self.posted[key] = spec.name
-        except kubeapi.Forbidden as exc:
-            log.error("cannot post the NodePathChecked Event (RBAC): %s", exc)
-        except ApiException as exc:
-            log.warning("cannot post the NodePathChecked Event (HTTP %s); retried on the pod's next update",
-                        exc.status)
+                    posted = await self.client.post(
+                        spec, self.node, log, retried="retried on the pod's next update", repeats=False
+                    )
+                    if posted is kubeapi.Posted.POSTED:
+                        self.posted[key] = spec.name
         except Exception:
             log.error("unexpected error checking a pod's node path", exc_info=True)
 

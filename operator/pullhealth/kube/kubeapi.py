@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -195,6 +196,18 @@ class Emitted(StrEnum):
     REPEATED = "repeated"  # the same report again after other states: series.count + 1
 
 
+class Posted(StrEnum):
+    """What became of an Event (:meth:`KubeWriter.post`)."""
+
+    POSTED = "posted"  # created, or already there
+    REFUSED = "refused"  # RBAC (logged at ERROR)
+    FAILED = "failed"  # the API server answered with an error (logged at WARNING)
+    UNREACHABLE = "unreachable"  # an outage (logged once by the outage tracker)
+
+
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
 class Written(StrEnum):
     """What a compare-and-set write did."""
 
@@ -209,6 +222,42 @@ class KubeWriter(KubeReader):
     def __init__(self, api: kubernetes.client.ApiClient | None = None) -> None:
         super().__init__(api)
         self._events = kubernetes.client.EventsV1Api(self.api)
+
+    async def post(
+        self,
+        spec: events.EventSpec,
+        instance: str,
+        logger: Logger,
+        *,
+        retried: str,
+        refused: str = "",
+        repeats: bool = True,
+    ) -> Posted:
+        """Post an Event (:meth:`emit`) and say what became of it: the one place that logs a
+        refused or failed Event (callers decide what to do next from the answer).
+
+        Args:
+            spec: the Event.
+            instance: our reportingInstance.
+            logger: where a refusal (ERROR) or failure (WARNING) is logged.
+            retried: when a failed post is tried again ("retried on the pod's next update").
+            refused: what happens without the Event, appended to the RBAC error line.
+            repeats: see :meth:`emit`.
+        """
+        try:
+            await self.emit(spec, instance, repeats=repeats)
+        except Forbidden as exc:
+            logger.error(
+                "cannot post the %s Event (RBAC): %s; grant create on events.k8s.io events to "
+                "this component's service account.%s", spec.reason, exc, f" {refused}" if refused else ""
+            )
+            return Posted.REFUSED
+        except Unreachable:
+            return Posted.UNREACHABLE  # the outage is logged once, not per Event
+        except ApiException as exc:
+            logger.warning("cannot post the %s Event (HTTP %s); %s", spec.reason, exc.status, retried)
+            return Posted.FAILED
+        return Posted.POSTED
 
     async def emit(self, spec: events.EventSpec, instance: str, *, repeats: bool = True) -> Emitted:
         """Post an Event exactly once (see :mod:`pullhealth.kube.events`).

@@ -129,21 +129,14 @@ class PodController:
         # The Event first (deterministic name: a retry finds it), then the annotations that
         # mark the diagnosis reported, only if nobody else wrote them meanwhile.
         if plan.event is not None:
-            try:
-                await client.emit(plan.event, self.runtime.instance)
-            except kubeapi.Forbidden as exc:
+            posted = await client.post(
+                plan.event, self.runtime.instance, logger,
+                retried="retried on the pod's next update", refused="The annotation is written without it.",
+            )
+            if posted is kubeapi.Posted.REFUSED:
                 metrics.PATCH_FORBIDDEN.labels("events").inc()
-                logger.error(
-                    "cannot post the %s Event (RBAC): %s; grant create on events.k8s.io events to "
-                    "the operator's service account. The annotation is written without it.",
-                    plan.event.reason,
-                    exc,
-                )
-            except ApiException as exc:
-                if not isinstance(exc, kubeapi.Unreachable):  # an outage is logged once, not per pod
-                    logger.warning("cannot post the %s Event (HTTP %s); retried on the pod's next update",
-                                   plan.event.reason, exc.status)
-                return
+            elif posted is not kubeapi.Posted.POSTED:
+                return  # nothing is written after a failed Event: the next update retries both
         try:
             written = await client.set_pod_annotations(
                 namespace,

@@ -261,24 +261,15 @@ class RegistryCheckController:
         Raises:
             kubeapi.Unreachable: the API server did not answer (the outage is logged once).
         """
-        try:
-            await self.runtime.kube.emit(event, self.runtime.instance)
-        except kubeapi.Forbidden as exc:
+        posted = await self.runtime.kube.post(
+            event, self.runtime.instance, logger, retried="retried after the check interval",
+            refused="The status is written without it.",
+        )
+        if posted is kubeapi.Posted.UNREACHABLE:
+            raise kubeapi.Unreachable("posting an Event")
+        if posted is kubeapi.Posted.REFUSED:
             metrics.PATCH_FORBIDDEN.labels("events").inc()
-            logger.error(
-                "cannot post the %s Event (RBAC): %s; grant create on events.k8s.io events to the "
-                "operator's service account",
-                event.reason,
-                exc,
-            )
-        except kubeapi.Unreachable:
-            raise
-        except ApiException as exc:
-            logger.warning("cannot post the %s Event (HTTP %s); retried after the check interval",
-                           event.reason, exc.status)
-            return False
-        return True
-
+        return posted is not kubeapi.Posted.FAILED
 
     def _ran_recently(self, uid: str, generation: int, recheck: str | None) -> float | None:
         """Seconds left before the last run here (same generation and recheck) may be repeated."""
