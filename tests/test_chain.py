@@ -174,15 +174,6 @@ async def test_platform_found_when_asked_for_arm64(world: Any) -> None:
     assert d.code is Code.OK, d.checks
 
 
-def test_guard_refuses_off_loopback_connects() -> None:
-    import socket
-
-    from support.guard import OffLoopbackConnect
-
-    with socket.socket() as s, pytest.raises(OffLoopbackConnect):
-        s.connect(("203.0.113.10", 443))
-
-
 # --- Azure identities: IMDS (managed identity) and workload identity, then ACR exchange.
 
 

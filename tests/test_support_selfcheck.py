@@ -297,3 +297,10 @@ def test_backlog_listener_standalone() -> None:
 def test_clients_refuse_non_loopback(world: World, client: httpx.Client) -> None:
     with pytest.raises(httpx.ConnectError, match="non-loopback"):
         client.get(f"https://{world.leak}/v2/")
+
+
+def test_guard_refuses_off_loopback_connects() -> None:
+    from support.guard import OffLoopbackConnect
+
+    with socket.socket() as s, pytest.raises(OffLoopbackConnect):
+        s.connect(("203.0.113.10", 443))
