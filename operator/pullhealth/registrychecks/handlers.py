@@ -30,15 +30,15 @@ from kubernetes.client.exceptions import ApiException
 
 from pullhealth import metrics
 from pullhealth.bounded import BoundedDict
-from pullhealth.domain.model import Phase, StepStatus
+from pullhealth.domain.model import StepStatus
 from pullhealth.kube import events, kubeapi
 from pullhealth.kube.leader import STANDBY_RECHECK
-from pullhealth.registrychecks import registrycheck
+from pullhealth.registrychecks import decision, registrycheck
+from pullhealth.registrychecks.decision import INVALID_RETRY
 from pullhealth.registrychecks.schedule import Logger, Loops
 from pullhealth.runtime.state import Runtime
 
 GROUP, VERSION, PLURAL = "pullhealth.io", "v1alpha1", "registrychecks"
-INVALID_RETRY = 300
 # After a lost claim, a conflict or an API outage: look again soon (an event may come first).
 RETRY_SOON = 5.0
 MAX_REMEMBERED = 10000
@@ -114,7 +114,8 @@ class RegistryCheckController:
                     metrics.POD_FAILURES.withdraw(namespace)
 
     async def check_when_due(self, body: Mapping[str, Any], logger: Logger) -> float | None:
-        """Run the check when due; write status; emit an Event when the result changes.
+        """Carry out :func:`decision.decide`: run the check when due, write the status, post an
+        Event when the result changes.
 
         Returns:
             Seconds until this should run again, or None for "only on the next event".
@@ -126,19 +127,35 @@ class RegistryCheckController:
         version = str(meta.get("resourceVersion") or "")
         previous = dict(body.get("status") or {})
         now = datetime.now(UTC)
-        try:
-            parsed, image = registrycheck.parse_spec(dict(body.get("spec") or {}))
-        except registrycheck.InvalidSpec as exc:
-            metrics.export_registry_check(namespace, name, uid, None, None, previous)
-            reported = previous.get("phase") == Phase.INVALID.value
-            if reported and previous.get("observedGeneration") == generation:
-                return None  # already reported for this generation: no retry storm
-            if self._ran_recently(uid, generation, None) is not None:
-                return INVALID_RETRY
+        holder = self.runtime.instance
+        chosen = decision.decide(
+            body, now, self._last(uid), await self.runtime.outranked(namespace), holder
+        )
+        export = getattr(chosen, "export", None)
+        if export is not None:
+            metrics.export_registry_check(namespace, name, uid, export.registry, export.scheduled, previous)
+        if isinstance(chosen, decision.Wait):
+            return chosen.seconds
+        if isinstance(chosen, decision.StandBy):
+            # kopf paused this replica (a live peer outranks it) but our loops are our own
+            # tasks: the active replica runs the check and exports its series (the status this
+            # loop holds stops being updated while paused: exporting it would mask the truth).
+            metrics.withdraw_registry_check(namespace, name)
+            self._last_run.pop(uid, None)
+            return RETRY_SOON
+        if isinstance(chosen, decision.ForeignClaim):
+            # Another operator runs this check now: it writes the result and the Event.
+            if self.runtime.leader is None:
+                self.runtime.report_other_writer(
+                    logger, f"RegistryCheck {namespace}/{name} is being checked by {chosen.holder}"
+                )
+            return float(chosen.ttl)
+        if isinstance(chosen, decision.ReportInvalid):
             self._remember(uid, generation, None, INVALID_RETRY)
-            new = registrycheck.invalid_status(str(exc), previous, generation, registrycheck.now_rfc3339(now))
+            stamp = registrycheck.now_rfc3339(now)
+            new = registrycheck.invalid_status(chosen.message, previous, generation, stamp)
             try:
-                event = registrycheck.invalid_event(body, previous, generation, str(exc))
+                event = registrycheck.invalid_event(body, previous, generation, chosen.message)
                 if await self._emit(event, logger):
                     await self._write(namespace, name, new, logger, resource_version=version, strict=True)
             except (kubeapi.Conflict, kubeapi.Unreachable):
@@ -146,41 +163,9 @@ class RegistryCheckController:
                 # it fresh and write again; the Event's name makes the repeat a no-op.
                 self._last_run.pop(uid, None)
                 return RETRY_SOON
-            logger.warning("invalid spec: %s", exc)
+            logger.warning("invalid spec: %s", chosen.message)
             return INVALID_RETRY
-        recheck = registrycheck.recheck_requested(meta.get("annotations"), previous)
-        wait = registrycheck.seconds_until_due(previous, generation, parsed.interval_seconds, now)
-        left = None if wait > 0 and recheck is None else self._ran_recently(uid, generation, recheck)
-        if left is not None and not parsed.suspend:
-            # Ran already; the status this event carries is older than the run (or the write
-            # failed): wait for the run's own retry time rather than probe again (and keep the
-            # gauges on the newer result).
-            return left
-        if await self.runtime.outranked(namespace):
-            # kopf paused this replica (a live peer outranks it) but our loops are our own
-            # tasks: the active replica runs the check and exports its series (the status this
-            # loop holds stops being updated while paused: exporting it would mask the truth).
-            metrics.withdraw_registry_check(namespace, name)
-            self._last_run.pop(uid, None)
-            return RETRY_SOON
-        # Level-triggered metrics: the gauges say what the status says, from the first event
-        # after a restart on (no re-check needed to bring them back).
-        scheduled = None if parsed.suspend else parsed.interval_seconds
-        metrics.export_registry_check(namespace, name, uid, parsed.registry, scheduled, previous)
-        if parsed.suspend:
-            return None
-        if wait > 0 and recheck is None:
-            return wait
-        holder = self.runtime.instance
-        ttl = registrycheck.claim_ttl(parsed)
-        other = registrycheck.foreign_claim(previous, holder, now, ttl)
-        if other is not None:
-            # Another operator runs this check now: it writes the result and the Event.
-            if self.runtime.leader is None:
-                self.runtime.report_other_writer(
-                    logger, f"RegistryCheck {namespace}/{name} is being checked by {other}"
-                )
-            return float(ttl)
+        parsed, image, recheck = chosen.spec, chosen.image, chosen.recheck
         if await self.runtime.outranked(namespace, fresh=True):
             # The watch's view may lag behind a just-started newer replica: the peering
             # object as it is now decides before anything is probed or posted.
@@ -271,14 +256,12 @@ class RegistryCheckController:
             metrics.PATCH_FORBIDDEN.labels("events").inc()
         return posted is not kubeapi.Posted.FAILED
 
-    def _ran_recently(self, uid: str, generation: int, recheck: str | None) -> float | None:
-        """Seconds left before the last run here (same generation and recheck) may be repeated."""
+    def _last(self, uid: str) -> decision.LastRun | None:
+        """This replica's last run of the object, with the seconds left before a repeat."""
         last = self._last_run.get(uid)
-        if last is None or (last[0], last[1]) != (generation, recheck):
+        if last is None:
             return None
-        left = last[2] - time.monotonic()
-        return left if left > 0 else None
-
+        return decision.LastRun(last[0], last[1], last[2] - time.monotonic())
 
     def _remember(self, uid: str, generation: int, recheck: str | None, wait: float) -> None:
         self._last_run[uid] = (generation, recheck, time.monotonic() + wait)
