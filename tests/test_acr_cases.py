@@ -169,3 +169,20 @@ async def test_identity_not_found_on_the_node(world: Any) -> None:
     d = await run_chain(Target(registry, image, identity=imds), _opts(world))
     assert d.code is Code.IDENTITY_UNAVAILABLE and d.facts["case"] == "imds-identity-not-found", d.checks
     assert "az vmss identity show" in _text(d)
+
+
+# --- admin user, refresh tokens --------------------------------------------------------------
+
+async def test_admin_user_rejected(world: Any) -> None:
+    ok = await _check(world, f"{world.myacr}/team/app:v1", _secret(world.acr_admin_user))
+    assert ok.code is Code.OK, ok.checks
+    d = await _check(world, f"{world.myacr}/team/app:v1", _secret((world.acr_admin_user[0], "regenerated")))
+    assert d.code is Code.CREDENTIALS_REJECTED and d.facts["case"] == "acr-admin", d.checks
+    assert "az acr show --name <registry> --query adminUserEnabled" in _text(d)
+
+
+async def test_expired_refresh_token(world: Any) -> None:
+    stale = Credential(CredentialKind.REFRESH_TOKEN, "secret default/acr-login", None, "an-expired-refresh-token")
+    d = await _check(world, f"{world.myacr}/team/app:v1", stale)
+    assert d.code is Code.CREDENTIALS_REJECTED and d.facts["case"] == "acr-refresh-token", d.checks
+    assert "an-expired-refresh-token" not in d.model_dump_json()

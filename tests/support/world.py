@@ -92,6 +92,7 @@ class World:
     acr_token_disabled: tuple[str, str]  # a token with status disabled (right password)
     acr_token_other: tuple[str, str]  # a token whose scope map has other/* only (empty access)
     acr_sp: tuple[str, str]  # a service principal (GUID user name) with pull on team/*
+    acr_admin_user: tuple[str, str]  # myacr.azurecr.io's admin user (named like the registry)
     # Azure identity
     aad_tenant: str
     aad_token: str  # pre-minted AAD token accepted by /oauth2/exchange (pull team/*)
@@ -121,7 +122,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
     policy = TokenPolicy(
         users={"puller": "puller-pass", "nopull": "nopull-pass", "admin": "admin-pass",
                "ci-token": "ci-token-pass", "ci-token-off": "ci-token-off-pass",
-               "other-token": "other-token-pass", SP_APP_ID: "sp-secret"},
+               "other-token": "other-token-pass", SP_APP_ID: "sp-secret", "myacr": "myacr-admin-pass"},
         grants={
             "puller": team_pull,
             # Allowed to authenticate and read metadata, but never to pull.
@@ -135,6 +136,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
             "ci-token-off": team_pull,
             "other-token": [Grant.of("other/*", "pull")],
             SP_APP_ID: team_pull,
+            "myacr": team_pull,  # myacr.azurecr.io's admin user is named like the registry
         },
         disabled={"ci-token-off"},
         # Like an ACR with anonymous pull enabled, limited here to public/*.
@@ -306,6 +308,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         acr_token_disabled=("ci-token-off", "ci-token-off-pass"),
         acr_token_other=("other-token", "other-token-pass"),
         acr_sp=(SP_APP_ID, "sp-secret"),
+        acr_admin_user=("myacr", "myacr-admin-pass"),
         aad_tenant=AAD_TENANT,
         aad_token=aad_token,
         imds_url=imds.url,

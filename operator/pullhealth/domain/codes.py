@@ -703,13 +703,14 @@ def acr_case(code: Code, facts: Mapping[str, str | None]) -> Case | None:
     elif code is Code.PRIVATE_ENDPOINT_DNS and facts.get("endpoint") == "data" and "NXDOMAIN" in detail:
         name = "data-endpoint-missing"
     elif code is Code.IDENTITY_UNAVAILABLE:
+        aadsts = facts.get("aadsts") or detail
         name = (
             "imds-identity-not-found"
             if "Identity not found" in detail
             else "sp-secret-expired"
-            if "AADSTS7000222" in detail
+            if "AADSTS7000222" in aadsts
             else "sp-secret-wrong"
-            if "AADSTS7000215" in detail
+            if "AADSTS7000215" in aadsts
             else None
         )
     return _CASES.get((code, name)) if name else None
