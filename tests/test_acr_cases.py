@@ -186,3 +186,12 @@ async def test_expired_refresh_token(world: Any) -> None:
     d = await _check(world, f"{world.myacr}/team/app:v1", stale)
     assert d.code is Code.CREDENTIALS_REJECTED and d.facts["case"] == "acr-refresh-token", d.checks
     assert "an-expired-refresh-token" not in d.model_dump_json()
+
+
+async def test_one_anonymous_retry_per_check_however_many_secrets(world: Any) -> None:
+    registry, image = parse_target(f"{world.myacr}/public/hello:1")
+    stale = [_secret((world.acr_puller[0], f"old-{i}"), f"cred-{i}") for i in range(3)]
+    world.tokenserver.reset_requests()
+    d = await check_credentials(registry, image, stale, _opts(world))
+    assert d.code is Code.PULL_SECRET_STALE and "cred-0" in d.summary
+    assert world.tokenserver.requests.get("/oauth2/token") == 3 + 1  # three rejections, one anonymous

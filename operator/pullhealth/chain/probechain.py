@@ -113,11 +113,16 @@ class Target:
 
 
 class Deadline:
-    """A point in monotonic time shared by everything one check does."""
+    """A point in monotonic time shared by everything one check does.
+
+    It also carries the check's one anonymous retry (after rejected credentials): every
+    chain of the check shares it, so trying four stale secrets still asks anonymously once.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
+        self.anonymous_retry = True
 
     def remaining(self) -> float:
         """Seconds left (never negative)."""
@@ -231,7 +236,7 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
             ctx = make_ssl_context(options.ca_file, options.verify_tls)
             http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy, redactor)
             try:
-                await _steps(run, target, options, resolver, http, ctx, host, port, redactor)
+                await _steps(run, target, options, resolver, http, ctx, host, port, redactor, deadline)
             finally:
                 await http.aclose()
     except TimeoutError:
@@ -313,6 +318,7 @@ async def _steps(
     host: str,
     port: int,
     redactor: Redactor,
+    deadline: Deadline,
 ) -> None:
     started = run.begin("dns")
     try:
@@ -368,7 +374,7 @@ async def _steps(
         shown = ", ".join(t.audience for t in tokens)
         run.passed("identity", started, f"Azure AD token for {aad.source} ({shown} audience) : OK")
 
-    auth = await _token_step(run, http, target, challenge, credential, registry_host, also)
+    auth = await _token_step(run, http, target, challenge, credential, registry_host, deadline, also)
     if auth is None:
         return
     if target.image is None:
@@ -554,6 +560,7 @@ async def _token_step(
     challenge: Challenge,
     credential: Credential,
     registry_host: str,
+    deadline: Deadline,
     also: tuple[AadToken, ...] = (),
 ) -> Authorization | None:
     started = run.begin("token")
@@ -567,7 +574,9 @@ async def _token_step(
         code = exc.code
         if code is Code.CREDENTIALS_REJECTED and _APP_NOT_REGISTERED in exc.message.lower():
             code = Code.AAD_APP_NOT_REGISTERED  # ACR's answer for an unknown user name
-        if code in (Code.CREDENTIALS_REJECTED, Code.AAD_APP_NOT_REGISTERED) and repository:
+        rejected = code in (Code.CREDENTIALS_REJECTED, Code.AAD_APP_NOT_REGISTERED)
+        if rejected and repository and deadline.anonymous_retry:
+            deadline.anonymous_retry = False
             anonymous = await _anonymous_pull(http, registry_host, challenge, repository)
             if anonymous is not None:
                 run.fail("token", started, Code.PULL_SECRET_STALE,
