@@ -195,3 +195,18 @@ async def test_one_anonymous_retry_per_check_however_many_secrets(world: Any) ->
     d = await check_credentials(registry, image, stale, _opts(world))
     assert d.code is Code.PULL_SECRET_STALE and "cred-0" in d.summary
     assert world.tokenserver.requests.get("/oauth2/token") == 3 + 1  # three rejections, one anonymous
+
+
+async def test_identity_without_pull_names_which_identity(world: Any) -> None:
+    from pullhealth.probes.identity import managed_identity_token
+
+    async def imds(resource: str) -> Any:
+        return await managed_identity_token(client_id=world.imds_nogrant_client_id, endpoint=world.imds_url,
+                                            resource=resource, timeout=2.0)
+
+    registry, image = parse_target(f"{world.myacr}/team/app:v1")
+    d = await run_chain(Target(registry, image, identity=imds), _opts(world))
+    assert d.code is Code.PERMISSION_DENIED and d.facts["case"] == "acr-identity", d.checks
+    text = _text(d)
+    assert "identityProfile.kubeletidentity.clientId" in text and "az role assignment list --assignee" in text
+    assert "roleAssignmentMode" in text and "propagate" in text

@@ -261,7 +261,10 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
 
 def _account_facts(registry: str, credential: Credential) -> dict[str, str]:
     """The user name and, on ACR, which kind of account it is (admin, token, service
-    principal, refresh token): it decides which of the guide's remedies fits."""
+    principal, refresh token, an Azure AD identity): it decides which of the guide's
+    remedies fits."""
+    if credential.kind is CredentialKind.AAD:
+        return {"acr_account": "identity"} if registry_kind(registry) is RegistryKind.ACR else {}
     if credential.kind not in (CredentialKind.BASIC, CredentialKind.REFRESH_TOKEN):
         return {}
     facts = {"username": credential.username} if credential.username else {}
@@ -371,6 +374,7 @@ async def _steps(
         redactor.add([t.token for t in tokens])
         credential = Credential(CredentialKind.AAD, aad.source, None, aad.token)
         run.facts["credential"] = credential.describe()
+        run.facts.update(_account_facts(target.registry, credential))
         shown = ", ".join(t.audience for t in tokens)
         run.passed("identity", started, f"Azure AD token for {aad.source} ({shown} audience) : OK")
 

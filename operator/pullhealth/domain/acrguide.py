@@ -155,7 +155,8 @@ CASES: tuple[Row, ...] = (
         Code.PERMISSION_DENIED,
         "the kubelet identity's token is exchanged and has no pull (or the exchange refuses it)",
         "which identity has the role (az role assignment list --assignee <client-id>)",
-        (_CHAIN + "test_identity_without_acrpull_is_denied",),
+        (_CASES + "test_identity_without_pull_names_which_identity",),
+        case="acr-identity",
     ),
     Row(
         "Firewall: public IP not in the allowed rules (403, client IP in the body)",

@@ -560,6 +560,30 @@ ACR_CASES: tuple[Case, ...] = (
         ),
     ),
     Case(
+        Code.PERMISSION_DENIED,
+        "acr-identity",
+        "an Azure AD identity (the kubelet's managed identity, a workload identity) was exchanged, "
+        "and its token has no pull on the repository",
+        CodeInfo(
+            summary="the identity {credential} signs in to {registry} but may not pull {repository}: "
+            "the role is missing, assigned to another identity (system- vs user-assigned), not "
+            "honoured in the registry's mode, or not propagated yet",
+            remediation=(
+                "Which identity kubelet uses (the user-assigned kubelet identity, not the scale set's "
+                "system-assigned one): az aks show -n <cluster> -g <rg> --query "
+                "identityProfile.kubeletidentity.clientId",
+                "Which roles it has on the registry: az role assignment list --assignee <client-id> "
+                "--scope $(az acr show --name <registry> --query id -o tsv) -o table",
+                "Which role the registry honours: az acr show --name <registry> --query "
+                'roleAssignmentMode (AbacRepositoryPermissions: "Container Registry Repository '
+                'Reader", AcrPull is not honoured; LegacyRegistryPermissions: AcrPull, e.g. az aks '
+                "update -n <cluster> -g <rg> --attach-acr <registry>)",
+                "Role assignments take minutes to propagate: a denial right after granting is "
+                "expected; check again in a few minutes",
+            ),
+        ),
+    ),
+    Case(
         Code.FIREWALL_FORBIDDEN,
         "vnet-service-endpoint",
         "the client IP in the firewall's 403 is a private address: the traffic arrives through "
