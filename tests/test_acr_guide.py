@@ -142,6 +142,7 @@ def test_cli_check_stale_secret(world: Any, tmp_path: Path) -> None:
     rc, doc, out = _check(world, f"{world.myacr}/public/hello:1", cfg)
     assert rc == 1 and doc["code"] == "PULL_SECRET_STALE", doc
     assert "anonymous pull of public/hello works" in doc["summary"] and "is stale" in doc["summary"]
+    assert f"docker config file {cfg}" in doc["summary"] and "docker login" in " ".join(doc["remediation"])
     assert "rotated-away" not in out and base64.b64encode(b"puller:rotated-away").decode() not in out
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from pullhealth.domain.codes import Code, RegistryKind, acr_account, registry_kind
+from pullhealth.domain.codes import SOURCE_DOCKER_CONFIG, Code, RegistryKind, acr_account, registry_kind
 from pullhealth.domain.credentials import ANONYMOUS, Credential, CredentialKind
 from pullhealth.domain.diagnose import from_checks, make, redacted
 from pullhealth.domain.model import CheckResult, Diagnosis, StepStatus
@@ -584,7 +584,7 @@ async def _token_step(
             anonymous = await _anonymous_pull(http, registry_host, challenge, repository)
             if anonymous is not None:
                 run.fail("token", started, Code.PULL_SECRET_STALE,
-                         f"{exc.message}; {anonymous}", secret=_secret_name(credential), **exc.facts)
+                         f"{exc.message}; {anonymous}", **_stale_facts(credential), **exc.facts)
                 return None
         run.fail("token", started, code, exc.message, **exc.facts)
         return None
@@ -626,12 +626,19 @@ async def _anonymous_pull(
     return f"an anonymous token grants pull on {repository}: anonymous pull works without the credentials"
 
 
-def _secret_name(credential: Credential) -> str:
-    """The pull secret's name as the pod spec lists it, else where the credential came from."""
+_DOCKER_CONFIG_SOURCE = "docker config "
+
+
+def _stale_facts(credential: Credential) -> dict[str, str]:
+    """What names the stale credential: the pull secret's name as the pod spec lists it, a
+    docker config file (its own wording, ``pullhealth check --docker-config``), or where
+    the credential came from."""
     source = credential.source
     if source.startswith("secret ") and "/" in source:
-        return source.rsplit("/", 1)[1]
-    return source
+        return {"secret": source.rsplit("/", 1)[1]}
+    if source.startswith(_DOCKER_CONFIG_SOURCE):
+        return {"secret": source[len(_DOCKER_CONFIG_SOURCE) :], "source": SOURCE_DOCKER_CONFIG}
+    return {"secret": source}
 
 
 MAX_CREDENTIALS_TRIED = 4

@@ -1097,6 +1097,14 @@ DOCKER_CONFIG: Mapping[Code, CodeInfo] = {
             "Write a fresh one: DOCKER_CONFIG=<dir> docker login {registry} (creates <dir>/config.json)",
         ),
     ),
+    Code.PULL_SECRET_STALE: CodeInfo(
+        summary="anonymous pull of {repository} works, but {registry} rejected {credential}: the "
+        "entry for {registry} in the docker config file {secret} is stale",
+        remediation=(
+            "Log in again with current credentials: DOCKER_CONFIG=<dir of the file> docker login {registry}",
+            "Or remove the entry (docker logout {registry}): anonymous pull works without it",
+        ),
+    ),
     Code.PULL_SECRET_NO_MATCH: CodeInfo(
         summary="the docker config file {secret} has no credentials for {registry}",
         remediation=(
