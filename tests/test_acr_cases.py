@@ -210,3 +210,7 @@ async def test_identity_without_pull_names_which_identity(world: Any) -> None:
     text = _text(d)
     assert "identityProfile.kubeletidentity.clientId" in text and "az role assignment list --assignee" in text
     assert "roleAssignmentMode" in text and "propagate" in text
+    # The pod annotation (probable cause, at most 256 characters) keeps the ABAC hint.
+    from pullhealth.pods.podcheck import probable_cause
+
+    assert "AcrPull on an ABAC registry" in probable_cause(d), probable_cause(d)

@@ -566,8 +566,8 @@ ACR_CASES: tuple[Case, ...] = (
         "and its token has no pull on the repository",
         CodeInfo(
             summary="the identity {credential} signs in to {registry} but may not pull {repository}: "
-            "the role is missing, assigned to another identity (system- vs user-assigned), not "
-            "honoured in the registry's mode, or not propagated yet",
+            "no role, the role on another identity (system- vs user-assigned), AcrPull on an ABAC "
+            "registry, or not propagated yet",
             remediation=(
                 "Which identity kubelet uses (the user-assigned kubelet identity, not the scale set's "
                 "system-assigned one): az aks show -n <cluster> -g <rg> --query "
