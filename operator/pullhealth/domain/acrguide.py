@@ -123,7 +123,10 @@ CASES: tuple[Row, ...] = (
         Code.PERMISSION_DENIED,
         "the same denial as above: the remedy names both modes and the command that tells them apart",
         "roleAssignmentMode (" + _ARM + ": az acr show --query roleAssignmentMode) and ABAC conditions",
-        (_GUIDE + "test_permission_denied_names_abac_and_propagation",),
+        (
+            _GUIDE + "test_permission_denied_names_abac_and_propagation",
+            _CASES + "test_identity_without_pull_names_which_identity",
+        ),
     ),
     Row(
         "Role assignment just granted (propagation delay)",
@@ -368,7 +371,8 @@ the cluster (ARM settings such as `roleAssignmentMode` need `az`: the remedy nam
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """A table cell: pipes escaped, <placeholders> shown (not read as HTML tags)."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _code(row: Row) -> str:
