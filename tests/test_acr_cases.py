@@ -214,3 +214,25 @@ async def test_identity_without_pull_names_which_identity(world: Any) -> None:
     from pullhealth.pods.podcheck import probable_cause
 
     assert "AcrPull on an ABAC registry" in probable_cause(d), probable_cause(d)
+
+
+async def test_fifty_pods_with_one_stale_secret_ask_anonymously_once(world: Any) -> None:
+    # The pod flow shares one chain per registry + credential + image (the single flight):
+    # however many pods fail with the same stale secret, the registry sees one rejected
+    # token request and one anonymous one.
+    import asyncio
+
+    from pullhealth.chain.singleflight import SingleFlight
+
+    flight: SingleFlight[Diagnosis] = SingleFlight(ttl=60)
+    registry, image = parse_target(f"{world.myacr}/public/hello:1")
+    stale = _secret((world.acr_puller[0], "rotated"), "acr-old")
+
+    async def work() -> Diagnosis:
+        return await check_credentials(registry, image, [stale], _opts(world))
+
+    world.tokenserver.reset_requests()
+    results = await asyncio.gather(*(flight.get(registry, (registry, stale.fingerprint, "public/hello:1"), work)
+                                     for _ in range(50)))
+    assert {d.code for d in results} == {Code.PULL_SECRET_STALE}
+    assert flight.runs == 1 and world.tokenserver.requests.get("/oauth2/token") == 2
