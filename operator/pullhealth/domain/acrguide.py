@@ -355,14 +355,50 @@ CHECK_HEALTH_ELSEWHERE = (
     "LOGIN_SERVER_ERROR",
 )
 
-GUIDE: tuple[Row, ...] = CASES + LOG_CODES + CHECK_HEALTH
+# The guides' checklists (causes of a failed login; network settings to check), each item
+# with the code it first shows up as; the cases above split them further.
+_SEE = "see Cases: "
+CHECKLIST: tuple[Row, ...] = (
+    Row("Registry name incorrect or registry missing", Code.DNS_NXDOMAIN, _SEE + "registry name",
+        "-", (_CHAIN + "test_path_failures",)),
+    Row("Credentials not valid", Code.CREDENTIALS_REJECTED,
+        _SEE + "admin user, service principal, repository-scoped token, Application not registered",
+        "-", (_CASES + "test_disabled_token_gets_the_token_remedy",
+              _CASES + "test_unknown_user_name_is_application_not_registered")),
+    Row("Credentials not authorized for pull", Code.PERMISSION_DENIED,
+        _SEE + "AcrPull / ABAC / propagation / scope map / which identity", "roleAssignmentMode",
+        (_CASES + "test_identity_without_pull_names_which_identity",
+         _CASES + "test_scope_map_without_the_repository_is_an_empty_access_claim")),
+    Row("Credentials expired", Code.CREDENTIALS_REJECTED,
+        _SEE + "token password, service principal secret (AADSTS7000222), refresh token",
+        "expiry dates (Entra ID, az acr token show)",
+        (_CASES + "test_expired_refresh_token", _GUIDE + "test_aadsts_codes_pick_the_case")),
+    Row("Stale credentials on an anonymously pullable repository", Code.PULL_SECRET_STALE,
+        _SEE + "anonymous pull", "-",
+        (_CASES + "test_anonymous_pull_works_so_the_rejected_secret_is_stale",)),
+    Row("Client firewall access (registry and data endpoints)", Code.CONNECT_TIMEOUT,
+        _SEE + "client firewall or NSG", "the rule that drops it", (_CHAIN + "test_path_failures",)),
+    Row("Public network access / IP rules", Code.FIREWALL_FORBIDDEN, _SEE + "firewall: public IP",
+        "the rule set", (_CASES + "test_public_client_ip_in_the_403_is_an_ip_rule",)),
+    Row("Virtual network access (service endpoint)", Code.FIREWALL_FORBIDDEN,
+        _SEE + "firewall: VNet service endpoint", "subnet settings",
+        (_CASES + "test_private_client_ip_in_the_403_is_a_service_endpoint",), case="vnet-service-endpoint"),
+    Row("Private endpoint DNS (login server and data endpoints)", Code.PRIVATE_ENDPOINT_DNS,
+        _SEE + "private endpoint", "zone links",
+        (_CHAIN + "test_privatelink_leak_names_the_public_address",
+         _CASES + "test_data_endpoint_missing_from_the_private_zone")),
+    Row("Egress proxy", Code.PROXY_ERROR, _SEE + "egress proxy", "the proxy's allow-list",
+        ("tests/test_proxy.py::test_proxy_refusing_connect_is_proxy_error",)),
+)
+
+GUIDE: tuple[Row, ...] = CASES + LOG_CODES + CHECK_HEALTH + CHECKLIST
 
 HEADER = """# The ACR troubleshooting guide, case by case
 
 Generated from `operator/pullhealth/domain/acrguide.py` by `python -m pullhealth.domain.acrguide >
 docs/acr-guide.md`; tests/test_acr_guide.py fails when this file and the table differ, or when a
 row names a code, ACR case or test that does not exist. Each case of Azure Container Registry's
-login, authentication and network troubleshooting guides, its log codes and its
+login, authentication and network troubleshooting guides, its log codes, its checklist and its
 `az acr check-health` errors, with the pullhealth code it gets (`pullhealth check`, `pullhealth
 explain`, RegistryCheck status and pod annotations alike), the ACR case whose remedy replaces the
 code's generic one ([codes.md](codes.md)), the evidence used, and what cannot be seen from inside
@@ -399,6 +435,7 @@ def acr_guide_markdown() -> str:
     """docs/acr-guide.md."""
     out = [HEADER, "\n## Cases\n\n", *_table(CASES, "guide case")]
     out += ["\n## Log codes\n\n", *_table(LOG_CODES, "log code")]
+    out += ["\n## Checklist\n\n", *_table(CHECKLIST, "checklist item")]
     out += ["\n## az acr check-health errors\n\n", *_table(CHECK_HEALTH, "error")]
     out.append(
         "\nNot about the pull path (they check the machine running `az`: Docker, Helm, the CLI, "
