@@ -69,7 +69,23 @@ SCENARIOS = [
     # identity refines "pull access denied" to the missing repository.
     ("acr-node-identity", "myacr", "team/nosuch:v1", [], {}, "token_no_credentials_missing_repo",
      "REPOSITORY_NOT_FOUND"),
+    # ACR's guide (issue 25): anonymous pull enabled (public/*) with a stale secret; a disabled
+    # repository-scoped token; a user name ACR knows as no application ("not registered with AAD").
+    ("stale-secret", "myacr", "public/hello:1", ["acr-old"], {"acr-old": ("myacr", "puller", "rotated")},
+     "token_wrong_password", "PULL_SECRET_STALE"),
+    ("token-disabled", "myacr", "team/app:v1", ["ci-off"],
+     {"ci-off": ("myacr", "ci-token-off", "ci-token-off-pass")}, "token_wrong_password", "CREDENTIALS_REJECTED"),
+    ("app-not-registered", "myacr", "team/app:v1", ["sp-gone"],
+     {"sp-gone": ("myacr", "55555555-5555-4555-8555-555555555555", "gone-secret")}, "token_wrong_password",
+     "AAD_APP_NOT_REGISTERED"),
 ]
+# What the ACR cases' annotations must say (their own cause, not generic advice).
+ACR_CAUSES = {
+    "stale-secret": "the pull secret acr-old is stale",
+    "token-disabled": "repository-scoped token ci-token-off",
+    "app-not-registered": "Application not registered with AAD",
+}
+SECRETS = ("rotated", "ci-token-off-pass", "gone-secret")
 
 
 def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: World, namespace: str,
@@ -106,8 +122,10 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
             assert ann["pullhealth.io/container"] == "app"
             assert 0 < len(ann["pullhealth.io/probable-cause"]) <= 256
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ann["pullhealth.io/diagnosed-at"])
-            for secret in (world.acr_puller[1], world.acr_nopull[1], "rotated"):
+            for secret in (world.acr_puller[1], world.acr_nopull[1], *SECRETS):
                 assert secret not in json.dumps(ann)
+            if name in ACR_CAUSES:
+                assert ACR_CAUSES[name] in ann["pullhealth.io/probable-cause"], ann
             # No finalizer: deleting a pod never waits for the operator.
             assert not api.read_namespaced_pod(name, ns).metadata.finalizers
 
@@ -120,7 +138,7 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
             evs = our_events(api, ns, name)
             assert [e.reason for e in evs] == ["PullDiagnosed"], (name, [e.message for e in evs])
             assert evs[0].message.startswith(f"{expected}: ") and ". Try: " in evs[0].message
-            for secret in (world.acr_puller[1], world.acr_nopull[1], "rotated"):
+            for secret in (world.acr_puller[1], world.acr_nopull[1], *SECRETS):
                 assert secret not in evs[0].message
 
         # Metrics: failing containers by code, diagnoses by code.

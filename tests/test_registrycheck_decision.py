@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pullhealth.registrychecks import decision
-from pullhealth.registrychecks.decision import Export, ForeignClaim, LastRun, ReportInvalid, Run, StandBy, Wait
+from pullhealth.registrychecks.decision import (
+    Export,
+    ForeignClaim,
+    LastRun,
+    ReportInvalid,
+    Run,
+    StandBy,
+    Wait,
+)
 
 NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
 SPEC = {"registry": "myacr.azurecr.io", "image": "team/app:v1", "intervalSeconds": 300}
