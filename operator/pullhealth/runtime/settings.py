@@ -36,7 +36,7 @@ class Settings:
 
     namespaces: tuple[str, ...] = _flag(
         (), "watch this namespace (repeatable; a glob such as 'team-*' matches names)",
-        "--namespace", "-n", action="append", exclusive="scope",
+        "--namespace", "-n", action="append", exclusive="scope", metavar="NAMESPACE",
     )
     all_namespaces: bool = _flag(
         False, "watch every namespace (the default without --namespace)",
@@ -188,9 +188,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         env = kwargs.pop("env", None)
         target: Any = parser
         if exclusive is not None:
-            target = groups.setdefault(("x", exclusive), parser.add_mutually_exclusive_group())
+            if ("x", exclusive) not in groups:
+                groups[("x", exclusive)] = parser.add_mutually_exclusive_group()
+            target = groups[("x", exclusive)]
         elif meta["group"] is not None:
-            target = groups.setdefault(meta["group"], parser.add_argument_group(*meta["group"]))
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(*meta["group"])
+            target = groups[meta["group"]]
         names = meta["names"] or ("--" + f.name.replace("_", "-"),)
         default = f.default
         if kwargs.get("action") == "append":
