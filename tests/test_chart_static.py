@@ -348,19 +348,20 @@ def test_pod_admission_policy_when_the_cluster_serves_it(helm: str) -> None:
 
 def test_security_values_render_to_valid_cli_arguments(helm: str) -> None:
     from pullhealth.cli import _parser
+    from pullhealth.runtime.settings import from_args
 
     objects = render(helm, "security.identities.managedIdentityClientIds={11111111-1111-4111-8111-111111111111}",
                      "security.identities.armAudience=true", "security.destinations.allowCidrs={169.254.0.0/16}",
                      "security.destinations.denyCidrs={10.1.0.0/16,10.2.0.0/16}",
                      "security.destinations.registryHosts={*.azurecr.io}", "pods.enabled=false")
     c = container(objects)
-    parsed = _parser().parse_args([*c["command"][1:], *c["args"]])
-    assert parsed.allow_managed_identity == ["11111111-1111-4111-8111-111111111111"]
+    parsed = from_args(_parser().parse_args([*c["command"][1:], *c["args"]]))
+    assert parsed.managed_identities == ("11111111-1111-4111-8111-111111111111",)
     assert parsed.arm_audience and not parsed.workload_identity
-    assert parsed.allow_cidr == ["169.254.0.0/16"] and parsed.deny_cidr == ["10.1.0.0/16", "10.2.0.0/16"]
-    assert parsed.registry_host == ["*.azurecr.io"]
+    assert parsed.allow_cidrs == ("169.254.0.0/16",) and parsed.deny_cidrs == ("10.1.0.0/16", "10.2.0.0/16")
+    assert parsed.registry_hosts == ("*.azurecr.io",)
     # The ACR domains and kubelet identity are the trust policy's: passed with pods off too.
-    assert parsed.no_pods and parsed.acr_domains == ".azurecr.io,.azurecr.cn,.azurecr.us"
+    assert not parsed.pods and parsed.acr_domains == ".azurecr.io,.azurecr.cn,.azurecr.us"
 
 
 def test_reading_secrets_cluster_wide_is_opt_in(helm: str) -> None:
@@ -478,7 +479,7 @@ def test_pod_options_and_no_pods_render_to_valid_cli_arguments(helm: str) -> Non
         (["pods.enabled=false"], lambda a: a.no_pods),
         (["pods.interval=30", "pods.kubeletClientId=11111111-1111-4111-8111-111111111111",
           "watchNamespaces={a,b}"],
-         lambda a: a.pod_interval == 30 and a.kubelet_client_id.startswith("1111") and a.namespace == ["a", "b"]),
+         lambda a: a.pod_interval == 30 and a.kubelet_client_id.startswith("1111") and a.namespaces == ["a", "b"]),
     ):
         objects = render(helm, *sets)
         deployment = next(o for o in objects if o["kind"] == "Deployment")
