@@ -3,6 +3,9 @@
 ``pullhealth check REFERENCE``   probe a registry pull path (exit 0 healthy, 1 problem, 2 usage)
 ``pullhealth explain MESSAGE``   classify pasted pull-error text (no network)
 ``pullhealth recheck NAME...``   check RegistryChecks now and print the results
+``pullhealth codes [CODE]``      the diagnosis codes reference (docs/codes.md)
+``pullhealth run``               the operator (flags: :mod:`pullhealth.runtime.settings`)
+``pullhealth agent``             the per-node agent (:mod:`pullhealth.agent.agentrun`)
 """
 
 from __future__ import annotations

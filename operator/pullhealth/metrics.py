@@ -4,10 +4,10 @@ Label sets stay bounded: per RegistryCheck (namespace, name) plus a diagnosis co
 fixed enum; per probe step; per registry host, but only for registries a RegistryCheck
 names or the admin lists (``--metrics-registries``): any other host is ``other``.
 
-The RegistryCheck gauges mirror the status (level-triggered): every timer tick exports
-what the object's status holds, so right after an operator restart the first tick (kopf
-runs it as soon as it lists the object) brings every gauge back with the status values,
-without re-running a check. A deleted RegistryCheck's series are removed and stay removed:
+The RegistryCheck gauges mirror the status (level-triggered): every wake-up of an object's
+check loop exports what its status holds, so right after an operator restart the first
+event (kopf delivers one per object as soon as it lists them) brings every gauge back with
+the status values, without re-running a check. A deleted RegistryCheck's series are removed and stay removed:
 its uid is remembered, so a check that finishes after the delete cannot export again.
 """
 

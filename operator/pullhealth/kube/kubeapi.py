@@ -1,4 +1,5 @@
-"""The Kubernetes API adapter behind :class:`pullhealth.chain.pullsources.ClusterReader`.
+"""The Kubernetes API adapter: reads (:class:`pullhealth.chain.pullsources.ClusterReader`),
+pod annotations, RegistryCheck status, Events, the peering object, and API-server outages.
 
 Uses the official client (synchronous) on worker threads, every call with a timeout.
 Reads are namespaced by construction: there is no call that lists secrets.
