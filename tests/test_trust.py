@@ -106,12 +106,13 @@ def test_realm_rules() -> None:
         ("https://myacr.azurecr.io.evil.example/oauth2/token", "myacr.azurecr.io", AAD),
         ("http://myacr.azurecr.io/oauth2/token", "myacr.azurecr.io", AAD),
         ("http://auth.example/token", "registry.example", BASIC),
+        # Anonymous follows HTTPS realms only too: a token from a plain-HTTP realm is not asked.
+        ("http://auth.example/token", "registry.example", Credential(CredentialKind.ANONYMOUS, "anonymous")),
     ):
         with pytest.raises(StepError) as err:
             check_realm(realm, registry, credential)
         assert err.value.code is Code.TOKEN_REALM_REFUSED, realm
-    # Anonymous sends nothing secret: any realm (the destination policy still applies).
-    check_realm("http://auth.example/token", "registry.example", Credential(CredentialKind.ANONYMOUS, "anonymous"))
+    check_realm("https://auth.example/token", "registry.example", Credential(CredentialKind.ANONYMOUS, "anonymous"))
 
 
 def test_trust_policy_identities() -> None:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pullhealth.domain.codes import Code
 from pullhealth.domain.credentials import Credential, CredentialKind
-from pullhealth.probes.challenge import Challenge, error_code, error_messages, fail_on_common
+from pullhealth.probes.challenge import Challenge, error_code, error_code_list, fail_on_common, printable
 from pullhealth.probes.http import Http, Reply
 from pullhealth.probes.identity import AadToken
 from pullhealth.probes.net import StepError
@@ -108,10 +108,11 @@ def realm_elsewhere(realm: str, registry_host: str) -> str | None:
 
 
 def check_realm(realm: str, registry_host: str, credential: Credential) -> None:
-    """Refuse to send a credential where the registry's challenge must not send it.
+    """Refuse to follow a realm the registry's challenge must not send the chain to.
 
-    - Any credential: only over HTTPS (the chain reaches registries over HTTPS only; a
-      plain-HTTP realm would carry the password or token in clear).
+    - Any credential, anonymous too: only over HTTPS (the chain reaches registries over
+      HTTPS only; a plain-HTTP realm would carry the password or token in clear, and an
+      anonymous token from it, forged on the way, would be forwarded to the registry).
     - An Azure AD token (managed or workload identity): only to the registry's own host,
       ACR's ``/oauth2/exchange`` beside ``/oauth2/token``. Another host would receive a
       token of an identity the operator holds.
@@ -122,16 +123,19 @@ def check_realm(realm: str, registry_host: str, credential: Credential) -> None:
     Raises:
         StepError: TOKEN_REALM_REFUSED, before anything is sent.
     """
-    if credential.kind is CredentialKind.ANONYMOUS:
-        return
     parts = urlsplit(realm)
-    shown = realm[:200]
+    shown = printable(realm, 200)
     if parts.scheme.lower() != "https":
+        what = (
+            "no anonymous token is asked there"
+            if credential.kind is CredentialKind.ANONYMOUS
+            else f"{credential.describe()} was not sent"
+        )
         raise StepError(
             Code.TOKEN_REALM_REFUSED,
-            f"the token realm {shown} is not HTTPS: {credential.describe()} was not sent",
+            f"the token realm {shown} is not HTTPS: {what}",
             realm=shown,
-            detail="the realm is not HTTPS; credentials are never sent in clear",
+            detail="the realm is not HTTPS; tokens are asked and credentials sent over HTTPS only",
         )
     if credential.kind is CredentialKind.AAD and realm_elsewhere(realm, registry_host):
         raise StepError(
@@ -161,11 +165,12 @@ def _token_of(reply: Reply) -> str | None:
 
 
 def _why(reply: Reply) -> str:
-    """What a token service's refusal may show: its OCI errors, else its OAuth2 ``error``
-    code; never ``error_description`` or another body (it can echo the request)."""
-    messages = error_messages(reply)
-    if messages:
-        return "; ".join(messages)
+    """What a token service's refusal may show: its HTTP status and OCI error codes, else
+    its OAuth2 ``error`` code; never a message, ``error_description`` or another body (the
+    realm may be any service the registry named, and a body can echo the request)."""
+    codes = error_code_list(reply)
+    if codes:
+        return f"HTTP {reply.status} " + ", ".join(codes)
     doc = reply.json()
     code = error_code(doc.get("error")) if isinstance(doc, dict) else "?"
     return f"HTTP {reply.status}" + (f" {code}" if code != "?" else "")
@@ -192,10 +197,10 @@ async def _aad_refresh(
     realm_host = urlsplit(challenge.realm).hostname or challenge.realm
     url = exchange_url(challenge.realm)
     refresh, reply = await _exchange(http, url, challenge.service, credential.secret or "")
-    fail_on_common(reply, realm_host, "POST /oauth2/exchange")
+    fail_on_common(reply, realm_host, "POST /oauth2/exchange", codes_only=True)
     for other in also:
         other_refresh, other_reply = await _exchange(http, url, challenge.service, other.token)
-        fail_on_common(other_reply, realm_host, "POST /oauth2/exchange")
+        fail_on_common(other_reply, realm_host, "POST /oauth2/exchange", codes_only=True)
         if (refresh is None) == (other_refresh is None):
             continue
         refused = other.audience if refresh else "ACR"
@@ -234,7 +239,7 @@ async def _bearer(
 
     if kind is CredentialKind.ANONYMOUS:
         reply = await http.request("GET", challenge.realm, params=params)
-        fail_on_common(reply, realm_host, "GET token")
+        fail_on_common(reply, realm_host, "GET token", codes_only=True)
         token = _token_of(reply) if reply.status == 200 else None
         if not token:
             raise StepError(
@@ -257,7 +262,7 @@ async def _bearer(
             }
             reply = await http.request("POST", challenge.realm, data=data)
             flow = "OAuth2 password grant (POST)"
-        fail_on_common(reply, realm_host, "token request")
+        fail_on_common(reply, realm_host, "token request", codes_only=True)
         token = _token_of(reply) if reply.status == 200 else None
         if not token:
             raise StepError(
@@ -273,7 +278,7 @@ async def _bearer(
 
     data = {"grant_type": "refresh_token", "refresh_token": secret, **form}
     reply = await http.request("POST", challenge.realm, data=data)
-    fail_on_common(reply, realm_host, "POST /oauth2/token")
+    fail_on_common(reply, realm_host, "POST /oauth2/token", codes_only=True)
     token = _token_of(reply) if reply.status == 200 else None
     if not token:
         code = Code.TOKEN_EXCHANGE_DENIED if kind is CredentialKind.AAD else Code.CREDENTIALS_REJECTED

@@ -1,0 +1,91 @@
+"""Issue 21's attacks, replayed against the real surfaces (the CLI, the operator's chain
+with its destination policy) and the local world's servers: each must now be refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pullhealth import cli
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.domain.codes import Code
+from pullhealth.domain.reference import parse_target
+from pullhealth.probes.destinations import build_policy
+from support.httpfixtures import StatusServer
+from support.world import TEST_ALLOW_CIDR
+
+INTERNAL = "INTERNAL-session-answer-9c1e"
+UNAUTHORIZED = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+
+
+def _cli(world: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    rc = cli.main(["check", *args, "--nameserver", world.nameserver, "--ca-file", str(world.ca_bundle)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return rc, captured.out
+
+
+def _evil(world: Any, realm: str) -> StatusServer:
+    """An author's registry whose challenge names ``realm``."""
+    return StatusServer(401, UNAUTHORIZED, {"WWW-Authenticate": f'Bearer realm="{realm}",service="evil"'},
+                        cert=world.pki.issue(["evil.test"]))
+
+
+@pytest.fixture()
+def internal_http() -> Iterator[StatusServer]:
+    """A plain-HTTP 'internal service' that hands out a session token to anyone."""
+    with StatusServer(200, {"token": INTERNAL, "access_token": INTERNAL}, tls=False) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def internal_https(world: Any) -> Iterator[StatusServer]:
+    """An HTTPS 'internal service' whose refusal is OCI-shaped and says something private."""
+    body = {"errors": [{"code": "DENIED", "message": f"{INTERNAL}: user db-admin, vault.prod.internal"}]}
+    with StatusServer(403, body, cert=world.pki.issue(["collector.test"])) as srv:
+        yield srv
+
+
+def test_anonymous_realm_over_plain_http_is_not_followed(
+    world: Any, internal_http: StatusServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _evil(world, f"http://collector.test:{internal_http.port}/internal/session") as evil:
+        rc, out = _cli(world, monkeypatch, capsys, f"evil.test:{evil.port}/x/y:1", "--anonymous", "-o", "json")
+        registry_hits = evil.hits
+    doc = json.loads(out)
+    assert rc == 1 and doc["code"] == "TOKEN_REALM_REFUSED", doc
+    assert internal_http.hits == {}, internal_http.hits  # no GET, so no token to forward
+    assert INTERNAL not in out
+    # The registry saw /v2/ only: no request carried the internal answer to it.
+    assert set(registry_hits) == {"/v2/"}, registry_hits
+
+
+def test_realm_answers_show_status_and_code_never_the_message(
+    world: Any, internal_https: StatusServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _evil(world, f"https://collector.test:{internal_https.port}/internal/session") as evil:
+        for output in ("json", "text"):
+            rc, out = _cli(world, monkeypatch, capsys, f"evil.test:{evil.port}/x/y:1", "--anonymous", "-o", output)
+            assert rc == 1
+            assert INTERNAL not in out and "db-admin" not in out and "vault.prod" not in out, out
+            assert "403" in out and "DENIED" in out, out
+    assert sum(internal_https.hits.values()) >= 1
+
+
+async def test_a_realm_host_outside_the_admin_allow_list_is_not_reached(
+    world: Any, internal_https: StatusServer
+) -> None:
+    with _evil(world, f"https://collector.test:{internal_https.port}/internal/session") as evil:
+        registry, image = parse_target(f"evil.test:{evil.port}/x/y:1")
+        policy = build_policy(allow=[TEST_ALLOW_CIDR], hosts=["evil.test", "*.azurecr.io"])
+        d = await run_chain(Target(registry, image), ChainOptions(
+            nameserver=world.nameserver, ca_file=str(world.ca_bundle), timeout=3.0, destinations=policy))
+    assert d.code is Code.DESTINATION_REFUSED, d.checks
+    assert next(c for c in d.checks if c.status.value == "failed").name == "token"
+    assert internal_https.hits == {}
