@@ -216,9 +216,10 @@ async def _diagnose(
     if failing and ready is not None and not ready.is_set():
         await ready.wait()  # start-up: the first lists of Events, Nodes, accounts are on their way
     watch = State.kubelet_failures
-    watched = watch.messages(uid) if watch is not None and failing else None
+    watched = watch.messages(namespace, uid) if watch is not None and failing else None
     messages: list[str] = watched or []
-    if failing and watched is None:
+    if failing and not watched:
+        # Not known, or nothing kept (not arrived yet, or evicted): list the pod's own Events.
         try:
             messages = await client.kubelet_pull_messages(namespace, uid)
         except ApiException as exc:
