@@ -89,3 +89,65 @@ async def test_a_realm_host_outside_the_admin_allow_list_is_not_reached(
     assert d.code is Code.DESTINATION_REFUSED, d.checks
     assert next(c for c in d.checks if c.status.value == "failed").name == "token"
     assert internal_https.hits == {}
+
+
+# --- output: what a certificate tells of an internal host (issue 21, item 4)
+
+INTERNAL_SANS = ["vault.prod.contoso.internal", "db-admin.corp.internal"]
+
+
+def test_a_mismatched_certificate_does_not_list_internal_names(
+    world: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with StatusServer(200, {}, cert=world.pki.issue(INTERNAL_SANS)) as srv:
+        for output in ("json", "text"):
+            rc, out = _cli(world, monkeypatch, capsys, f"internal.test:{srv.port}/x/y:1", "--anonymous", "-o", output)
+            assert rc == 1
+            assert "TLS_HOSTNAME_MISMATCH" in out, out
+            assert "vault" not in out and "db-admin" not in out, out
+            assert "another name" in out, out
+
+
+def test_names_in_the_requested_host_domain_are_still_shown() -> None:
+    from pullhealth.probes.net import names_shown
+
+    sans = ("*.azurecr.io", "vault.prod.contoso.internal", "myacr.westeurope.data.azurecr.io", "10.0.0.5")
+    assert names_shown(sans, "myacr.azurecr.io") == ("*.azurecr.io", "myacr.westeurope.data.azurecr.io")
+    assert names_shown(sans, "evil.test") == ()  # the parent is a top-level domain: nothing
+    assert names_shown(("10.0.0.5", "10.0.0.6"), "10.0.0.5") == ("10.0.0.5",)
+
+
+def test_the_issuer_of_a_certificate_for_another_name_is_not_shown(
+    world: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same untrusted CA: for the requested name its issuer is shown (an intercepting
+    # proxy's), for another name it is not (another service's PKI).
+    with StatusServer(200, {}, cert=world.pki.issue_untrusted(["internal.test"])) as ours, \
+            StatusServer(200, {}, cert=world.pki.issue_untrusted(INTERNAL_SANS)) as theirs:
+        _, shown = _cli(world, monkeypatch, capsys, f"internal.test:{ours.port}/x/y:1", "--anonymous", "-o", "json")
+        _, hidden = _cli(world, monkeypatch, capsys, f"internal.test:{theirs.port}/x/y:1", "--anonymous", "-o",
+                         "json")
+    issuer = "pullhealth UNTRUSTED CA"
+    assert issuer in shown, shown
+    assert json.loads(shown)["code"] == json.loads(hidden)["code"] == "TLS_UNTRUSTED"
+    assert issuer and issuer not in hidden, hidden
+    assert "vault" not in hidden and "not shown" in hidden, hidden
+
+
+async def test_plain_http_without_a_port_is_checked_on_port_80(world: Any) -> None:
+    """http://host/ connects to 80: the policy must be asked about 80, not 443."""
+    from pullhealth.probes.dns import Resolver
+    from pullhealth.probes.http import Http
+    from pullhealth.probes.net import StepError, make_ssl_context
+
+    policy = build_policy(allow=[TEST_ALLOW_CIDR], protected=[("127.0.0.1", 80)])
+    http = Http(Resolver(world.nameserver, 2.0, policy), make_ssl_context(None), 2.0)
+    try:
+        with pytest.raises(StepError) as err:
+            await http.request("GET", "http://internal.test/token")
+        assert err.value.code is Code.DESTINATION_REFUSED, err.value.message
+        with pytest.raises(StepError) as err:
+            await http.request("GET", "http://127.0.0.1/token")
+        assert err.value.code is Code.DESTINATION_REFUSED, err.value.message
+    finally:
+        await http.aclose()
