@@ -266,3 +266,59 @@ def test_reference_parser_raises_only_invalid_reference(text: str) -> None:
     for fn in (parse, parse_target):
         with contextlib.suppress(InvalidReference):
             fn(text)
+
+
+@st.composite
+def ipv4_spellings(draw: st.DrawFn, network: str) -> tuple[str, str]:
+    """(a spelling inet_aton accepts, the address it means) for an address in ``network``."""
+    import ipaddress
+
+    net = ipaddress.ip_network(network)
+    address = net[draw(st.integers(0, net.num_addresses - 1))]
+    raw = int(address)
+    parts_count = draw(st.integers(1, 4))
+    head = [(raw >> (8 * (3 - i))) & 0xFF for i in range(parts_count - 1)]
+    last = raw & ((1 << (8 * (4 - len(head)))) - 1)
+    parts = []
+    for value in [*head, last]:
+        form = draw(st.sampled_from(["dec", "oct", "hex", "HEX"]))
+        if form == "dec":
+            parts.append(str(value))
+        elif form == "oct":
+            parts.append("0" + format(value, "o"))
+        else:
+            text = "0x" + format(value, "x")
+            parts.append(text.upper().replace("0X", draw(st.sampled_from(["0x", "0X"]))) if form == "HEX" else text)
+    return ".".join(parts), str(address)
+
+
+@FUZZ
+@given(data=st.data(), network=st.sampled_from(["127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8",
+                                                 "168.63.129.16/32", "100.100.100.200/32"]))
+def test_every_numeric_spelling_of_a_refused_address_is_refused(data: st.DataObject, network: str) -> None:
+    """Issue 21: the policy reads a numeric host as the C resolver does, so a proxy (which
+    resolves the name itself) is never sent a spelling the direct mode refuses."""
+    import socket
+
+    from pullhealth.domain.codes import Code
+    from pullhealth.probes.destinations import DestinationPolicy, numeric_ipv4
+    from pullhealth.probes.net import StepError
+
+    spelling, address = data.draw(ipv4_spellings(network))
+    assert socket.inet_ntoa(socket.inet_aton(spelling)) == address  # the generator is right
+    assert str(numeric_ipv4(spelling)) == address
+    with pytest.raises(StepError) as err:
+        DestinationPolicy().check_peer_name(spelling, 443)
+    assert err.value.code is Code.DESTINATION_REFUSED
+
+
+@FUZZ
+@given(name=st.from_regex(r"[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}\.localhost\.?", fullmatch=True))
+def test_every_localhost_name_is_refused(name: str) -> None:
+    from pullhealth.domain.codes import Code
+    from pullhealth.probes.destinations import DestinationPolicy
+    from pullhealth.probes.net import StepError
+
+    with pytest.raises(StepError) as err:
+        DestinationPolicy().check_peer_name(name, 443)
+    assert err.value.code is Code.DESTINATION_REFUSED

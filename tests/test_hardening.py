@@ -151,3 +151,45 @@ async def test_plain_http_without_a_port_is_checked_on_port_80(world: Any) -> No
         assert err.value.code is Code.DESTINATION_REFUSED, err.value.message
     finally:
         await http.aclose()
+
+
+# --- proxy mode refuses every spelling the direct mode refuses (issue 21, item 8)
+
+SPELLINGS = ["127.1", "2130706433", "0x7f000001", "2852039166", "0177.0.0.1", "0x7f.1", "registry.localhost",
+             "localhost", "169.254.43518", "[::ffff:127.0.0.1]", "168.63.129.16", "2822734096"]
+
+
+@pytest.mark.parametrize("host", SPELLINGS)
+async def test_proxy_mode_sends_no_connect_for_a_refused_spelling(world: Any, host: str) -> None:
+    import socket
+
+    from pullhealth.probes.destinations import DestinationPolicy
+    from pullhealth.probes.proxy import Proxy
+
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(4)
+    proxy.setblocking(False)
+    try:
+        registry, image = parse_target(f"{host}:5000/x/y:1")
+        d = await run_chain(Target(registry, image), ChainOptions(
+            nameserver=world.nameserver, timeout=2.0, destinations=DestinationPolicy(),
+            proxy=Proxy("127.0.0.1", proxy.getsockname()[1])))
+        assert d.code is Code.DESTINATION_REFUSED, d.checks
+        with pytest.raises(BlockingIOError):
+            proxy.accept()  # the proxy never saw a connection, so no CONNECT
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("address", ["168.63.129.16", "100.100.100.200", "fd00:ec2::23", "fd00:ec2::254",
+                                     "2002:a9fe:a9fe::1", "2002:a9fe:a9fe:ffff::", "0.0.0.1"])
+def test_metadata_and_host_agent_addresses_are_refused(address: str) -> None:
+    from pullhealth.probes.destinations import DestinationPolicy
+    from pullhealth.probes.net import StepError
+
+    with pytest.raises(StepError) as err:
+        DestinationPolicy().check_address("registry.example", address, 443)
+    assert err.value.code is Code.DESTINATION_REFUSED
+    # 100.64.0.0/10 (carrier-grade NAT, where some clusters' nodes live) stays allowed.
+    DestinationPolicy().check_address("registry.example", "100.100.100.199", 443)
