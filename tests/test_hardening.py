@@ -193,3 +193,66 @@ def test_metadata_and_host_agent_addresses_are_refused(address: str) -> None:
     assert err.value.code is Code.DESTINATION_REFUSED
     # 100.64.0.0/10 (carrier-grade NAT, where some clusters' nodes live) stays allowed.
     DestinationPolicy().check_address("registry.example", "100.100.100.199", 443)
+
+
+# --- limits: identity tokens cached per identity + audience (issue 21, item 9)
+
+
+async def test_imds_is_asked_once_per_identity_and_audience_while_the_token_is_fresh(world: Any) -> None:
+    from pullhealth.probes.identity import ARM_RESOURCE, TokenCache, managed_identity_token
+
+    cache = TokenCache(limit=4)
+    world.imds.reset_hits()
+    for _ in range(5):
+        token = await managed_identity_token(client_id=world.imds_client_id, endpoint=world.imds_url, cache=cache)
+    assert sum(world.imds.hits.values()) == 1, world.imds.hits
+    await managed_identity_token(client_id=world.imds_client_id, endpoint=world.imds_url, cache=cache,
+                                 resource=ARM_RESOURCE)
+    assert sum(world.imds.hits.values()) == 2  # another audience is another token
+    assert token.audience == "ACR" and len(cache) == 2
+
+
+async def test_a_workload_identity_token_is_reused_only_for_the_same_account(world: Any) -> None:
+    from pullhealth.probes.identity import TokenCache, workload_identity_token
+    from pullhealth.probes.net import StepError
+    from support.world import WI_CLIENT_ID
+
+    cache = TokenCache()
+    federated = world.wi_token_file.read_text().strip()
+    world.aad.reset_hits()
+    for _ in range(3):
+        await workload_identity_token(client_id=WI_CLIENT_ID, tenant_id=world.aad_tenant, federated_token=federated,
+                                      authority=world.aad_authority, cache=cache)
+    assert sum(world.aad.hits.values()) == 1, world.aad.hits
+    # Another account naming the same client id: not served from the cache, and refused.
+    with pytest.raises(StepError):
+        await workload_identity_token(client_id=WI_CLIENT_ID, tenant_id=world.aad_tenant,
+                                      federated_token=_other_subject(federated), authority=world.aad_authority,
+                                      cache=cache)
+    assert sum(world.aad.hits.values()) == 2
+
+
+def _other_subject(token: str) -> str:
+    import base64
+
+    head, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "system:serviceaccount:attacker:default"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    return f"{head}.{forged}.{sig}"
+
+
+def test_the_token_cache_is_bounded_and_expires_early() -> None:
+    from pullhealth.probes.identity import AadToken, TokenCache
+
+    cache = TokenCache(limit=2, margin=300)
+    for i in range(3):
+        cache.put(("k", str(i)), AadToken(f"t{i}", "x"), 3600)
+    assert len(cache) == 2 and cache.get(("k", "0")) is None and cache.get(("k", "2")) is not None
+    cache.put(("short",), AadToken("s", "x"), 0.01)  # half its life at most: gone at once
+    import time
+
+    time.sleep(0.02)
+    assert cache.get(("short",)) is None
+    cache.put(("unknown",), AadToken("u", "x"), None)
+    assert cache.get(("unknown",)) is None
