@@ -277,7 +277,7 @@ def test_default_render(helm: str) -> None:
     assert c["command"] == ["pullhealth", "run"]
     assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-bind-address=0.0.0.0",
                          "--liveness=http://0.0.0.0:8081/healthz",
-                         "--log-format=json", "--pod-interval=60", "--per-registry=4", "--workers=16",
+                         "--log-format=json", "--registry-check-workers=8", "--pod-interval=60", "--per-registry=4", "--workers=16",
                          "--api-concurrency=48",
                          "--acr-domains=.azurecr.io,.azurecr.cn,.azurecr.us"]
     # Every argument the chart passes is one `pullhealth run` accepts.

@@ -173,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--workers", type=int, default=16, help="pods diagnosed at once (default 16)")
     run.add_argument(
+        "--registry-check-workers",
+        type=int,
+        default=8,
+        help="RegistryCheck chains running at once across the operator, shared round-robin by "
+        "namespaces, at most half for one namespace (default 8)",
+    )
+    run.add_argument(
         "--api-concurrency",
         type=int,
         default=48,

@@ -29,7 +29,9 @@ from pullhealth import metrics
 from pullhealth.domain.model import Phase, StepStatus
 from pullhealth.kube import events, kubeapi
 from pullhealth.registrychecks import registrycheck
+from pullhealth.registrychecks.fairness import FairLimiter
 from pullhealth.registrychecks.schedule import Logger, Loops
+from pullhealth.runtime import startup
 from pullhealth.runtime.leader import STANDBY_RECHECK, outranked
 from pullhealth.runtime.state import State, report_other_writer
 
@@ -168,29 +170,32 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
             report_other_writer(logger, f"RegistryCheck {namespace}/{name} is being checked by {other}")
         return float(ttl)
     _remember(uid, generation, recheck, parsed.interval_seconds)
-    # Claim the run before probing, conditional on the version read (Pending too on first
-    # sight: kubectl shows it while the first chain runs): of two operators only one probes.
-    claim = registrycheck.claim_status(holder, previous, registrycheck.now_rfc3339(now))
-    try:
-        claimed = await _write(namespace, name, claim, logger, resource_version=version, strict=True)
-    except (kubeapi.Conflict, kubeapi.Unreachable):
-        # Changed since read (another operator's claim, an edit), or the API server is down
-        # (logged once per outage): look again with a fresh object.
-        State.last_run.pop(uid, None)
-        return RETRY_SOON
-    if claimed is None:
-        return parsed.interval_seconds  # refused (logged) or deleted
+    # One operator-wide limit on running chains, shared round-robin by namespaces: the
+    # slot is taken before the claim, so a queued run does not hold a claim while it waits.
+    async with CHAINS.slot(namespace):
+        # Claim the run before probing, conditional on the version read (Pending too on first
+        # sight: kubectl shows it while the first chain runs): of two operators only one probes.
+        claim = registrycheck.claim_status(holder, previous, registrycheck.now_rfc3339(now))
+        try:
+            claimed = await _write(namespace, name, claim, logger, resource_version=version, strict=True)
+        except (kubeapi.Conflict, kubeapi.Unreachable):
+            # Changed since read (another operator's claim, an edit), or the API server is down
+            # (logged once per outage): look again with a fresh object.
+            State.last_run.pop(uid, None)
+            return RETRY_SOON
+        if claimed is None:
+            return parsed.interval_seconds  # refused (logged) or deleted
 
-    diagnosis = await registrycheck.run_registry_check(
-        parsed,
-        image,
-        namespace,
-        State.kube,
-        State.env,
-        # A recheck asks for a fresh probe, not a result shared from the last 20 s.
-        State.registry_check_cache if recheck is None else None,
-        metrics.count_probe_request,
-    )
+        diagnosis = await registrycheck.run_registry_check(
+            parsed,
+            image,
+            namespace,
+            State.kube,
+            State.env,
+            # A recheck asks for a fresh probe, not a result shared from the last 20 s.
+            State.registry_check_cache if recheck is None else None,
+            metrics.count_probe_request,
+        )
     finished = datetime.now(UTC)
     new = registrycheck.build_status(
         diagnosis, previous, generation, registrycheck.now_rfc3339(finished), recheck=recheck
@@ -233,6 +238,7 @@ async def check_when_due(body: Mapping[str, Any], logger: Logger) -> float | Non
 
 
 LOOPS = Loops(check_when_due, metrics.SCHEDULE_WAKEUPS.inc)
+CHAINS = FairLimiter(lambda: startup.OPTIONS.registry_check_workers)
 
 
 async def _emit(event: events.EventSpec, logger: Logger) -> bool:

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     options.pod_interval = max(0.0, args.pod_interval)
     options.per_registry = max(1, args.per_registry)
     options.workers = max(1, args.workers)
+    options.registry_check_workers = max(1, args.registry_check_workers)
     options.api_concurrency = max(1, min(args.api_concurrency, 256))
     options.acr_domains = args.acr_domains
     options.kubelet_client_id = args.kubelet_client_id

@@ -39,6 +39,8 @@ class Options:
     pod_interval: float = 60.0
     per_registry: int = 4
     workers: int = 16
+    # RegistryCheck chains at once across the operator (fair across namespaces).
+    registry_check_workers: int = 8
     # API requests in flight at once (threads and pooled connections): what bounds how
     # fast a thousand pods are annotated is the API server's latency times this.
     api_concurrency: int = 48
