@@ -598,7 +598,9 @@ def test_agent_pod_uses_the_nodes_network_and_reads_the_node_read_only(helm: str
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     for name in host_paths:
         assert mounts[name]["readOnly"] is True
-    assert not [v for v in pod["volumes"] if "secret" in v]  # no credential is mounted
+    # No credential is mounted: the one Secret is the report key it signs its notes with.
+    assert [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v] == ["ph-pullhealth-agent-report-key"]
+    assert mounts["report-key"]["readOnly"] is True
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert c["resources"]["requests"] == {"cpu": "10m", "memory": "96Mi"}
@@ -626,3 +628,18 @@ def test_agent_values_reach_its_flags(helm: str) -> None:
     assert "--allow-cidr=10.0.0.0/8" in args and "--registry-host=*.azurecr.io" in args
     assert "--ca-bundle=/host/ca/ca-bundle.crt" in args
     assert {"name": "node-ca", "hostPath": {"path": "/etc/pki/tls/certs", "type": "Directory"}} in pod["volumes"]
+
+
+def test_agent_probes_what_the_operator_may_by_default_and_signs_with_the_shared_key(helm: str) -> None:
+    """Issue 21: the agent's destination lists default to the operator's; the agent and the
+    operator mount the same report key (the operator takes only notes signed with it)."""
+    objects = agent_objects(helm, "security.destinations.registryHosts={*.azurecr.io}",
+                            "security.destinations.denyCidrs={10.9.0.0/16}")
+    args = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--registry-host=*.azurecr.io" in args and "--deny-cidr=10.9.0.0/16" in args
+    assert "--report-key-file=/etc/pullhealth/report-key/key" in args
+    [key] = [o for o in render(helm, "agent.enabled=true") if o["kind"] == "Secret"]
+    assert key["metadata"]["name"] == "ph-pullhealth-agent-report-key" and len(key["data"]["key"]) >= 32
+    assert not [o for o in render(helm) if o["kind"] == "Secret"]  # no agent, no key
+    operator = container(render(helm, "agent.enabled=true"))
+    assert "--agent-report-key-file=/etc/pullhealth/report-key/key" in operator["args"]

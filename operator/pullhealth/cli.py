@@ -237,6 +237,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="only registries matching these host patterns are probed, e.g. '*.azurecr.io' (repeatable)",
     )
+    security.add_argument(
+        "--agent-report-key-file",
+        default="",
+        metavar="PATH",
+        help="key the node agent signs its NodePathChecked notes with: only notes that verify "
+        "are taken (the chart mounts one when agent.enabled)",
+    )
     run.add_argument("--verbose", "-v", action="store_true")
 
     agent = sub.add_parser(
@@ -286,6 +293,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATTERN",
         help="only registries matching these host patterns are checked (repeatable)",
+    )
+    agent.add_argument(
+        "--report-key-file",
+        default="",
+        metavar="PATH",
+        help="sign each NodePathChecked note with this key (the operator's --agent-report-key-file)",
     )
     agent.add_argument("--verbose", "-v", action="store_true")
 

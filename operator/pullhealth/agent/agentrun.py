@@ -20,6 +20,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from pullhealth.agent.nodeagent import MAX_PODS_PER_PASS, Agent, AgentSettings, work_for
+from pullhealth.agent.nodereport import read_key
 from pullhealth.kube import kubeapi
 from pullhealth.probes.destinations import build_policy
 
@@ -45,6 +46,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         raise ValueError("the node's name is needed: --node or NODE_NAME (the chart sets it from the pod)")
     return AgentSettings(
         node=node,
+        report_key=read_key(args.report_key_file),
         nameserver=args.nameserver or None,
         certs_dir=args.certs_dir or None,
         timeout=args.timeout,

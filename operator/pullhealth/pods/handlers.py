@@ -189,7 +189,9 @@ async def pod_event(kind: str, body: Mapping[str, Any], logger: Logger) -> None:
     if written is kubeapi.Written.WRITTEN and results:
         metrics.DIAGNOSES.labels(results[0].diagnosis.code.value).inc()
         for result in results:
-            if nodereport.node_specific(result.diagnosis):
+            # Cluster-wide: only evidence the operator can attribute to its agent (a note
+            # signed with the report key), never a note anyone may write on their own pod.
+            if nodereport.node_specific(result.diagnosis, verified_only=True):
                 try:
                     node = await client.node(str((body.get("spec") or {}).get("nodeName") or ""))
                 except ApiException:

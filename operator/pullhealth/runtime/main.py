@@ -8,6 +8,7 @@ import logging
 
 import kopf
 
+from pullhealth.agent.nodereport import read_key
 from pullhealth.domain.redact import install_log_redaction
 from pullhealth.probes import destinations
 from pullhealth.runtime import startup
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     options.allow_cidrs = tuple(args.allow_cidr)
     options.deny_cidrs = tuple(args.deny_cidr)
     options.registry_hosts = tuple(args.registry_host)
+    options.agent_report_key = read_key(args.agent_report_key_file)
     # Bad CIDRs stop the start, with the flag's value named.
     destinations.parse_networks([*options.allow_cidrs, *options.deny_cidrs])
     importlib.import_module("pullhealth.registrychecks.handlers")

@@ -52,6 +52,8 @@ class Options:
     allow_cidrs: tuple[str, ...] = ()
     deny_cidrs: tuple[str, ...] = ()
     registry_hosts: tuple[str, ...] = ()
+    # The node agent's report key (--agent-report-key-file): only signed notes are taken.
+    agent_report_key: bytes | None = None
 
     def trust(self, api_server_addresses: tuple[tuple[str, int | None], ...]) -> TrustPolicy:
         """The admin's trust policy from the flags."""
@@ -145,7 +147,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     State.status = kubeapi.StatusWriter(State.kube.api)
     api_addresses = kubeapi.api_server_addresses(State.kube.api)
     State.env = dataclasses.replace(Environment.from_env(), trust=OPTIONS.trust(api_addresses))
-    State.pod_settings = podcheck.PodSettings()
+    State.pod_settings = podcheck.PodSettings(agent_report_key=OPTIONS.agent_report_key)
     logger.info(
         "trust boundary: identities for %s; extra managed identities %d; workload identity %s; "
         "ARM audience %s; API server addresses refused: %s; allowed CIDRs: %s",
