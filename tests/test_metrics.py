@@ -93,21 +93,23 @@ def test_tombstones_are_bounded(ns: str) -> None:
     assert len(metrics._deleted) == metrics.MAX_TOMBSTONES
 
 
-def test_registry_labels_only_for_named_registries(ns: str) -> None:
+def test_registry_labels_only_for_admin_listed_registries(ns: str) -> None:
+    """Issue 21: a RegistryCheck naming a registry in one namespace does not make the
+    cluster-wide series (other namespaces' failing pods, probe requests) name it."""
     host = f"{ns}.example"
     assert metrics.registry_label(host) == "other"
-    metrics.count_probe_request(host, "challenge")
     metrics.export_registry_check(ns, "named", "uid-n", host, 300, STATUS_UNHEALTHY)
-    assert metrics.registry_label(host.upper()) == host
+    assert metrics.registry_label(host.upper()) == "other"
     metrics.count_probe_request(host, "challenge")
-    assert value("pullhealth_probe_requests_total", registry=host, probe="challenge") == 1
-    # The last RegistryCheck naming it is deleted: its per-registry series go with it.
-    metrics.forget_registry_check(ns, "named", "uid-n")
     assert series("pullhealth_probe_requests_total", registry=host) == []
-    assert metrics.registry_label(host) == "other"
-    # The admin's list names registries too.
+    metrics.forget_registry_check(ns, "named", "uid-n")
+    # The admin's list names registries.
     metrics.set_admin_registries([f"  {host} ", ""])
     assert metrics.registry_label(host) == host
+    metrics.count_probe_request(host, "challenge")
+    assert value("pullhealth_probe_requests_total", registry=host, probe="challenge") == 1
+    metrics.set_admin_registries([])
+    assert series("pullhealth_probe_requests_total", registry=host) == []
 
 
 def test_pod_failures_count_containers_and_relabel(ns: str) -> None:

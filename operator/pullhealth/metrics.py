@@ -174,10 +174,16 @@ def set_admin_registries(hosts: Iterable[str]) -> None:
 
 
 def registry_label(host: str) -> str:
-    """``host`` when a RegistryCheck names it or the admin listed it, else ``other``."""
+    """``host`` when the admin listed it (``--metrics-registries``), else ``other``.
+
+    Only the admin's list: these series are cluster-wide (every namespace's failing pods,
+    every probe), so a registry named by a RegistryCheck in one namespace must not make
+    other namespaces' failures on it appear under its name (an oracle for that namespace's
+    author).
+    """
     normal = normalize_registry(host)
     with _lock:
-        known = normal in _admin_registries or normal in _named
+        known = normal in _admin_registries
     return normal if known else OTHER
 
 
