@@ -37,10 +37,16 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
 }
 # Only with security.identities.workloadIdentity=true: minting service-account tokens.
 WORKLOAD_IDENTITY_RULE = {("", "serviceaccounts/token"): {"create"}}
+# With metrics.secure (the default): TokenReview + SubjectAccessReview for each scrape.
+METRICS_RULE = {
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+}
 CRD_RULE = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     # cluster-scoped: the platform of the node a failing pod runs on
     ("", "nodes"): {"get", "list", "watch"},
+    **METRICS_RULE,
 }
 NAMESPACES_RULE = {("", "namespaces"): {"get", "list", "watch"}}
 PEERING_VERBS = {"get", "list", "watch", "patch"}
@@ -275,7 +281,7 @@ def test_default_render(helm: str) -> None:
     c = container(objects)
     assert c["image"] == "pullhealth:0.1.0"
     assert c["command"] == ["pullhealth", "run"]
-    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-bind-address=0.0.0.0",
+    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-bind-address=0.0.0.0", "--metrics-secure",
                          "--liveness=http://0.0.0.0:8081/healthz",
                          "--log-format=json", "--registry-check-workers=8", "--pod-interval=60", "--per-registry=4", "--workers=16",
                          "--api-concurrency=48",
@@ -298,6 +304,24 @@ def test_default_render(helm: str) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": RELEASE_NS}]
     assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
+
+
+def test_metrics_are_protected_by_default(helm: str) -> None:
+    """Issue 21: /metrics behind TokenReview + SubjectAccessReview, scraped over HTTPS with
+    Prometheus' token; plain only when the admin says so."""
+    objects = render(helm, "metrics.serviceMonitor.enabled=true", "metrics.readers[0].name=prometheus-k8s",
+                     "metrics.readers[0].namespace=monitoring")
+    endpoint = one(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    reader = [r for r in of_kind(objects, "ClusterRole") if r["metadata"]["name"].endswith("-metrics-reader")]
+    assert [rule["nonResourceURLs"] for rule in reader[0]["rules"]] == [["/metrics"]]
+    binding = [b for b in of_kind(objects, "ClusterRoleBinding") if b["roleRef"]["name"] == reader[0]["metadata"]["name"]]
+    assert binding[0]["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}]
+    plain = render(helm, "metrics.secure=false", "metrics.serviceMonitor.enabled=true")
+    assert "--no-metrics-secure" in container(plain)["args"]
+    assert "scheme" not in one(plain, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert not set(METRICS_RULE) & set(rule_table(one(plain, "ClusterRole")))
 
 
 def test_default_cluster_role_is_exactly_the_documented_rules(helm: str) -> None:

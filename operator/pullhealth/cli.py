@@ -171,6 +171,14 @@ def _parser() -> argparse.ArgumentParser:
         default=4,
         help="at most this many probe chains at once against one registry (default 4)",
     )
+    run.add_argument(
+        "--metrics-secure",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve /metrics over HTTPS (self-signed) to bearer tokens the API server authenticates "
+        "(TokenReview) and authorizes for GET /metrics (SubjectAccessReview); --no-metrics-secure: "
+        "plain HTTP to anyone (default: secure)",
+    )
     run.add_argument("--workers", type=int, default=16, help="pods diagnosed at once (default 16)")
     run.add_argument(
         "--registry-check-workers",

@@ -15,14 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import ssl
+import tempfile
 import threading
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 
 from pullhealth import __version__
 from pullhealth.domain.model import Phase
@@ -346,9 +357,95 @@ def count_probe_request(registry: str, probe: str) -> None:
         PROBE_REQUESTS.labels(label, probe).inc()
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Expose /metrics on a background thread, on ``addr`` (0.0.0.0: every interface)."""
-    start_http_server(port, addr=addr, registry=REGISTRY)
+def serve(
+    port: int,
+    addr: str = "0.0.0.0",
+    authorize: Callable[[str | None], int] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Expose /metrics on a background thread, on ``addr`` (0.0.0.0: every interface).
+
+    Args:
+        port: the port.
+        addr: the address to listen on.
+        authorize: the ``Authorization`` header -> the HTTP status to answer (200 serves
+            the metrics); None serves everyone (``--no-metrics-secure``).
+        tls: serve HTTPS with this context (None: plain HTTP).
+    """
+    if authorize is None and tls is None:
+        start_http_server(port, addr=addr, registry=REGISTRY)
+        return
+    server = _MetricsServer((addr, port), _MetricsHandler)
+    server.authorize = authorize
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="pullhealth-metrics", daemon=True).start()
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    authorize: Callable[[str | None], int] | None = None
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    server: _MetricsServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # one line per scrape would be noise; refusals are counted by the status
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != "/metrics":
+            self._answer(404, b"not found\n")
+            return
+        authorize = self.server.authorize
+        status = authorize(self.headers.get("Authorization")) if authorize is not None else 200
+        if status != 200:
+            reason = {401: b"Unauthorized\n", 403: b"Forbidden\n"}.get(status, b"Unavailable\n")
+            self._answer(status, reason, {"WWW-Authenticate": "Bearer"} if status == 401 else {})
+            return
+        self._answer(200, generate_latest(REGISTRY), {"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _answer(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def self_signed_context(directory: str | None = None) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate (what controller-runtime's
+    secure metrics serving does without a configured one; Prometheus scrapes it with
+    ``insecureSkipVerify`` and authenticates with its token, which TLS keeps off the wire)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pullhealth-metrics")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    where = tempfile.mkdtemp(prefix="pullhealth-metrics-", dir=directory)
+    cert_path, key_path = f"{where}/tls.crt", f"{where}/tls.key"
+    with open(cert_path, "wb") as out:
+        out.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as out:
+        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
 
 
 # -- failing pods ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     options = startup.OPTIONS
     options.metrics_port = args.metrics_port
     options.metrics_bind_address = args.metrics_bind_address
+    options.metrics_secure = args.metrics_secure
     options.metrics_registries = tuple(r.strip() for r in args.metrics_registries.split(",") if r.strip())
     options.peering = args.peering
     options.namespaces = tuple(args.namespace or ())

@@ -18,7 +18,7 @@ from pullhealth.chain.pullsources import Environment
 from pullhealth.chain.singleflight import SingleFlight
 from pullhealth.chain.trust import TrustPolicy
 from pullhealth.domain import diagnose
-from pullhealth.kube import apioutages, kubeapi, listwatch, watchcache
+from pullhealth.kube import apioutages, kubeapi, listwatch, metricsauth, watchcache
 from pullhealth.pods import kubeletevents, podcheck, podmemo
 from pullhealth.probes.destinations import build_policy
 from pullhealth.runtime.state import State
@@ -31,6 +31,8 @@ class Options:
     metrics_port: int = 8080
     metrics_bind_address: str = "0.0.0.0"
     metrics_registries: tuple[str, ...] = ()
+    # /metrics over HTTPS for tokens the API server authorizes (--metrics-secure).
+    metrics_secure: bool = True
     peering: str | None = None
     namespaces: tuple[str, ...] = ()
     pods: bool = True
@@ -186,7 +188,12 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         State.background.add(asyncio.create_task(_first_listings(listed, ready)))
     metrics.set_admin_registries(OPTIONS.metrics_registries)
     if OPTIONS.metrics_port:
-        metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)
+        if OPTIONS.metrics_secure:
+            authorizer = metricsauth.MetricsAuthorizer(State.kube.api)
+            metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address, authorizer.check,
+                          metrics.self_signed_context())
+        else:
+            metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)
         logger.info("metrics on %s:%d/metrics", OPTIONS.metrics_bind_address, OPTIONS.metrics_port)
 
 
