@@ -169,3 +169,25 @@ def test_build_info_and_bind_address() -> None:
     metrics.serve(port, "127.0.0.1")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert b"pullhealth_build_info{" in response.read()
+
+
+def test_registry_check_series_are_bounded_per_namespace(ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: one namespace's RegistryChecks cannot grow the scrape without bound."""
+    monkeypatch.setattr(metrics, "MAX_CHECKS_PER_NAMESPACE", 3)
+    noisy, quiet = f"{ns}-noisy", f"{ns}-quiet"
+    for i in range(10):
+        metrics.export_registry_check(noisy, f"c{i}", f"{noisy}-{i}", "r.example", 300, STATUS_UNHEALTHY)
+        metrics.record_registry_check_run(noisy, f"c{i}", f"{noisy}-{i}", "TAG_NOT_FOUND", {})
+    metrics.export_registry_check(quiet, "one", f"{quiet}-1", "r.example", 300, STATUS_UNHEALTHY)
+    assert len(series("pullhealth_registry_check_interval_seconds", namespace=noisy)) == 3
+    assert len(series("pullhealth_registry_check_runs_total", namespace=noisy)) == 3
+    assert len(series("pullhealth_registry_check_interval_seconds", namespace=quiet)) == 1
+    assert value("pullhealth_registry_checks_unexported") >= 7
+    # One exported check is deleted: the next one seen takes its place.
+    metrics.forget_registry_check(noisy, "c0", f"{noisy}-0")
+    metrics.export_registry_check(noisy, "c9", f"{noisy}-9", "r.example", 300, STATUS_UNHEALTHY)
+    assert len(series("pullhealth_registry_check_interval_seconds", namespace=noisy)) == 3
+    for i in range(10):
+        metrics.forget_registry_check(noisy, f"c{i}", f"{noisy}-{i}")
+    metrics.forget_registry_check(quiet, "one", f"{quiet}-1")
+    assert value("pullhealth_registry_checks_unexported") == 0

@@ -82,6 +82,12 @@ REGISTRY_CHECK_INTERVAL = Gauge(
     ["namespace", "name"],
     registry=REGISTRY,
 )
+REGISTRY_CHECKS_UNEXPORTED = Gauge(
+    "pullhealth_registry_checks_unexported",
+    "RegistryChecks without series because their namespace already has the most a namespace "
+    "may export (MAX_CHECKS_PER_NAMESPACE).",
+    registry=REGISTRY,
+)
 POD_PULL_FAILURES = Gauge(
     "pullhealth_pod_pull_failures",
     "Containers failing to pull now, by namespace, registry and diagnosis code.",
@@ -162,12 +168,17 @@ SCHEDULE_WAKEUPS = Counter(
 BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 MAX_TOMBSTONES = 10000
+# RegistryChecks with series per namespace: one namespace's objects cannot grow the
+# scrape without bound (the others are checked as usual, and counted as unexported).
+MAX_CHECKS_PER_NAMESPACE = 500
 
 _lock = threading.RLock()
 _codes_seen: dict[tuple[str, str], set[str]] = {}
 _registry_of: dict[tuple[str, str], str] = {}  # RegistryCheck -> the registry it names
 _named: Tally[str] = Tally()  # registry -> how many RegistryChecks name it
 _uid_of: dict[tuple[str, str], str] = {}
+_exported_in: Tally[str] = Tally()  # namespace -> how many RegistryChecks have series
+_unexported: set[tuple[str, str]] = set()
 _deleted: OrderedDict[str, None] = OrderedDict()  # uids of deleted RegistryChecks (bounded)
 _admin_registries: frozenset[str] = frozenset()
 _probe_series: set[tuple[str, str]] = set()
@@ -249,6 +260,12 @@ def export_registry_check(
             return
         if _uid_of.get(key) not in (None, uid):
             _forget_series(key)  # same name, new object
+        if key not in _uid_of and _exported_in[namespace] >= MAX_CHECKS_PER_NAMESPACE:
+            _unexported.add(key)
+            REGISTRY_CHECKS_UNEXPORTED.set(len(_unexported))
+            return
+        if key not in _uid_of:
+            _exported_in[namespace] += 1
         _uid_of[key] = uid
         registry = normalize_registry(registry) if registry else None
         old = _set_registry(key, registry)
@@ -276,8 +293,8 @@ def record_registry_check_run(
 ) -> None:
     """Count one finished RegistryCheck run (its gauges follow the status it writes)."""
     with _lock:
-        if uid in _deleted:
-            return
+        if uid in _deleted or (namespace, name) not in _uid_of:
+            return  # deleted, or not exported (its namespace's limit)
         _codes_seen.setdefault((namespace, name), set()).add(code)
         REGISTRY_CHECK_RUNS.labels(namespace, name, code).inc()
     for probe, seconds in step_seconds.items():
@@ -301,7 +318,7 @@ def forget_registry_check(namespace: str, name: str, uid: str | None = None) -> 
 def withdraw_registry_check(namespace: str, name: str) -> None:
     """Stop exporting a RegistryCheck that exists (a standby replica: the active one exports it)."""
     with _lock:
-        if (namespace, name) in _uid_of:
+        if (namespace, name) in _uid_of or (namespace, name) in _unexported:
             _forget_series((namespace, name))
             _relabel()
 
@@ -321,7 +338,13 @@ def withdraw_registry_checks(namespace: str) -> None:
 
 def _forget_series(key: tuple[str, str]) -> None:
     namespace, name = key
-    _uid_of.pop(key, None)
+    if _uid_of.pop(key, None) is not None:
+        _exported_in[namespace] -= 1
+        if _exported_in[namespace] <= 0:
+            del _exported_in[namespace]
+    if key in _unexported:
+        _unexported.discard(key)
+        REGISTRY_CHECKS_UNEXPORTED.set(len(_unexported))
     registry = _set_registry(key, None)
     codes = _codes_seen.pop(key, set())
     if registry is not None:
