@@ -99,6 +99,22 @@ def _hostname(host_port: str) -> str:
     return (urlsplit(f"//{host_port}").hostname or host_port).lower().rstrip(".")
 
 
+def _port_differs(realm: str, registry_host: str) -> bool:
+    """The realm's port is not the registry's, for a registry on the default port 443.
+
+    Every ACR serves its registry and its token endpoints on 443: a realm on another port
+    of the same host is another service. A registry reached on an explicit other port (a
+    port-forward, a test world whose token service listens beside the registry) is not
+    held to it.
+    """
+    try:
+        realm_port = urlsplit(realm).port or 443
+        registry_port = urlsplit(f"//{registry_host}").port or 443
+    except ValueError:
+        return True
+    return registry_port == 443 and realm_port != 443
+
+
 def realm_elsewhere(realm: str, registry_host: str) -> str | None:
     """The realm's host[:port] when its host is not the registry's, else None."""
     parts = urlsplit(realm)
@@ -137,10 +153,12 @@ def check_realm(realm: str, registry_host: str, credential: Credential) -> None:
             realm=shown,
             detail="the realm is not HTTPS; tokens are asked and credentials sent over HTTPS only",
         )
-    if credential.kind is CredentialKind.AAD and realm_elsewhere(realm, registry_host):
+    if credential.kind is CredentialKind.AAD and (
+        realm_elsewhere(realm, registry_host) or _port_differs(realm, registry_host)
+    ):
         raise StepError(
             Code.TOKEN_REALM_REFUSED,
-            f"the token realm {shown} is not on the registry's own host {_hostname(registry_host)}: "
+            f"the token realm {shown} is not on the registry's own host and port {registry_host}: "
             "an Azure AD token is exchanged only at the registry's own /oauth2/exchange",
             realm=shown,
             detail="an Azure AD token is exchanged only at the registry's own host",
