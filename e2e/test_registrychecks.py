@@ -194,3 +194,16 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
         assert len(events(cluster, ns, n)) == 1
     assert len(events(cluster, ns, "invalid")) == 1
 
+
+
+def test_secret_and_account_names_outside_dns_1123_are_refused_by_the_api_server(
+        dev_cluster: Any, operator: Any, world: World, namespace: str) -> None:
+    """Issue 21: "." and ".." (other paths of the namespace's API) never reach the operator."""
+    for auth in ({"pullSecrets": [".."]}, {"pullSecrets": ["."]}, {"serviceAccountName": ".."},
+                 {"serviceAccountName": "a/b"}, {"mode": "serviceAccount", "serviceAccountName": "."}):
+        result = dev_cluster.kubectl("-n", namespace, "apply", "-f", "-", check=False,
+                                     stdin=regcheck_yaml("dotted", {"registry": world.anon, "auth": auth}))
+        assert result.returncode != 0 and "should match" in result.stderr, (auth, result.stderr)
+    ok = dev_cluster.kubectl("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
+        "dotted", {"registry": world.anon, "auth": {"pullSecrets": ["team.cred-1"], "serviceAccountName": "builder"}}))
+    assert ok.returncode == 0

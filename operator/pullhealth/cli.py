@@ -169,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="only registries matching these host patterns are checked (repeatable)",
     )
+    agent.add_argument(
+        "--report-key-file",
+        default="",
+        metavar="PATH",
+        help="sign each NodePathChecked note with this key (the operator's --agent-report-key-file)",
+    )
     agent.add_argument("--verbose", "-v", action="store_true")
 
     return parser

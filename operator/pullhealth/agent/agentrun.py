@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pullhealth.agent.nodeagent import MAX_PODS_PER_PASS, Agent, AgentSettings, work_for
+from pullhealth.agent.nodereport import read_key
 from pullhealth.bounded import BoundedDict
 from pullhealth.kube import kubeapi
 from pullhealth.kube.listwatch import ListWatch, core_lister, uid_of
@@ -55,6 +56,7 @@ def settings_from(
         raise ValueError("the node's name is needed: --node or NODE_NAME (the chart sets it from the pod)")
     return AgentSettings(
         node=node,
+        report_key=read_key(args.report_key_file),
         nameserver=args.nameserver or None,
         certs_dir=args.certs_dir or None,
         timeout=args.timeout,

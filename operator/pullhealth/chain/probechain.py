@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from pullhealth.domain.codes import SOURCE_DOCKER_CONFIG, Code, RegistryKind, acr_account, registry_kind
 from pullhealth.domain.credentials import ANONYMOUS, Credential, CredentialKind
@@ -355,6 +356,17 @@ async def _steps(
 
     credential = target.credential
     also: tuple[AadToken, ...] = ()
+    elsewhere = realm_elsewhere(challenge.realm, registry_host) if challenge.realm else None
+    if elsewhere is not None:
+        # A realm on another host is a destination the registry's author chose: the admin's
+        # registry host allow-list (when set) bounds it like a registry.
+        started = run.begin("token")
+        try:
+            options.destinations.check_host(urlsplit(challenge.realm).hostname or elsewhere)
+        except StepError as exc:
+            run.fail("token", started, exc.code, f"the token realm's host: {exc.message}", host=elsewhere,
+                     detail="the token realm's host is not in the admin's registry allow-list")
+            return
     if target.identity is not None and challenge.scheme == "bearer":
         # Where an identity token would go is known now: refuse before asking for one.
         started = run.begin("token")

@@ -332,20 +332,16 @@ class KubeWriter(KubeReader):
         return await self._read(self._core.read_namespaced_pod, name, namespace)
 
     async def kubelet_pull_messages(self, namespace: str, uid: str, limit: int = 50) -> list[str]:
-        """Messages of the pod's kubelet ``Failed`` events, newest first (bounded)."""
+        """Messages of the pod's kubelet ``Failed`` events, newest first (bounded): the same
+        Events, in the same order, as the watch store keeps (:func:`events.newest_pull_messages`)."""
         result = await self._call(
-            self._core.list_namespaced_event,
+            _as_json(self._core.list_namespaced_event),
             namespace,
             field_selector=f"involvedObject.uid={uid},reason=Failed",
             limit=limit,
         )
-
-        def when(event: Any) -> str:
-            moment = event.last_timestamp or event.event_time or event.first_timestamp
-            return moment.isoformat() if moment else ""
-
-        events = sorted(result.items or [], key=when, reverse=True)
-        return [str(e.message) for e in events if e.message and "pull" in str(e.message).lower()]
+        items = result.get("items") if isinstance(result, dict) else None
+        return events.newest_pull_messages([e for e in items or [] if isinstance(e, dict)])
 
     async def node_path_events(self, namespace: str, uid: str, limit: int = 50) -> list[dict[str, str]]:
         """The pod's ``NodePathChecked`` Events (the node agent's), newest first (bounded):

@@ -165,7 +165,9 @@ class PodController:
         if written is kubeapi.Written.WRITTEN and results:
             metrics.DIAGNOSES.labels(results[0].diagnosis.code.value).inc()
             for result in results:
-                if nodereport.node_specific(result.diagnosis):
+                # Cluster-wide: only evidence the operator can attribute to its agent (a note
+                # signed with the report key), never a note anyone may write on their own pod.
+                if nodereport.node_specific(result.diagnosis, verified_only=True):
                     try:
                         node = await client.node(str((body.get("spec") or {}).get("nodeName") or ""))
                     except ApiException:
@@ -193,9 +195,10 @@ class PodController:
         if failing and ready is not None and not ready.is_set():
             await ready.wait()  # start-up: the first lists of Events, Nodes, accounts are on their way
         watch = self.runtime.kubelet_failures
-        watched = watch.messages(uid) if watch is not None and failing else None
+        watched = watch.messages(namespace, uid) if watch is not None and failing else None
         messages: list[str] = watched or []
-        if failing and watched is None:
+        if failing and not watched:
+            # Not known, or nothing kept (not arrived yet, or evicted): list the pod's own Events.
             try:
                 messages = await client.kubelet_pull_messages(namespace, uid)
             except ApiException as exc:

@@ -35,6 +35,7 @@ from pullhealth.kube import events, kubeapi
 from pullhealth.kube.leader import STANDBY_RECHECK
 from pullhealth.registrychecks import decision, registrycheck
 from pullhealth.registrychecks.decision import INVALID_RETRY
+from pullhealth.registrychecks.fairness import FairLimiter
 from pullhealth.registrychecks.schedule import Logger, Loops
 from pullhealth.runtime.state import Runtime
 
@@ -68,6 +69,8 @@ class RegistryCheckController:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.loops = Loops(self.check_when_due, metrics.SCHEDULE_WAKEUPS.inc)
+        # Chains running at once across the operator, fair across namespaces.
+        self.chains = FairLimiter(lambda: runtime.settings.registry_check_workers)
         # RegistryCheck uid -> (generation, recheck request, monotonic time before which it
         # is not run again) of the last check run here: a status write that failed (RBAC,
         # conflict), or an event carrying an older status, must not cause a retry storm
@@ -171,29 +174,34 @@ class RegistryCheckController:
             # object as it is now decides before anything is probed or posted.
             return RETRY_SOON
         self._remember(uid, generation, recheck, parsed.interval_seconds)
-        # Claim the run before probing, conditional on the version read (Pending too on first
-        # sight: kubectl shows it while the first chain runs): of two operators only one probes.
-        claim = registrycheck.claim_status(holder, previous, registrycheck.now_rfc3339(now))
-        try:
-            claimed = await self._write(namespace, name, claim, logger, resource_version=version, strict=True)
-        except (kubeapi.Conflict, kubeapi.Unreachable):
-            # Changed since read (another operator's claim, an edit), or the API server is down
-            # (logged once per outage): look again with a fresh object.
-            self._last_run.pop(uid, None)
-            return RETRY_SOON
-        if claimed is None:
-            return parsed.interval_seconds  # refused (logged) or deleted
+        # One operator-wide limit on running chains, shared round-robin by namespaces: the
+        # slot is taken before the claim, so a queued run does not hold a claim while it waits.
+        async with self.chains.slot(namespace):
+            # Claim the run before probing, conditional on the version read (Pending too on first
+            # sight: kubectl shows it while the first chain runs): of two operators only one probes.
+            claim = registrycheck.claim_status(holder, previous, registrycheck.now_rfc3339(now))
+            try:
+                claimed = await self._write(
+                    namespace, name, claim, logger, resource_version=version, strict=True
+                )
+            except (kubeapi.Conflict, kubeapi.Unreachable):
+                # Changed since read (another operator's claim, an edit), or the API server is down
+                # (logged once per outage): look again with a fresh object.
+                self._last_run.pop(uid, None)
+                return RETRY_SOON
+            if claimed is None:
+                return parsed.interval_seconds  # refused (logged) or deleted
 
-        diagnosis = await registrycheck.run_registry_check(
-            parsed,
-            image,
-            namespace,
-            self.runtime.kube,
-            self.runtime.env,
-            # A recheck asks for a fresh probe, not a result shared from the last 20 s.
-            self.runtime.registry_check_cache if recheck is None else None,
-            metrics.count_probe_request,
-        )
+            diagnosis = await registrycheck.run_registry_check(
+                parsed,
+                image,
+                namespace,
+                self.runtime.kube,
+                self.runtime.env,
+                # A recheck asks for a fresh probe, not a result shared from the last 20 s.
+                self.runtime.registry_check_cache if recheck is None else None,
+                metrics.count_probe_request,
+            )
         finished = datetime.now(UTC)
         new = registrycheck.build_status(
             diagnosis, previous, generation, registrycheck.now_rfc3339(finished), recheck=recheck

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pullhealth.agent.nodereport import read_key
 from pullhealth.chain.trust import TrustPolicy
 from pullhealth.domain.codes import ACR_SUFFIXES
 from pullhealth.probes.destinations import build_policy, parse_networks
@@ -53,6 +54,13 @@ class Settings:
         "comma-separated registries labelled by name in metrics besides those RegistryChecks name; "
         "any other registry is counted as 'other' (bounded labels)",
     )
+    metrics_secure: bool = _flag(
+        True,
+        "serve /metrics over HTTPS (self-signed) to bearer tokens the API server authenticates "
+        "(TokenReview) and authorizes for GET /metrics (SubjectAccessReview); --no-metrics-secure: "
+        "plain HTTP to anyone (default: secure)",
+        action=argparse.BooleanOptionalAction,
+    )
     liveness: str = _flag(
         "http://0.0.0.0:8081/healthz", "liveness endpoint URL (default http://0.0.0.0:8081/healthz)"
     )
@@ -77,6 +85,12 @@ class Settings:
         4, "at most this many probe chains at once against one registry (default 4)", type=int
     )
     workers: int = _flag(16, "pods diagnosed at once (default 16)", type=int)
+    registry_check_workers: int = _flag(
+        8,
+        "RegistryCheck chains running at once across the operator, shared round-robin by "
+        "namespaces, at most half for one namespace (default 8)",
+        type=int,
+    )
     # API requests in flight at once (threads and pooled connections): what bounds how fast
     # a thousand pods are annotated is the API server's latency times this.
     api_concurrency: int = _flag(
@@ -120,6 +134,12 @@ class Settings:
         (), "only registries matching these host patterns are probed, e.g. '*.azurecr.io' (repeatable)",
         "--registry-host", group=TRUST_GROUP, action="append", metavar="PATTERN",
     )
+    agent_report_key_file: str = _flag(
+        "",
+        "key the node agent signs its NodePathChecked notes with: only notes that verify are taken "
+        "(the chart mounts one when agent.enabled)",
+        group=TRUST_GROUP, metavar="PATH",
+    )
     verbose: bool = _flag(False, "debug logging", "--verbose", "-v", action="store_true")
     # Not flags. Leader election (kopf peering): the newest replica has the highest
     # priority, so a rolling update hands over at once and two replicas never share one
@@ -128,6 +148,8 @@ class Settings:
     # Seconds a replica's keep-alive stays valid: a standby takes over at most this long
     # after the active replica died (kopf refreshes it every 1-5 s at this value).
     peering_lifetime: int = 10
+    # The node agent's report key, read from --agent-report-key-file (only signed notes count).
+    agent_report_key: bytes | None = None
 
     @property
     def pods(self) -> bool:
@@ -217,7 +239,10 @@ def from_args(args: argparse.Namespace) -> Settings:
     values["pod_interval"] = max(0.0, values["pod_interval"])
     values["per_registry"] = max(1, values["per_registry"])
     values["workers"] = max(1, values["workers"])
+    values["registry_check_workers"] = max(1, values["registry_check_workers"])
     values["api_concurrency"] = max(1, min(values["api_concurrency"], API_CONCURRENCY_MAX))
+    # A missing or unreadable key file stops the start (not a start-up handler retried hot).
+    values["agent_report_key"] = read_key(values["agent_report_key_file"])
     settings = Settings(**values)
     # Bad CIDRs stop the start, with the flag's value named.
     parse_networks([*settings.allow_cidrs, *settings.deny_cidrs])

@@ -21,7 +21,7 @@ from pullhealth import metrics
 from pullhealth.chain.pullsources import Environment
 from pullhealth.chain.singleflight import SingleFlight
 from pullhealth.domain import diagnose
-from pullhealth.kube import apioutages, kubeapi, listwatch, watchcache
+from pullhealth.kube import apioutages, kubeapi, listwatch, metricsauth, watchcache
 from pullhealth.kube.leader import LeaderElection
 from pullhealth.pods import kubeletevents, podcheck, podmemo
 from pullhealth.runtime.settings import Settings
@@ -114,7 +114,7 @@ def build(settings: Settings, logger: kopf.Logger) -> Runtime:
         kube=kube,
         status=status,
         env=env,
-        pod_settings=podcheck.PodSettings(),
+        pod_settings=podcheck.PodSettings(agent_report_key=settings.agent_report_key),
         pod_cache=SingleFlight(
             ttl=settings.pod_interval,
             per_registry=settings.per_registry,
@@ -147,7 +147,12 @@ def build(settings: Settings, logger: kopf.Logger) -> Runtime:
         runtime.background.add(asyncio.create_task(_first_listings(listed, ready)))
     metrics.set_admin_registries(settings.metrics_registry_list)
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port, settings.metrics_bind_address)
+        if settings.metrics_secure:
+            authorizer = metricsauth.MetricsAuthorizer(kube.api)
+            metrics.serve(settings.metrics_port, settings.metrics_bind_address, authorizer.check,
+                          metrics.self_signed_context())
+        else:
+            metrics.serve(settings.metrics_port, settings.metrics_bind_address)
         logger.info("metrics on %s:%d/metrics", settings.metrics_bind_address, settings.metrics_port)
     return runtime
 
