@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 import kopf
@@ -29,7 +30,11 @@ SETTINGS_KEY, RUNTIME_KEY, PODS_KEY = "settings", "runtime", "pods"
 
 def run(args: argparse.Namespace) -> int:
     """Start kopf with pullhealth's handlers; returns when the operator stops."""
-    settings = settings_module.from_args(args)
+    try:
+        settings = settings_module.from_args(args)
+    except ValueError as exc:  # a bad CIDR, an unreadable report key: say which, do not start
+        print(f"pullhealth run: error: {exc}", file=sys.stderr)
+        return 2
     kopf.configure(
         verbose=settings.verbose,
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
