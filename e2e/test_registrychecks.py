@@ -65,7 +65,16 @@ CASES = {
     "dnsfail": ({"registry": "{missing}", "image": "team/app:v1"}, "Unhealthy", "DNS_NXDOMAIN"),
     "mi": ({"registry": "{myacr}", "image": "team/app:v1",
             "auth": {"mode": "managedIdentity", "clientId": "{imds_client_id}"}}, "Healthy", "OK"),
+    # ACR's guide (issue 25): a stale secret on an anonymously pullable repository; a disabled
+    # repository-scoped token.
+    "stalesecret": ({"registry": "{myacr}", "image": "public/hello:1", "auth": {"pullSecrets": ["acr-old"]}},
+                    "Unhealthy", "PULL_SECRET_STALE"),
+    "tokenoff": ({"registry": "{myacr}", "image": "team/app:v1", "auth": {"pullSecrets": ["ci-off"]}},
+                 "Unhealthy", "CREDENTIALS_REJECTED"),
 }
+# The guide's remedy, not generic advice, in the status.
+ACR_REMEDY = {"stalesecret": "Remove acr-old from the pod's spec.imagePullSecrets",
+              "tokenoff": "az acr token update --name ci-token-off"}
 
 
 def _fill(spec: dict[str, Any], world: World) -> dict[str, Any]:
@@ -91,6 +100,8 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
     k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("acr-wrong", world.acr, world.acr_puller[0], "nope"))
     k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("acr-good", world.acr, *world.acr_puller))
     k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("basic-cred", world.basic, *world.basic_user))
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("acr-old", world.myacr, world.acr_puller[0], "nope"))
+    k("-n", ns, "apply", "-f", "-", stdin=docker_secret_yaml("ci-off", world.myacr, *world.acr_token_disabled))
     k("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "puller"},
         "imagePullSecrets": [{"name": "basic-cred"}]}))
@@ -111,8 +122,10 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
         assert status["summary"] and status["checks"] is not None
         if phase == "Unhealthy":
             assert status["remediation"]
-        for secret in (world.acr_puller[1], world.basic_user[1], "opaque-s3cret"):
+        for secret in (world.acr_puller[1], world.basic_user[1], "opaque-s3cret", world.acr_token_disabled[1]):
             assert secret not in json.dumps(status)
+        if name in ACR_REMEDY:
+            assert any(ACR_REMEDY[name] in step for step in status["remediation"]), status
 
     # kubectl explain reads as a reference.
     explained = k("explain", "registrycheck.spec").stdout
@@ -181,3 +194,16 @@ def _scenarios(cluster: Any, operator: Any, world: World, ns: str, other: str, w
         assert len(events(cluster, ns, n)) == 1
     assert len(events(cluster, ns, "invalid")) == 1
 
+
+
+def test_secret_and_account_names_outside_dns_1123_are_refused_by_the_api_server(
+        dev_cluster: Any, operator: Any, world: World, namespace: str) -> None:
+    """Issue 21: "." and ".." (other paths of the namespace's API) never reach the operator."""
+    for auth in ({"pullSecrets": [".."]}, {"pullSecrets": ["."]}, {"serviceAccountName": ".."},
+                 {"serviceAccountName": "a/b"}, {"mode": "serviceAccount", "serviceAccountName": "."}):
+        result = dev_cluster.kubectl("-n", namespace, "apply", "-f", "-", check=False,
+                                     stdin=regcheck_yaml("dotted", {"registry": world.anon, "auth": auth}))
+        assert result.returncode != 0 and "should match" in result.stderr, (auth, result.stderr)
+    ok = dev_cluster.kubectl("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
+        "dotted", {"registry": world.anon, "auth": {"pullSecrets": ["team.cred-1"], "serviceAccountName": "builder"}}))
+    assert ok.returncode == 0

@@ -263,6 +263,10 @@ def test_ha_standby_takes_over_within_seconds(
     try:
         older.start()
         newer.start()  # the newest replica has the highest priority: it is the active one
+        # Both live: both keep-alives are in the peering object (what a replica reads).
+        wait_for(lambda: len(json.loads(dev_cluster.kubectl("get", "clusterkopfpeering", peering, "-o", "json")
+                                         .stdout).get("status") or {}) >= 2,
+                 "both replicas' keep-alives in the peering object", timeout=60)
         dev_cluster.kubectl("-n", ns, "apply", "-f", "-", stdin=regcheck_yaml(
             "ha-missing", {"registry": world.anon, "image": "team/app:nosuchtag"}, timeout=10))
         names = [f"ha-{i}" for i in range(10)]

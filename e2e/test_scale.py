@@ -82,7 +82,7 @@ def test_kubelet_failures_come_from_one_watch(dev_cluster: Any, namespace: str, 
     try:
         wait_for(lambda: watch.synced, "the first list")
         assert watch.settled
-        assert watch.messages("no-such-uid") == []
+        assert watch.messages(namespace, "no-such-uid") == []
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
         def failed(message: str) -> Any:
@@ -95,10 +95,10 @@ def test_kubelet_failures_come_from_one_watch(dev_cluster: Any, namespace: str, 
 
         pulled = failed('Failed to pull image "r.io/a:1": not found')
         failed("Error: container exited")  # a Failed Event that is not about a pull
-        wait_for(lambda: watch.messages("pod-uid-1"), "the pull failure seen")
-        assert watch.messages("pod-uid-1") == ['Failed to pull image "r.io/a:1": not found']
+        wait_for(lambda: watch.messages(namespace, "pod-uid-1"), "the pull failure seen")
+        assert watch.messages(namespace, "pod-uid-1") == ['Failed to pull image "r.io/a:1": not found']
         api.delete_namespaced_event(pulled.metadata.name, namespace)
-        wait_for(lambda: watch.messages("pod-uid-1") == [], "the deleted Event forgotten")
+        wait_for(lambda: watch.messages(namespace, "pod-uid-1") == [], "the deleted Event forgotten")
     finally:
         watch.stop()
 

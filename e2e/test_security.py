@@ -204,10 +204,15 @@ def test_credentials_never_sent_to_a_plain_http_realm(
     statuses = run_checks(dev_cluster, namespace, wait_for, {
         "plain-realm": {"registry": attacker["evil_plain_realm"], "image": "x/y:1",
                         "auth": {"pullSecrets": ["evil-cred"]}},
+        # Issue 21: anonymous too: no GET to a plain-HTTP realm, so no token from it is
+        # forwarded to the author's registry.
+        "plain-realm-anon": {"registry": attacker["evil_plain_realm"], "image": "x/y:1",
+                             "auth": {"mode": "anonymous"}},
         # Docker Hub style: the realm on another host over HTTPS is followed, and named.
         "realm-elsewhere": {"registry": world.acr, "image": "team/app:v1", "auth": {"pullSecrets": ["acr-good"]}},
     })
     assert statuses["plain-realm"]["code"] == "TOKEN_REALM_REFUSED", statuses["plain-realm"]
+    assert statuses["plain-realm-anon"]["code"] == "TOKEN_REALM_REFUSED", statuses["plain-realm-anon"]
     assert attacker["collector"].http.hits == {}
     assert (statuses["realm-elsewhere"]["phase"], statuses["realm-elsewhere"]["code"]) == ("Healthy", "OK")
     token = next(c for c in statuses["realm-elsewhere"]["checks"] if c["name"] == "token")

@@ -213,8 +213,10 @@ def cluster_demo(world: World, state: Path, stack: contextlib.ExitStack, keep: b
     log = (state / "operator.log").open("wb")
     metrics_port = free_port()
     # The demo world lives on 127.0.0.1, which the operator's destination policy refuses by
-    # default (docs/security.md); the kubelet identity is the IMDS fixture's.
+    # default (docs/security.md); the kubelet identity is the IMDS fixture's. /metrics is
+    # served plain on loopback so that the demo can curl it (the chart protects it).
     op = subprocess.Popen([sys.executable, "-m", "pullhealth", "run", "--metrics-port", str(metrics_port),
+                           "--metrics-bind-address", "127.0.0.1", "--no-metrics-secure",
                            "--liveness", "http://127.0.0.1:0/healthz", "--allow-cidr", TEST_ALLOW_CIDR,
                            "--kubelet-client-id", world.imds_client_id], env=env,
                           stdout=log, stderr=subprocess.STDOUT)

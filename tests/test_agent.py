@@ -120,3 +120,22 @@ def test_no_or_broken_config_checks_the_server(world: World, tmp_path: Path, tex
     assert report.code is Code.DNS_NXDOMAIN
     if text:
         assert "not valid TOML" in report.summary
+
+
+def test_reports_carry_code_and_layer_not_remote_text(world: World, tmp_path: Path) -> None:
+    """Issue 21: an answer's OCI message and a certificate's internal names stay out of the
+    note the pod's owner can read (the agent probes from the node's network position)."""
+    from support.httpfixtures import StatusServer
+
+    secret = "INTERNAL-vault.prod.contoso.internal"
+    body = {"errors": [{"code": "DENIED", "message": f"{secret} says no"}]}
+    with StatusServer(403, body, cert=world.pki.issue(["internal.test"])) as answering, \
+            StatusServer(200, {}, cert=world.pki.issue([secret.lower().removeprefix("internal-")])) as mismatched:
+        for registry, code in ((f"internal.test:{answering.port}", Code.FIREWALL_FORBIDDEN),
+                               (f"internal.test:{mismatched.port}", Code.TLS_HOSTNAME_MISMATCH)):
+            hosts(tmp_path, registry, f'server = "https://{registry}"\nca = "{world.ca_bundle}"\n')
+            report = check(world, tmp_path, registry)
+            assert report.code is code, report
+            note = report.note(b"k" * 32, "uid")
+            assert "vault" not in note.lower() and "says no" not in note, note
+            assert code.value in note and "layer" in note, note

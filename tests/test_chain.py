@@ -174,15 +174,6 @@ async def test_platform_found_when_asked_for_arm64(world: Any) -> None:
     assert d.code is Code.OK, d.checks
 
 
-def test_guard_refuses_off_loopback_connects() -> None:
-    import socket
-
-    from support.guard import OffLoopbackConnect
-
-    with socket.socket() as s, pytest.raises(OffLoopbackConnect):
-        s.connect(("203.0.113.10", 443))
-
-
 # --- Azure identities: IMDS (managed identity) and workload identity, then ACR exchange.
 
 
@@ -302,8 +293,11 @@ async def test_data_endpoint_is_resolved_and_judged_too(world: Any) -> None:
     leak = await _check(world, f"{world.privatelink}/team/app:v1", _basic(world.acr_puller),
                         data_endpoint="leak.azurecr.io", expect_private_endpoint=True)
     assert leak.code is Code.PRIVATE_ENDPOINT_DNS and "data endpoint" in leak.checks[0].message
+    # Behind a private endpoint (pe.azurecr.io CNAMEs to privatelink), a data endpoint
+    # missing from the zone is the guide's private-endpoint case (tests/test_acr_cases.py).
     missing = await _check(world, f"{world.privatelink}/team/app:v1", data_endpoint="nosuch.azurecr.io")
-    assert missing.code is Code.DNS_NXDOMAIN and "nosuch.azurecr.io" in missing.summary
+    assert missing.code is Code.PRIVATE_ENDPOINT_DNS and "nosuch.azurecr.io" in missing.summary
+    assert missing.facts["case"] == "data-endpoint-missing"
 
 
 async def test_credentials_never_appear_in_results(world: Any) -> None:

@@ -37,10 +37,16 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
 }
 # Only with security.identities.workloadIdentity=true: minting service-account tokens.
 WORKLOAD_IDENTITY_RULE = {("", "serviceaccounts/token"): {"create"}}
+# With metrics.secure (the default): TokenReview + SubjectAccessReview for each scrape.
+METRICS_RULE = {
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+}
 CRD_RULE = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     # cluster-scoped: the platform of the node a failing pod runs on
     ("", "nodes"): {"get", "list", "watch"},
+    **METRICS_RULE,
 }
 NAMESPACES_RULE = {("", "namespaces"): {"get", "list", "watch"}}
 PEERING_VERBS = {"get", "list", "watch", "patch"}
@@ -275,9 +281,9 @@ def test_default_render(helm: str) -> None:
     c = container(objects)
     assert c["image"] == "pullhealth:0.1.0"
     assert c["command"] == ["pullhealth", "run"]
-    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-bind-address=0.0.0.0",
+    assert c["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-bind-address=0.0.0.0", "--metrics-secure",
                          "--liveness=http://0.0.0.0:8081/healthz",
-                         "--log-format=json", "--pod-interval=60", "--per-registry=4", "--workers=16",
+                         "--log-format=json", "--registry-check-workers=8", "--pod-interval=60", "--per-registry=4", "--workers=16",
                          "--api-concurrency=48",
                          "--acr-domains=.azurecr.io,.azurecr.cn,.azurecr.us"]
     # Every argument the chart passes is one `pullhealth run` accepts.
@@ -298,6 +304,24 @@ def test_default_render(helm: str) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": RELEASE_NS}]
     assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
+
+
+def test_metrics_are_protected_by_default(helm: str) -> None:
+    """Issue 21: /metrics behind TokenReview + SubjectAccessReview, scraped over HTTPS with
+    Prometheus' token; plain only when the admin says so."""
+    objects = render(helm, "metrics.serviceMonitor.enabled=true", "metrics.readers[0].name=prometheus-k8s",
+                     "metrics.readers[0].namespace=monitoring")
+    endpoint = one(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    reader = [r for r in of_kind(objects, "ClusterRole") if r["metadata"]["name"].endswith("-metrics-reader")]
+    assert [rule["nonResourceURLs"] for rule in reader[0]["rules"]] == [["/metrics"]]
+    binding = [b for b in of_kind(objects, "ClusterRoleBinding") if b["roleRef"]["name"] == reader[0]["metadata"]["name"]]
+    assert binding[0]["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}]
+    plain = render(helm, "metrics.secure=false", "metrics.serviceMonitor.enabled=true")
+    assert "--no-metrics-secure" in container(plain)["args"]
+    assert "scheme" not in one(plain, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert not set(METRICS_RULE) & set(rule_table(one(plain, "ClusterRole")))
 
 
 def test_default_cluster_role_is_exactly_the_documented_rules(helm: str) -> None:
@@ -348,19 +372,20 @@ def test_pod_admission_policy_when_the_cluster_serves_it(helm: str) -> None:
 
 def test_security_values_render_to_valid_cli_arguments(helm: str) -> None:
     from pullhealth.cli import _parser
+    from pullhealth.runtime.settings import from_args
 
     objects = render(helm, "security.identities.managedIdentityClientIds={11111111-1111-4111-8111-111111111111}",
                      "security.identities.armAudience=true", "security.destinations.allowCidrs={169.254.0.0/16}",
                      "security.destinations.denyCidrs={10.1.0.0/16,10.2.0.0/16}",
                      "security.destinations.registryHosts={*.azurecr.io}", "pods.enabled=false")
     c = container(objects)
-    parsed = _parser().parse_args([*c["command"][1:], *c["args"]])
-    assert parsed.allow_managed_identity == ["11111111-1111-4111-8111-111111111111"]
+    parsed = from_args(_parser().parse_args([*c["command"][1:], *c["args"]]))
+    assert parsed.managed_identities == ("11111111-1111-4111-8111-111111111111",)
     assert parsed.arm_audience and not parsed.workload_identity
-    assert parsed.allow_cidr == ["169.254.0.0/16"] and parsed.deny_cidr == ["10.1.0.0/16", "10.2.0.0/16"]
-    assert parsed.registry_host == ["*.azurecr.io"]
+    assert parsed.allow_cidrs == ("169.254.0.0/16",) and parsed.deny_cidrs == ("10.1.0.0/16", "10.2.0.0/16")
+    assert parsed.registry_hosts == ("*.azurecr.io",)
     # The ACR domains and kubelet identity are the trust policy's: passed with pods off too.
-    assert parsed.no_pods and parsed.acr_domains == ".azurecr.io,.azurecr.cn,.azurecr.us"
+    assert not parsed.pods and parsed.acr_domains == ".azurecr.io,.azurecr.cn,.azurecr.us"
 
 
 def test_reading_secrets_cluster_wide_is_opt_in(helm: str) -> None:
@@ -478,7 +503,7 @@ def test_pod_options_and_no_pods_render_to_valid_cli_arguments(helm: str) -> Non
         (["pods.enabled=false"], lambda a: a.no_pods),
         (["pods.interval=30", "pods.kubeletClientId=11111111-1111-4111-8111-111111111111",
           "watchNamespaces={a,b}"],
-         lambda a: a.pod_interval == 30 and a.kubelet_client_id.startswith("1111") and a.namespace == ["a", "b"]),
+         lambda a: a.pod_interval == 30 and a.kubelet_client_id.startswith("1111") and a.namespaces == ["a", "b"]),
     ):
         objects = render(helm, *sets)
         deployment = next(o for o in objects if o["kind"] == "Deployment")
@@ -598,7 +623,9 @@ def test_agent_pod_uses_the_nodes_network_and_reads_the_node_read_only(helm: str
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     for name in host_paths:
         assert mounts[name]["readOnly"] is True
-    assert not [v for v in pod["volumes"] if "secret" in v]  # no credential is mounted
+    # No credential is mounted: the one Secret is the report key it signs its notes with.
+    assert [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v] == ["ph-pullhealth-agent-report-key"]
+    assert mounts["report-key"]["readOnly"] is True
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert c["resources"]["requests"] == {"cpu": "10m", "memory": "96Mi"}
@@ -626,3 +653,18 @@ def test_agent_values_reach_its_flags(helm: str) -> None:
     assert "--allow-cidr=10.0.0.0/8" in args and "--registry-host=*.azurecr.io" in args
     assert "--ca-bundle=/host/ca/ca-bundle.crt" in args
     assert {"name": "node-ca", "hostPath": {"path": "/etc/pki/tls/certs", "type": "Directory"}} in pod["volumes"]
+
+
+def test_agent_probes_what_the_operator_may_by_default_and_signs_with_the_shared_key(helm: str) -> None:
+    """Issue 21: the agent's destination lists default to the operator's; the agent and the
+    operator mount the same report key (the operator takes only notes signed with it)."""
+    objects = agent_objects(helm, "security.destinations.registryHosts={*.azurecr.io}",
+                            "security.destinations.denyCidrs={10.9.0.0/16}")
+    args = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--registry-host=*.azurecr.io" in args and "--deny-cidr=10.9.0.0/16" in args
+    assert "--report-key-file=/etc/pullhealth/report-key/key" in args
+    [key] = [o for o in render(helm, "agent.enabled=true") if o["kind"] == "Secret"]
+    assert key["metadata"]["name"] == "ph-pullhealth-agent-report-key" and len(key["data"]["key"]) >= 32
+    assert not [o for o in render(helm) if o["kind"] == "Secret"]  # no agent, no key
+    operator = container(render(helm, "agent.enabled=true"))
+    assert "--agent-report-key-file=/etc/pullhealth/report-key/key" in operator["args"]

@@ -176,6 +176,23 @@ def test_version_and_one_code() -> None:
     assert proc.returncode == 2 and "TAG_NOT_FOUND" in proc.stderr
 
 
+def test_run_flags_come_from_the_settings() -> None:
+    """`pullhealth run --help` lists every Settings flag once, with its default's help."""
+    import dataclasses
+
+    from pullhealth.runtime import settings
+
+    proc = run("run", "--help")
+    assert proc.returncode == 0, proc.stderr
+    flags = [f for f in dataclasses.fields(settings.Settings) if "help" in f.metadata]
+    for f in flags:
+        name = (f.metadata["names"] or ("--" + f.name.replace("_", "-"),))[0]
+        assert name in proc.stdout, name
+    assert "trust boundary" in proc.stdout
+    proc = run("run", "--namespace", "a", "--all-namespaces")
+    assert proc.returncode == 2 and "not allowed with" in proc.stderr
+
+
 def test_dev_cluster_help_and_option_order(tmp_path: Path) -> None:
     def dev(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "pullhealth_dev", *args],

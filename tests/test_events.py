@@ -51,16 +51,3 @@ def test_reporting_instance_is_the_pod_name(monkeypatch: pytest.MonkeyPatch) -> 
     assert events.reporting_instance() == "pullhealth-abc"
     monkeypatch.delenv("POD_NAME")
     assert events.reporting_instance()  # the host name otherwise
-
-
-def test_outranked_by_a_live_peer_with_a_higher_priority_only() -> None:
-    from pullhealth.kube import peering
-
-    now = datetime(2026, 11, 28, 12, 0, 10, tzinfo=UTC)
-    live = {"priority": 200, "lifetime": 10, "lastseen": "2026-11-28T12:00:05+00:00"}
-    assert peering.outranked({"me": {"priority": 100, "lifetime": 10, "lastseen": live["lastseen"]},
-                              "newer": live}, 100, now)
-    assert not peering.outranked({"older": {**live, "priority": 50}}, 100, now)
-    assert not peering.outranked({"dead": {**live, "lastseen": "2026-11-28T11:59:00+00:00"}}, 100, now)
-    assert not peering.outranked({"junk": {"priority": "x"}, "none": None}, 100, now)
-    assert not peering.outranked(None, 100, now)

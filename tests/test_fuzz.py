@@ -181,6 +181,58 @@ def test_chain_against_generated_registry_answers(server: tuple[ScriptedRegistry
         dumped = json.dumps(doc, ensure_ascii=False) + json.dumps(doc) + diagnosis.model_dump_json()
         for form in _forms(password, tokens):
             assert form not in dumped, form
+        _assert_printable(doc)
+
+    check()
+
+
+# C0/C1 controls, DEL, line/paragraph separators, bidi overrides: never shown raw.
+CONTROLS = "".join(chr(c) for c in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, 0x202E, 0x2066])
+
+
+def _assert_printable(value: object) -> None:
+    """Every string in a JSON-like value is free of control characters."""
+    if isinstance(value, str):
+        assert not any(ch in CONTROLS for ch in value), repr(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _assert_printable(k)
+            _assert_printable(v)
+    elif isinstance(value, list):
+        for v in value:
+            _assert_printable(v)
+
+
+hostile_text = st.text(alphabet=st.sampled_from(CONTROLS) | st.characters(codec="utf-8"), max_size=40)
+
+
+def test_every_output_string_is_printable(server: tuple[ScriptedRegistry, Path]) -> None:
+    """Issue 21: an image index's platform strings, OCI messages and Retry-After with
+    terminal escapes, CR/LF and bidi overrides reach no output raw (JSON and text)."""
+    srv, ca = server
+    reference = f"{srv.host}/team/app:v1"
+    registry, image = parse_target(reference)
+    options = ChainOptions(ca_file=str(ca), timeout=TIMEOUT, destinations=TEST_DESTINATIONS)
+
+    @FUZZ
+    @given(os_=hostile_text, arch=hostile_text, variant=hostile_text, message=hostile_text,
+           status=st.sampled_from([200, 404, 429, 500]))
+    def check(os_: str, arch: str, variant: str, message: str, status: int) -> None:
+        index = {"mediaType": OCI_INDEX, "schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "a" * 64,
+             "size": 1, "platform": {"os": os_, "architecture": arch, "variant": variant}}]}
+        body = index if status == 200 else {"errors": [{"code": "DENIED", "message": message}]}
+        srv.set({"challenge": Answer(200),
+                 "manifest": Answer(status, (("Content-Type", OCI_INDEX), ("Retry-After", "5\x1b[2J")),
+                                    json.dumps(body).encode())})
+        diagnosis = asyncio.run(run_chain(Target(registry, image), options))
+        doc = _cli_json(diagnosis, reference, "unused-pw")
+        _assert_printable(doc)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cli._print_check(diagnosis, reference, "text", Redactor())
+        for line in out.getvalue().splitlines():
+            _assert_printable(line)
 
     check()
 
@@ -214,3 +266,59 @@ def test_reference_parser_raises_only_invalid_reference(text: str) -> None:
     for fn in (parse, parse_target):
         with contextlib.suppress(InvalidReference):
             fn(text)
+
+
+@st.composite
+def ipv4_spellings(draw: st.DrawFn, network: str) -> tuple[str, str]:
+    """(a spelling inet_aton accepts, the address it means) for an address in ``network``."""
+    import ipaddress
+
+    net = ipaddress.ip_network(network)
+    address = net[draw(st.integers(0, net.num_addresses - 1))]
+    raw = int(address)
+    parts_count = draw(st.integers(1, 4))
+    head = [(raw >> (8 * (3 - i))) & 0xFF for i in range(parts_count - 1)]
+    last = raw & ((1 << (8 * (4 - len(head)))) - 1)
+    parts = []
+    for value in [*head, last]:
+        form = draw(st.sampled_from(["dec", "oct", "hex", "HEX"]))
+        if form == "dec":
+            parts.append(str(value))
+        elif form == "oct":
+            parts.append("0" + format(value, "o"))
+        else:
+            text = "0x" + format(value, "x")
+            parts.append(text.upper().replace("0X", draw(st.sampled_from(["0x", "0X"]))) if form == "HEX" else text)
+    return ".".join(parts), str(address)
+
+
+@FUZZ
+@given(data=st.data(), network=st.sampled_from(["127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8",
+                                                 "168.63.129.16/32", "100.100.100.200/32"]))
+def test_every_numeric_spelling_of_a_refused_address_is_refused(data: st.DataObject, network: str) -> None:
+    """Issue 21: the policy reads a numeric host as the C resolver does, so a proxy (which
+    resolves the name itself) is never sent a spelling the direct mode refuses."""
+    import socket
+
+    from pullhealth.domain.codes import Code
+    from pullhealth.probes.destinations import DestinationPolicy, numeric_ipv4
+    from pullhealth.probes.net import StepError
+
+    spelling, address = data.draw(ipv4_spellings(network))
+    assert socket.inet_ntoa(socket.inet_aton(spelling)) == address  # the generator is right
+    assert str(numeric_ipv4(spelling)) == address
+    with pytest.raises(StepError) as err:
+        DestinationPolicy().check_peer_name(spelling, 443)
+    assert err.value.code is Code.DESTINATION_REFUSED
+
+
+@FUZZ
+@given(name=st.from_regex(r"[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}\.localhost\.?", fullmatch=True))
+def test_every_localhost_name_is_refused(name: str) -> None:
+    from pullhealth.domain.codes import Code
+    from pullhealth.probes.destinations import DestinationPolicy
+    from pullhealth.probes.net import StepError
+
+    with pytest.raises(StepError) as err:
+        DestinationPolicy().check_peer_name(name, 443)
+    assert err.value.code is Code.DESTINATION_REFUSED

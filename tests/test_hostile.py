@@ -68,8 +68,12 @@ def test_echoed_credentials_never_reach_cli_output(
     for form in planted_forms(USER, password, hostile.tokens):
         assert form not in text, (repo, form, text)
     # The echo was there, masked: in the OCI error envelope (the only part of an answer ever
-    # shown); a plain-text body (broken, grant) is not shown at all (docs/security.md).
-    assert "***" in text or repo in ("echo/ratelimit", "echo/broken", "echo/grant"), text
+    # shown); a plain-text body (broken, grant) is not shown at all, and a token realm's
+    # answer shows its status and OCI codes only (docs/security.md).
+    assert "***" in text or repo in ("echo/ratelimit", "echo/broken", "echo/grant", "echo/reject",
+                                     "echo/oauth"), text
+    if repo in ("echo/reject", "echo/oauth"):
+        assert "401" in text, text
     if repo in ("echo/broken", "echo/grant"):
         assert "Authorization" not in text and "Bearer " not in text, text
 

@@ -23,7 +23,7 @@ def _named_paths() -> tuple[set[str], str]:
     stack: list[tuple[int, str]] = []
     for line in _layout_block():
         match = re.match(r"^( *)(\S+)", line)
-        if not match or ("  " not in line.strip() and not match.group(2).endswith(("/", ".py"))):
+        if not match:
             continue
         indent, entry = len(match.group(1)), match.group(2)
         if not entry.endswith(("/", ".py")):

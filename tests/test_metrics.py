@@ -93,21 +93,23 @@ def test_tombstones_are_bounded(ns: str) -> None:
     assert len(metrics._deleted) == metrics.MAX_TOMBSTONES
 
 
-def test_registry_labels_only_for_named_registries(ns: str) -> None:
+def test_registry_labels_only_for_admin_listed_registries(ns: str) -> None:
+    """Issue 21: a RegistryCheck naming a registry in one namespace does not make the
+    cluster-wide series (other namespaces' failing pods, probe requests) name it."""
     host = f"{ns}.example"
     assert metrics.registry_label(host) == "other"
-    metrics.count_probe_request(host, "challenge")
     metrics.export_registry_check(ns, "named", "uid-n", host, 300, STATUS_UNHEALTHY)
-    assert metrics.registry_label(host.upper()) == host
+    assert metrics.registry_label(host.upper()) == "other"
     metrics.count_probe_request(host, "challenge")
-    assert value("pullhealth_probe_requests_total", registry=host, probe="challenge") == 1
-    # The last RegistryCheck naming it is deleted: its per-registry series go with it.
-    metrics.forget_registry_check(ns, "named", "uid-n")
     assert series("pullhealth_probe_requests_total", registry=host) == []
-    assert metrics.registry_label(host) == "other"
-    # The admin's list names registries too.
+    metrics.forget_registry_check(ns, "named", "uid-n")
+    # The admin's list names registries.
     metrics.set_admin_registries([f"  {host} ", ""])
     assert metrics.registry_label(host) == host
+    metrics.count_probe_request(host, "challenge")
+    assert value("pullhealth_probe_requests_total", registry=host, probe="challenge") == 1
+    metrics.set_admin_registries([])
+    assert series("pullhealth_probe_requests_total", registry=host) == []
 
 
 def test_pod_failures_count_containers_and_relabel(ns: str) -> None:
@@ -167,3 +169,25 @@ def test_build_info_and_bind_address() -> None:
     metrics.serve(port, "127.0.0.1")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert b"pullhealth_build_info{" in response.read()
+
+
+def test_registry_check_series_are_bounded_per_namespace(ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: one namespace's RegistryChecks cannot grow the scrape without bound."""
+    monkeypatch.setattr(metrics, "MAX_CHECKS_PER_NAMESPACE", 3)
+    noisy, quiet = f"{ns}-noisy", f"{ns}-quiet"
+    for i in range(10):
+        metrics.export_registry_check(noisy, f"c{i}", f"{noisy}-{i}", "r.example", 300, STATUS_UNHEALTHY)
+        metrics.record_registry_check_run(noisy, f"c{i}", f"{noisy}-{i}", "TAG_NOT_FOUND", {})
+    metrics.export_registry_check(quiet, "one", f"{quiet}-1", "r.example", 300, STATUS_UNHEALTHY)
+    assert len(series("pullhealth_registry_check_interval_seconds", namespace=noisy)) == 3
+    assert len(series("pullhealth_registry_check_runs_total", namespace=noisy)) == 3
+    assert len(series("pullhealth_registry_check_interval_seconds", namespace=quiet)) == 1
+    assert value("pullhealth_registry_checks_unexported") >= 7
+    # One exported check is deleted: the next one seen takes its place.
+    metrics.forget_registry_check(noisy, "c0", f"{noisy}-0")
+    metrics.export_registry_check(noisy, "c9", f"{noisy}-9", "r.example", 300, STATUS_UNHEALTHY)
+    assert len(series("pullhealth_registry_check_interval_seconds", namespace=noisy)) == 3
+    for i in range(10):
+        metrics.forget_registry_check(noisy, f"c{i}", f"{noisy}-{i}")
+    metrics.forget_registry_check(quiet, "one", f"{quiet}-1")
+    assert value("pullhealth_registry_checks_unexported") == 0

@@ -72,3 +72,40 @@ def test_healthy_node_keeps_the_cause_and_names_the_mirror() -> None:
     assert folded.facts["mirror"] == "https://mirror.test" and not ne.node_specific(folded)
     assert ne.reached(mirror) is Layer.HTTP and ne.reached(PE) is None
     assert ne.fold(diagnosis, None, None) == diagnosis
+
+
+# --- issue 21: signed notes; forged ones count nowhere
+
+
+def _signed_pair() -> tuple[bytes, str, str]:
+    from pullhealth.agent.nodereport import NodeReport
+
+    key = b"k" * 32
+    report = NodeReport(Code.PRIVATE_ENDPOINT_DNS, "n1", "myacr.azurecr.io", "dns", "https://myacr.azurecr.io")
+    return key, report.note(key, "uid-1"), report.note()
+
+
+def test_only_a_note_signed_for_this_pod_is_taken() -> None:
+    from pullhealth.agent.nodereport import parse_note, pick
+
+    key, signed, unsigned = _signed_pair()
+    assert parse_note(signed, key, "uid-1") is not None and parse_note(signed, key, "uid-1").verified  # type: ignore[union-attr]
+    assert parse_note(unsigned, key, "uid-1") is None  # forged: no signature
+    assert parse_note(signed, key, "uid-2") is None  # copied onto another pod
+    assert parse_note(signed.replace("n1", "n2"), key, "uid-1") is None  # altered
+    assert parse_note(signed, b"x" * 32, "uid-1") is None  # another key
+    event = {"note": unsigned, "controller": "pullhealth.io/agent", "instance": "n1"}
+    assert pick([event], "myacr.azurecr.io", "n1", key, "uid-1") is None
+    assert pick([{**event, "note": signed}], "myacr.azurecr.io", "n1", key, "uid-1") is not None
+
+
+def test_the_per_pool_metric_counts_only_verified_evidence() -> None:
+    from pullhealth.agent.nodereport import fold, node_specific, parse_note
+    from pullhealth.domain.diagnose import make
+
+    key, signed, unsigned = _signed_pair()
+    base = make(Code.FIREWALL_FORBIDDEN, {"host": "myacr.azurecr.io", "registry": "myacr.azurecr.io"})
+    unverified = fold(base, parse_note(unsigned), None)  # no key configured: taken, not attributed
+    verified = fold(base, parse_note(signed, key, "uid-1"), None)
+    assert node_specific(unverified) and not node_specific(unverified, verified_only=True)
+    assert node_specific(verified, verified_only=True)

@@ -72,3 +72,45 @@ def test_the_quick_precheck_never_skips_a_shape(parts: list[str], noise: str) ->
     for pattern, replacement in redact_module._PATTERNS:
         full = pattern.sub(replacement, full)
     assert redact_module.shapes(text) == full
+
+
+def test_lowercase_partial_percent_hex_and_html_forms_of_a_known_secret_are_masked() -> None:
+    secret = "Pa$$/wörd 42"
+    r = Redactor([secret])
+    raw = secret.encode()
+    forms = [
+        "Pa%24%24%2Fw%C3%B6rd%2042",  # full, upper case
+        "Pa%24%24%2fw%c3%b6rd%2042",  # lower case
+        "Pa$$%2Fwörd 42",  # partial
+        "Pa%24$/w%c3%B6rd+42",  # partial, mixed case, form space
+        raw.hex(), raw.hex().upper(),  # hex
+        "Pa&#36;&#x24;/w&#246;rd&#32;42",  # HTML decimal and hex references
+        "Pa&#x000024;$/w&#xF6;rd 42",
+    ]
+    for form in forms:
+        out = r(f"echo: <{form}> end")
+        assert MASK in out and "rd" not in out.replace("end", ""), (form, out)
+
+
+def test_the_log_filter_masks_a_known_secret_that_has_no_secret_shape() -> None:
+    import logging
+
+    from pullhealth.domain.redact import RedactingFilter
+
+    plain = "correct horse battery staple 42"  # no key=, no Bearer: not secret-shaped
+    assert redact(f"said {plain}") == f"said {plain}"
+    Redactor([plain])  # the chain learns it (a password of a pull secret)
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "registry said %s", (plain,), None)
+    RedactingFilter().filter(record)
+    assert plain not in record.getMessage() and MASK in record.getMessage()
+
+
+def test_control_characters_are_escaped_in_every_masked_string_and_log_line() -> None:
+    import logging
+
+    from pullhealth.domain.redact import RedactingFilter
+
+    assert Redactor()("linux\x1b[2J\x07/amd64\r\nFAKE\u202e") == "linux\\x1b[2J\\x07/amd64\\x0d\\x0aFAKE\\u202e"
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "platform %s", ("a\x1b]0;pwned\x07",), None)
+    RedactingFilter().filter(record)
+    assert "\x1b" not in record.getMessage() and "\\x1b" in record.getMessage()

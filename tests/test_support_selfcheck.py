@@ -297,3 +297,45 @@ def test_backlog_listener_standalone() -> None:
 def test_clients_refuse_non_loopback(world: World, client: httpx.Client) -> None:
     with pytest.raises(httpx.ConnectError, match="non-loopback"):
         client.get(f"https://{world.leak}/v2/")
+
+
+def test_guard_refuses_off_loopback_connects() -> None:
+    from support.guard import OffLoopbackConnect
+
+    with socket.socket() as s, pytest.raises(OffLoopbackConnect):
+        s.connect(("203.0.113.10", 443))
+
+
+def test_acr_guide_fixtures_answer_like_acr(world: World, client: httpx.Client) -> None:
+    """The fixtures behind tests/test_acr_cases.py: ACR's 401 bodies, a disabled token, a
+    scope map's empty access claim, anonymous pull on public/*, the firewall's 403 naming a
+    private client IP, and a private zone holding one region's data endpoint only."""
+    params = {"service": world.acr_service, "scope": "repository:team/app:pull"}
+
+    def refused(auth: tuple[str, str]) -> str:
+        resp = client.get(world.token_realm, auth=auth, params=params)
+        assert resp.status_code == 401 and resp.headers["WWW-Authenticate"].startswith("Basic ")
+        error = resp.json()["errors"][0]
+        assert error["code"] == "UNAUTHORIZED"
+        return str(error["message"])
+
+    assert refused(("55555555-5555-4555-8555-555555555555", "x")) == "Application not registered with AAD."
+    assert refused(world.acr_token_disabled).startswith("authentication required")
+    assert refused((world.acr_token[0], "wrong")).startswith("authentication required")
+    # The same refusal on the OAuth2 form (what containerd sends with credentials).
+    form = client.post(world.token_realm, data={**params, "grant_type": "password", "client_id": "x",
+                                                "username": "nobody", "password": "x"})
+    assert form.status_code == 401 and form.json()["errors"][0]["message"] == "Application not registered with AAD."
+    # A token whose scope map lacks the repository authenticates; its access claim is empty.
+    _, claims = decode_jwt(_registry_token(client, world, "team/app", world.acr_token_other))
+    assert claims["access"] == []
+    # Anonymous pull is enabled on public/* only.
+    _, claims = decode_jwt(_registry_token(client, world, "public/hello", None))
+    assert claims["access"] == [{"type": "repository", "name": "public/hello", "actions": ["pull"]}]
+    # The firewall's 403 names what the registry saw: a VNet address through a service endpoint.
+    body = client.get(f"https://{world.vnet_firewall}/v2/").json()
+    assert "client with IP '10.240.0.4' is not allowed access" in body["errors"][0]["message"]
+    # The private zone has eastus's data endpoint, not westeurope's.
+    assert resolve_a(world.nameserver, "pe.eastus.data.azurecr.io") == ["127.0.0.1"]
+    answer = _query(world.nameserver, "pe.westeurope.data.azurecr.io")
+    assert answer.rcode() == dns.rcode.NXDOMAIN

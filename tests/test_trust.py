@@ -99,6 +99,7 @@ def test_realm_rules() -> None:
     assert realm_elsewhere("https://auth.docker.io/token", "registry-1.docker.io") == "auth.docker.io"
     # ACR: the registry's own host (any port) for an Azure AD token.
     check_realm("https://myacr.azurecr.io/oauth2/token", "myacr.azurecr.io", AAD)
+    check_realm("https://myacr.azurecr.io:443/oauth2/token", "myacr.azurecr.io", AAD)
     check_realm("https://myacr.azurecr.io:8443/oauth2/token", "myacr.azurecr.io:5000", AAD)
     assert realm_elsewhere("https://MyAcr.azurecr.io/oauth2/token", "myacr.azurecr.io") is None
     for realm, registry, credential in (
@@ -106,12 +107,16 @@ def test_realm_rules() -> None:
         ("https://myacr.azurecr.io.evil.example/oauth2/token", "myacr.azurecr.io", AAD),
         ("http://myacr.azurecr.io/oauth2/token", "myacr.azurecr.io", AAD),
         ("http://auth.example/token", "registry.example", BASIC),
+        # A registry on 443 (every ACR): a realm on another port is another service.
+        ("https://myacr.azurecr.io:8443/oauth2/token", "myacr.azurecr.io", AAD),
+        ("https://myacr.azurecr.io:8443/oauth2/token", "myacr.azurecr.io:443", AAD),
+        # Anonymous follows HTTPS realms only too: a token from a plain-HTTP realm is not asked.
+        ("http://auth.example/token", "registry.example", Credential(CredentialKind.ANONYMOUS, "anonymous")),
     ):
         with pytest.raises(StepError) as err:
             check_realm(realm, registry, credential)
         assert err.value.code is Code.TOKEN_REALM_REFUSED, realm
-    # Anonymous sends nothing secret: any realm (the destination policy still applies).
-    check_realm("http://auth.example/token", "registry.example", Credential(CredentialKind.ANONYMOUS, "anonymous"))
+    check_realm("https://auth.example/token", "registry.example", Credential(CredentialKind.ANONYMOUS, "anonymous"))
 
 
 def test_trust_policy_identities() -> None:

@@ -3,6 +3,9 @@
 ``pullhealth check REFERENCE``   probe a registry pull path (exit 0 healthy, 1 problem, 2 usage)
 ``pullhealth explain MESSAGE``   classify pasted pull-error text (no network)
 ``pullhealth recheck NAME...``   check RegistryChecks now and print the results
+``pullhealth codes [CODE]``      the diagnosis codes reference (docs/codes.md)
+``pullhealth run``               the operator (flags: :mod:`pullhealth.runtime.settings`)
+``pullhealth agent``             the per-node agent (:mod:`pullhealth.agent.agentrun`)
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pullhealth.domain.redact import Redactor
 from pullhealth.domain.reference import ImageReference, InvalidReference, parse_target
 from pullhealth.probes import identity
 from pullhealth.probes.destinations import DestinationPolicy
-from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
+from pullhealth.probes.proxy import Proxy, from_setting
+from pullhealth.runtime import settings as run_settings
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -114,123 +118,8 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=60.0, help="seconds to wait for each result (default 60; 0: no wait)"
     )
 
-    run = sub.add_parser("run", help="run the operator (RegistryChecks)")
-    scope = run.add_mutually_exclusive_group()
-    scope.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=[],
-        help="watch this namespace (repeatable; a glob such as 'team-*' matches names)",
-    )
-    scope.add_argument(
-        "--all-namespaces",
-        "-A",
-        action="store_true",
-        help="watch every namespace (the default without --namespace)",
-    )
-    run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
-    run.add_argument(
-        "--metrics-bind-address",
-        default="0.0.0.0",
-        help="address /metrics listens on (default 0.0.0.0, every interface: Prometheus scrapes "
-        "the pod IP; 127.0.0.1 keeps it local, e.g. behind an authenticating proxy sidecar)",
-    )
-    run.add_argument(
-        "--metrics-registries",
-        default="",
-        help="comma-separated registries labelled by name in metrics besides those RegistryChecks "
-        "name; any other registry is counted as 'other' (bounded labels)",
-    )
-    run.add_argument(
-        "--liveness",
-        default="http://0.0.0.0:8081/healthz",
-        help="liveness endpoint URL (default http://0.0.0.0:8081/healthz)",
-    )
-    run.add_argument("--log-format", choices=("text", "json"), default="text")
-    run.add_argument(
-        "--peering", metavar="NAME", help="KopfPeering name for HA (several replicas, one active)"
-    )
-    run.add_argument("--no-pods", action="store_true", help="do not watch failing pods")
-    run.add_argument(
-        "--node-agent",
-        action="store_true",
-        help="fold the node agent's NodePathChecked Events into pod diagnoses (the chart sets it "
-        "with agent.enabled; one extra Event list per diagnosed pod)",
-    )
-    run.add_argument(
-        "--pod-interval",
-        type=float,
-        default=60.0,
-        help="seconds a probe result is reused for pods sharing registry, credential and image "
-        "(default 60; 0 = no sharing, for comparison only)",
-    )
-    run.add_argument(
-        "--per-registry",
-        type=int,
-        default=4,
-        help="at most this many probe chains at once against one registry (default 4)",
-    )
-    run.add_argument("--workers", type=int, default=16, help="pods diagnosed at once (default 16)")
-    run.add_argument(
-        "--api-concurrency",
-        type=int,
-        default=48,
-        help="API server requests in flight at once: worker threads and pooled connections "
-        "(default 48, at most 256)",
-    )
-    run.add_argument(
-        "--acr-domains",
-        default=".azurecr.io,.azurecr.cn,.azurecr.us",
-        help="registries for which kubelet uses the node identity when no secret matches",
-    )
-    run.add_argument(
-        "--kubelet-client-id",
-        default=os.environ.get("PULLHEALTH_KUBELET_CLIENT_ID"),
-        help="client id of the kubelet managed identity (default: the node's only one)",
-    )
-    security = run.add_argument_group(
-        "trust boundary", "what the operator may do for RegistryCheck authors (docs/security.md)"
-    )
-    security.add_argument(
-        "--allow-managed-identity",
-        action="append",
-        default=[],
-        metavar="CLIENT_ID",
-        help="a managed identity RegistryChecks may name besides the kubelet identity (repeatable)",
-    )
-    security.add_argument(
-        "--workload-identity",
-        action="store_true",
-        help="check workload identities (mints service-account tokens; needs serviceaccounts/token create)",
-    )
-    security.add_argument(
-        "--arm-audience",
-        action="store_true",
-        help="also ask for ARM-audience Azure AD tokens, to tell when a registry refuses them",
-    )
-    security.add_argument(
-        "--allow-cidr",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="addresses probes may reach although the policy refuses them (e.g. loopback; repeatable)",
-    )
-    security.add_argument(
-        "--deny-cidr",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="addresses probes never reach (repeatable)",
-    )
-    security.add_argument(
-        "--registry-host",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="only registries matching these host patterns are probed, e.g. '*.azurecr.io' (repeatable)",
-    )
-    run.add_argument("--verbose", "-v", action="store_true")
+    run = sub.add_parser("run", help="run the operator (RegistryChecks and failing pods)")
+    run_settings.add_arguments(run)  # every flag, default and help from the Settings fields
 
     agent = sub.add_parser(
         "agent",
@@ -279,6 +168,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATTERN",
         help="only registries matching these host patterns are checked (repeatable)",
+    )
+    agent.add_argument(
+        "--report-key-file",
+        default="",
+        metavar="PATH",
+        help="sign each NodePathChecked note with this key (the operator's --agent-report-key-file)",
     )
     agent.add_argument("--verbose", "-v", action="store_true")
 
@@ -369,15 +264,8 @@ async def _identity_source(args: argparse.Namespace, secrets: list[str]) -> prob
 
 def _proxy(args: argparse.Namespace, secrets: list[str]) -> tuple[Proxy | None, tuple[str, ...]]:
     """The proxy to probe through, like the runtime would use it."""
-    no_proxy = split_no_proxy(args.no_proxy)
-    if not args.proxy:
-        return None, no_proxy
     try:
-        if args.proxy == "env":
-            proxy, env_no_proxy = from_environment()
-            no_proxy = no_proxy or env_no_proxy
-        else:
-            proxy = parse_proxy(args.proxy)
+        proxy, no_proxy = from_setting(args.proxy, args.no_proxy)
     except ValueError as exc:
         raise UsageError(f"--proxy: {exc}") from None
     if proxy is not None and proxy.password:

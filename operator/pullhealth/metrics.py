@@ -4,10 +4,10 @@ Label sets stay bounded: per RegistryCheck (namespace, name) plus a diagnosis co
 fixed enum; per probe step; per registry host, but only for registries a RegistryCheck
 names or the admin lists (``--metrics-registries``): any other host is ``other``.
 
-The RegistryCheck gauges mirror the status (level-triggered): every timer tick exports
-what the object's status holds, so right after an operator restart the first tick (kopf
-runs it as soon as it lists the object) brings every gauge back with the status values,
-without re-running a check. A deleted RegistryCheck's series are removed and stay removed:
+The RegistryCheck gauges mirror the status (level-triggered): every wake-up of an object's
+check loop exports what its status holds, so right after an operator restart the first
+event (kopf delivers one per object as soon as it lists them) brings every gauge back with
+the status values, without re-running a check. A deleted RegistryCheck's series are removed and stay removed:
 its uid is remembered, so a check that finishes after the delete cannot export again.
 """
 
@@ -15,16 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import ssl
+import tempfile
 import threading
 from collections import Counter as Tally
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 
 from pullhealth import __version__
+from pullhealth.bounded import BoundedDict
 from pullhealth.domain.model import Phase
 from pullhealth.domain.reference import normalize_registry
 from pullhealth.pods import podcheck
@@ -69,6 +80,12 @@ REGISTRY_CHECK_INTERVAL = Gauge(
     "pullhealth_registry_check_interval_seconds",
     "spec.intervalSeconds of each RegistryCheck that is scheduled (not suspended, valid spec).",
     ["namespace", "name"],
+    registry=REGISTRY,
+)
+REGISTRY_CHECKS_UNEXPORTED = Gauge(
+    "pullhealth_registry_checks_unexported",
+    "RegistryChecks without series because their namespace already has the most a namespace "
+    "may export (MAX_CHECKS_PER_NAMESPACE).",
     registry=REGISTRY,
 )
 POD_PULL_FAILURES = Gauge(
@@ -151,13 +168,18 @@ SCHEDULE_WAKEUPS = Counter(
 BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 MAX_TOMBSTONES = 10000
+# RegistryChecks with series per namespace: one namespace's objects cannot grow the
+# scrape without bound (the others are checked as usual, and counted as unexported).
+MAX_CHECKS_PER_NAMESPACE = 500
 
 _lock = threading.RLock()
 _codes_seen: dict[tuple[str, str], set[str]] = {}
 _registry_of: dict[tuple[str, str], str] = {}  # RegistryCheck -> the registry it names
 _named: Tally[str] = Tally()  # registry -> how many RegistryChecks name it
 _uid_of: dict[tuple[str, str], str] = {}
-_deleted: OrderedDict[str, None] = OrderedDict()  # uids of deleted RegistryChecks (bounded)
+_exported_in: Tally[str] = Tally()  # namespace -> how many RegistryChecks have series
+_unexported: set[tuple[str, str]] = set()
+_deleted: BoundedDict[str, None] = BoundedDict(MAX_TOMBSTONES)  # uids of deleted RegistryChecks
 _admin_registries: frozenset[str] = frozenset()
 _probe_series: set[tuple[str, str]] = set()
 
@@ -174,10 +196,16 @@ def set_admin_registries(hosts: Iterable[str]) -> None:
 
 
 def registry_label(host: str) -> str:
-    """``host`` when a RegistryCheck names it or the admin listed it, else ``other``."""
+    """``host`` when the admin listed it (``--metrics-registries``), else ``other``.
+
+    Only the admin's list: these series are cluster-wide (every namespace's failing pods,
+    every probe), so a registry named by a RegistryCheck in one namespace must not make
+    other namespaces' failures on it appear under its name (an oracle for that namespace's
+    author).
+    """
     normal = normalize_registry(host)
     with _lock:
-        known = normal in _admin_registries or normal in _named
+        known = normal in _admin_registries
     return normal if known else OTHER
 
 
@@ -232,6 +260,12 @@ def export_registry_check(
             return
         if _uid_of.get(key) not in (None, uid):
             _forget_series(key)  # same name, new object
+        if key not in _uid_of and _exported_in[namespace] >= MAX_CHECKS_PER_NAMESPACE:
+            _unexported.add(key)
+            REGISTRY_CHECKS_UNEXPORTED.set(len(_unexported))
+            return
+        if key not in _uid_of:
+            _exported_in[namespace] += 1
         _uid_of[key] = uid
         registry = normalize_registry(registry) if registry else None
         old = _set_registry(key, registry)
@@ -259,8 +293,8 @@ def record_registry_check_run(
 ) -> None:
     """Count one finished RegistryCheck run (its gauges follow the status it writes)."""
     with _lock:
-        if uid in _deleted:
-            return
+        if uid in _deleted or (namespace, name) not in _uid_of:
+            return  # deleted, or not exported (its namespace's limit)
         _codes_seen.setdefault((namespace, name), set()).add(code)
         REGISTRY_CHECK_RUNS.labels(namespace, name, code).inc()
     for probe, seconds in step_seconds.items():
@@ -274,8 +308,6 @@ def forget_registry_check(namespace: str, name: str, uid: str | None = None) -> 
         uid = uid or _uid_of.get(key)
         if uid:
             _deleted[uid] = None
-            while len(_deleted) > MAX_TOMBSTONES:
-                _deleted.popitem(last=False)
         if _uid_of.get(key) in (None, uid):
             _forget_series(key)
             _relabel()
@@ -284,7 +316,7 @@ def forget_registry_check(namespace: str, name: str, uid: str | None = None) -> 
 def withdraw_registry_check(namespace: str, name: str) -> None:
     """Stop exporting a RegistryCheck that exists (a standby replica: the active one exports it)."""
     with _lock:
-        if (namespace, name) in _uid_of:
+        if (namespace, name) in _uid_of or (namespace, name) in _unexported:
             _forget_series((namespace, name))
             _relabel()
 
@@ -304,7 +336,13 @@ def withdraw_registry_checks(namespace: str) -> None:
 
 def _forget_series(key: tuple[str, str]) -> None:
     namespace, name = key
-    _uid_of.pop(key, None)
+    if _uid_of.pop(key, None) is not None:
+        _exported_in[namespace] -= 1
+        if _exported_in[namespace] <= 0:
+            del _exported_in[namespace]
+    if key in _unexported:
+        _unexported.discard(key)
+        REGISTRY_CHECKS_UNEXPORTED.set(len(_unexported))
     registry = _set_registry(key, None)
     codes = _codes_seen.pop(key, set())
     if registry is not None:
@@ -340,9 +378,95 @@ def count_probe_request(registry: str, probe: str) -> None:
         PROBE_REQUESTS.labels(label, probe).inc()
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Expose /metrics on a background thread, on ``addr`` (0.0.0.0: every interface)."""
-    start_http_server(port, addr=addr, registry=REGISTRY)
+def serve(
+    port: int,
+    addr: str = "0.0.0.0",
+    authorize: Callable[[str | None], int] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Expose /metrics on a background thread, on ``addr`` (0.0.0.0: every interface).
+
+    Args:
+        port: the port.
+        addr: the address to listen on.
+        authorize: the ``Authorization`` header -> the HTTP status to answer (200 serves
+            the metrics); None serves everyone (``--no-metrics-secure``).
+        tls: serve HTTPS with this context (None: plain HTTP).
+    """
+    if authorize is None and tls is None:
+        start_http_server(port, addr=addr, registry=REGISTRY)
+        return
+    server = _MetricsServer((addr, port), _MetricsHandler)
+    server.authorize = authorize
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="pullhealth-metrics", daemon=True).start()
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    authorize: Callable[[str | None], int] | None = None
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    server: _MetricsServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # one line per scrape would be noise; refusals are counted by the status
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != "/metrics":
+            self._answer(404, b"not found\n")
+            return
+        authorize = self.server.authorize
+        status = authorize(self.headers.get("Authorization")) if authorize is not None else 200
+        if status != 200:
+            reason = {401: b"Unauthorized\n", 403: b"Forbidden\n"}.get(status, b"Unavailable\n")
+            self._answer(status, reason, {"WWW-Authenticate": "Bearer"} if status == 401 else {})
+            return
+        self._answer(200, generate_latest(REGISTRY), {"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _answer(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def self_signed_context(directory: str | None = None) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate (what controller-runtime's
+    secure metrics serving does without a configured one; Prometheus scrapes it with
+    ``insecureSkipVerify`` and authenticates with its token, which TLS keeps off the wire)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pullhealth-metrics")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    where = tempfile.mkdtemp(prefix="pullhealth-metrics-", dir=directory)
+    cert_path, key_path = f"{where}/tls.crt", f"{where}/tls.key"
+    with open(cert_path, "wb") as out:
+        out.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as out:
+        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
 
 
 # -- failing pods ---------------------------------------------------------------------

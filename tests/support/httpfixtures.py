@@ -16,15 +16,21 @@ from .pki import PKI
 
 REGISTRY_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 
-ACR_FIREWALL_BODY = {
-    "errors": [
-        {
-            "code": "DENIED",
-            "message": "client with IP '203.0.113.7' is not allowed access. "
-            "Refer https://aka.ms/acr/firewall to grant access.",
-        }
-    ]
-}
+def acr_firewall_body(client_ip: str) -> dict[str, Any]:
+    """ACR's firewall 403 body, naming the client IP the registry saw (a public address,
+    or a VNet's private one when the traffic came through a service endpoint)."""
+    return {
+        "errors": [
+            {
+                "code": "DENIED",
+                "message": f"client with IP '{client_ip}' is not allowed access. "
+                "Refer https://aka.ms/acr/firewall to grant access.",
+            }
+        ]
+    }
+
+
+ACR_FIREWALL_BODY = acr_firewall_body("203.0.113.7")
 TOO_MANY_REQUESTS_BODY = {
     "errors": [
         {

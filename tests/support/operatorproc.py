@@ -72,6 +72,9 @@ class OperatorProcess:
         # The world's registries are labelled by name in metrics (any other host is "other").
         named = [] if "--metrics-registries" in self.extra_args else [
             "--metrics-registries", ",".join((self.world.anon, self.world.basic, self.world.acr))]
+        # Plain /metrics for the tests that read it (secure serving has its own test).
+        if "--metrics-secure" not in self.extra_args:
+            named.append("--no-metrics-secure")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pullhealth", "run", *scope,

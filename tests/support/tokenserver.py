@@ -155,12 +155,30 @@ class TokenPolicy:
         anonymous: grants for requests without credentials.
         aad_identities: AAD identity names accepted by ``/oauth2/exchange``
             (grants come from ``grants``); empty means any identity in the book.
+        disabled: users that are ACR repository-scoped tokens with status ``disabled``
+            (``az acr token update --status disabled``): refused like a wrong password.
     """
 
     users: dict[str, str] = field(default_factory=dict)
     grants: dict[str, list[Grant]] = field(default_factory=dict)
     anonymous: list[Grant] = field(default_factory=list)
     aad_identities: set[str] = field(default_factory=set)
+    disabled: set[str] = field(default_factory=set)
+
+
+def _basic_user(header: str) -> str:
+    """The user name of a Basic Authorization header ('' when it has none)."""
+    try:
+        return base64.b64decode(header.partition(" ")[2].strip()).decode().partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
+# ACR's 401 bodies (code UNAUTHORIZED): a known account with a wrong password (or a disabled
+# token), and a user name ACR knows as no admin user, token or Azure AD application
+# (seen for wrong user names: Azure/azure-cli#29659, MicrosoftDocs/azure-docs#84204).
+ACR_AUTH_REQUIRED = "authentication required, visit https://aka.ms/acr/authorization for more information."
+ACR_APP_NOT_REGISTERED = "Application not registered with AAD."
 
 
 def _err(code: str, message: str) -> dict[str, object]:
@@ -208,7 +226,7 @@ class _TokenHandler(QuietHandler):
             fx.record(_basic_user(auth), principal is not None, self.headers.get("User-Agent", ""),
                       q.get("scope", []))
             if principal is None:
-                self._unauthorized("authentication required, invalid username or password")
+                self._unauthorized(fx.refusal(_basic_user(auth)))
                 return
         now = int(time.time())
         token = fx.issue(principal, parse_scopes(q.get("scope", [])))
@@ -252,6 +270,9 @@ class _TokenHandler(QuietHandler):
             principal = fx.check_password(form.get("username", ""), form.get("password", ""))
             fx.record(form.get("username", ""), principal is not None, self.headers.get("User-Agent", ""),
                       form.get("scope", "").split())
+            if principal is None:
+                self._unauthorized(fx.refusal(form.get("username", "")))
+                return
         elif grant_type == "refresh_token":
             principal = fx.refresh_principal(form.get("refresh_token", ""))
         else:
@@ -361,12 +382,20 @@ class TokenServer(BackgroundHTTPServer):
             time.sleep(min(self.delay, 30.0))
 
     def check_password(self, user: str, password: str) -> str | None:
-        """The principal for a username/password, or ``None``."""
+        """The principal for a username/password, or ``None`` (disabled tokens too)."""
         if user == ACR_REFRESH_USER:
             return self.refresh_principal(password)
+        if user in self.policy.disabled:
+            return None
         if user in self.policy.users and self.policy.users[user] == password:
             return user
         return None
+
+    def refusal(self, user: str) -> str:
+        """ACR's 401 message for a refused user name."""
+        if user and user != ACR_REFRESH_USER and user not in self.policy.users:
+            return ACR_APP_NOT_REGISTERED
+        return ACR_AUTH_REQUIRED
 
     def authenticate_basic(self, header: str) -> str | None:
         """The principal for a ``Basic`` Authorization header, or ``None``."""

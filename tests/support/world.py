@@ -25,6 +25,7 @@ from .httpfixtures import (
     PlainHTTPServer,
     SilentServer,
     StatusServer,
+    acr_firewall_body,
     mismatch_tls_server,
     untrusted_tls_server,
 )
@@ -37,6 +38,8 @@ AAD_TENANT = "72f988bf-0000-4000-8000-00000000c0de"
 IMDS_CLIENT_ID = "11111111-1111-4111-8111-111111111111"
 IMDS_NOGRANT_CLIENT_ID = "22222222-2222-4222-8222-222222222222"
 WI_CLIENT_ID = "33333333-3333-4333-8333-333333333333"
+SP_APP_ID = "44444444-4444-4444-8444-444444444444"  # a service principal's application id
+VNET_CLIENT_IP = "10.240.0.4"  # what ACR's firewall sees through a VNet service endpoint
 
 
 # The operator's destination policy refuses loopback by default; the test world lives on
@@ -68,6 +71,8 @@ class World:
     acr_service: str  # token `service`/aud, "acr.test"
     # misbehaving endpoints
     firewall: str  # HTTPS 403 ACR firewall DENIED body
+    acr_firewall: str  # fw.azurecr.io: the same 403, public client IP, on an ACR name
+    vnet_firewall: str  # vnetfw.azurecr.io: ACR's 403 naming a private client IP (service endpoint)
     ratelimit: str  # HTTPS 429 TOOMANYREQUESTS + Retry-After: 30
     broken: str  # HTTPS 500
     notregistry: str  # HTTPS 404 text/plain
@@ -83,6 +88,11 @@ class World:
     acr_puller: tuple[str, str]  # pull on team/* at `acr`
     acr_nopull: tuple[str, str]  # token issued, access omits pull
     acr_admin: tuple[str, str]  # push/pull on everything at `acr`
+    acr_token: tuple[str, str]  # repository-scoped token (az acr token): scope map team/* pull
+    acr_token_disabled: tuple[str, str]  # a token with status disabled (right password)
+    acr_token_other: tuple[str, str]  # a token whose scope map has other/* only (empty access)
+    acr_sp: tuple[str, str]  # a service principal (GUID user name) with pull on team/*
+    acr_admin_user: tuple[str, str]  # myacr.azurecr.io's admin user (named like the registry)
     # Azure identity
     aad_tenant: str
     aad_token: str  # pre-minted AAD token accepted by /oauth2/exchange (pull team/*)
@@ -110,7 +120,9 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
     book = AADTokenBook(AAD_TENANT)
     team_pull = [Grant.of("team/*", "pull")]
     policy = TokenPolicy(
-        users={"puller": "puller-pass", "nopull": "nopull-pass", "admin": "admin-pass"},
+        users={"puller": "puller-pass", "nopull": "nopull-pass", "admin": "admin-pass",
+               "ci-token": "ci-token-pass", "ci-token-off": "ci-token-off-pass",
+               "other-token": "other-token-pass", SP_APP_ID: "sp-secret", "myacr": "myacr-admin-pass"},
         grants={
             "puller": team_pull,
             # Allowed to authenticate and read metadata, but never to pull.
@@ -119,7 +131,14 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
             "aad-puller": team_pull,
             "mi-puller": team_pull,
             "wi-puller": team_pull,
+            # Repository-scoped tokens: a scope map's content/read is pull.
+            "ci-token": team_pull,
+            "ci-token-off": team_pull,
+            "other-token": [Grant.of("other/*", "pull")],
+            SP_APP_ID: team_pull,
+            "myacr": team_pull,  # myacr.azurecr.io's admin user is named like the registry
         },
+        disabled={"ci-token-off"},
         # Like an ACR with anonymous pull enabled, limited here to public/*.
         anonymous=[Grant.of("public/*", "pull")],
     )
@@ -176,6 +195,8 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
 
     servers: dict[str, StatusServer] = {
         "firewall": StatusServer(403, ACR_FIREWALL_BODY, cert=pki.issue(["firewall.test"])),
+        "acr_firewall": StatusServer(403, ACR_FIREWALL_BODY, cert=pki.issue(["fw.azurecr.io"])),
+        "vnet_firewall": StatusServer(403, acr_firewall_body(VNET_CLIENT_IP), cert=pki.issue(["vnetfw.azurecr.io"])),
         "ratelimit": StatusServer(
             429,
             TOO_MANY_REQUESTS_BODY,
@@ -224,6 +245,11 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
             "refused.test",
             "pe.privatelink.azurecr.io",
             "myacr.azurecr.io",
+            "fw.azurecr.io",
+            "vnetfw.azurecr.io",
+            # pe.azurecr.io's data endpoint in eastus, in the private zone like the login server
+            # (westeurope's record is missing: the guide's private-endpoint data-endpoint case).
+            "pe.eastus.data.privatelink.azurecr.io",
             # Trust-boundary tests (e2e/test_security.py): an attacker's registry (one name
             # inside the ACR domains), the host its realm points at, an "internal" service.
             "evil.test",
@@ -237,7 +263,8 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
     dnsmasq = stack.enter_context(
         Dnsmasq(
             a_records,
-            {"pe.azurecr.io": "pe.privatelink.azurecr.io", "leak.azurecr.io": "leak.privatelink.azurecr.io"},
+            {"pe.azurecr.io": "pe.privatelink.azurecr.io", "leak.azurecr.io": "leak.privatelink.azurecr.io",
+             "pe.eastus.data.azurecr.io": "pe.eastus.data.privatelink.azurecr.io"},
             workdir=root / "dns",
         )
     )
@@ -261,6 +288,8 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         token_realm=tokensrv.realm,
         acr_service=tokensrv.service,
         firewall=at("firewall.test", servers["firewall"].port),
+        acr_firewall=at("fw.azurecr.io", servers["acr_firewall"].port),
+        vnet_firewall=at("vnetfw.azurecr.io", servers["vnet_firewall"].port),
         ratelimit=at("ratelimit.test", servers["ratelimit"].port),
         broken=at("broken.test", servers["broken"].port),
         notregistry=at("notregistry.test", servers["notregistry"].port),
@@ -275,6 +304,11 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         acr_puller=("puller", "puller-pass"),
         acr_nopull=("nopull", "nopull-pass"),
         acr_admin=("admin", "admin-pass"),
+        acr_token=("ci-token", "ci-token-pass"),
+        acr_token_disabled=("ci-token-off", "ci-token-off-pass"),
+        acr_token_other=("other-token", "other-token-pass"),
+        acr_sp=(SP_APP_ID, "sp-secret"),
+        acr_admin_user=("myacr", "myacr-admin-pass"),
         aad_tenant=AAD_TENANT,
         aad_token=aad_token,
         imds_url=imds.url,

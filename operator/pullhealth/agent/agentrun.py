@@ -1,8 +1,12 @@
 """``pullhealth agent``: the thin runner around :mod:`pullhealth.agent.nodeagent`.
 
-Lists, then watches, the pods of one node (``spec.nodeName`` field selector), hands each
-failing one to the agent and posts its ``NodePathChecked`` Events (create only). The API
-calls it makes are exactly what the agent's RBAC allows: pods list/watch, events create.
+Reads the pods of one node (``spec.nodeName`` field selector) with the same list-and-watch
+reader and per-pod worker as the operator (:class:`pullhealth.kube.listwatch.ListWatch`,
+:class:`pullhealth.pods.podstream.PerPod`): only pods failing on this node reach the loop,
+one check at a time per pod with its newest state; every ``--interval`` seconds the failing
+pods are checked again (the node's path can change while a pod stays in back-off). Each
+check posts the agent's ``NodePathChecked`` Events (create only). The API calls it makes are
+exactly what the agent's RBAC allows: pods list/watch, events create.
 """
 
 from __future__ import annotations
@@ -12,22 +16,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-
 from pullhealth.agent.nodeagent import MAX_PODS_PER_PASS, Agent, AgentSettings, work_for
+from pullhealth.agent.nodereport import read_key
+from pullhealth.bounded import BoundedDict
 from pullhealth.kube import kubeapi
+from pullhealth.kube.listwatch import ListWatch, core_lister, uid_of
+from pullhealth.pods.podstream import PerPod
 from pullhealth.probes.destinations import build_policy
 
 log = logging.getLogger("pullhealth.agent.nodeagent")
 
 MAX_INFLIGHT = 4
 MAX_POSTED = 10000
-RETRY_SECONDS = 10.0
 
 
 def trust_node_bundle(bundle: str | None) -> None:
@@ -38,13 +41,22 @@ def trust_node_bundle(bundle: str | None) -> None:
         os.environ["SSL_CERT_DIR"] = os.devnull
 
 
-def settings_from(args: argparse.Namespace) -> AgentSettings:
-    """Agent settings from the command line (raises ValueError on a bad CIDR)."""
+def settings_from(
+    args: argparse.Namespace, api_server: tuple[tuple[str, int | None], ...] = ()
+) -> AgentSettings:
+    """Agent settings from the command line (raises ValueError on a bad CIDR).
+
+    Args:
+        args: the ``pullhealth agent`` arguments.
+        api_server: the API server's addresses (:func:`kubeapi.api_server_addresses`), which
+            probes never reach, as for the operator.
+    """
     node = args.node or os.environ.get("NODE_NAME", "")
     if not node:
         raise ValueError("the node's name is needed: --node or NODE_NAME (the chart sets it from the pod)")
     return AgentSettings(
         node=node,
+        report_key=read_key(args.report_key_file),
         nameserver=args.nameserver or None,
         certs_dir=args.certs_dir or None,
         timeout=args.timeout,
@@ -53,138 +65,73 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         destinations=build_policy(
             allow=args.allow_cidr,
             deny=args.deny_cidr,
-            protected=_api_server(),
+            protected=api_server,
             hosts=args.registry_host,
         ),
     )
 
 
-def _api_server() -> list[tuple[str, int | None]]:
-    """The API server's service address (refused as a registry destination)."""
-    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
-    port = os.environ.get("KUBERNETES_SERVICE_PORT", "")
-    return [(host, int(port) if port.isdigit() else None)] if host else []
-
-
 class Runner:
-    """List/watch this node's pods and post the agent's Events."""
+    """List/watch this node's failing pods and post the agent's Events."""
 
     def __init__(self, agent: Agent, client: kubeapi.KubeWriter) -> None:
         self.agent = agent
         self.client = client
-        self.core = kubernetes.client.CoreV1Api(client.api)
-        self.selector = f"spec.nodeName={agent.settings.node}"
-        self.posted: dict[tuple[str, str], str] = {}  # (pod uid, container) -> Event name
-        self.inflight: set[str] = set()
-        self.pending: dict[str, Mapping[str, Any]] = {}  # uid -> latest update while in flight
+        self.node = agent.settings.node
+        # (pod uid, container) -> Event name
+        self.posted: BoundedDict[tuple[str, str], str] = BoundedDict(MAX_POSTED)
+        # uid -> the newest state of a pod failing on this node (checked again each interval)
+        self.failing: BoundedDict[str, Mapping[str, Any]] = BoundedDict(MAX_PODS_PER_PASS)
         self.limit = asyncio.Semaphore(MAX_INFLIGHT)
-        self.tasks: set[asyncio.Task[None]] = set()
 
-    async def handle(self, pod: Mapping[str, Any]) -> None:
-        """Check one pod and post what is new; never raises (logged instead).
+    def relevant(self, pod: Mapping[str, Any]) -> bool:
+        """On the reading thread: only pods failing on this node."""
+        return work_for(pod, self.node) is not None
 
-        A pod updated while it is being handled is handled again afterwards, as it is
-        then (the latest update wins; at most one pending update per pod).
-        """
-        uid = str((pod.get("metadata") or {}).get("uid") or "")
-        if not uid:
+    async def handle(self, kind: str, pod: Mapping[str, Any]) -> None:
+        """One pod's newest event (one at a time per pod); never raises (logged instead)."""
+        uid = uid_of(pod)
+        if kind == "DELETED" or not self.relevant(pod):
+            self.failing.pop(uid, None)  # gone, or recovered: nothing more to check
             return
-        if uid in self.inflight:
-            self.pending[uid] = pod
-            return
-        self.inflight.add(uid)
-        try:
-            current: Mapping[str, Any] | None = pod
-            while current is not None:
-                await self._post(uid, current)
-                current = self.pending.pop(uid, None)
-        finally:
-            self.inflight.discard(uid)
+        self.failing[uid] = pod
+        await self._post(uid, pod)
 
     async def _post(self, uid: str, pod: Mapping[str, Any]) -> None:
-        if work_for(pod, self.agent.settings.node) is None:
-            return  # not failing on this node: no slot taken
         try:
             async with self.limit:
                 for spec in await self.agent.events_for(pod):
                     key = (uid, spec.regarding.field_path)
                     if self.posted.get(key) == spec.name:
                         continue
-                    await self.client.emit(spec, self.agent.settings.node, repeats=False)
-                    if len(self.posted) >= MAX_POSTED:
-                        self.posted.clear()
-                    self.posted[key] = spec.name
-        except kubeapi.Forbidden as exc:
-            log.error("cannot post the NodePathChecked Event (RBAC): %s", exc)
-        except ApiException as exc:
-            log.warning("cannot post the NodePathChecked Event (HTTP %s); retried on the pod's next update",
-                        exc.status)
+                    posted = await self.client.post(
+                        spec, self.node, log, retried="retried on the pod's next update", repeats=False
+                    )
+                    if posted is kubeapi.Posted.POSTED:
+                        self.posted[key] = spec.name
         except Exception:
             log.error("unexpected error checking a pod's node path", exc_info=True)
 
-    def submit(self, pod: Mapping[str, Any]) -> None:
-        """Handle a pod in the background (bounded by :data:`MAX_INFLIGHT`)."""
-        task = asyncio.ensure_future(self.handle(pod))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def list_pods(self) -> str:
-        """Submit every pod of the node; returns the list's resourceVersion."""
-        result = await asyncio.to_thread(
-            self.core.list_pod_for_all_namespaces,
-            field_selector=self.selector,
-            limit=MAX_PODS_PER_PASS,
-            _request_timeout=kubeapi.REQUEST_TIMEOUT,
-        )
-        for pod in result.items or []:
-            self.submit(self.core.api_client.sanitize_for_serialization(pod))
-        return str((result.metadata and result.metadata.resource_version) or "")
-
-    async def watch(self, resource_version: str) -> None:
-        """Follow pod changes for one interval (the server ends the watch), then return."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
-        done = object()
-        stop = threading.Event()
-
-        def pump() -> None:
-            watcher = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-            try:
-                for event in watcher.stream(  # type: ignore[no-untyped-call]
-                    self.core.list_pod_for_all_namespaces,
-                    field_selector=self.selector,
-                    resource_version=resource_version,
-                    timeout_seconds=int(self.agent.settings.interval),
-                    _request_timeout=self.agent.settings.interval + 30,
-                ):
-                    if stop.is_set():
-                        break
-                    asyncio.run_coroutine_threadsafe(queue.put(event), loop).result()
-            except Exception as exc:  # the caller re-lists
-                log.warning("pod watch ended: %s", type(exc).__name__)
-            finally:
-                watcher.stop()  # type: ignore[no-untyped-call]
-                asyncio.run_coroutine_threadsafe(queue.put(done), loop)
-
-        thread = threading.Thread(target=pump, name="pod-watch", daemon=True)
-        thread.start()
-        try:
-            while (event := await queue.get()) is not done:
-                if event.get("type") in ("ADDED", "MODIFIED"):
-                    self.submit(self.core.api_client.sanitize_for_serialization(event["object"]))
-        finally:
-            stop.set()
-
     async def run(self) -> None:
-        """List, watch, repeat; API failures are retried after a pause."""
-        while True:
-            try:
-                version = await self.list_pods()
-                await self.watch(version)
-            except (ApiException, OSError) as exc:
-                log.warning("cannot list this node's pods (%s); retrying in %gs",
-                            getattr(exc, "status", type(exc).__name__), RETRY_SECONDS)
-                await asyncio.sleep(RETRY_SECONDS)
+        """Read the node's pods until cancelled; check the failing ones again each interval."""
+        per_pod = PerPod(self.handle, asyncio.get_running_loop())
+        stream = ListWatch(
+            core_lister(self.client.api, "pods", field_selector=f"spec.nodeName={self.node}"),
+            (),
+            per_pod.deliver,
+            relevant=self.relevant,
+            what="pods",
+            without="the agent checks nothing until it is granted",
+        )
+        stream.start()
+        try:
+            while True:
+                await asyncio.sleep(self.agent.settings.interval)
+                for pod in list(self.failing.values()):
+                    per_pod.put("MODIFIED", pod)
+        finally:
+            stream.stop()
+            await per_pod.stop()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,14 +139,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    client = kubeapi.KubeWriter()
     try:
-        settings = settings_from(args)
+        settings = settings_from(args, kubeapi.api_server_addresses(client.api))
     except ValueError as exc:
         log.error("%s", exc)
         return 2
     trust_node_bundle(args.ca_bundle)
     agent = Agent(settings)
-    runner = Runner(agent, kubeapi.KubeWriter())
+    runner = Runner(agent, client)
     log.info("checking the pull path of failing pods on node %s", settings.node)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner.run())

@@ -21,7 +21,9 @@ the result becomes a ``NodePathChecked`` Event on each failing pod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +36,8 @@ from pullhealth.agent.nodereport import ACTION, REASON, REPORTING_CONTROLLER, No
 from pullhealth.chain.probechain import ChainOptions, Target, run_chain
 from pullhealth.chain.singleflight import SingleFlight
 from pullhealth.domain.codes import Code
+from pullhealth.domain.diagnose import LAYER_OF_CODE, Layer
+from pullhealth.domain.model import StepStatus
 from pullhealth.domain.reference import InvalidReference, parse
 from pullhealth.kube import events
 from pullhealth.pods.podcheck import FailingContainer, failing_containers
@@ -60,6 +64,7 @@ class AgentSettings:
         interval: seconds a registry's result is reused.
         private_endpoints: registry host suffixes that must resolve to a private address.
         destinations: where the checks may connect.
+        report_key: signs each note (the operator verifies it), or None.
     """
 
     node: str
@@ -69,6 +74,7 @@ class AgentSettings:
     interval: float = 300.0
     private_endpoints: tuple[str, ...] = ()
     destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
+    report_key: bytes | None = field(default=None, repr=False)
 
 
 def expects_private(registry: str, suffixes: Sequence[str]) -> bool:
@@ -107,6 +113,19 @@ class CaBundles:
         return str(name)
 
 
+def describe(code: Code, step: str, host: str, address: str = "") -> str:
+    """What a report says of one endpoint: code, step and layer, in our own words (and,
+    for a private-endpoint miss, the public address the name ends on, parsed as one)."""
+    if code is Code.OK:
+        return f"GET /v2/ on {host} answered (dns, tcp, tls and challenge passed)"
+    layer = LAYER_OF_CODE.get(code, Layer.HTTP)
+    text = f"the {step or 'check'} step to {host} failed: {code.value} ({layer.name.lower()} layer)"
+    if code is Code.PRIVATE_ENDPOINT_DNS:
+        with contextlib.suppress(ValueError):
+            text += f"; the name ends on public address {ipaddress.ip_address(address)}"
+    return text
+
+
 async def check_endpoint(
     endpoint: hoststoml.Endpoint, registry: str, settings: AgentSettings, bundles: CaBundles
 ) -> tuple[Code, str, str]:
@@ -128,10 +147,12 @@ async def check_endpoint(
     if endpoint.plain_http and code is Code.TLS_PROTOCOL_ERROR and "plain HTTP" in message:
         # hosts.toml says http://: a plain-HTTP answer is what containerd expects.
         return Code.OK, "", f"{endpoint.host} answers plain HTTP, as hosts.toml configures"
-    if code is Code.OK:
-        challenge = next((c for c in result.checks if c.name == "challenge"), None)
-        return Code.OK, "", challenge.message if challenge else "reachable"
-    return code, step, message
+    # The report carries the code, the step and its layer, never the chain's message: that
+    # quotes remote answers (OCI messages, certificate names), and the Event is readable by
+    # the pod's owner while the agent probed from the node's network position.
+    failed = next((c for c in result.checks if c.status is StepStatus.FAILED), None)
+    address = failed.details.get("address", "") if failed is not None else ""
+    return code, step, describe(code, step, endpoint.host, address)
 
 
 async def check_registry(registry: str, settings: AgentSettings, bundles: CaBundles) -> NodeReport:
@@ -183,7 +204,11 @@ def work_for(pod: Mapping[str, Any], node: str) -> PodWork | None:
 
 
 def event_for(
-    pod: Mapping[str, Any], container: FailingContainer, report: NodeReport, now: float | None = None
+    pod: Mapping[str, Any],
+    container: FailingContainer,
+    report: NodeReport,
+    now: float | None = None,
+    key: bytes | None = None,
 ) -> events.EventSpec:
     """The ``NodePathChecked`` Event on the pod: one per result per pod per period."""
     meta = pod.get("metadata") or {}
@@ -200,7 +225,7 @@ def event_for(
         type="Normal" if report.ok else "Warning",
         reason=REASON,
         action=ACTION,
-        note=report.note(),
+        note=report.note(key, str(meta.get("uid") or "")),
         key=(report.node, report.registry, report.code.value, report.endpoint, str(period)),
         controller=REPORTING_CONTROLLER,
     )
@@ -229,4 +254,5 @@ class Agent:
         work = work_for(pod, self.settings.node)
         if work is None:
             return []
-        return [event_for(pod, c, await self.report(registry)) for c, registry in work.containers]
+        key = self.settings.report_key
+        return [event_for(pod, c, await self.report(registry), key=key) for c, registry in work.containers]

@@ -10,10 +10,19 @@ as a ``NodePathChecked`` Event on the failing pod. The note is short and machine
 The operator reads those Events with the pod's other Events and folds them into the pod's
 diagnosis with the evidence-layer rule (:func:`fold`): the node's path is where kubelet
 pulls from, so it outranks the operator's own network.
+
+Anyone who may create Events in a namespace can write a note of this shape on their own
+pods. With a report key (a Secret the chart mounts into the agent and the operator only),
+the agent signs each note with an HMAC over the pod's uid and the note (``sig=``), and the
+operator takes only notes that verify: a forged Event then neither changes a diagnosis
+nor raises the cluster-wide per-pool metric. The summary is the agent's own words for
+the code, step and layer, never remote text.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +39,7 @@ REPORTING_CONTROLLER = "pullhealth.io/agent"
 NODE_CHECK = "node"
 MAX_SUMMARY = 600
 _KEYS = ("code", "node", "registry", "step", "endpoint", "mirror")
+SIG = "sig"
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -55,6 +65,7 @@ class NodeReport:
     endpoint: str = ""
     mirror: bool = False
     summary: str = ""
+    verified: bool = False  # the note's signature verified with the report key
 
     @property
     def ok(self) -> bool:
@@ -66,8 +77,9 @@ class NodeReport:
         """The layer the node's path failed at (None when OK)."""
         return None if self.ok else LAYER_OF_CODE.get(self.code, Layer.HTTP)
 
-    def note(self) -> str:
-        """The Event's note: ``key=value`` pairs, `` | ``, the summary (at most 1 KiB)."""
+    def note(self, key: bytes | None = None, pod_uid: str = "") -> str:
+        """The Event's note: ``key=value`` pairs, `` | ``, the summary (at most 1 KiB),
+        signed for ``pod_uid`` with the report key when one is given (``sig=`` last)."""
         values = {
             "code": self.code.value,
             "node": self.node,
@@ -78,17 +90,61 @@ class NodeReport:
         }
         head = " ".join(f"{k}={quote(values[k], safe=':/@.,[]-_')}" for k in _KEYS)
         summary = _PRINTABLE.sub(" ", self.summary)[:MAX_SUMMARY]
-        return f"{head} | {summary}"[:1024]
+        unsigned = f"{head} | {summary}"[:940]
+        if key is None:
+            return unsigned
+        return f"{unsigned} {SIG}={signature(key, pod_uid, unsigned)}"
 
 
-def parse_note(note: str) -> NodeReport | None:
-    """The report in an Event's note, or None when it is not one of ours."""
+def read_key(path: str) -> bytes | None:
+    """The report key from a file (a mounted Secret), or None when no path is given.
+
+    Raises:
+        ValueError: the file is unreadable or holds fewer than 16 bytes.
+    """
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            key = handle.read().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the report key {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise ValueError(f"the report key in {path} is shorter than 16 bytes")
+    return key
+
+
+def signature(key: bytes, pod_uid: str, unsigned: str) -> str:
+    """HMAC-SHA256 of the pod's uid and the unsigned note (hex): bound to one pod, so a
+    signed note copied onto another pod does not verify."""
+    return hmac.new(key, f"{pod_uid}\n{unsigned}".encode(), hashlib.sha256).hexdigest()
+
+
+def _verified(note: str, key: bytes, pod_uid: str) -> str | None:
+    """The unsigned note when its signature verifies, else None."""
+    unsigned, sep, sig = note.rpartition(f" {SIG}=")
+    if not sep or not pod_uid:
+        return None
+    return unsigned if hmac.compare_digest(sig.strip(), signature(key, pod_uid, unsigned)) else None
+
+
+def parse_note(note: str, key: bytes | None = None, pod_uid: str = "") -> NodeReport | None:
+    """The report in an Event's note, or None when it is not one of ours (with ``key``:
+    not signed with it for ``pod_uid``)."""
+    signed = key is not None
+    if key is not None:
+        checked = _verified(note, key, pod_uid)
+        if checked is None:
+            return None
+        note = checked
+    else:
+        note = note.rpartition(f" {SIG}=")[0] or note
     head, _, summary = note.partition(" | ")
     values: dict[str, str] = {}
     for pair in head.split():
-        key, sep, value = pair.partition("=")
-        if sep and key in _KEYS:
-            values[key] = unquote(value)
+        name, sep, value = pair.partition("=")
+        if sep and name in _KEYS:
+            values[name] = unquote(value)
     try:
         code = Code(values.get("code", ""))
     except ValueError:
@@ -103,11 +159,16 @@ def parse_note(note: str) -> NodeReport | None:
         endpoint="" if values.get("endpoint") in (None, "-") else values["endpoint"],
         mirror=values.get("mirror") == "true",
         summary=_PRINTABLE.sub(" ", summary)[:MAX_SUMMARY],
+        verified=signed,
     )
 
 
 def pick(
-    events: Iterable[Mapping[str, str]], registry: str, node: str | None
+    events: Iterable[Mapping[str, str]],
+    registry: str,
+    node: str | None,
+    key: bytes | None = None,
+    pod_uid: str = "",
 ) -> NodeReport | None:
     """The newest report for ``registry`` from the agent of the pod's own node.
 
@@ -116,13 +177,15 @@ def pick(
             ``instance`` (reporting controller and instance).
         registry: the failing container's registry.
         node: the pod's ``spec.nodeName``; reports from another node are ignored.
+        key: the report key: only notes signed with it for ``pod_uid`` count.
+        pod_uid: the pod's uid.
     """
     if not node:
         return None
     for event in events:
         if event.get("controller") != REPORTING_CONTROLLER or event.get("instance") != node:
             continue
-        report = parse_note(event.get("note", ""))
+        report = parse_note(event.get("note", ""), key, pod_uid)
         if report is not None and report.node == node and report.registry == registry:
             return report
     return None
@@ -170,6 +233,7 @@ def fold(diagnosis: Diagnosis, report: NodeReport | None, message_reached: Layer
                 "endpoint": report.endpoint,
                 "mirror": "true" if report.mirror else "false",
                 "step": report.step,
+                "signed": "true" if report.verified else "",
             }.items()
             if v
         },
@@ -204,10 +268,15 @@ def named_node(diagnosis: Diagnosis) -> str | None:
     return None
 
 
-def node_specific(diagnosis: Diagnosis) -> bool:
-    """The diagnosis' cause was found on the pod's node (the agent's evidence decided)."""
+def node_specific(diagnosis: Diagnosis, *, verified_only: bool = False) -> bool:
+    """The diagnosis' cause was found on the pod's node (the agent's evidence decided);
+    ``verified_only``: and the agent's note carried a signature that verified (what the
+    cluster-wide per-pool metric counts)."""
     return any(
-        c.name == NODE_CHECK and c.status is StepStatus.FAILED and c.code is diagnosis.code
+        c.name == NODE_CHECK
+        and c.status is StepStatus.FAILED
+        and c.code is diagnosis.code
+        and (not verified_only or c.details.get("signed") == "true")
         for c in diagnosis.checks
     )
 

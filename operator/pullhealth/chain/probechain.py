@@ -22,8 +22,9 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from pullhealth.domain.codes import Code
+from pullhealth.domain.codes import SOURCE_DOCKER_CONFIG, Code, RegistryKind, acr_account, registry_kind
 from pullhealth.domain.credentials import ANONYMOUS, Credential, CredentialKind
 from pullhealth.domain.diagnose import from_checks, make, redacted
 from pullhealth.domain.model import CheckResult, Diagnosis, StepStatus
@@ -113,11 +114,16 @@ class Target:
 
 
 class Deadline:
-    """A point in monotonic time shared by everything one check does."""
+    """A point in monotonic time shared by everything one check does.
+
+    It also carries the check's one anonymous retry (after rejected credentials): every
+    chain of the check shares it, so trying four stale secrets still asks anonymously once.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
+        self.anonymous_retry = True
 
     def remaining(self) -> float:
         """Seconds left (never negative)."""
@@ -197,6 +203,7 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
         credential=credential.describe(),
         platform=options.platform,
     )
+    run.facts.update(_account_facts(target.registry, credential))
     if target.image:
         run.facts.update(
             repository=target.image.repository,
@@ -230,7 +237,7 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
             ctx = make_ssl_context(options.ca_file, options.verify_tls)
             http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy, redactor)
             try:
-                await _steps(run, target, options, resolver, http, ctx, host, port, redactor)
+                await _steps(run, target, options, resolver, http, ctx, host, port, redactor, deadline)
             finally:
                 await http.aclose()
     except TimeoutError:
@@ -251,6 +258,26 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
         run.fail(step, run.started, Code.UNKNOWN, f"{step} step failed unexpectedly: {text}",
                  detail=f"unexpected error in the {step} step: {text}")
     return _finish(run, target, redactor)
+
+
+def _account_facts(registry: str, credential: Credential) -> dict[str, str]:
+    """The user name and, on ACR, which kind of account it is (admin, token, service
+    principal, refresh token, an Azure AD identity): it decides which of the guide's
+    remedies fits."""
+    if credential.kind is CredentialKind.AAD:
+        return {"acr_account": "identity"} if registry_kind(registry) is RegistryKind.ACR else {}
+    if credential.kind not in (CredentialKind.BASIC, CredentialKind.REFRESH_TOKEN):
+        return {}
+    facts = {"username": credential.username} if credential.username else {}
+    if registry_kind(registry) is RegistryKind.ACR:
+        account = (
+            "refresh-token"
+            if credential.kind is CredentialKind.REFRESH_TOKEN
+            else acr_account(credential.username, registry)
+        )
+        if account:
+            facts["acr_account"] = account
+    return facts
 
 
 def _running(run: _Run) -> str:
@@ -295,6 +322,7 @@ async def _steps(
     host: str,
     port: int,
     redactor: Redactor,
+    deadline: Deadline,
 ) -> None:
     started = run.begin("dns")
     try:
@@ -328,6 +356,17 @@ async def _steps(
 
     credential = target.credential
     also: tuple[AadToken, ...] = ()
+    elsewhere = realm_elsewhere(challenge.realm, registry_host) if challenge.realm else None
+    if elsewhere is not None:
+        # A realm on another host is a destination the registry's author chose: the admin's
+        # registry host allow-list (when set) bounds it like a registry.
+        started = run.begin("token")
+        try:
+            options.destinations.check_host(urlsplit(challenge.realm).hostname or elsewhere)
+        except StepError as exc:
+            run.fail("token", started, exc.code, f"the token realm's host: {exc.message}", host=elsewhere,
+                     detail="the token realm's host is not in the admin's registry allow-list")
+            return
     if target.identity is not None and challenge.scheme == "bearer":
         # Where an identity token would go is known now: refuse before asking for one.
         started = run.begin("token")
@@ -347,10 +386,11 @@ async def _steps(
         redactor.add([t.token for t in tokens])
         credential = Credential(CredentialKind.AAD, aad.source, None, aad.token)
         run.facts["credential"] = credential.describe()
+        run.facts.update(_account_facts(target.registry, credential))
         shown = ", ".join(t.audience for t in tokens)
         run.passed("identity", started, f"Azure AD token for {aad.source} ({shown} audience) : OK")
 
-    auth = await _token_step(run, http, target, challenge, credential, registry_host, also)
+    auth = await _token_step(run, http, target, challenge, credential, registry_host, deadline, also)
     if auth is None:
         return
     if target.image is None:
@@ -405,12 +445,18 @@ async def _direct_path(
         try:
             data = await resolver.lookup(options.data_endpoint)
         except DnsFailure as exc:
+            # The login server resolved: behind a private endpoint, a data endpoint missing
+            # from the zone is the guide's private-endpoint case, not a typo in a name.
+            private = options.expect_private_endpoint or any("privatelink" in c for c in found.cnames)
+            missing = private and exc.code is Code.DNS_NXDOMAIN
             run.fail(
                 "dns",
                 started,
-                exc.code,
+                Code.PRIVATE_ENDPOINT_DNS if missing else exc.code,
                 f"data endpoint: {exc.message}",
                 host=options.data_endpoint,
+                endpoint="data",
+                detail=f"NXDOMAIN: {exc.message}" if exc.code is Code.DNS_NXDOMAIN else exc.message,
                 **details,
             )
             return False
@@ -530,6 +576,7 @@ async def _token_step(
     challenge: Challenge,
     credential: Credential,
     registry_host: str,
+    deadline: Deadline,
     also: tuple[AadToken, ...] = (),
 ) -> Authorization | None:
     started = run.begin("token")
@@ -540,7 +587,18 @@ async def _token_step(
     try:
         auth = await probe_token(http, registry_host, challenge, credential, repository, also)
     except StepError as exc:
-        run.fail("token", started, exc.code, exc.message, **exc.facts)
+        code = exc.code
+        if code is Code.CREDENTIALS_REJECTED and _APP_NOT_REGISTERED in exc.message.lower():
+            code = Code.AAD_APP_NOT_REGISTERED  # ACR's answer for an unknown user name
+        rejected = code in (Code.CREDENTIALS_REJECTED, Code.AAD_APP_NOT_REGISTERED)
+        if rejected and repository and deadline.anonymous_retry:
+            deadline.anonymous_retry = False
+            anonymous = await _anonymous_pull(http, registry_host, challenge, repository)
+            if anonymous is not None:
+                run.fail("token", started, Code.PULL_SECRET_STALE,
+                         f"{exc.message}; {anonymous}", **_stale_facts(credential), **exc.facts)
+                return None
+        run.fail("token", started, code, exc.message, **exc.facts)
         return None
     details = {"flow": auth.flow}
     if challenge.realm:
@@ -553,6 +611,46 @@ async def _token_step(
         "token", started, f"Fetch access token ({auth.flow}) for {credential.describe()}{at} : OK", **details
     )
     return auth
+
+
+_APP_NOT_REGISTERED = "application not registered with aad"
+
+
+async def _anonymous_pull(
+    http: Http, registry_host: str, challenge: Challenge, repository: str
+) -> str | None:
+    """After credentials were rejected: may the repository be pulled anonymously?
+
+    One extra request, inside the same chain (so the same deadline and the same single
+    flight): an anonymous token for ``repository:<repo>:pull`` at the challenge's realm.
+    Only a token whose access claim grants pull counts; an opaque token, a refusal or any
+    error says nothing (None). Bearer registries only: a Basic registry has no anonymous
+    token to ask for.
+    """
+    if challenge.scheme != "bearer":
+        return None
+    try:
+        auth = await probe_token(http, registry_host, challenge, ANONYMOUS, repository)
+    except StepError:
+        return None
+    if auth.granted is None or not ({"pull", "*"} & set(auth.granted)):
+        return None
+    return f"an anonymous token grants pull on {repository}: anonymous pull works without the credentials"
+
+
+_DOCKER_CONFIG_SOURCE = "docker config "
+
+
+def _stale_facts(credential: Credential) -> dict[str, str]:
+    """What names the stale credential: the pull secret's name as the pod spec lists it, a
+    docker config file (its own wording, ``pullhealth check --docker-config``), or where
+    the credential came from."""
+    source = credential.source
+    if source.startswith("secret ") and "/" in source:
+        return {"secret": source.rsplit("/", 1)[1]}
+    if source.startswith(_DOCKER_CONFIG_SOURCE):
+        return {"secret": source[len(_DOCKER_CONFIG_SOURCE) :], "source": SOURCE_DOCKER_CONFIG}
+    return {"secret": source}
 
 
 MAX_CREDENTIALS_TRIED = 4

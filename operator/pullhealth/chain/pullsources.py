@@ -15,7 +15,7 @@ from pullhealth.chain.trust import TrustPolicy
 from pullhealth.domain import credentials as creds
 from pullhealth.domain.codes import Code
 from pullhealth.probes import identity
-from pullhealth.probes.proxy import Proxy, from_environment, parse_proxy, split_no_proxy
+from pullhealth.probes.proxy import Proxy, from_setting
 
 MAX_SECRETS = 16
 WORKLOAD_CLIENT_ID = "azure.workload.identity/client-id"
@@ -115,11 +115,5 @@ def _proxy_settings() -> dict[str, Any]:
     """PULLHEALTH_PROXY: a proxy URL, or ``env`` for HTTPS_PROXY/NO_PROXY as the runtime
     sees them (AKS injects them into pods when the cluster has an HTTP proxy);
     PULLHEALTH_NO_PROXY adds entries."""
-    setting = os.environ.get("PULLHEALTH_PROXY", "").strip()
-    extra = split_no_proxy(os.environ.get("PULLHEALTH_NO_PROXY"))
-    if not setting:
-        return {"proxy": None, "no_proxy": extra}
-    if setting == "env":
-        proxy, no_proxy = from_environment()
-        return {"proxy": proxy, "no_proxy": no_proxy + extra}
-    return {"proxy": parse_proxy(setting), "no_proxy": extra}
+    proxy, no_proxy = from_setting(os.environ.get("PULLHEALTH_PROXY"), os.environ.get("PULLHEALTH_NO_PROXY"))
+    return {"proxy": proxy, "no_proxy": no_proxy}

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pullhealth.domain.codes import ACR_SUFFIXES
 from pullhealth.probes.destinations import DestinationPolicy
 from pullhealth.probes.identity import ACR_RESOURCE, ARM_RESOURCE
 
-DEFAULT_ACR_DOMAINS = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
+DEFAULT_ACR_DOMAINS = ACR_SUFFIXES
 
 
 def is_acr(registry: str, domains: Sequence[str]) -> bool:

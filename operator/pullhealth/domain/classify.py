@@ -177,6 +177,14 @@ RULES: tuple[Rule, ...] = (
         r"client with IP '[^']+' is not allowed access|aka\.ms/acr/firewall"
         r"|CONNECTIVITY_FORBIDDEN_ERROR",
     ),
+    # ACR's 401 for a user name it knows as no admin user, token or Azure AD application in
+    # its tenant (a service principal missing there, a multitenant app not provisioned, or a
+    # wrong user name): its own cause, not a wrong password.
+    _r(
+        Code.AAD_APP_NOT_REGISTERED,
+        r"Application not registered with AAD",
+        Code.CREDENTIALS_REJECTED,
+    ),
     # Expired credentials: ECR's registry tokens last 12 hours ("Your authorization token
     # has expired"); other registries and cloud identities say "token expired" / "expired".
     _r(
@@ -255,7 +263,15 @@ RULES: tuple[Rule, ...] = (
         Code.CREDENTIALS_REJECTED,
         r"failed to fetch (oauth )?token[^\n]*401"
         r"|incorrect username or password|invalid username/password|authentication failed"
-        r"|invalid credentials|unauthorized: (incorrect|invalid)|not registered with AAD",
+        r"|invalid credentials|unauthorized: (incorrect|invalid)",
+    ),
+    # docker login's 403 on GET /v2/ itself: ACR's guide sends this to its network
+    # troubleshooting (a firewall rule), though missing permission answers it too.
+    _r(
+        Code.ACCESS_DENIED,
+        r"login attempt failed with status: 403",
+        Code.FIREWALL_FORBIDDEN,
+        Code.PERMISSION_DENIED,
     ),
     # A 403 from the token service: the registry answered its challenge, so no network rule
     # is in the way; missing permission, a private or missing repository remain.
@@ -325,6 +341,7 @@ _PROXY = re.compile(
 )
 _DIAL = re.compile(r"dial tcp ([0-9a-fA-F.:\[\]]+)")
 _CLIENT_IP = re.compile(r"client with IP '([^']+)'")
+_AADSTS = re.compile(r"\bAADSTS(\d{5,8})\b")
 _RPC = re.compile(r"rpc error: code = \w+ desc = ")
 _NEVER_PULL = re.compile(r"is not present with pull policy of Never|ErrImageNeverPull")
 _BACKOFF_ONLY = re.compile(r'^\s*Back-off pulling image "[^"]+"\s*$')
@@ -414,6 +431,9 @@ def _facts(text: str) -> dict[str, str]:
     dial = _DIAL.search(text)
     if dial:
         facts["address"] = dial.group(1)
+    aadsts = _AADSTS.search(text)
+    if aadsts:
+        facts["aadsts"] = f"AADSTS{aadsts.group(1)}"  # Azure AD's error code picks the ACR case
     ip = _CLIENT_IP.search(text)
     if ip:
         facts["client_ip"] = ip.group(1)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from pullhealth.domain.codes import CATALOG, DOCKER_CONFIG, KIND_REMEDIATION, Code, RegistryKind
+from pullhealth.domain.codes import ACR_CASES, CATALOG, DOCKER_CONFIG, KIND_REMEDIATION, Code, RegistryKind
 
 HEADER = """# Diagnosis codes
 
 Generated from `operator/pullhealth/domain/codes.py` by `pullhealth codes > docs/codes.md`;
 a test fails when this file and the catalog differ. `<name>` marks a value filled in
 from the evidence (registry, repository, tag, secret, ...). The remediation fits the
-registry: the first list is for ACR (and for a message naming no registry); Amazon ECR
+registry: the first list is for ACR (and for a message naming no registry), refined by the
+ACR case the evidence singles out (see [acr-guide.md](acr-guide.md)); Amazon ECR
 (`*.dkr.ecr.*.amazonaws.com`), Google Artifact Registry / Container Registry (`*-docker.pkg.dev`,
 `gcr.io`), Docker Hub and other registries get their own where the advice differs.
 
@@ -48,6 +49,9 @@ def code_markdown(code: Code) -> str:
     for kind, steps in KIND_REMEDIATION.get(code, {}).items():
         out.append(f"\nRemediation for {_KIND_NAMES[kind]}:\n\n")
         out.extend(_steps(steps))
+    for case in (c for c in ACR_CASES if c.code is code):
+        out.append(f"\nACR case `{case.name}` ({case.when}): {_show(case.info.summary)}\n\n")
+        out.extend(_steps(case.info.remediation))
     if code in DOCKER_CONFIG:
         variant = DOCKER_CONFIG[code]
         out.append(

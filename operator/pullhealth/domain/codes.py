@@ -10,6 +10,8 @@ value is shown as ``<name>`` so a summary never raises and never invents a value
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,8 +49,10 @@ class Code(StrEnum):
     PULL_SECRET_MISSING = "PULL_SECRET_MISSING"
     PULL_SECRET_INVALID = "PULL_SECRET_INVALID"
     PULL_SECRET_NO_MATCH = "PULL_SECRET_NO_MATCH"
+    PULL_SECRET_STALE = "PULL_SECRET_STALE"
     AUTH_REQUIRED = "AUTH_REQUIRED"
     CREDENTIALS_REJECTED = "CREDENTIALS_REJECTED"
+    AAD_APP_NOT_REGISTERED = "AAD_APP_NOT_REGISTERED"
     IDENTITY_UNAVAILABLE = "IDENTITY_UNAVAILABLE"
     IDENTITY_NOT_ALLOWED = "IDENTITY_NOT_ALLOWED"
     TOKEN_REALM_REFUSED = "TOKEN_REALM_REFUSED"
@@ -178,8 +182,8 @@ CATALOG: Mapping[Code, CodeInfo] = {
         summary="{host} refused this client by network rule{detail}",
         remediation=(
             "List the registry's network rules: az acr show --name <registry> --query networkRuleSet",
-            "Allow the cluster's egress IP: az acr network-rule add --name <registry> "
-            "--ip-address <egress-ip>",
+            "Allow the cluster's egress IP (the address the registry saw: {client_ip}): az acr "
+            "network-rule add --name <registry> --ip-address {client_ip}",
             "Or reach the registry through a private endpoint; see https://aka.ms/acr/firewall",
             "If the cluster's egress proxy refused the tunnel, allow the registry and its data "
             "endpoint on the proxy, or list them in NO_PROXY",
@@ -254,6 +258,19 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "-g <rg> --attach-acr <registry>",
         ),
     ),
+    Code.PULL_SECRET_STALE: CodeInfo(
+        summary="anonymous pull of {repository} works, but {registry} rejected {credential}: the pull "
+        "secret {secret} is stale (kubelet sends it, so the pull fails); remove or fix it",
+        remediation=(
+            "Remove {secret} from the pod's spec.imagePullSecrets and its service account's "
+            "imagePullSecrets: anonymous pull works without it",
+            "Or fix it with current credentials: kubectl -n {namespace} create secret docker-registry "
+            "{secret} --docker-server={registry} --docker-username=<user> --docker-password=<password> "
+            "--dry-run=client -o yaml | kubectl apply -f -",
+            "Check that anonymous pull is meant to stay enabled: az acr show --name <registry> "
+            "--query anonymousPullEnabled",
+        ),
+    ),
     Code.AUTH_REQUIRED: CodeInfo(
         summary="{registry} requires authentication for {repository} and none was sent",
         remediation=(
@@ -268,11 +285,32 @@ CATALOG: Mapping[Code, CodeInfo] = {
     Code.CREDENTIALS_REJECTED: CodeInfo(
         summary="{registry} rejected the credentials ({credential})",
         remediation=(
-            "Check the user name and rotate the password or token: az acr credential show "
-            "--name <registry>, or the service principal / token's expiry",
-            "Recreate the pull secret with the current password",
+            "The user name tells the kind of credential: the registry's name is the admin user "
+            "(az acr credential show --name <registry>); a GUID is a service principal (expired or "
+            "wrong client secret: az ad app credential list --id <app-id> --query "
+            '"[].endDateTime"); any other name is a repository-scoped token (disabled or expired: '
+            'az acr token show --name <token> --registry <registry> --query status)',
+            "Recreate the pull secret with the current password: kubectl -n {namespace} create secret "
+            "docker-registry <name> --docker-server={registry} --docker-username=<user> "
+            "--docker-password=<password> --dry-run=client -o yaml | kubectl apply -f -",
+            "If the repository allows anonymous pull (az acr show --name <registry> --query "
+            "anonymousPullEnabled), a rejected secret is stale: remove it from imagePullSecrets",
         ),
         check_health_error="CONNECTIVITY_REFRESH_TOKEN_ERROR",
+    ),
+    Code.AAD_APP_NOT_REGISTERED: CodeInfo(
+        summary="{registry} answered 'Application not registered with AAD' for {credential}: no "
+        "admin user, token or Azure AD application of that user name is known to the registry's tenant",
+        remediation=(
+            "Check the user name: a service principal's application (client) id, the admin user "
+            "(az acr credential show --name <registry> --query username) or a token's name "
+            "(az acr token list --registry <registry> -o table)",
+            "For a service principal, check it exists in the registry's tenant (az account show "
+            "--query tenantId, in the registry's subscription): az ad sp show --id <app-id> "
+            '--query "{{appId:appId, tenant:appOwnerOrganizationId}}"',
+            "A multitenant application must be provisioned in the registry's tenant first: "
+            "az ad sp create --id <app-id> (signed in to that tenant), then grant it pull on the registry",
+        ),
     ),
     Code.IDENTITY_UNAVAILABLE: CodeInfo(
         summary="no Azure AD token could be obtained for the identity ({detail})",
@@ -309,9 +347,13 @@ CATALOG: Mapping[Code, CodeInfo] = {
     Code.TOKEN_EXCHANGE_DENIED: CodeInfo(
         summary="{registry} refused to exchange the Azure AD token for a registry token",
         remediation=(
-            "Grant the identity AcrPull on the registry: az role assignment create "
-            "--assignee <client-id> --role AcrPull --scope $(az acr show --name <registry> "
-            "--query id -o tsv)",
+            "Grant the identity pull on the registry; which role depends on the registry's mode: "
+            "az acr show --name <registry> --query roleAssignmentMode. RBAC only: az role assignment "
+            "create --assignee <client-id> --role AcrPull --scope $(az acr show --name <registry> "
+            '--query id -o tsv); ABAC (AbacRepositoryPermissions): the role "Container Registry '
+            'Repository Reader" instead (AcrPull is not honoured there)',
+            "Role assignments take minutes to propagate: a denial right after granting is expected; "
+            "check again in a few minutes",
             "Check that the registry allows Azure AD authentication (not disabled by policy) "
             "and that the token's tenant is the registry's tenant",
         ),
@@ -331,10 +373,20 @@ CATALOG: Mapping[Code, CodeInfo] = {
     Code.PERMISSION_DENIED: CodeInfo(
         summary="the credentials ({credential}) are valid but may not pull {repository}",
         remediation=(
-            "Grant pull on the repository: az role assignment create --assignee <principal> "
-            "--role AcrPull --scope $(az acr show --name <registry> --query id -o tsv)",
-            "For ACR scope-map tokens, add content/read: az acr scope-map update --name "
-            "<scope-map> --registry <registry> --add-repository {repository} content/read",
+            "Check the registry's role assignment mode: az acr show --name <registry> --query "
+            "roleAssignmentMode. In AbacRepositoryPermissions (RBAC Registry + ABAC Repository "
+            'Permissions) AcrPull is not honoured: assign "Container Registry Repository Reader", '
+            "with an ABAC condition naming {repository} to limit it: az role assignment create "
+            '--assignee <principal> --role "Container Registry Repository Reader" --scope '
+            "$(az acr show --name <registry> --query id -o tsv) [--condition <condition> "
+            "--condition-version 2.0]",
+            "In LegacyRegistryPermissions (RBAC only), grant AcrPull: az role assignment create "
+            "--assignee <principal> --role AcrPull --scope $(az acr show --name <registry> "
+            "--query id -o tsv)",
+            "Role assignments take minutes to propagate: a denial right after granting is expected; "
+            "check again in a few minutes (a RegistryCheck: pullhealth recheck <name>)",
+            "For repository-scoped tokens, add content/read to the scope map: az acr scope-map update "
+            "--name <scope-map> --registry <registry> --add-repository {repository} content/read",
         ),
         check_health_error="CONNECTIVITY_ACCESS_TOKEN_ERROR",
     ),
@@ -342,8 +394,9 @@ CATALOG: Mapping[Code, CodeInfo] = {
         summary="{registry} denied the pull of {repository}: missing credentials, wrong "
         "credentials, missing permission or a missing repository",
         remediation=(
-            "Run a check with the pod's credentials to tell these apart: pullhealth check "
-            "{registry}/{repository}:{tag} --docker-config <config.json>",
+            "Run a check with the pod's credentials to tell these apart (it also tries anonymously "
+            "once when the credentials are rejected: a stale secret on a public repository): "
+            "pullhealth check {registry}/{repository}:{tag} --docker-config <config.json>",
             "Check the pod's imagePullSecrets: kubectl get pod <pod> -o "
             "jsonpath='{{.spec.imagePullSecrets}}'",
         ),
@@ -390,6 +443,301 @@ CATALOG: Mapping[Code, CodeInfo] = {
         ),
     ),
 }
+
+
+# --- ACR cases: one code, the guide's cause the evidence singles out ----------------------
+# A case replaces the code's summary and remediation with the troubleshooting guide's remedy
+# for that cause. It is chosen from facts the probes or the message gave (the credential's
+# user name, the client IP in the firewall's 403, the DNS answer for the data endpoint, the
+# identity endpoint's error), and only for an ACR registry or a message naming none: other
+# registries keep their advice.
+
+
+@dataclass(frozen=True)
+class Case:
+    """One ACR case of a code.
+
+    Attributes:
+        code: the code it refines.
+        name: its short name (shown in ``facts["case"]``).
+        when: the evidence that selects it, for people.
+        info: its summary and remediation.
+    """
+
+    code: Code
+    name: str
+    when: str
+    info: CodeInfo
+
+
+_TOKEN_SHOW = "az acr token show --name {username} --registry <registry>"
+ACR_CASES: tuple[Case, ...] = (
+    Case(
+        Code.CREDENTIALS_REJECTED,
+        "acr-token",
+        "the user name is neither the registry's name, a GUID nor ACR's refresh-token user: a "
+        "repository-scoped token (az acr token)",
+        CodeInfo(
+            summary="{registry} rejected the repository-scoped token {username} ({credential}): the "
+            "token is disabled, its password expired, or the password is wrong",
+            remediation=(
+                "Show its status and its passwords' expiry: " + _TOKEN_SHOW + ' --query "{{status:status, '
+                'passwords:credentials.passwords[].{{name:name, expiry:expiry}}}}"',
+                "If it is disabled, enable it: az acr token update --name {username} --registry <registry> "
+                "--status enabled",
+                "If its password expired (or is not the secret's), generate one and recreate the pull "
+                "secret with it: az acr token credential generate --name {username} --registry "
+                "<registry> --password1 --expiration-in-days <days>",
+            ),
+        ),
+    ),
+    Case(
+        Code.CREDENTIALS_REJECTED,
+        "acr-admin",
+        "the user name is the registry's name: the admin user",
+        CodeInfo(
+            summary="{registry} rejected its admin user {username} ({credential}): the admin user is "
+            "disabled or its password was regenerated",
+            remediation=(
+                "Check that the admin user is enabled: az acr show --name <registry> --query "
+                "adminUserEnabled (better than enabling it: a repository-scoped token or the "
+                "kubelet identity)",
+                "Compare with the current passwords and recreate the pull secret: az acr credential show "
+                "--name <registry>",
+            ),
+        ),
+    ),
+    Case(
+        Code.CREDENTIALS_REJECTED,
+        "acr-service-principal",
+        "the user name is a GUID: a service principal's application id",
+        CodeInfo(
+            summary="{registry} rejected the service principal {username} ({credential}): its client "
+            "secret expired or is wrong",
+            remediation=(
+                "Tell expired from wrong: az ad app credential list --id {username} --query "
+                '"[].{{hint:hint, end:endDateTime}}" (an end in the past: expired; no hint matching '
+                "the first characters of the secret's password: wrong secret)",
+                "Add a new client secret and recreate the pull secret with it: az ad app credential "
+                "reset --id {username} --append",
+                "For the AKS cluster's own service principal: az aks update-credentials -n <cluster> "
+                "-g <rg> --reset-service-principal --service-principal {username} "
+                "--client-secret <new-secret>",
+            ),
+        ),
+    ),
+    Case(
+        Code.CREDENTIALS_REJECTED,
+        "acr-refresh-token",
+        "the user name is ACR's refresh-token user (00000000-0000-0000-0000-000000000000) or the "
+        "secret holds an identitytoken",
+        CodeInfo(
+            summary="{registry} rejected the ACR refresh token ({credential}): refresh tokens from "
+            "az acr login --expose-token expire after a few hours",
+            remediation=(
+                "Do not keep refresh tokens in pull secrets: use a repository-scoped token (az acr token "
+                "create --name <token> --registry <registry> --repository {repository} content/read) or "
+                "the kubelet identity (az aks update -n <cluster> -g <rg> --attach-acr <registry>)",
+            ),
+        ),
+    ),
+    Case(
+        Code.PERMISSION_DENIED,
+        "acr-token",
+        "a repository-scoped token authenticated, and the token's access claim has no pull on "
+        "the repository",
+        CodeInfo(
+            summary="the repository-scoped token {username} ({credential}) is valid, but its scope map "
+            "does not grant pull on {repository} (the token's access claim is empty)",
+            remediation=(
+                "Find its scope map: " + _TOKEN_SHOW + " --query scopeMapId; then az acr scope-map show "
+                "--name <scope-map> --registry <registry> --query actions",
+                "Add the repository: az acr scope-map update --name <scope-map> --registry <registry> "
+                "--add-repository {repository} content/read",
+                "Scope-map wildcards: one, at the end, after a slash (samples/* is valid; sample/*/teamA, "
+                "sample/teamA* and more than one wildcard are not)",
+            ),
+        ),
+    ),
+    Case(
+        Code.PERMISSION_DENIED,
+        "acr-identity",
+        "an Azure AD identity (the kubelet's managed identity, a workload identity) was exchanged, "
+        "and its token has no pull on the repository",
+        CodeInfo(
+            summary="the identity {credential} signs in to {registry} but may not pull {repository}: "
+            "no role, the role on another identity (system- vs user-assigned), AcrPull on an ABAC "
+            "registry, or not propagated yet",
+            remediation=(
+                "Which identity kubelet uses (the user-assigned kubelet identity, not the scale set's "
+                "system-assigned one): az aks show -n <cluster> -g <rg> --query "
+                "identityProfile.kubeletidentity.clientId",
+                "Which roles it has on the registry: az role assignment list --assignee <client-id> "
+                "--scope $(az acr show --name <registry> --query id -o tsv) -o table",
+                "Which role the registry honours: az acr show --name <registry> --query "
+                'roleAssignmentMode (AbacRepositoryPermissions: "Container Registry Repository '
+                'Reader", AcrPull is not honoured; LegacyRegistryPermissions: AcrPull, e.g. az aks '
+                "update -n <cluster> -g <rg> --attach-acr <registry>)",
+                "Role assignments take minutes to propagate: a denial right after granting is "
+                "expected; check again in a few minutes",
+            ),
+        ),
+    ),
+    Case(
+        Code.FIREWALL_FORBIDDEN,
+        "vnet-service-endpoint",
+        "the client IP in the firewall's 403 is a private address: the traffic arrives through "
+        "a VNet service endpoint",
+        CodeInfo(
+            summary="{host} refused this client by network rule (403): the registry saw the private "
+            "address {client_ip}, so the traffic comes through a VNet service endpoint and a public "
+            "IP rule cannot match it",
+            remediation=(
+                "Allow the nodes' subnet: az acr network-rule add --name <registry> --subnet <subnet-id>",
+                "Check the subnet's Microsoft.ContainerRegistry service endpoint: az network vnet subnet "
+                "show --ids <subnet-id> --query serviceEndpoints (add it: az network vnet subnet update "
+                "--ids <subnet-id> --service-endpoints Microsoft.ContainerRegistry)",
+                "List the registry's rules: az acr show --name <registry> --query networkRuleSet; or "
+                "reach it through a private endpoint: https://aka.ms/acr/firewall",
+            ),
+        ),
+    ),
+    Case(
+        Code.PRIVATE_ENDPOINT_DNS,
+        "data-endpoint-missing",
+        "the login server resolves, the data endpoint (<registry>.<region>.data.azurecr.io) "
+        "does not exist in DNS",
+        CodeInfo(
+            summary="the data endpoint {host} has no DNS record ({detail}) though the login server "
+            "resolves: layers cannot be downloaded",
+            remediation=(
+                "Add the data endpoint's A record to the private DNS zone: az network private-dns "
+                "record-set a add-record -g <rg> -z privatelink.azurecr.io -n <registry>.<region>.data "
+                "-a <private-ip>",
+                "The private endpoint's addresses, data endpoint included: az network private-endpoint "
+                "show -g <rg> -n <endpoint> --query customDnsConfigs",
+                "The registry's endpoints: az acr show-endpoints --name <registry>",
+            ),
+            check_health_error="CONNECTIVITY_DNS_ERROR",
+        ),
+    ),
+    Case(
+        Code.IDENTITY_UNAVAILABLE,
+        "imds-identity-not-found",
+        "the instance metadata service answered 'Identity not found': the identity asked for is "
+        "not assigned to the node",
+        CodeInfo(
+            summary="the node has no managed identity of that id ({detail}): a system- or user-assigned "
+            "identity is not enabled on the node pool",
+            remediation=(
+                "Kubelet pulls with the kubelet identity (user-assigned): az aks show -n <cluster> -g "
+                "<rg> --query identityProfile.kubeletidentity.clientId",
+                "List what the node pool's scale set has (system-assigned principalId, user-assigned "
+                "ids): az vmss identity show -g <node-resource-group> -n <vmss>",
+                "Assign it, or grant pull to the identity that is assigned: az vmss identity assign -g "
+                "<node-resource-group> -n <vmss> --identities <identity-id>; az role assignment list "
+                "--assignee <client-id> --scope $(az acr show --name <registry> --query id -o tsv)",
+            ),
+        ),
+    ),
+    Case(
+        Code.IDENTITY_UNAVAILABLE,
+        "sp-secret-expired",
+        "Azure AD answered AADSTS7000222: the service principal's client secret expired",
+        CodeInfo(
+            summary="Azure AD refused the service principal: its client secret expired (AADSTS7000222)",
+            remediation=(
+                "Add a new client secret: az ad app credential reset --id <app-id> --append",
+                "For the AKS cluster's service principal: az aks update-credentials -n <cluster> -g <rg> "
+                "--reset-service-principal --service-principal <app-id> --client-secret <new-secret>",
+            ),
+        ),
+    ),
+    Case(
+        Code.IDENTITY_UNAVAILABLE,
+        "sp-secret-wrong",
+        "Azure AD answered AADSTS7000215: the client secret is not one of the application's",
+        CodeInfo(
+            summary="Azure AD refused the service principal: the client secret is wrong (AADSTS7000215)",
+            remediation=(
+                "Compare with the application's secrets (hint = first characters): az ad app credential "
+                'list --id <app-id> --query "[].{{hint:hint, end:endDateTime}}"',
+                "Use the secret's value, not its id; or add a new one: az ad app credential reset --id "
+                "<app-id> --append",
+            ),
+        ),
+    ),
+)
+_CASES = {(c.code, c.name): c for c in ACR_CASES}
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+ACR_REFRESH_USER = "00000000-0000-0000-0000-000000000000"
+
+
+def acr_account(username: str | None, registry: str | None) -> str | None:
+    """What kind of ACR account a Basic user name is (None: no user name).
+
+    ACR's Basic users: the admin user (named like the registry), a service principal (its
+    application id, a GUID), the refresh-token user, and repository-scoped tokens (any
+    other name).
+    """
+    if not username:
+        return None
+    if username == ACR_REFRESH_USER:
+        return "refresh-token"
+    if _GUID.fullmatch(username):
+        return "service-principal"
+    name = (registry or "").lower().split(".", 1)[0]
+    if name and username.lower() == name:
+        return "admin"
+    return "token"
+
+
+# A VNet's own address space as a service endpoint shows it (RFC 1918, shared 100.64/10,
+# IPv6 ULA); documentation and other special ranges are not a VNet client.
+_VNET_RANGES = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def _private(address: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in _VNET_RANGES)
+
+
+def acr_case(code: Code, facts: Mapping[str, str | None]) -> Case | None:
+    """The ACR case of ``code`` the facts single out, or None.
+
+    Only for an ACR registry or a message naming none (other registries keep their advice).
+    """
+    if facts.get("source") == SOURCE_DOCKER_CONFIG and code in DOCKER_CONFIG:
+        return None
+    if registry_kind(facts.get("registry")) not in (None, RegistryKind.ACR):
+        return None
+    detail = facts.get("detail") or ""
+    name: str | None = None
+    if code in (Code.CREDENTIALS_REJECTED, Code.PERMISSION_DENIED):
+        account = facts.get("acr_account")
+        name = f"acr-{account}" if account else None
+    elif code is Code.FIREWALL_FORBIDDEN and _private(facts.get("client_ip")):
+        name = "vnet-service-endpoint"
+    elif code is Code.PRIVATE_ENDPOINT_DNS and facts.get("endpoint") == "data" and "NXDOMAIN" in detail:
+        name = "data-endpoint-missing"
+    elif code is Code.IDENTITY_UNAVAILABLE:
+        aadsts = facts.get("aadsts") or detail
+        name = (
+            "imds-identity-not-found"
+            if "Identity not found" in detail
+            else "sp-secret-expired"
+            if "AADSTS7000222" in aadsts
+            else "sp-secret-wrong"
+            if "AADSTS7000215" in aadsts
+            else None
+        )
+    return _CASES.get((code, name)) if name else None
 
 
 class _Lenient(dict[str, str]):
@@ -614,6 +962,16 @@ KIND_REMEDIATION: Mapping[Code, Mapping[RegistryKind, tuple[str, ...]]] = {
         ),
         _H: ("Docker Hub secrets use the server https://index.docker.io/v1/: " + _HUB_SECRET,),
     },
+    Code.PULL_SECRET_STALE: {
+        _G: (
+            "Remove {secret} from the pod's spec.imagePullSecrets and its service account's "
+            "imagePullSecrets: anonymous pull works without it",
+            "Or fix it with current credentials: "
+            + _SECRET.replace("<name>", "{secret}")
+            + " --dry-run=client -o yaml | kubectl apply -f -",
+            "Check the credentials by hand: docker login {registry}",
+        ),
+    },
     Code.AUTH_REQUIRED: {
         _G: (
             "Give the pod a pull secret: " + _SECRET,
@@ -739,6 +1097,14 @@ DOCKER_CONFIG: Mapping[Code, CodeInfo] = {
             "Write a fresh one: DOCKER_CONFIG=<dir> docker login {registry} (creates <dir>/config.json)",
         ),
     ),
+    Code.PULL_SECRET_STALE: CodeInfo(
+        summary="anonymous pull of {repository} works, but {registry} rejected {credential}: the "
+        "entry for {registry} in the docker config file {secret} is stale",
+        remediation=(
+            "Log in again with current credentials: DOCKER_CONFIG=<dir of the file> docker login {registry}",
+            "Or remove the entry (docker logout {registry}): anonymous pull works without it",
+        ),
+    ),
     Code.PULL_SECRET_NO_MATCH: CodeInfo(
         summary="the docker config file {secret} has no credentials for {registry}",
         remediation=(
@@ -767,13 +1133,17 @@ def remediation_template(code: Code, kind: RegistryKind | None) -> tuple[str, ..
 
 
 def summary(code: Code, facts: Mapping[str, str | None]) -> str:
-    """The rendered one-line summary of a code."""
-    return render(_variant(code, facts).summary, facts)
+    """The rendered one-line summary of a code (its ACR case's, when the facts single one out)."""
+    case = acr_case(code, facts)
+    return render(case.info.summary if case else _variant(code, facts).summary, facts)
 
 
 def remediation(code: Code, facts: Mapping[str, str | None]) -> list[str]:
     """The rendered remediation steps of a code, fitting the registry in ``facts``."""
-    if facts.get("source") == SOURCE_DOCKER_CONFIG and code in DOCKER_CONFIG:
+    case = acr_case(code, facts)
+    if case is not None:
+        steps = case.info.remediation
+    elif facts.get("source") == SOURCE_DOCKER_CONFIG and code in DOCKER_CONFIG:
         steps = DOCKER_CONFIG[code].remediation
     else:
         steps = remediation_template(code, registry_kind(facts.get("registry")))

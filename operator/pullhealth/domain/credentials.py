@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pullhealth.domain.codes import Code
+from pullhealth.domain.codes import ACR_REFRESH_USER, Code
 from pullhealth.domain.redact import Redactor
 from pullhealth.domain.reference import DOCKER_HUB, ImageReference
 
 DOCKER_HUB_KEY = "index.docker.io"
 # `az acr login --expose-token` and ACR's docker credential helper use this user name with
 # an ACR refresh token as the password.
-ACR_TOKEN_USER = "00000000-0000-0000-0000-000000000000"
+ACR_TOKEN_USER = ACR_REFRESH_USER
 
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 DOCKERCFG = "kubernetes.io/dockercfg"

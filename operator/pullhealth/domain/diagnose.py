@@ -45,6 +45,8 @@ LAYER_OF_CODE: Mapping[Code, Layer] = {
     Code.REGISTRY_ERROR: Layer.HTTP,
     Code.AUTH_REQUIRED: Layer.TOKEN,
     Code.CREDENTIALS_REJECTED: Layer.TOKEN,
+    Code.AAD_APP_NOT_REGISTERED: Layer.TOKEN,
+    Code.PULL_SECRET_STALE: Layer.TOKEN,
     Code.TOKEN_EXCHANGE_DENIED: Layer.TOKEN,
     Code.PERMISSION_DENIED: Layer.TOKEN,
     Code.ACCESS_DENIED: Layer.TOKEN,
@@ -74,14 +76,19 @@ def make(
     checks: Sequence[CheckResult] = (),
     candidates: Sequence[Code] = (),
 ) -> Diagnosis:
-    """Build a diagnosis with the catalog's rendered summary and remediation."""
+    """Build a diagnosis with the catalog's rendered summary and remediation (the ACR
+    case's when the facts single one out; its name is kept in ``facts["case"]``)."""
+    case = codes.acr_case(code, facts)
+    all_facts = {**facts, "case": case.name} if case else dict(facts)
+    if not case:
+        all_facts.pop("case", None)
     return Diagnosis(
         code=code,
         summary=codes.summary(code, facts),
         remediation=codes.remediation(code, facts),
         candidates=[c for c in candidates if c is not code],
         checks=list(checks),
-        facts=dict(facts),
+        facts=all_facts,
     )
 
 

@@ -7,9 +7,9 @@ through pydantic aliases.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from pullhealth.domain.codes import Code
@@ -88,12 +88,18 @@ class AuthMode(StrEnum):
     WORKLOAD_IDENTITY = "workloadIdentity"
 
 
+# A DNS-1123 subdomain (Secret and ServiceAccount names): the CRD's pattern, checked again
+# here for objects written before it (".", ".." or "a/b" would name other API paths).
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ObjectName = Annotated[str, StringConstraints(pattern=OBJECT_NAME, max_length=253)]
+
+
 class AuthSpec(Wire):
     """spec.auth."""
 
     mode: AuthMode = AuthMode.AUTO
-    pull_secrets: list[str] = Field(default_factory=list, max_length=16)
-    service_account_name: str | None = None
+    pull_secrets: list[ObjectName] = Field(default_factory=list, max_length=16)
+    service_account_name: ObjectName | None = None
     client_id: str | None = None
 
 

@@ -64,6 +64,32 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 _MAYBE = re.compile(r"Bearer|Basic|eyJ|auth|passw|secret|token|Token|client_assertion|://")
 
 
+# What a terminal, a log line or ``kubectl describe`` would interpret rather than show: C0
+# and C1 controls and DEL (ESC sequences, CR overwrites, forged line breaks), the line and
+# paragraph separators and the bidirectional overrides (text that reads other than it is).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable_text(text: str, keep: str = "") -> str:
+    """``text`` with every control character escaped (``\\x1b``): what every surface shows
+    of a string that came from a remote (status, Events, annotations, CLI, logs).
+
+    Args:
+        text: any text.
+        keep: controls left as they are (``"\\n"`` for a traceback in a log).
+    """
+    if not _UNPRINTABLE.search(text):
+        return text
+    if keep:
+        return "".join(ch if ch in keep else _UNPRINTABLE.sub(_escape, ch) for ch in text)
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 def shapes(text: str) -> str:
     """Mask the secret shapes (not the known secrets) in text."""
     if not _MAYBE.search(text):
@@ -88,8 +114,34 @@ def encodings(secret: str) -> set[str]:
         quote_plus(secret, safe=""),
         repr(secret)[1:-1],
         secret.encode("unicode_escape").decode(),
+        raw.hex(),
+        raw.hex().upper(),
     }
     return {f for f in forms if len(f) >= MIN_SECRET}
+
+
+_HTML_NAMES = {"&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos"}
+
+
+def _char_forms(ch: str) -> str:
+    """A regex for one character of a secret in any of the forms text carries it in:
+    itself, percent-encoded (either case, its UTF-8 bytes), ``+`` for a space, an HTML
+    decimal or hex character reference, or its named entity."""
+    forms = [re.escape(ch)]
+    forms.append("".join(f"%(?i:{b:02x})" for b in ch.encode("utf-8", "surrogatepass")))
+    forms.append(f"&#0*{ord(ch)};")
+    forms.append(f"&#[xX]0*(?i:{ord(ch):x});")
+    if ch in _HTML_NAMES:
+        forms.append(f"&{_HTML_NAMES[ch]};")
+    if ch == " ":
+        forms.append(r"\+")
+    return "(?:" + "|".join(forms) + ")"
+
+
+def flexible(secret: str) -> re.Pattern[str]:
+    """A secret with each character in any form (:func:`_char_forms`): partial or
+    lowercase percent-encoding and HTML character references of it are found too."""
+    return re.compile("".join(_char_forms(ch) for ch in secret))
 
 
 class Redactor:
@@ -105,21 +157,33 @@ class Redactor:
         self,
         secrets: Iterable[str] = (),
         usernames_passwords: Iterable[tuple[str, str]] = (),
+        *,
+        feeds_logs: bool = True,
     ) -> None:
         self._known: list[str] = []
         self._seen: set[str] = set()
+        self._flexible: list[re.Pattern[str]] = []
+        self._pending: list[str] = []  # secrets whose flexible pattern is not compiled yet
+        self._feeds_logs = feeds_logs
         self.add(secrets, usernames_passwords)
 
     def add(self, secrets: Iterable[str] = (), usernames_passwords: Iterable[tuple[str, str]] = ()) -> None:
         """Learn more secrets (a token obtained during the run)."""
         known = set(self._known)
+        fresh: list[str] = []
         for secret in secrets:
             if secret and secret not in self._seen:
                 self._seen.add(secret)
                 known |= encodings(secret)
+                fresh.append(secret)
         for user, password in usernames_passwords:
             if password:
                 known |= encodings(f"{user}:{password}") | encodings(password)
+                fresh.extend(s for s in (password, f"{user}:{password}") if s not in self._seen)
+                self._seen.update((password, f"{user}:{password}"))
+        self._pending.extend(s for s in fresh if len(s) >= MIN_SECRET)
+        if fresh and self._feeds_logs:
+            LOG_SECRETS.learn(fresh)
         # Longest first, so a secret containing another is masked whole.
         self._known = sorted(known, key=len, reverse=True)
 
@@ -133,11 +197,17 @@ class Redactor:
         for secret in self._known:
             if secret in text:
                 text = text.replace(secret, MASK)
+        if ("%" in text or "&" in text) and (self._pending or self._flexible):
+            if self._pending:  # compiled on first need: most texts never carry an escape
+                self._flexible.extend(flexible(s) for s in self._pending)
+                self._pending = []
+            for pattern in self._flexible:
+                text = pattern.sub(MASK, text)
         return text
 
     def __call__(self, text: str) -> str:
-        """Return text with every secret masked."""
-        return shapes(self.exact(text))
+        """Return text with every secret masked and every control character escaped."""
+        return printable_text(shapes(self.exact(text)))
 
     def bytes(self, data: bytes) -> bytes:
         """Mask the known secrets (not the shapes) in raw bytes, e.g. a response body."""
@@ -163,7 +233,35 @@ class Redactor:
         return value
 
 
-_SHAPES = Redactor()
+_SHAPES = Redactor(feeds_logs=False)
+
+
+class _LogSecrets:
+    """The secrets the process learned lately (bounded): the log filter masks their values
+    wherever they appear, not only secret-shaped text."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._order: dict[str, None] = {}
+        self._redactor = Redactor(feeds_logs=False)
+
+    def learn(self, secrets: Iterable[str]) -> None:
+        """Remember values; past ``limit`` the older half is forgotten (one rebuild)."""
+        fresh = [s for s in secrets if len(s) >= MIN_SECRET and s not in self._order]
+        if not fresh:
+            return
+        self._order.update(dict.fromkeys(fresh))
+        if len(self._order) > self.limit:
+            self._order = dict.fromkeys(list(self._order)[-(self.limit // 2) :])
+            self._redactor = Redactor(self._order, feeds_logs=False)
+        else:
+            self._redactor.add(fresh)
+
+    def __call__(self, text: str) -> str:
+        return self._redactor.exact(text)
+
+
+LOG_SECRETS = _LogSecrets()
 
 
 def redact(text: str) -> str:
@@ -196,13 +294,13 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):
             return True
-        masked = redact(message)
+        masked = printable_text(LOG_SECRETS(shapes(message)))
         if masked != message or record.args:
             record.msg = masked
             record.args = None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact(text)
+            record.exc_text = printable_text(LOG_SECRETS(shapes(text)), keep="\n")
             record.exc_info = None
             record.msg = f"{record.msg}\n{record.exc_text}"
             record.exc_text = None

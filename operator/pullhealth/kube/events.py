@@ -161,3 +161,55 @@ def is_retry(existing: Mapping[str, Any], occurrence: str) -> bool:
     """The existing Event already reports this occurrence (a retry, or a racing writer)."""
     annotations = (existing.get("metadata") or {}).get("annotations") or {}
     return annotations.get(OCCURRENCE) == occurrence
+
+
+# --- kubelet's Events, read back: which ones count, and in which order
+
+KUBELET = "kubelet"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def event_moment(event: Mapping[str, Any]) -> datetime:
+    """When an Event (its JSON) last happened: ``lastTimestamp``, else ``eventTime``, else
+    ``firstTimestamp``, parsed (seconds and microseconds precisions compare right); the
+    epoch when none parses. The one ordering rule of every reader of kubelet's Events."""
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        value = event.get(key)
+        if isinstance(value, str) and value:
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return _EPOCH
+
+
+def kubelet_pull_failure(event: Mapping[str, Any]) -> bool:
+    """An Event kubelet posted about one of its own namespace's pods' pulls.
+
+    Only these are a pod's kubelet message: the source (or reporting controller) is
+    kubelet, the pod named is in the Event's own namespace (an Event in namespace A cannot
+    speak for a pod of B), the pod has a uid, and the message is about pulling (kubelet's
+    ``Failed`` Events also say ``Error: ...`` for other failures). A namespace user can
+    still post such an Event about their own pods: it then speaks only for those pods.
+    """
+    involved = event.get("involvedObject") or {}
+    metadata = event.get("metadata") or {}
+    if not isinstance(involved, Mapping) or not isinstance(metadata, Mapping):
+        return False
+    source = event.get("source") or {}
+    component = source.get("component") if isinstance(source, Mapping) else None
+    if KUBELET not in (component, event.get("reportingComponent")):
+        return False
+    namespace = metadata.get("namespace")
+    if namespace and involved.get("namespace") != namespace:
+        return False
+    return bool(involved.get("uid")) and "pull" in str(event.get("message") or "").lower()
+
+
+def newest_pull_messages(events: list[Mapping[str, Any]]) -> list[str]:
+    """The messages of kubelet's pull-failure Events among ``events``, newest first."""
+    chosen = [e for e in events if kubelet_pull_failure(e)]
+    chosen.sort(key=lambda e: (event_moment(e), str((e.get("metadata") or {}).get("uid") or "")),
+                reverse=True)
+    return [str(e.get("message")) for e in chosen]

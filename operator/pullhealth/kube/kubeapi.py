@@ -1,4 +1,5 @@
-"""The Kubernetes API adapter behind :class:`pullhealth.chain.pullsources.ClusterReader`.
+"""The Kubernetes API adapter: reads (:class:`pullhealth.chain.pullsources.ClusterReader`),
+pod annotations, RegistryCheck status, Events, the peering object, and API-server outages.
 
 Uses the official client (synchronous) on worker threads, every call with a timeout.
 Reads are namespaced by construction: there is no call that lists secrets.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -195,6 +197,18 @@ class Emitted(StrEnum):
     REPEATED = "repeated"  # the same report again after other states: series.count + 1
 
 
+class Posted(StrEnum):
+    """What became of an Event (:meth:`KubeWriter.post`)."""
+
+    POSTED = "posted"  # created, or already there
+    REFUSED = "refused"  # RBAC (logged at ERROR)
+    FAILED = "failed"  # the API server answered with an error (logged at WARNING)
+    UNREACHABLE = "unreachable"  # an outage (logged once by the outage tracker)
+
+
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
 class Written(StrEnum):
     """What a compare-and-set write did."""
 
@@ -209,6 +223,42 @@ class KubeWriter(KubeReader):
     def __init__(self, api: kubernetes.client.ApiClient | None = None) -> None:
         super().__init__(api)
         self._events = kubernetes.client.EventsV1Api(self.api)
+
+    async def post(
+        self,
+        spec: events.EventSpec,
+        instance: str,
+        logger: Logger,
+        *,
+        retried: str,
+        refused: str = "",
+        repeats: bool = True,
+    ) -> Posted:
+        """Post an Event (:meth:`emit`) and say what became of it: the one place that logs a
+        refused or failed Event (callers decide what to do next from the answer).
+
+        Args:
+            spec: the Event.
+            instance: our reportingInstance.
+            logger: where a refusal (ERROR) or failure (WARNING) is logged.
+            retried: when a failed post is tried again ("retried on the pod's next update").
+            refused: what happens without the Event, appended to the RBAC error line.
+            repeats: see :meth:`emit`.
+        """
+        try:
+            await self.emit(spec, instance, repeats=repeats)
+        except Forbidden as exc:
+            logger.error(
+                "cannot post the %s Event (RBAC): %s; grant create on events.k8s.io events to "
+                "this component's service account.%s", spec.reason, exc, f" {refused}" if refused else ""
+            )
+            return Posted.REFUSED
+        except Unreachable:
+            return Posted.UNREACHABLE  # the outage is logged once, not per Event
+        except ApiException as exc:
+            logger.warning("cannot post the %s Event (HTTP %s); %s", spec.reason, exc.status, retried)
+            return Posted.FAILED
+        return Posted.POSTED
 
     async def emit(self, spec: events.EventSpec, instance: str, *, repeats: bool = True) -> Emitted:
         """Post an Event exactly once (see :mod:`pullhealth.kube.events`).
@@ -282,20 +332,16 @@ class KubeWriter(KubeReader):
         return await self._read(self._core.read_namespaced_pod, name, namespace)
 
     async def kubelet_pull_messages(self, namespace: str, uid: str, limit: int = 50) -> list[str]:
-        """Messages of the pod's kubelet ``Failed`` events, newest first (bounded)."""
+        """Messages of the pod's kubelet ``Failed`` events, newest first (bounded): the same
+        Events, in the same order, as the watch store keeps (:func:`events.newest_pull_messages`)."""
         result = await self._call(
-            self._core.list_namespaced_event,
+            _as_json(self._core.list_namespaced_event),
             namespace,
             field_selector=f"involvedObject.uid={uid},reason=Failed",
             limit=limit,
         )
-
-        def when(event: Any) -> str:
-            moment = event.last_timestamp or event.event_time or event.first_timestamp
-            return moment.isoformat() if moment else ""
-
-        events = sorted(result.items or [], key=when, reverse=True)
-        return [str(e.message) for e in events if e.message and "pull" in str(e.message).lower()]
+        items = result.get("items") if isinstance(result, dict) else None
+        return events.newest_pull_messages([e for e in items or [] if isinstance(e, dict)])
 
     async def node_path_events(self, namespace: str, uid: str, limit: int = 50) -> list[dict[str, str]]:
         """The pod's ``NodePathChecked`` Events (the node agent's), newest first (bounded):
@@ -390,7 +436,11 @@ class StatusWriter(_Caller):
 
     async def peering_status(self, name: str, namespace: str | None) -> Mapping[str, Any] | None:
         """The status of kopf's peering object (ClusterKopfPeering, or KopfPeering in
-        ``namespace``): one keep-alive record per replica. None when absent or unreadable."""
+        ``namespace``): one keep-alive record per replica. None when absent.
+
+        Raises:
+            ApiException: it could not be read (an outage, RBAC): the caller must not act.
+        """
         try:
             if namespace is None:
                 obj: Any = await self._call(
@@ -405,8 +455,10 @@ class StatusWriter(_Caller):
                     "kopfpeerings",
                     name,
                 )
-        except ApiException:
-            return None
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
         status: Mapping[str, Any] | None = (obj or {}).get("status")
         return status
 

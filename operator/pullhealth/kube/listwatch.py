@@ -17,7 +17,6 @@ grant, and retried the same way.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import threading
@@ -71,16 +70,6 @@ def core_lister(api: kubernetes.client.ApiClient, plural: str, field_selector: s
         return one(scope, _preload_content=False, **selector, **kwargs)
 
     return call
-
-
-def in_namespaces(patterns: Sequence[str]) -> Callable[[Obj], bool]:
-    """Whether an object's namespace matches one of the globs (``--namespace 'team-*'``)."""
-
-    def matches(obj: Obj) -> bool:
-        namespace = str((obj.get("metadata") or {}).get("namespace") or "")
-        return any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
-
-    return matches
 
 
 class _Gone(Exception):

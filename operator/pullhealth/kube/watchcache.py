@@ -16,17 +16,18 @@ RegistryChecks read through the uncached client: a check asked for with
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pullhealth.chain.pullsources import ClusterReader
+from pullhealth.chain.singleflight import SingleFlight
 
 NODE_TTL = 60.0  # os/arch labels of a node do not change while it runs
 ACCOUNT_TTL = 10.0  # a ServiceAccount fixed by hand is seen within seconds
 SECRET_TTL = 5.0
+API_SERVER = "api-server"  # the one limiter key: reads are bounded by the API client's pool
+UNLIMITED = 1 << 30
 MAX_ENTRIES = 20_000
 
 Read = Mapping[str, Any] | None
@@ -127,15 +128,21 @@ class CachedReader:
     ) -> None:
         self.inner = inner
         self.nodes, self.accounts = nodes, accounts
-        self._ttl = {"node": node_ttl, "account": account_ttl, "secret": secret_ttl}
         self.limit = limit
-        self._clock = clock
-        self._done: OrderedDict[tuple[str, ...], tuple[float, Read]] = OrderedDict()
-        self._flying: dict[tuple[str, ...], asyncio.Future[Read]] = {}
-        self.reads = 0  # requests actually sent (for tests and benchmarks)
+        # One single-flight cache per kind (its own TTL): concurrent reads of one object
+        # share one request, a finished read is reused for the TTL, a failed one not at all.
+        self._caches: dict[str, SingleFlight[Read]] = {
+            kind: SingleFlight(ttl, per_registry=UNLIMITED, max_entries=limit, clock=clock, failure_ttl=0.0)
+            for kind, ttl in (("node", node_ttl), ("account", account_ttl), ("secret", secret_ttl))
+        }
+
+    @property
+    def reads(self) -> int:
+        """Requests actually sent (for tests and benchmarks)."""
+        return sum(cache.runs for cache in self._caches.values())
 
     def __len__(self) -> int:
-        return len(self._done)
+        return sum(len(cache) for cache in self._caches.values())
 
     async def node(self, name: str) -> Read:
         """The Node's labels."""
@@ -169,40 +176,8 @@ class CachedReader:
         read: Callable[[], Awaitable[Read]],
         keep: Callable[[Read], Read] | None,
     ) -> Read:
-        ttl = self._ttl[key[0]]
-        now = self._clock()
-        hit = self._done.get(key)
-        if hit is not None and now - hit[0] < ttl:
-            self._done.move_to_end(key)
-            return hit[1]
-        flying = self._flying.get(key)
-        if flying is not None:
-            try:
-                return await asyncio.shield(flying)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if flying.cancelled() and task is not None and not task.cancelling():
-                    return await self._get(key, read, keep)  # the reader was cancelled, not us
-                raise
-        future: asyncio.Future[Read] = asyncio.get_running_loop().create_future()
-        self._flying[key] = future
-        try:
-            self.reads += 1
+        async def work() -> Read:
             value = await read()
-            value = keep(value) if keep is not None else value
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            self._flying.pop(key, None)
-        future.set_result(value)
-        if ttl > 0:
-            self._done[key] = (self._clock(), value)
-            self._done.move_to_end(key)
-            while len(self._done) > self.limit:
-                self._done.popitem(last=False)
-        return value
+            return keep(value) if keep is not None else value
+
+        return await self._caches[key[0]].get(API_SERVER, key, work)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pullhealth.agent import nodereport
@@ -133,6 +133,8 @@ class PodSettings:
 
     platform: str = "linux/amd64"
     timeout: float = 10.0
+    # The node agent's report key: its NodePathChecked notes count only when they verify.
+    agent_report_key: bytes | None = field(default=None, repr=False)
 
 
 async def node_platform(reader: ClusterReader, node_name: object, default: str) -> str:
@@ -255,7 +257,13 @@ async def _diagnose_container(
     # the node got too, and a failing node path is folded in as the cause
     # (nodereport.fold) unless kubelet's message shows the pull got further.
     reached = classify.reached(text)
-    node = nodereport.pick(node_events, image.registry, (pod.get("spec") or {}).get("nodeName"))
+    node = nodereport.pick(
+        node_events,
+        image.registry,
+        (pod.get("spec") or {}).get("nodeName"),
+        settings.agent_report_key,
+        str((pod.get("metadata") or {}).get("uid") or ""),
+    )
     layer = max((r for r in (reached, nodereport.reached(node)) if r is not None), default=None)
     combined = combine(message, probed, layer)
     return PodResult(container, nodereport.fold(combined, node, reached), image.registry)

@@ -13,7 +13,11 @@ from pullhealth.probes.net import StepError
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_ERROR_MESSAGE = 300
-_CLIENT_IP = re.compile(r"client with IP '([^']+)'")
+_CLIENT_IP = re.compile(r"client with IP '([0-9A-Fa-f.:]{2,45})'")
+# Retry-After (RFC 9110): delta-seconds or an HTTP date; anything else is not shown.
+_RETRY_AFTER = re.compile(
+    r"[0-9]{1,10}|[A-Za-z]{3}, [0-9]{2} [A-Za-z]{3} [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ def _usable_url(url: str) -> bool:
         _ = parts.port
     except ValueError:
         return False
-    return parts.scheme in ("https", "http") and bool(parts.hostname) and url.isascii()
+    return parts.scheme in ("https", "http") and bool(parts.hostname) and url.isascii() and url.isprintable()
 
 
 def parse_www_authenticate(value: str) -> Challenge | None:
@@ -90,9 +94,24 @@ def error_codes(reply: Reply) -> set[str]:
     return {m.split(":", 1)[0] for m in error_messages(reply)}
 
 
-def fail_on_common(reply: Reply, host: str, what: str) -> None:
-    """Raise for the answers every registry endpoint can give: 403 rules, 429, 5xx."""
-    messages = error_messages(reply)
+def error_code_list(reply: Reply) -> list[str]:
+    """The OCI error codes of a body in order, without their messages (a token realm's
+    answer shows no more: the realm may be a service the registry's author pointed at)."""
+    return [m.split(":", 1)[0] for m in error_messages(reply)]
+
+
+def retry_after(reply: Reply) -> str:
+    """A ``Retry-After`` value as shown: delta-seconds or an HTTP date, else nothing."""
+    value = reply.headers.get("Retry-After", "").strip()
+    return value if _RETRY_AFTER.fullmatch(value) else ""
+
+
+def fail_on_common(reply: Reply, host: str, what: str, *, codes_only: bool = False) -> None:
+    """Raise for the answers every registry endpoint can give: 403 rules, 429, 5xx.
+
+    ``codes_only``: show the OCI error codes but not their messages (token realm answers).
+    """
+    messages = error_code_list(reply) if codes_only else error_messages(reply)
     text = "; ".join(messages)  # never the raw body: only the OCI error envelope is shown
     if reply.status == 403:
         ip = _CLIENT_IP.search(text)
@@ -105,7 +124,7 @@ def fail_on_common(reply: Reply, host: str, what: str) -> None:
                 client_ip=ip.group(1) if ip else "",
             )
     if reply.status == 429:
-        retry = reply.headers.get("Retry-After")
+        retry = retry_after(reply)
         raise StepError(
             Code.RATE_LIMITED,
             f"{what} on {host} answered 429 Too Many Requests"

@@ -4,9 +4,12 @@ The operator probes on behalf of RegistryCheck authors (namespace users) and of 
 network position is a power they do not have: it reaches the node's loopback services, the
 instance metadata endpoint, the API server. The policy keeps that position out of reach:
 
-- by default it refuses loopback, link-local (IPv4 and IPv6: 169.254.169.254 is there),
-  the metadata address fd00:ec2::254, unspecified, multicast, reserved addresses and the
-  API server's own addresses;
+- by default it refuses loopback (``localhost``, ``*.localhost`` and every numeric
+  spelling of an address, ``127.1``, ``2130706433``, ``0x7f000001``, checked by name even
+  when a proxy resolves it), link-local (IPv4 and IPv6: 169.254.169.254 is there), the
+  cloud metadata and host-agent addresses that are not link-local (fd00:ec2::254,
+  fd00:ec2::23, 168.63.129.16, 100.100.100.200, 2002:a9fe:a9fe::/48), unspecified,
+  multicast, reserved addresses and the API server's own addresses;
 - private ranges and ClusterIPs stay allowed (private endpoints and in-cluster registries
   live there);
 - the admin widens or narrows it with allow / deny CIDRs and an optional registry host
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,8 +36,49 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Cloud metadata services on addresses that are not link-local.
-_METADATA = (ipaddress.ip_network("fd00:ec2::254/128"),)
+_METADATA = (
+    ipaddress.ip_network("fd00:ec2::254/128"),  # AWS IMDS (IPv6)
+    ipaddress.ip_network("fd00:ec2::23/128"),  # AWS Time Sync / DNS on Nitro (IPv6)
+    ipaddress.ip_network("168.63.129.16/32"),  # Azure WireServer (host agent, DNS, health)
+    ipaddress.ip_network("100.100.100.200/32"),  # Alibaba Cloud metadata
+    ipaddress.ip_network("2002:a9fe:a9fe::/48"),  # 6to4 spelling of 169.254.169.254
+)
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
+
+
+def _part_value(part: str) -> int:
+    if part[:2].lower() == "0x":
+        return int(part[2:] or "0", 16)
+    return int(part, 8) if part.startswith("0") else int(part)
+
+
+def numeric_ipv4(name: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a numeric host name means to the C resolver (``inet_aton``), or None.
+
+    ``127.1``, ``2130706433``, ``0x7f000001``, ``0177.0.0.1`` and ``2852039166`` are
+    addresses to glibc's ``getaddrinfo``, curl and many proxies: 1 to 4 parts, each decimal,
+    octal (leading 0) or hex (0x), the last part filling the remaining bytes.
+    """
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_PART.fullmatch(p) for p in parts):
+        return None
+    values = [_part_value(p) for p in parts]
+    head, last = values[:-1], values[-1]
+    if any(v > 255 for v in head) or last >= 1 << (8 * (4 - len(head))):
+        return None
+    number = last
+    for i, v in enumerate(head):
+        number |= v << (8 * (3 - i))
+    return ipaddress.IPv4Address(number)
+
+
+def loopback_name(name: str) -> bool:
+    """``localhost`` and its aliases, and every ``*.localhost`` (RFC 6761: loopback)."""
+    return name in LOCAL_NAMES or name.endswith(".localhost")
 
 
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
@@ -53,10 +98,12 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
 def _why_special(ip: Address) -> str | None:
     if ip.is_loopback:
         return "loopback"
-    if ip.is_link_local or any(ip in n for n in _METADATA if n.version == ip.version):
+    if ip.is_link_local:
         return "link-local (instance metadata and node-local services live there)"
-    if ip.is_unspecified:
-        return "unspecified"
+    if any(ip in n for n in _METADATA if n.version == ip.version):
+        return "a cloud metadata or host-agent address"
+    if ip.is_unspecified or (isinstance(ip, ipaddress.IPv4Address) and ip in _THIS_NETWORK):
+        return "unspecified"  # 0.0.0.0/8: "this host" (Linux connects 0.0.0.0 to loopback)
     if ip.is_multicast:
         return "multicast"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -116,7 +163,7 @@ class DestinationPolicy:
         if not self.restrict:
             return
         name = host.lower().rstrip(".").strip("[]")
-        if name in LOCAL_NAMES:
+        if loopback_name(name):
             # Always the node's loopback for an image, never the operator's: no allow-list
             # makes the operator's own loopback stand in for it.
             raise StepError(
@@ -126,6 +173,12 @@ class DestinationPolicy:
                 host=host,
                 detail=f"{host} is the node's own loopback, which the operator cannot see",
             )
+        numeric = numeric_ipv4(name)
+        if numeric is not None:
+            # A spelling of an address (127.1, 2130706433, 0x7f000001): what a resolver or
+            # a proxy would connect to is checked, even when the proxy resolves the name.
+            self.check_address(host, str(numeric), port)
+            return
         try:
             ipaddress.ip_address(name.split("%", 1)[0])
         except ValueError:

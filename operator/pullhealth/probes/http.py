@@ -133,8 +133,10 @@ class Http:
                 f"the registry sent an unusable URL {clip(url, 200, self.redactor)!r}",
                 detail="an unusable URL in the registry's answer",
             )
+        # The port the request connects to: http:// without one is 80, not 443.
+        port = port or (80 if parts.scheme == "http" else 443)
         # Local names and refused address literals are refused even through a proxy.
-        self._resolver.policy.check_peer_name(host, port or 443)
+        self._resolver.policy.check_peer_name(host, port)
         try:
             return await asyncio.wait_for(self._send(method, url, parts, host, port, headers, data, params),
                                           self._timeout)
@@ -162,7 +164,7 @@ class Http:
         url: str,
         parts: Any,
         host: str,
-        port: int | None,
+        port: int,
         headers: Mapping[str, str] | None,
         data: Mapping[str, str] | None,
         params: Mapping[str, str | list[str]] | None,
@@ -180,16 +182,15 @@ class Http:
                     detail="a token or credential that is not printable ASCII",
                     host=host,
                 )
-        if self._proxied is not None and self._via_proxy(host, port or 443):
+        if self._proxied is not None and self._via_proxy(host, port):
             client, target, extensions = self._proxied, url, {}
         else:
             try:
-                address = await self._resolver.address(host, parts.port or 443)
+                address = await self._resolver.address(host, port)
             except DnsFailure as exc:
                 raise StepError(exc.code, exc.message, host=host) from None
             netloc = f"[{address}]" if ":" in address else address
-            if port:
-                netloc += f":{port}"
+            netloc += f":{port}"
             target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         if self._on_request:
             self._on_request(host)

@@ -11,6 +11,11 @@ The token returned is secret material; only its kind and expiry are ever shown.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import httpx
@@ -36,6 +41,80 @@ class AadToken:
 
     def __repr__(self) -> str:
         return f"AadToken(source={self.source!r}, audience={self.audience!r})"
+
+
+class TokenCache:
+    """Azure AD tokens kept until shortly before they expire, per identity and audience.
+
+    IMDS throttles per VM (and Azure AD per app): each chain asking again would be refused
+    under load. Keys name the identity fully: managed identity by endpoint + client id +
+    resource; workload identity also by the federated token's subject (the namespace's
+    service account), so a namespace never gets a token its own account could not obtain.
+    Bounded (least recently used out first).
+
+    Args:
+        limit: tokens kept at most.
+        margin: seconds before expiry a token stops being reused (at most half its life).
+    """
+
+    def __init__(self, limit: int = 64, margin: float = 300.0) -> None:
+        self.limit = limit
+        self.margin = margin
+        self._tokens: OrderedDict[tuple[str, ...], tuple[AadToken, float]] = OrderedDict()
+
+    def get(self, key: tuple[str, ...]) -> AadToken | None:
+        """The token for key while it is fresh, else None."""
+        found = self._tokens.get(key)
+        if found is None:
+            return None
+        if time.monotonic() >= found[1]:
+            del self._tokens[key]
+            return None
+        self._tokens.move_to_end(key)
+        return found[0]
+
+    def put(self, key: tuple[str, ...], token: AadToken, expires_in: float | None) -> None:
+        """Keep a token for ``expires_in`` seconds minus the margin (not at all if unknown)."""
+        if not expires_in or expires_in <= 0:
+            return
+        keep = expires_in - min(self.margin, expires_in / 2)
+        self._tokens[key] = (token, time.monotonic() + keep)
+        self._tokens.move_to_end(key)
+        while len(self._tokens) > self.limit:
+            self._tokens.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+# The process' token cache (operator and agent alike: one identity per VM either way).
+TOKENS = TokenCache()
+
+
+def _expires_in(response: httpx.Response) -> float | None:
+    """``expires_in`` of a token answer (IMDS sends it as a string), else None."""
+    try:
+        doc = response.json()
+    except ValueError:
+        return None
+    value = doc.get("expires_in") if isinstance(doc, dict) else None
+    try:
+        return float(value) if isinstance(value, str | int | float) else None
+    except ValueError:
+        return None
+
+
+def _subject(federated_token: str) -> str:
+    """The federated token's ``sub`` (``system:serviceaccount:ns:name``), else its hash."""
+    parts = federated_token.split(".")
+    if len(parts) == 3:
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+            if isinstance(claims, dict) and isinstance(claims.get("sub"), str):
+                return str(claims["sub"])
+        except (ValueError, TypeError):
+            pass
+    return "sha256:" + hashlib.sha256(federated_token.encode()).hexdigest()
 
 
 def audience_name(resource: str) -> str:
@@ -69,8 +148,10 @@ async def managed_identity_token(
     endpoint: str = IMDS_ENDPOINT,
     resource: str = ACR_RESOURCE,
     timeout: float = 5.0,
+    cache: TokenCache | None = TOKENS,
 ) -> AadToken:
-    """Ask IMDS for a token of the node's managed identity.
+    """Ask IMDS for a token of the node's managed identity (reused from ``cache`` while
+    fresh).
 
     Raises:
         StepError: IDENTITY_UNAVAILABLE with the reason.
@@ -79,6 +160,10 @@ async def managed_identity_token(
     if client_id:
         params["client_id"] = client_id
     who = f"managed identity {client_id}" if client_id else "the node's managed identity"
+    key = ("imds", endpoint, (client_id or "").lower(), resource)
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return cached
     try:
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
             response = await client.get(
@@ -100,7 +185,10 @@ async def managed_identity_token(
             f"IMDS gave no token for {who} ({reason})",
             detail=f"IMDS: {reason}",
         )
-    return AadToken(token, who, audience_name(resource))
+    found = AadToken(token, who, audience_name(resource))
+    if cache is not None:
+        cache.put(key, found, _expires_in(response))
+    return found
 
 
 async def workload_identity_token(
@@ -111,13 +199,19 @@ async def workload_identity_token(
     authority: str = AAD_AUTHORITY,
     resource: str = ACR_RESOURCE,
     timeout: float = 5.0,
+    cache: TokenCache | None = TOKENS,
 ) -> AadToken:
-    """Exchange a service account's federated token for an Azure AD token.
+    """Exchange a service account's federated token for an Azure AD token (reused from
+    ``cache`` while fresh, for the same account, client id and audience).
 
     Raises:
         StepError: IDENTITY_UNAVAILABLE with AAD's reason (first line only).
     """
     who = f"workload identity {client_id}"
+    key = ("aad", authority, tenant_id.lower(), client_id.lower(), resource, _subject(federated_token))
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return cached
     data = {
         "grant_type": "client_credentials",
         "client_id": client_id,
@@ -142,7 +236,10 @@ async def workload_identity_token(
             f"Azure AD refused {who} ({reason})",
             detail=f"AAD: {reason}",
         )
-    return AadToken(token, who, audience_name(resource))
+    found = AadToken(token, who, audience_name(resource))
+    if cache is not None:
+        cache.put(key, found, _expires_in(response))
+    return found
 
 
 def _access_token(response: httpx.Response) -> str | None:

@@ -182,6 +182,50 @@ async def _speaks_plain_http(opener: Opener, timeout: float) -> bool:
     return head.startswith(b"HTTP/")
 
 
+def _parent(host: str) -> str | None:
+    """The domain a host is in (``myacr.azurecr.io`` -> ``azurecr.io``); None for an
+    address or a name directly under a top-level domain (its parent is everyone's)."""
+    name = host.lower().rstrip(".")
+    labels = name.split(".")
+    if len(labels) < 3 or labels[-1].isdigit() or ":" in name:
+        return None
+    return ".".join(labels[1:])
+
+
+def covers(cert_name: str, host: str) -> bool:
+    """A certificate name (``*.`` wildcard: one label) valid for host."""
+    name, wanted = cert_name.lower().rstrip("."), host.lower().rstrip(".")
+    if name.startswith("*."):
+        head, _, rest = wanted.partition(".")
+        return bool(head) and rest == name[2:]
+    return name == wanted
+
+
+def names_shown(names: tuple[str, ...], host: str) -> tuple[str, ...]:
+    """The certificate names that may be shown for ``host``: those in its own domain. A
+    certificate for another name can be another service's (an internal host behind the
+    same address): its other names are internal facts, not the registry's."""
+    parent = _parent(host)
+    out = []
+    for raw in names:
+        name = raw.lower().rstrip(".")
+        bare = name[2:] if name.startswith("*.") else name
+        if name == host.lower() or (parent and (bare == parent or bare.endswith("." + parent))):
+            out.append(raw)
+    return tuple(out[:5])
+
+
+def issuer_shown(peer: PeerCert | None, host: str) -> str:
+    """The issuer, when the certificate is for the requested name (a TLS-inspecting proxy
+    mints one for it: its issuer is what to trust or remove); a certificate for another
+    name is another service's, and its issuer is not the registry's to tell."""
+    if peer is None:
+        return "unknown"
+    if any(covers(n, host) for n in peer.names):
+        return peer.issuer
+    return "not shown (the certificate is for another name)"
+
+
 async def tls_handshake(
     host: str, opener: Opener, ctx: ssl.SSLContext, timeout: float, where: str
 ) -> PeerCert:
@@ -206,9 +250,10 @@ async def tls_handshake(
         raise
     except ssl.SSLCertVerificationError as exc:
         peer = await _peer_cert_unverified(host, opener, timeout)
-        issuer = peer.issuer if peer else "unknown"
+        issuer = issuer_shown(peer, host)
         if exc.verify_code == _HOSTNAME_MISMATCH:
-            names = ", ".join(peer.names) if peer else "unknown"
+            shown = names_shown(peer.names, host) if peer else ()
+            names = ", ".join(shown) if shown else "another name"
             raise StepError(
                 Code.TLS_HOSTNAME_MISMATCH,
                 f"certificate of {host} is for {names}, not {host}",

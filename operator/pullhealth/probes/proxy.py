@@ -93,6 +93,26 @@ def from_environment(env: Mapping[str, str] | None = None) -> tuple[Proxy | None
     return (parse_proxy(url) if url else None), no_proxy
 
 
+def from_setting(
+    setting: str | None, no_proxy: str | None = None, env: Mapping[str, str] | None = None
+) -> tuple[Proxy | None, tuple[str, ...]]:
+    """A proxy setting as ``--proxy`` and ``PULLHEALTH_PROXY`` take it: empty (direct), ``env``
+    (HTTPS_PROXY/NO_PROXY as the runtime reads them) or a proxy URL; ``no_proxy`` (a
+    comma-separated list) adds entries to the environment's.
+
+    Raises:
+        ValueError: the URL does not parse (the message says why, without the URL).
+    """
+    extra = split_no_proxy(no_proxy)
+    text = (setting or "").strip()
+    if not text:
+        return None, extra
+    if text == "env":
+        proxy, env_no_proxy = from_environment(env)
+        return proxy, env_no_proxy + extra
+    return parse_proxy(text), extra
+
+
 def bypasses(host: str, port: int, no_proxy: Sequence[str]) -> bool:
     """True when NO_PROXY says to connect to host:port directly."""
     host = host.lower().strip("[]")

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pullhealth.domain.codes import Code
 from pullhealth.domain.credentials import Credential, CredentialKind
-from pullhealth.probes.challenge import Challenge, error_code, error_messages, fail_on_common
+from pullhealth.probes.challenge import Challenge, error_code, error_code_list, fail_on_common, printable
 from pullhealth.probes.http import Http, Reply
 from pullhealth.probes.identity import AadToken
 from pullhealth.probes.net import StepError
@@ -99,6 +99,22 @@ def _hostname(host_port: str) -> str:
     return (urlsplit(f"//{host_port}").hostname or host_port).lower().rstrip(".")
 
 
+def _port_differs(realm: str, registry_host: str) -> bool:
+    """The realm's port is not the registry's, for a registry on the default port 443.
+
+    Every ACR serves its registry and its token endpoints on 443: a realm on another port
+    of the same host is another service. A registry reached on an explicit other port (a
+    port-forward, a test world whose token service listens beside the registry) is not
+    held to it.
+    """
+    try:
+        realm_port = urlsplit(realm).port or 443
+        registry_port = urlsplit(f"//{registry_host}").port or 443
+    except ValueError:
+        return True
+    return registry_port == 443 and realm_port != 443
+
+
 def realm_elsewhere(realm: str, registry_host: str) -> str | None:
     """The realm's host[:port] when its host is not the registry's, else None."""
     parts = urlsplit(realm)
@@ -108,10 +124,11 @@ def realm_elsewhere(realm: str, registry_host: str) -> str | None:
 
 
 def check_realm(realm: str, registry_host: str, credential: Credential) -> None:
-    """Refuse to send a credential where the registry's challenge must not send it.
+    """Refuse to follow a realm the registry's challenge must not send the chain to.
 
-    - Any credential: only over HTTPS (the chain reaches registries over HTTPS only; a
-      plain-HTTP realm would carry the password or token in clear).
+    - Any credential, anonymous too: only over HTTPS (the chain reaches registries over
+      HTTPS only; a plain-HTTP realm would carry the password or token in clear, and an
+      anonymous token from it, forged on the way, would be forwarded to the registry).
     - An Azure AD token (managed or workload identity): only to the registry's own host,
       ACR's ``/oauth2/exchange`` beside ``/oauth2/token``. Another host would receive a
       token of an identity the operator holds.
@@ -122,21 +139,26 @@ def check_realm(realm: str, registry_host: str, credential: Credential) -> None:
     Raises:
         StepError: TOKEN_REALM_REFUSED, before anything is sent.
     """
-    if credential.kind is CredentialKind.ANONYMOUS:
-        return
     parts = urlsplit(realm)
-    shown = realm[:200]
+    shown = printable(realm, 200)
     if parts.scheme.lower() != "https":
-        raise StepError(
-            Code.TOKEN_REALM_REFUSED,
-            f"the token realm {shown} is not HTTPS: {credential.describe()} was not sent",
-            realm=shown,
-            detail="the realm is not HTTPS; credentials are never sent in clear",
+        what = (
+            "no anonymous token is asked there"
+            if credential.kind is CredentialKind.ANONYMOUS
+            else f"{credential.describe()} was not sent"
         )
-    if credential.kind is CredentialKind.AAD and realm_elsewhere(realm, registry_host):
         raise StepError(
             Code.TOKEN_REALM_REFUSED,
-            f"the token realm {shown} is not on the registry's own host {_hostname(registry_host)}: "
+            f"the token realm {shown} is not HTTPS: {what}",
+            realm=shown,
+            detail="the realm is not HTTPS; tokens are asked and credentials sent over HTTPS only",
+        )
+    if credential.kind is CredentialKind.AAD and (
+        realm_elsewhere(realm, registry_host) or _port_differs(realm, registry_host)
+    ):
+        raise StepError(
+            Code.TOKEN_REALM_REFUSED,
+            f"the token realm {shown} is not on the registry's own host and port {registry_host}: "
             "an Azure AD token is exchanged only at the registry's own /oauth2/exchange",
             realm=shown,
             detail="an Azure AD token is exchanged only at the registry's own host",
@@ -161,11 +183,12 @@ def _token_of(reply: Reply) -> str | None:
 
 
 def _why(reply: Reply) -> str:
-    """What a token service's refusal may show: its OCI errors, else its OAuth2 ``error``
-    code; never ``error_description`` or another body (it can echo the request)."""
-    messages = error_messages(reply)
-    if messages:
-        return "; ".join(messages)
+    """What a token service's refusal may show: its HTTP status and OCI error codes, else
+    its OAuth2 ``error`` code; never a message, ``error_description`` or another body (the
+    realm may be any service the registry named, and a body can echo the request)."""
+    codes = error_code_list(reply)
+    if codes:
+        return f"HTTP {reply.status} " + ", ".join(codes)
     doc = reply.json()
     code = error_code(doc.get("error")) if isinstance(doc, dict) else "?"
     return f"HTTP {reply.status}" + (f" {code}" if code != "?" else "")
@@ -192,10 +215,10 @@ async def _aad_refresh(
     realm_host = urlsplit(challenge.realm).hostname or challenge.realm
     url = exchange_url(challenge.realm)
     refresh, reply = await _exchange(http, url, challenge.service, credential.secret or "")
-    fail_on_common(reply, realm_host, "POST /oauth2/exchange")
+    fail_on_common(reply, realm_host, "POST /oauth2/exchange", codes_only=True)
     for other in also:
         other_refresh, other_reply = await _exchange(http, url, challenge.service, other.token)
-        fail_on_common(other_reply, realm_host, "POST /oauth2/exchange")
+        fail_on_common(other_reply, realm_host, "POST /oauth2/exchange", codes_only=True)
         if (refresh is None) == (other_refresh is None):
             continue
         refused = other.audience if refresh else "ACR"
@@ -234,7 +257,7 @@ async def _bearer(
 
     if kind is CredentialKind.ANONYMOUS:
         reply = await http.request("GET", challenge.realm, params=params)
-        fail_on_common(reply, realm_host, "GET token")
+        fail_on_common(reply, realm_host, "GET token", codes_only=True)
         token = _token_of(reply) if reply.status == 200 else None
         if not token:
             raise StepError(
@@ -257,7 +280,7 @@ async def _bearer(
             }
             reply = await http.request("POST", challenge.realm, data=data)
             flow = "OAuth2 password grant (POST)"
-        fail_on_common(reply, realm_host, "token request")
+        fail_on_common(reply, realm_host, "token request", codes_only=True)
         token = _token_of(reply) if reply.status == 200 else None
         if not token:
             raise StepError(
@@ -273,7 +296,7 @@ async def _bearer(
 
     data = {"grant_type": "refresh_token", "refresh_token": secret, **form}
     reply = await http.request("POST", challenge.realm, data=data)
-    fail_on_common(reply, realm_host, "POST /oauth2/token")
+    fail_on_common(reply, realm_host, "POST /oauth2/token", codes_only=True)
     token = _token_of(reply) if reply.status == 200 else None
     if not token:
         code = Code.TOKEN_EXCHANGE_DENIED if kind is CredentialKind.AAD else Code.CREDENTIALS_REJECTED

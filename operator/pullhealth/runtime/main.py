@@ -1,48 +1,43 @@
-"""``pullhealth run``: the operator with production settings."""
+"""``pullhealth run``: the composition root of the operator.
+
+The flags become one :class:`~pullhealth.runtime.settings.Settings`; kopf starts with it in
+its ``memo``; the one start-up handler here builds the one
+:class:`~pullhealth.runtime.state.Runtime` (:func:`pullhealth.runtime.startup.build`), then
+the two controllers that receive it: the RegistryCheck loops (kopf delivers their events)
+and the failing-pod stream (our own list-and-watch). The one clean-up handler stops them in
+reverse order. Nothing else starts anything.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import sys
+from typing import Any
 
 import kopf
 
 from pullhealth.domain.redact import install_log_redaction
-from pullhealth.probes import destinations
+from pullhealth.pods.handlers import PodController
+from pullhealth.registrychecks import handlers as registrycheck_handlers
+from pullhealth.registrychecks.handlers import RegistryCheckController
+from pullhealth.runtime import settings as settings_module
 from pullhealth.runtime import startup
+from pullhealth.runtime.settings import Settings
+
+SETTINGS_KEY, RUNTIME_KEY, PODS_KEY = "settings", "runtime", "pods"
 
 
 def run(args: argparse.Namespace) -> int:
     """Start kopf with pullhealth's handlers; returns when the operator stops."""
-    options = startup.OPTIONS
-    options.metrics_port = args.metrics_port
-    options.metrics_bind_address = args.metrics_bind_address
-    options.metrics_registries = tuple(r.strip() for r in args.metrics_registries.split(",") if r.strip())
-    options.peering = args.peering
-    options.namespaces = tuple(args.namespace or ())
-    options.pods = not args.no_pods
-    options.node_agent = args.node_agent
-    options.pod_interval = max(0.0, args.pod_interval)
-    options.per_registry = max(1, args.per_registry)
-    options.workers = max(1, args.workers)
-    options.api_concurrency = max(1, min(args.api_concurrency, 256))
-    options.acr_domains = args.acr_domains
-    options.kubelet_client_id = args.kubelet_client_id
-    options.managed_identities = tuple(args.allow_managed_identity)
-    options.workload_identity = args.workload_identity
-    options.arm_audience = args.arm_audience
-    options.allow_cidrs = tuple(args.allow_cidr)
-    options.deny_cidrs = tuple(args.deny_cidr)
-    options.registry_hosts = tuple(args.registry_host)
-    # Bad CIDRs stop the start, with the flag's value named.
-    destinations.parse_networks([*options.allow_cidrs, *options.deny_cidrs])
-    importlib.import_module("pullhealth.registrychecks.handlers")
-    if options.pods:
-        importlib.import_module("pullhealth.pods.handlers")
+    try:
+        settings = settings_module.from_args(args)
+    except ValueError as exc:  # a bad CIDR, an unreadable report key: say which, do not start
+        print(f"pullhealth run: error: {exc}", file=sys.stderr)
+        return 2
     kopf.configure(
-        verbose=args.verbose,
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+        verbose=settings.verbose,
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
     # kopf has configured its handlers now: mask secret-shaped text in everything logged.
     install_log_redaction()
@@ -50,13 +45,41 @@ def run(args: argparse.Namespace) -> int:
     # httpx logs every request at INFO ("HTTP Request: GET ..."): one line per probe step.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness or None,
-        standalone=args.peering is None,
-        peering_name=args.peering,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=settings.liveness or None,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        memo=kopf.Memo({SETTINGS_KEY: settings}),
     )
     return 0
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Build the runtime and start what runs on it, in order."""
+    ours: Settings = memo[SETTINGS_KEY]
+    startup.tune_kopf(settings, ours, logger)
+    runtime = startup.build(ours, logger)
+    memo[RUNTIME_KEY] = runtime
+    checks = RegistryCheckController(runtime)
+    checks.start()
+    memo[registrycheck_handlers.MEMO_KEY] = checks
+    if ours.pods:
+        pods = PodController(runtime, settings)
+        pods.start()
+        memo[PODS_KEY] = pods
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    """Operator shut-down: the pod stream, the check loops, then the readers, in that order."""
+    if PODS_KEY in memo:
+        await memo[PODS_KEY].stop()
+    if registrycheck_handlers.MEMO_KEY in memo:
+        await memo[registrycheck_handlers.MEMO_KEY].stop()
+    if RUNTIME_KEY in memo:
+        memo[RUNTIME_KEY].stop_readers()
 
 
 def _no_success_lines(record: logging.LogRecord) -> bool:

@@ -1,4 +1,9 @@
-"""Operator start-up: settings, collaborators and the metrics endpoint."""
+"""Operator start-up: the settings become the runtime (clients, caches, readers, metrics).
+
+:func:`tune_kopf` sets kopf's own settings; :func:`build` wires every collaborator in order
+and returns the one :class:`~pullhealth.runtime.state.Runtime` the handlers receive. Called
+by the composition root (:mod:`pullhealth.runtime.main`), once.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -16,63 +20,19 @@ import kopf
 from pullhealth import metrics
 from pullhealth.chain.pullsources import Environment
 from pullhealth.chain.singleflight import SingleFlight
-from pullhealth.chain.trust import TrustPolicy
 from pullhealth.domain import diagnose
-from pullhealth.kube import apioutages, kubeapi, listwatch, watchcache
+from pullhealth.kube import apioutages, kubeapi, listwatch, metricsauth, watchcache
+from pullhealth.kube.leader import LeaderElection
 from pullhealth.pods import kubeletevents, podcheck, podmemo
-from pullhealth.probes.destinations import build_policy
-from pullhealth.runtime.state import State
+from pullhealth.runtime.settings import Settings
+from pullhealth.runtime.state import Runtime
 
-
-@dataclass
-class Options:
-    """Set by ``pullhealth run`` before kopf starts."""
-
-    metrics_port: int = 8080
-    metrics_bind_address: str = "0.0.0.0"
-    metrics_registries: tuple[str, ...] = ()
-    peering: str | None = None
-    namespaces: tuple[str, ...] = ()
-    pods: bool = True
-    # Read the node agent's NodePathChecked Events for failing pods (--node-agent).
-    node_agent: bool = False
-    pod_interval: float = 60.0
-    per_registry: int = 4
-    workers: int = 16
-    # API requests in flight at once (threads and pooled connections): what bounds how
-    # fast a thousand pods are annotated is the API server's latency times this.
-    api_concurrency: int = 48
-    acr_domains: str = ".azurecr.io,.azurecr.cn,.azurecr.us"
-    kubelet_client_id: str | None = None
-    managed_identities: tuple[str, ...] = ()
-    workload_identity: bool = False
-    arm_audience: bool = False
-    allow_cidrs: tuple[str, ...] = ()
-    deny_cidrs: tuple[str, ...] = ()
-    registry_hosts: tuple[str, ...] = ()
-
-    def trust(self, api_server_addresses: tuple[tuple[str, int | None], ...]) -> TrustPolicy:
-        """The admin's trust policy from the flags."""
-        return TrustPolicy(
-            acr_domains=tuple(d.strip() for d in self.acr_domains.split(",") if d.strip()),
-            kubelet_client_id=self.kubelet_client_id,
-            managed_identity_client_ids=frozenset(self.managed_identities),
-            workload_identity=self.workload_identity,
-            arm_audience=self.arm_audience,
-            destinations=build_policy(
-                allow=self.allow_cidrs,
-                deny=self.deny_cidrs,
-                protected=api_server_addresses,
-                hosts=self.registry_hosts,
-            ),
-        )
-    # Leader election (kopf peering): the newest replica has the highest priority, so a
-    # rolling update hands over at once and two replicas never share one priority (kopf
-    # pauses *all* operators of equal priority).
-    peering_priority: int = field(default_factory=lambda: int(time.time() * 1000))
-    # Seconds a replica's keep-alive stays valid: a standby takes over at most this long
-    # after the active replica died (kopf refreshes it every 1-5 s at this value).
-    peering_lifetime: int = 10
+RECOVERY_PROBE_SECONDS = 2.0
+# Seconds pods wait at start-up for the first lists of kubelet's Events, Nodes and
+# ServiceAccounts (instead of each pod reading its own while those lists are on their way).
+FIRST_LISTING_WAIT = 10.0
+# Threads beyond the API requests of pods: RegistryCheck writes, outage probes, the metrics rebuild.
+EXTRA_THREADS = 4
 
 
 class NoEssence(kopf.DiffBaseStorage):
@@ -90,43 +50,37 @@ class NoEssence(kopf.DiffBaseStorage):
         return None
 
 
-OPTIONS = Options()
-RECOVERY_PROBE_SECONDS = 2.0
-# Seconds pods wait at start-up for the first lists of kubelet's Events, Nodes and
-# ServiceAccounts (instead of each pod reading its own while those lists are on their way).
-FIRST_LISTING_WAIT = 10.0
-# Threads beyond the API requests of pods: RegistryCheck writes, outage probes, the metrics rebuild.
-EXTRA_THREADS = 4
-
-
-@kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-    """Tune kopf and wire the domain's collaborators."""
+def tune_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings, logger: kopf.Logger) -> None:
+    """kopf's settings from ours: peering, no diff-base, bounded calls, no log-line Events."""
     # kopf turns log lines into Events; only our explicit events are wanted (the reasons
     # promised in the docs), so no log level is high enough to be posted.
-    settings.posting.level = logging.CRITICAL + 10
-    settings.peering.standalone = OPTIONS.peering is None
-    if OPTIONS.peering:
-        settings.peering.name = OPTIONS.peering
-        settings.peering.mandatory = True
-        settings.peering.priority = OPTIONS.peering_priority
-        settings.peering.lifetime = OPTIONS.peering_lifetime
-        settings.peering.stealth = True  # no keep-alive line every few seconds
-        State.leader_election = True
-        State.peering = (OPTIONS.peering, not OPTIONS.namespaces, OPTIONS.peering_priority)
-        logger.info("leader election: peering %s, priority %d", OPTIONS.peering, OPTIONS.peering_priority)
-    settings.persistence.diffbase_storage = NoEssence()
-    # The first list of pods arrives in pages, not as one 10k-pod answer; kopf's per-object
-    # worker keeps the last event's object while it idles: let it go at once, so a restart
-    # against 10k pods does not hold all of them for kopf's default 5 s.
-    settings.watching.chunk_size = 500
-    settings.queueing.idle_timeout = 0.2
-    # Every API call is bounded; watches reconnect rather than hang.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.watching.connect_timeout = 30
-    settings.networking.request_timeout = 30
-    settings.batching.error_delays = [1, 5, 15, 30, 60]
+    kopf_settings.posting.level = logging.CRITICAL + 10
+    kopf_settings.peering.standalone = settings.peering is None
+    if settings.peering:
+        kopf_settings.peering.name = settings.peering
+        kopf_settings.peering.mandatory = True
+        kopf_settings.peering.priority = settings.peering_priority
+        kopf_settings.peering.lifetime = settings.peering_lifetime
+        kopf_settings.peering.stealth = True  # no keep-alive line every few seconds
+        logger.info("leader election: peering %s, priority %d", settings.peering, settings.peering_priority)
+    kopf_settings.persistence.diffbase_storage = NoEssence()
+    # kopf's per-object worker keeps the last event's object while it idles: let it go
+    # at once (RegistryChecks are few, but a large list must not be held for 5 s).
+    kopf_settings.watching.chunk_size = 500
+    kopf_settings.queueing.idle_timeout = 0.2
+    # Every API call is bounded; watches are re-established rather than hang.
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
+    kopf_settings.watching.connect_timeout = 30
+    kopf_settings.networking.request_timeout = 30
+    kopf_settings.batching.error_delays = [1, 5, 15, 30, 60]
+
+
+def build(settings: Settings, logger: kopf.Logger) -> Runtime:
+    """Wire the runtime: API clients, trust policy, caches, watch-fed readers, metrics.
+
+    Runs on the event loop (it sets the loop's executor and starts background tasks).
+    """
     # API server outages: one WARNING when one starts and one when it ends, counted;
     # kopf's per-retry ERROR lines are folded into them.
     outages = apioutages.OutageTracker(logging.getLogger("pullhealth.api"), metrics.API_OUTAGES.inc)
@@ -134,69 +88,77 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     kubeapi.report_outages_to(outages)
     # Every blocking client call runs on a worker thread: as many threads (and pooled
     # connections) as API requests may be in flight, not the default pool's 6 on 2 cores.
-    threads = OPTIONS.api_concurrency + EXTRA_THREADS
+    threads = settings.api_concurrency + EXTRA_THREADS
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pullhealth-api")
     )
-    State.kube = kubeapi.KubeWriter(kubeapi.load_config(pool_size=threads))
-    State.background.add(asyncio.create_task(_end_outages(outages, State.kube)))
-    State.status = kubeapi.StatusWriter(State.kube.api)
-    api_addresses = kubeapi.api_server_addresses(State.kube.api)
-    State.env = dataclasses.replace(Environment.from_env(), trust=OPTIONS.trust(api_addresses))
-    State.pod_settings = podcheck.PodSettings()
+    kube = kubeapi.KubeWriter(kubeapi.load_config(pool_size=threads))
+    status = kubeapi.StatusWriter(kube.api)
+    api_addresses = kubeapi.api_server_addresses(kube.api)
+    env = dataclasses.replace(Environment.from_env(), trust=settings.trust(api_addresses))
     logger.info(
         "trust boundary: identities for %s; extra managed identities %d; workload identity %s; "
         "ARM audience %s; API server addresses refused: %s; allowed CIDRs: %s",
-        ",".join(State.env.trust.acr_domains),
-        len(OPTIONS.managed_identities),
-        "on" if OPTIONS.workload_identity else "off",
-        "on" if OPTIONS.arm_audience else "off",
+        ",".join(env.trust.acr_domains),
+        len(settings.managed_identities),
+        "on" if settings.workload_identity else "off",
+        "on" if settings.arm_audience else "off",
         ",".join(f"{a}:{p or '*'}" for a, p in api_addresses) or "none found",
-        ",".join(OPTIONS.allow_cidrs) or "none",
+        ",".join(settings.allow_cidrs) or "none",
     )
     # Probe chains for pods: at most `per_registry` per registry and `workers` in all; a
     # worker slot is taken only once the registry's slot is held (a slow registry holds at
     # most `per_registry` of them). Transient failures are shared for a short time only.
-    State.pod_pool = asyncio.Semaphore(OPTIONS.workers)
-    State.pod_cache = SingleFlight(
-        ttl=OPTIONS.pod_interval,
-        per_registry=OPTIONS.per_registry,
-        is_failure=diagnose.transient,
-        shared_limit=State.pod_pool,
+    runtime = Runtime(
+        settings=settings,
+        kube=kube,
+        status=status,
+        env=env,
+        pod_settings=podcheck.PodSettings(agent_report_key=settings.agent_report_key),
+        pod_cache=SingleFlight(
+            ttl=settings.pod_interval,
+            per_registry=settings.per_registry,
+            is_failure=diagnose.transient,
+            shared_limit=asyncio.Semaphore(settings.workers),
+        ),
+        pod_memo=podmemo.PodMemo(ttl=settings.pod_interval),
     )
-    State.pod_memo = podmemo.PodMemo(ttl=OPTIONS.pod_interval)
+    runtime.background.add(asyncio.create_task(_end_outages(outages, kube)))
+    scopes, in_scope = settings.read_scopes()
+    if settings.peering:
+        runtime.leader = LeaderElection(
+            status, kube.api, settings.peering, not settings.namespaces, settings.peering_priority,
+            scopes, in_scope,
+        )
+        runtime.leader.start()
     listed: list[Callable[[], bool]] = []  # the first listings pods wait for at start-up
-    if OPTIONS.pods:
-        nodes, accounts, settled = _mirror_nodes_and_accounts(State.kube.api)
-        State.pod_reader = watchcache.CachedReader(State.kube, nodes=nodes, accounts=accounts)
+    if settings.pods:
+        nodes, accounts, settled = _mirror_nodes_and_accounts(kube.api, settings, runtime.readers)
+        runtime.pod_reader = watchcache.CachedReader(kube, nodes=nodes, accounts=accounts)
         listed.append(settled)
     else:
-        State.pod_reader = watchcache.CachedReader(State.kube)
-    if OPTIONS.pods and read_scopes()[1] is None:
-        State.kubelet_failures = kubeletevents.KubeletFailures(State.kube.api, OPTIONS.namespaces)
-        State.kubelet_failures.start()
-        failures = State.kubelet_failures
+        runtime.pod_reader = watchcache.CachedReader(kube)
+    if settings.pods and in_scope is None:
+        failures = runtime.kubelet_failures = kubeletevents.KubeletFailures(kube.api, settings.namespaces)
+        failures.start()
         listed.append(lambda: failures.settled)
     if listed:
-        ready = State.first_listings_ready = asyncio.Event()
-        State.background.add(asyncio.create_task(_first_listings(listed, ready)))
-    metrics.set_admin_registries(OPTIONS.metrics_registries)
-    if OPTIONS.metrics_port:
-        metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_bind_address)
-        logger.info("metrics on %s:%d/metrics", OPTIONS.metrics_bind_address, OPTIONS.metrics_port)
-
-
-def read_scopes() -> tuple[tuple[str, ...], Callable[[listwatch.Obj], bool] | None]:
-    """Where the operator's own readers list and watch namespaced kinds: the watched
-    namespaces, or all of them (empty) with a filter when ``--namespace`` has globs."""
-    patterns = OPTIONS.namespaces
-    if any(c in ns for ns in patterns for c in "*?[!"):
-        return (), listwatch.in_namespaces(patterns)
-    return patterns, None
+        ready = runtime.first_listings_ready = asyncio.Event()
+        runtime.background.add(asyncio.create_task(_first_listings(listed, ready)))
+    metrics.set_admin_registries(settings.metrics_registry_list)
+    if settings.metrics_port:
+        if settings.metrics_secure:
+            authorizer = metricsauth.MetricsAuthorizer(kube.api)
+            metrics.serve(settings.metrics_port, settings.metrics_bind_address, authorizer.check,
+                          metrics.self_signed_context())
+        else:
+            metrics.serve(settings.metrics_port, settings.metrics_bind_address)
+        logger.info("metrics on %s:%d/metrics", settings.metrics_bind_address, settings.metrics_port)
+    return runtime
 
 
 def _mirror_nodes_and_accounts(
-    api: Any,
+    api: Any, settings: Settings, readers: list[listwatch.ListWatch]
 ) -> tuple[watchcache.Mirror, watchcache.Mirror, Callable[[], bool]]:
     """Nodes (labels) and ServiceAccounts (pull fields) from one list-and-watch each; and
     whether both were listed (or refused: then pods read them with GETs)."""
@@ -206,7 +168,7 @@ def _mirror_nodes_and_accounts(
     node_stream = listwatch.ListWatch(
         listwatch.core_lister(api, "nodes"), (), nodes.deliver, what="nodes", without=without
     )
-    scopes, in_scope = read_scopes()
+    scopes, in_scope = settings.read_scopes()
     account_stream = listwatch.ListWatch(
         listwatch.core_lister(api, "serviceaccounts"),
         scopes,
@@ -218,7 +180,7 @@ def _mirror_nodes_and_accounts(
     for mirror, stream in ((nodes, node_stream), (accounts, account_stream)):
         mirror.synced = _synced(stream)
         stream.start()
-        State.readers.append(stream)
+        readers.append(stream)
     return nodes, accounts, lambda: node_stream.settled and account_stream.settled
 
 
