@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pullhealth_dev import cluster as devcluster
 from pullhealth_dev import node as realnode
@@ -357,17 +360,44 @@ def test_chart_operator_diagnoses_what_kubelet_failed(installed: str, dev_cluste
     # Written by the operator pod, not by a process of the test.
     assert ours[0].get("reportingInstance") == operator["metadata"]["name"], ours[0]
 
-    # /metrics, scraped where the pod listens (hostNetwork, loopback only in the local values).
+    # /metrics, scraped where the pod listens (hostNetwork, loopback only in the local values),
+    # as Prometheus does with the chart's default metrics.secure: HTTPS and a bearer token the
+    # API server authenticates (TokenReview) and authorizes for GET /metrics.
     port = flag(operator, "metrics-port")
     assert flag(operator, "metrics-bind-address") == "127.0.0.1"
+    role = f"{namespace}-scraper"
+    dev_cluster.kubectl("-n", namespace, "create", "serviceaccount", "scraper")
+    dev_cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+         "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+         "subjects": [{"kind": "ServiceAccount", "name": "scraper", "namespace": namespace}]},
+    ]))
+    token = dev_cluster.kubectl("-n", namespace, "create", "token", "scraper", "--duration=10m").stdout.strip()
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE  # the operator's self-signed certificate
+
+    def scrape(bearer: str | None) -> tuple[int, str]:
+        request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics",
+                                         headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=insecure) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
 
     def counted() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return any(line.startswith('pullhealth_diagnoses_total{code="DNS_NXDOMAIN"}')
-                   and float(line.rsplit(" ", 1)[1]) >= 1 for line in text.splitlines())
+        status, text = scrape(token)
+        return status == 200 and any(line.startswith('pullhealth_diagnoses_total{code="DNS_NXDOMAIN"}')
+                                     and float(line.rsplit(" ", 1)[1]) >= 1 for line in text.splitlines())
 
-    wait_for(counted, "the diagnosis counted in /metrics", timeout=DIAGNOSIS_WAIT)
+    try:
+        wait_for(counted, "the diagnosis counted in /metrics", timeout=DIAGNOSIS_WAIT)
+        assert scrape(None)[0] == 401  # no token, no series
+    finally:
+        dev_cluster.kubectl("delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found", "--wait=false")
 
 
 def test_chart_liveness_passes(installed: str, dev_cluster: Any, wait_for: Callable[..., Any]) -> None:
