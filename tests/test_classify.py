@@ -287,3 +287,45 @@ def test_facts_name_the_proxy_without_its_credentials_and_the_host_from_the_url(
                    "repository does not exist or may require 'docker login': denied: User: arn:aws:iam::1234:user/u "
                    "is not authorized to perform: ecr:BatchGetImage on resource: x")
     assert ecr.facts["repository"] == "team/a" and ecr.facts["registry"] == "1234.dkr.ecr.us-west-2.amazonaws.com"
+
+
+# --- node-local causes (issue 24) ---
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ('Failed to pull image "r.io/a:1": pull QPS exceeded', Code.PULL_QPS_EXCEEDED),
+        ('Failed to pull image "r.io/a:1": rpc error: code = Unknown desc = failed to pull and unpack image '
+         '"r.io/a:1": failed to extract layer sha256:ab: write /var/lib/containerd/x: no space left on device: '
+         "unknown", Code.NODE_DISK_FULL),
+        ('Failed to pull image "r.io/a:1": rpc error: code = DeadlineExceeded desc = context deadline exceeded',
+         Code.PULL_TIMED_OUT),
+        ('Failed to pull image "r.io/a:1": context canceled', Code.PULL_TIMED_OUT),
+        # A deadline inside a named request or dial is the network's, as before.
+        ('failed to resolve reference "r.io/a:1": failed to do request: context deadline exceeded',
+         Code.CONNECT_TIMEOUT),
+        ('Failed to pull image "r.io/a:1": failed to do request: Head "https://r.io/v2/a/manifests/1": '
+         "dial tcp 10.0.0.1:443: i/o timeout", Code.CONNECT_TIMEOUT),
+        ('Get "https://r.io/v2/": net/http: request canceled while waiting for connection '
+         "(Client.Timeout exceeded while awaiting headers)", Code.CONNECT_TIMEOUT),
+        # Registries' own rate limits are not kubelet's.
+        ("toomanyrequests: You have reached your pull rate limit", Code.RATE_LIMITED),
+    ],
+)
+def test_node_local_causes(text: str, code: Code) -> None:
+    assert classify(text).code is code
+
+
+def test_a_bare_deadline_names_both_candidates_until_the_timeline_decides() -> None:
+    from pullhealth.domain.classify import refine_by_timeline
+
+    bare = classify('Failed to pull image "r.io/a:1": rpc error: code = Unknown desc = context deadline exceeded')
+    assert bare.code is Code.PULL_TIMED_OUT and Code.CONNECT_TIMEOUT in bare.candidates
+    assert refine_by_timeline(bare, None) == bare
+    long = refine_by_timeline(bare, 125.0)
+    assert long.code is Code.PULL_TIMED_OUT and "after 125s of pulling" in long.summary
+    short = refine_by_timeline(bare, 4.0)
+    assert short.code is Code.CONNECT_TIMEOUT and short.candidates == [Code.PULL_TIMED_OUT]
+    other = classify("pull QPS exceeded")
+    assert refine_by_timeline(other, 1.0) == other

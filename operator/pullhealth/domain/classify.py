@@ -70,6 +70,11 @@ RULES: tuple[Rule, ...] = (
         r"Couldn't find key \.docker|failed to (parse|decode) "
         r"(docker ?config|dockercfg|\.dockerconfigjson)|illegal base64",
     ),
+    # Node-local causes (issue 24): kubelet or the runtime on the node stopped the pull.
+    # kubelet's own pull rate limit (registryPullQPS/registryBurst): the registry is never asked.
+    _r(Code.PULL_QPS_EXCEEDED, r"pull QPS exceeded"),
+    # The image filesystem is full while a layer is written or unpacked.
+    _r(Code.NODE_DISK_FULL, r"no space left on device"),
     _r(
         Code.PLATFORM_NOT_FOUND,
         r"no match for (current )?platform|no matching manifest for"
@@ -146,6 +151,18 @@ RULES: tuple[Rule, ...] = (
         r"|tls: handshake failure",
     ),
     _r(Code.CONNECT_REFUSED, r"connection refused|actively refused"),
+    # A bare "context deadline exceeded" / "context canceled" names no request, host or dial:
+    # the pull as a whole was cut off (a large image against the runtime's request timeout
+    # or progress deadline: kubernetes#59376, minikube#14789), which a stalled network also
+    # explains. A deadline inside a named request ("failed to do request", a dial) stays a
+    # network timeout below. The pull's timeline decides where it is known (refine_by_timeline).
+    _r(
+        Code.PULL_TIMED_OUT,
+        r"^(?!.*(?:failed to do request|failed to resolve|dial tcp|lookup |i/o timeout"
+        r"|Client\.Timeout|handshake|request canceled))"
+        r".*(?:^|desc = |: )context (?:deadline exceeded|canceled)\s*$",
+        Code.CONNECT_TIMEOUT,
+    ),
     _r(
         Code.CONNECT_TIMEOUT,
         r"dial tcp [^ ]+: (i/o timeout|connect: connection timed out)"
@@ -541,3 +558,28 @@ def _most_specific(found: Sequence[Rule]) -> Rule:
         return (0 if answered else 1, 0 if precise else 1)
 
     return min(found, key=rank)
+
+
+# A pull cut off this soon after kubelet's Pulling Event cannot have been a long transfer
+# against the runtime's timeouts (containerd's progress deadline is minutes, kubelet's and
+# cri-dockerd's request timeouts 1-2 minutes): the network stopped answering.
+SHORT_PULL_SECONDS = 30.0
+
+
+def refine_by_timeline(diagnosis: Diagnosis, pulling_for: float | None) -> Diagnosis:
+    """Tell a long pull from a network timeout by how long the pull ran before it failed.
+
+    Args:
+        diagnosis: what the message alone says (``classify``).
+        pulling_for: seconds from kubelet's ``Pulling`` Event to the failure, None when not
+            known (then both candidates stay, as the text alone gives them).
+    """
+    if diagnosis.code is not Code.PULL_TIMED_OUT or pulling_for is None or pulling_for < 0:
+        return diagnosis
+    ran = f"{pulling_for:.0f}s"
+    if pulling_for < SHORT_PULL_SECONDS:
+        facts = {**diagnosis.facts, "detail": f"the pull failed {ran} after it started, too soon "
+                 "for a long transfer: the registry or the network stopped answering"}
+        return make(Code.CONNECT_TIMEOUT, facts, candidates=[Code.PULL_TIMED_OUT])
+    facts = {**diagnosis.facts, "detail": f"after {ran} of pulling"}
+    return make(Code.PULL_TIMED_OUT, facts, candidates=list(diagnosis.candidates))

@@ -65,6 +65,9 @@ class Code(StrEnum):
     TAG_NOT_FOUND = "TAG_NOT_FOUND"
     PLATFORM_NOT_FOUND = "PLATFORM_NOT_FOUND"
     INVALID_IMAGE_NAME = "INVALID_IMAGE_NAME"
+    PULL_QPS_EXCEEDED = "PULL_QPS_EXCEEDED"
+    PULL_TIMED_OUT = "PULL_TIMED_OUT"
+    NODE_DISK_FULL = "NODE_DISK_FULL"
     UNKNOWN = "UNKNOWN"
 
     @property
@@ -434,6 +437,48 @@ CATALOG: Mapping[Code, CodeInfo] = {
     Code.INVALID_IMAGE_NAME: CodeInfo(
         summary="the image reference {reference} is not valid: {detail}",
         remediation=("Fix the image field: lowercase repository, host[:port]/path[:tag][@sha256:digest]",),
+    ),
+    # Node-local causes: kubelet or the runtime on the node stopped the pull, not the registry.
+    Code.PULL_QPS_EXCEEDED: CodeInfo(
+        summary="kubelet on the node refused to start the pull of {image}: its own image-pull rate "
+        "limit (registryPullQPS / registryBurst) was exceeded; the registry was never asked",
+        remediation=(
+            "kubelet retries on its own; many pods starting at once on one node (a scale-up, a "
+            "CronJob burst, a DaemonSet roll-out) exhaust the default of 5 pulls per second, burst 10",
+            "Raise the limit in the kubelet configuration (KubeletConfiguration): registryPullQPS: 10 "
+            "and registryBurst: 20 (0 disables the limit); on EKS/eksctl via kubeletExtraConfig, on "
+            "OpenShift via a KubeletConfig resource",
+            "Pre-pull common images (a DaemonSet or the node image) so fewer pulls start at once",
+        ),
+    ),
+    Code.PULL_TIMED_OUT: CodeInfo(
+        summary="the pull of {image} was cut off before it finished ({detail}): a large image "
+        "against the runtime's request timeout or progress deadline, or a transfer that stalled",
+        remediation=(
+            "Compare the pod's Pulling and Failed Event times: minutes of pulling point at the image "
+            "size and the node's timeouts, seconds at the network (see CONNECT_TIMEOUT)",
+            "Give long pulls time: containerd cancels a pull with no progress for "
+            "image_pull_progress_timeout ([plugins.\"io.containerd.grpc.v1.cri\"], default 5m); "
+            "dockershim had --image-pull-progress-deadline (1m); cri-dockerd before 0.2.6 cut "
+            "pulls at its request timeout (Mirantis/cri-dockerd#105): upgrade it",
+            "Shrink the image (multi-stage builds, fewer and smaller layers) or pre-pull it onto "
+            "the nodes (a DaemonSet or the node image)",
+            "If pulls queue behind each other (\"including waiting\" in the Pulled Events), allow "
+            "parallel pulls: serializeImagePulls: false and maxParallelImagePulls in the "
+            "kubelet configuration",
+        ),
+    ),
+    Code.NODE_DISK_FULL: CodeInfo(
+        summary="the node ran out of disk while storing or unpacking {image} (no space left on "
+        "device): the image filesystem is full, not the registry",
+        remediation=(
+            "Check the node's image filesystem: kubectl describe node <node> (DiskPressure), "
+            "df -h /var/lib/containerd (or the runtime's root) on the node",
+            "Let kubelet's image garbage collection start earlier: imageGCHighThresholdPercent / "
+            "imageGCLowThresholdPercent in the kubelet configuration; remove unused images: "
+            "crictl rmi --prune",
+            "Give the node a larger OS or image disk (the node pool's disk size), or use smaller images",
+        ),
     ),
     Code.UNKNOWN: CodeInfo(
         summary="the pull failed for a reason pullhealth does not recognise: {detail}",
