@@ -3,6 +3,7 @@ kubelet's about its own namespace's pods, forgotten when gone."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
@@ -94,3 +95,106 @@ async def test_the_store_and_the_listing_keep_the_same_events_in_the_same_order(
     for e in events:
         store._event("ADDED", e)
     assert store.messages("team", "p") == newest_pull_messages(events)
+
+
+# --- kubelet's Pulled Events: pull metrics (issue 24) ---
+
+from pullhealth import metrics  # noqa: E402
+from pullhealth.kube.events import go_duration, occurrences, pulled_image  # noqa: E402
+from pullhealth.pods.kubeletevents import KubeletPulls  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("message", "seconds", "waiting", "size"),
+    [
+        ('Successfully pulled image "busybox" in 74ms (74ms including waiting). Image size: 1028659 bytes.',
+         0.074, 0.0, 1028659),
+        # dandi/dandi-hub#89: kubelet 1.28, queued behind other pulls for almost four minutes
+        ('Successfully pulled image "alpine" in 1.466729067s (3m53.352084967s including waiting)',
+         1.466729067, 233.352084967 - 1.466729067, None),
+        # argoproj/argo-workflows#9361: kubelet before 1.28
+        ('Successfully pulled image "quay.io/argoproj/argoexec:latest" in 28.688209447s', 28.688209447, None, None),
+    ],
+)
+def test_pulled_messages_are_parsed(message: str, seconds: float, waiting: float | None, size: int | None) -> None:
+    pulled = pulled_image(message)
+    assert pulled is not None
+    assert pulled.seconds == pytest.approx(seconds)
+    assert (pulled.waiting is None) if waiting is None else pulled.waiting == pytest.approx(waiting)
+    assert pulled.size == size
+
+
+def test_other_pulled_texts_are_not_pulls() -> None:
+    assert pulled_image('Container image "busybox" already present on machine') is None
+    assert pulled_image('Successfully pulled image "a" in soon') is None
+    assert go_duration("1h2m3.5s") == pytest.approx(3723.5) and go_duration("500µs") == pytest.approx(5e-4)
+    assert go_duration("12") is None and go_duration("3mx") is None
+    assert occurrences({"count": 3}) == 3 and occurrences({"series": {"count": 5}, "count": 1}) == 5
+    assert occurrences({}) == 1
+
+
+def pulled(uid: str, message: str, *, count: int = 1, ns: str = "team", pod_ns: str | None = None,
+           source: str = "kubelet") -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "namespace": ns},
+            "involvedObject": {"kind": "Pod", "uid": "p-" + uid, "namespace": pod_ns or ns},
+            "source": {"component": source}, "reason": "Pulled", "message": message, "count": count}
+
+
+def _observed(metric: Any, registry: str) -> tuple[float, float]:
+    samples = {s.name: s.value for m in metric.collect() for s in m.samples if s.labels.get("registry") == registry}
+    name = metric._name
+    return samples.get(f"{name}_count", 0.0), samples.get(f"{name}_sum", 0.0)
+
+
+@pytest.fixture()
+def pulls(monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeletPulls]:
+    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull, remembered=3)
+    monkeypatch.setattr(reader._reader, "_listed", {None})  # the first listing is over
+    metrics.set_admin_registries(["pulls.example"])
+    yield reader
+    metrics.set_admin_registries([])
+
+
+def test_each_pull_is_counted_once_across_relists_and_repeats(pulls: KubeletPulls) -> None:
+    text = 'Successfully pulled image "pulls.example/a:1" in 2s (5s including waiting). Image size: 3000000 bytes.'
+    before = _observed(metrics.IMAGE_PULL_DURATION, "pulls.example")
+    waiting = _observed(metrics.IMAGE_PULL_WAITING, "pulls.example")
+    size = _observed(metrics.IMAGE_PULL_SIZE, "pulls.example")
+    pulls._event("ADDED", pulled("e1", text))
+    pulls._event("MODIFIED", pulled("e1", text))  # the same occurrence again
+    pulls._event("LISTED", pulled("e1", text))  # a re-list
+    assert pulls.counted == 1
+    pulls._event("MODIFIED", pulled("e1", text, count=3))  # kubelet repeated it twice
+    assert pulls.counted == 3
+    count, total = _observed(metrics.IMAGE_PULL_DURATION, "pulls.example")
+    assert (count - before[0], total - before[1]) == (3, pytest.approx(6.0))
+    assert _observed(metrics.IMAGE_PULL_WAITING, "pulls.example")[1] - waiting[1] == pytest.approx(9.0)
+    assert _observed(metrics.IMAGE_PULL_SIZE, "pulls.example")[1] - size[1] == pytest.approx(9e6)
+    pulls._event("DELETED", {"metadata": {"uid": "e1"}})  # expired: nothing to undo
+    assert pulls.counted == 3
+
+
+def test_only_kubelets_pulls_count_and_unlisted_registries_are_other(pulls: KubeletPulls) -> None:
+    text = 'Successfully pulled image "{}" in 1s (1s including waiting). Image size: 10 bytes.'
+    other = _observed(metrics.IMAGE_PULL_DURATION, metrics.OTHER)
+    pulls._event("ADDED", pulled("f1", text.format("pulls.example/a"), source="someone"))
+    pulls._event("ADDED", pulled("f2", text.format("pulls.example/a"), ns="attacker", pod_ns="victim"))
+    pulls._event("ADDED", pulled("f3", 'Container image "pulls.example/a" already present on machine'))
+    assert pulls.counted == 0
+    pulls._event("ADDED", pulled("f4", text.format("anyone.example/typed-by-a-user")))
+    assert _observed(metrics.IMAGE_PULL_DURATION, metrics.OTHER)[0] == other[0] + 1
+    assert not any(s.labels.get("registry") == "anyone.example" for m in metrics.IMAGE_PULL_DURATION.collect()
+                   for s in m.samples)
+
+
+def test_the_first_listing_is_a_baseline_and_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull, remembered=3)
+    text = 'Successfully pulled image "pulls.example/a" in 1s (1s including waiting). Image size: 10 bytes.'
+    reader._event("LISTED", pulled("old", text))  # before the operator started: not counted
+    assert reader.counted == 0
+    monkeypatch.setattr(reader._reader, "_listed", {None})
+    reader._event("LISTED", pulled("old", text))
+    assert reader.counted == 0
+    for i in range(10):
+        reader._event("ADDED", pulled(f"n{i}", text))
+    assert reader.counted == 10 and len(reader._seen) == 3

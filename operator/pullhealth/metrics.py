@@ -94,6 +94,32 @@ POD_PULL_FAILURES = Gauge(
     ["namespace", "registry", "code"],
     registry=REGISTRY,
 )
+# Successful pulls, from kubelet's Pulled Events (issue 24). Labels: registry only (the
+# admin's list, else "other"), so at most (listed registries + 1) x buckets series each.
+_PULL_SECONDS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+IMAGE_PULL_DURATION = Histogram(
+    "pullhealth_image_pull_duration_seconds",
+    "Time kubelet took to pull an image, from its Pulled Events (the pull itself, without "
+    "waiting), by registry.",
+    ["registry"],
+    buckets=_PULL_SECONDS,
+    registry=REGISTRY,
+)
+IMAGE_PULL_WAITING = Histogram(
+    "pullhealth_image_pull_waiting_seconds",
+    "Time a pull waited before it started (serialized pulls, maxParallelImagePulls), from "
+    "kubelet's Pulled Events (\"including waiting\" minus the pull), by registry.",
+    ["registry"],
+    buckets=(0, *_PULL_SECONDS),
+    registry=REGISTRY,
+)
+IMAGE_PULL_SIZE = Histogram(
+    "pullhealth_image_pull_size_bytes",
+    "Size of each pulled image, from kubelet's Pulled Events (kubelet 1.29+), by registry.",
+    ["registry"],
+    buckets=(1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2e9, 5e9, 1e10),
+    registry=REGISTRY,
+)
 DIAGNOSES = Counter(
     "pullhealth_diagnoses",
     "Pull failures diagnosed, by code.",
@@ -368,6 +394,18 @@ def _remove(metric: Gauge | Counter, *labels: str) -> None:
 
 
 # -- probes and the endpoint ----------------------------------------------------------
+
+
+def record_image_pull(registry: str, seconds: float, waiting: float | None, size: int | None,
+                      times: int = 1) -> None:
+    """Observe ``times`` successful pulls kubelet reported with these figures."""
+    label = registry_label(registry)
+    for _ in range(max(0, min(times, 1000))):
+        IMAGE_PULL_DURATION.labels(label).observe(seconds)
+        if waiting is not None:
+            IMAGE_PULL_WAITING.labels(label).observe(waiting)
+        if size is not None:
+            IMAGE_PULL_SIZE.labels(label).observe(size)
 
 
 def count_probe_request(registry: str, probe: str) -> None:

@@ -14,19 +14,26 @@ recently failed out first), so one namespace's forged Events cannot evict anothe
 Read by :class:`pullhealth.kube.listwatch.ListWatch` (plain JSON, one thread per scope). Until
 the first list has arrived, or while the watch is down, :meth:`KubeletFailures.messages`
 says it does not know (None): the caller lists the pod's Events as before.
+
+:class:`KubeletPulls` reads kubelet's ``Pulled`` Events the same way (one more watch,
+``reason=Pulled``) and turns each successful pull into the pull metrics (``record``:
+:func:`pullhealth.metrics.record_image_pull`, given by start-up), parsed on the reading
+thread, never an API request per Event.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import kubernetes
 
-from pullhealth.kube.events import event_moment, kubelet_pull_failure
+from pullhealth.bounded import BoundedDict
+from pullhealth.domain.reference import InvalidReference, parse
+from pullhealth.kube.events import KUBELET, event_moment, kubelet_pull_failure, occurrences, pulled_image
 from pullhealth.kube.listwatch import ListWatch, core_lister, uid_of
 
 FIELD_SELECTOR = "reason=Failed,involvedObject.kind=Pod"
@@ -153,3 +160,105 @@ class KubeletFailures:
                 pods.pop(key[1], None)
                 if not pods:
                     self._by_ns.pop(key[0], None)
+
+
+PULLED_SELECTOR = "reason=Pulled,involvedObject.kind=Pod"
+# (registry, seconds, waiting, size, times): metrics.record_image_pull
+RecordPull = Callable[[str, float, float | None, int | None, int], None]
+
+
+def kubelet_pulled(event: Mapping[str, Any]) -> bool:
+    """kubelet's Event about a successful pull of one of its own namespace's pods."""
+    involved = event.get("involvedObject") or {}
+    metadata = event.get("metadata") or {}
+    source = event.get("source") or {}
+    if not all(isinstance(part, Mapping) for part in (involved, metadata, source)):
+        return False
+    if KUBELET not in (source.get("component"), event.get("reportingComponent")):
+        return False
+    if metadata.get("namespace") and involved.get("namespace") != metadata.get("namespace"):
+        return False
+    message = str(event.get("message") or "")
+    return event.get("reason") == "Pulled" and message.startswith("Successfully pulled")
+
+
+class KubeletPulls:
+    """Pull metrics from kubelet's ``Pulled`` Events, each occurrence counted once.
+
+    An Event's ``count`` (or ``series.count``) grows when kubelet repeats a message; only the
+    growth is counted, remembered per Event uid (at most ``remembered`` uids, least recently
+    seen out first), so a re-list after a watch gap counts only what happened in the gap.
+    The first listing is the baseline: pulls from before the operator started are not
+    counted (a restart would count the last hour's pulls again).
+
+    Args:
+        api: the API client.
+        namespaces: watched namespaces; empty = cluster-wide (one watch).
+        record: called with (registry, seconds, waiting, size, times) for each new pull
+            (:func:`pullhealth.metrics.record_image_pull`).
+        remembered: Event uids remembered (kubelet's Events live an hour: about the
+            cluster's successful pulls per hour).
+    """
+
+    def __init__(
+        self,
+        api: kubernetes.client.ApiClient,
+        namespaces: Sequence[str] = (),
+        *,
+        record: RecordPull,
+        remembered: int = 50_000,
+    ) -> None:
+        self._record = record
+        self._lock = threading.Lock()
+        self._seen: BoundedDict[str, int] = BoundedDict(remembered)
+        self.counted = 0  # pulls recorded (tests, benchmarks)
+        self._reader = ListWatch(
+            core_lister(api, "events", PULLED_SELECTOR),
+            namespaces,
+            self._event,
+            relevant=kubelet_pulled,
+            what="events",
+            without="no pull metrics from kubelet's Pulled Events",
+        )
+
+    @property
+    def synced(self) -> bool:
+        """Every scope listed and its watch running."""
+        return self._reader.synced
+
+    def start(self) -> None:
+        """One daemon thread per scope (they end with the process)."""
+        self._reader.start()
+
+    def stop(self) -> None:
+        """The watches end at their next event or time-out."""
+        self._reader.stop()
+
+    def _event(self, kind: str, event: Mapping[str, Any]) -> None:
+        if kind == "DELETED":
+            return  # an expired Event was counted when it happened; its uid ages out
+        self.add(event, baseline=kind == "LISTED" and not self._reader.ever_synced)
+
+    def add(self, event: Mapping[str, Any], *, baseline: bool = False) -> None:
+        """Count the new occurrences of one ``Pulled`` Event (its JSON); a ``baseline``
+        Event is only remembered."""
+        if not kubelet_pulled(event):
+            return
+        uid = uid_of(event)
+        if not uid:
+            return
+        times = occurrences(event)
+        with self._lock:
+            new = times - self._seen.get(uid, 0)
+            self._seen[uid] = max(times, self._seen.get(uid, 0))
+        if baseline or new <= 0:
+            return
+        pulled = pulled_image(str(event.get("message") or ""))
+        if pulled is None:
+            return
+        try:
+            registry = parse(pulled.image).registry
+        except InvalidReference:
+            registry = ""  # no registry label but "other"
+        self._record(registry, pulled.seconds, pulled.waiting, pulled.size, new)
+        self.counted += new

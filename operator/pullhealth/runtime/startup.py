@@ -142,6 +142,10 @@ def build(settings: Settings, logger: kopf.Logger) -> Runtime:
         failures = runtime.kubelet_failures = kubeletevents.KubeletFailures(kube.api, settings.namespaces)
         failures.start()
         listed.append(lambda: failures.settled)
+        runtime.kubelet_pulls = kubeletevents.KubeletPulls(
+            kube.api, settings.namespaces, record=metrics.record_image_pull
+        )
+        runtime.kubelet_pulls.start()
     if listed:
         ready = runtime.first_listings_ready = asyncio.Event()
         runtime.background.add(asyncio.create_task(_first_listings(listed, ready)))

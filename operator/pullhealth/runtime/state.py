@@ -44,6 +44,7 @@ class Runtime:
     pod_reader: watchcache.CachedReader | None = None
     # kubelet's pull-failure Events of every pod, from one watch (None: listed per pod).
     kubelet_failures: kubeletevents.KubeletFailures | None = None
+    kubelet_pulls: kubeletevents.KubeletPulls | None = None
     # Set once that watch and the Node and ServiceAccount mirrors first listed (or gave up
     # waiting for them): at start-up pods wait for it instead of each reading its own.
     first_listings_ready: asyncio.Event | None = None
@@ -86,6 +87,8 @@ class Runtime:
             stream.stop()
         if self.kubelet_failures is not None:
             self.kubelet_failures.stop()
+        if self.kubelet_pulls is not None:
+            self.kubelet_pulls.stop()
         if self.leader is not None:
             self.leader.stop()
         for task in self.background:
