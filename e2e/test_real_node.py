@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pullhealth.kube.events import pulled_image
 from pullhealth_dev import cluster as devcluster
 from pullhealth_dev import node as realnode
 from support.kubelet import docker_secret
@@ -276,6 +277,65 @@ def test_untrusted_tls(real_node: realnode.NodeState, dev_cluster: Any, operator
 
 RELEASE = "pullhealth"
 IMAGE_USER = 10001  # the Dockerfile's USER, and the chart's runAsUser
+
+
+def test_a_successful_pull_reaches_the_pull_metrics(real_node: realnode.NodeState, dev_cluster: Any,
+                                                    operator: Any, world: World, namespace: str,
+                                                    wait_for: Callable[..., Any]) -> None:
+    """kubelet's own Pulled Event, for a pull from the world's registry, reaches /metrics."""
+    registry = world.anon  # listed in the operator's --metrics-registries: labelled by name
+    image = f"{registry}/library/alpine:3.19"
+
+    def figures() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for line in operator.metrics().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("pullhealth_image_pull_") and f'registry="{registry}"' in name \
+                    and (name.split("{")[0].endswith(("_count", "_sum"))):
+                found[name.split("{")[0]] = float(value)
+        return found
+
+    before = figures()
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("pulled", image))
+
+    def pulled_event() -> dict[str, Any] | None:
+        for pod in pods_of(dev_cluster, namespace, "pulled"):
+            for event in events_of(dev_cluster, namespace, pod["metadata"]["name"]):
+                if event["reason"] == "Pulled" and event["message"].startswith("Successfully pulled image"):
+                    return event
+        return None
+
+    event = wait_for(pulled_event, "kubelet's Pulled Event", timeout=KUBELET_WAIT)
+    assert event["source"] == {"component": "kubelet", "host": realnode.NODE_NAME}
+    first = pulled_image(event["message"])
+    assert first is not None, event["message"]  # kubelet 1.34's words still parse
+    assert first.image == image and first.waiting is not None and first.size and first.size > 0
+
+    # The container may exit and kubelet pull again (imagePullPolicy: Always): each pull is
+    # its own Event (or a repeat in its count). /metrics must settle on exactly what the
+    # Events say, each occurrence once; nothing else pulls from this registry meanwhile.
+    def agree() -> tuple[float, float] | None:
+        pulls = [(pulled_image(e["message"]), int(e.get("count") or 1))
+                 for pod in pods_of(dev_cluster, namespace, "pulled")
+                 for e in events_of(dev_cluster, namespace, pod["metadata"]["name"])
+                 if e["reason"] == "Pulled" and e["message"].startswith("Successfully pulled image")]
+        now = figures()
+
+        def grown(name: str) -> float:
+            return now.get(f"pullhealth_image_pull_{name}", 0.0) - before.get(f"pullhealth_image_pull_{name}", 0.0)
+
+        count = sum(times for _, times in pulls)
+        seconds = sum(p.seconds * times for p, times in pulls if p is not None)
+        size = sum((p.size or 0) * times for p, times in pulls if p is not None)
+        if (grown("duration_seconds_count") == count and grown("size_bytes_count") == count
+                and grown("waiting_seconds_count") == count
+                and abs(grown("duration_seconds_sum") - seconds) < 1e-3 * count
+                and grown("size_bytes_sum") == size):
+            return count, size
+        return None
+
+    count, size = wait_for(agree, "/metrics agreeing with kubelet's Pulled Events", timeout=DIAGNOSIS_WAIT)
+    assert count >= 1 and size >= first.size
 
 
 @pytest.fixture(scope="module")
