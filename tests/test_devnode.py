@@ -16,6 +16,7 @@ import tarfile
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,16 @@ def test_kubelet_stays_on_loopback_and_off_the_hosts_settings(tmp_path: Path) ->
     assert config["authentication"]["anonymous"]["enabled"] is False
     assert config["containerRuntimeEndpoint"] == "unix:///run/n/containerd.sock"
     assert config["registerWithTaints"] == [{"key": "k", "value": "v", "effect": "NoSchedule"}]
+
+
+def test_a_test_may_set_kubelet_settings_but_not_its_loopback_or_authentication(tmp_path: Path) -> None:
+    common: dict[str, Any] = {"ca_file": tmp_path / "ca.crt", "containerd_address": Path("/run/n/c.sock"),
+                              "cgroup_root": "/x", "port": 1, "healthz_port": 2, "resolv_conf": tmp_path / "r"}
+    config = realnode.kubelet_config(tmp_path, **common, settings={"registryPullQPS": 1, "registryBurst": 1})
+    assert (config["registryPullQPS"], config["registryBurst"]) == (1, 1)
+    assert "registryPullQPS" not in realnode.kubelet_config(tmp_path, **common)
+    with pytest.raises(ValueError, match="address"):
+        realnode.kubelet_config(tmp_path, **common, settings={"address": "0.0.0.0"})
 
 
 def test_containerd_config_is_valid_toml_with_the_fixes(tmp_path: Path) -> None:

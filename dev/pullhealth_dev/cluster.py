@@ -325,6 +325,7 @@ class DevCluster:
         self.node_dns_upstream = node_dns_upstream
         self.node_dns_domains = tuple(node_dns_domains)
         self.node_taints = [dict(t) for t in node_taints]
+        self.node_kubelet_settings: dict[str, Any] = {}
         #: The running node's state (None without a node).
         self.node: realnode.NodeState | None = None
         self._procs: list[_Proc] = []
@@ -823,6 +824,7 @@ class DevCluster:
         dns_upstream: str | None = None,
         dns_domains: Sequence[str] = (),
         taints: Sequence[Mapping[str, str]] = (),
+        kubelet_settings: Mapping[str, Any] | None = None,
     ) -> realnode.NodeState:
         """Start kube-scheduler and the real node on this running cluster (started here).
 
@@ -830,6 +832,7 @@ class DevCluster:
             dns_upstream: A loopback resolver for the names under ``dns_domains``.
             dns_domains: Domains the node resolves through ``dns_upstream``.
             taints: Taints the node registers with.
+            kubelet_settings: KubeletConfiguration fields to set (``registryPullQPS``, ...).
 
         Returns:
             The node's state (its containerd, certs.d for hosts.toml files).
@@ -847,6 +850,7 @@ class DevCluster:
             raise DevClusterError(str(err)) from err
         self.node_dns_upstream, self.node_dns_domains = dns_upstream, tuple(dns_domains)
         self.node_taints = [dict(t) for t in taints]
+        self.node_kubelet_settings = dict(kubelet_settings or {})
         leaves = {
             crt.stem: (crt, crt.with_suffix(".key"))
             for crt in self.pki.glob("*.crt")
@@ -996,6 +1000,7 @@ class DevCluster:
             healthz_port=healthz_port,
             resolv_conf=resolv_conf,
             taints=self.node_taints,
+            settings=self.node_kubelet_settings,
         )
         realnode.write_yaml(kubelet_dir / "config.yaml", config)
         self._spawn(

@@ -487,8 +487,10 @@ def kubelet_config(
     healthz_port: int,
     resolv_conf: Path,
     taints: Sequence[Mapping[str, str]] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """kubelet's KubeletConfiguration for the node."""
+    """kubelet's KubeletConfiguration for the node; ``settings`` override its fields (a test's
+    ``registryPullQPS``, say), never the loopback and authentication ones."""
     endpoint = f"unix://{containerd_address}"
     config: dict[str, Any] = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -534,6 +536,11 @@ def kubelet_config(
         "serverTLSBootstrap": False,
         "logging": {"format": "text"},
     }
+    fixed = {"address", "port", "readOnlyPort", "healthzBindAddress", "authentication", "authorization"}
+    refused = fixed & set(settings or {})
+    if refused:
+        raise ValueError(f"kubelet settings the dev node keeps fixed: {sorted(refused)}")
+    config.update(settings or {})
     return config
 
 
