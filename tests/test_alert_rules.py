@@ -44,7 +44,7 @@ def test_promtool_accepts_the_rendered_rules(tmp_path: Path, sets: tuple[str, ..
     path.write_text(rule_file(rendered_rule(*sets)))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 5 rules found" in result.stdout, result.stdout
 
 
 def test_rules_behave_as_documented(tmp_path: Path) -> None:
@@ -116,6 +116,39 @@ def test_rules_behave_as_documented(tmp_path: Path) -> None:
                         "the diagnosis in their pullhealth.io/diagnosis annotation; pullhealth codes explains "
                         "the code.",
                         "runbook_url": f"{RUNBOOKS}/codes.md#tag_not_found"}}]} for t in ("5m", "11m", "14m")),
+            ],
+        }, {
+            # Pulls from slow.example take 120-300 s each (10 a minute), fast.example's under 1 s;
+            # few.example had two slow pulls only (under the 3 the rule asks for).
+            "interval": "1m",
+            "input_series": [
+                *({"series": f'pullhealth_image_pull_duration_seconds_bucket{{registry="slow.example",le="{le}"}}',
+                   "values": values} for le, values in (("1", "0x40"), ("120", "0x40"), ("300", "0+10x40"),
+                                                        ("+Inf", "0+10x40"))),
+                {"series": 'pullhealth_image_pull_duration_seconds_count{registry="slow.example"}',
+                 "values": "0+10x40"},
+                *({"series": f'pullhealth_image_pull_duration_seconds_bucket{{registry="fast.example",le="{le}"}}',
+                   "values": "0+10x40"} for le in ("1", "120", "300", "+Inf")),
+                {"series": 'pullhealth_image_pull_duration_seconds_count{registry="fast.example"}',
+                 "values": "0+10x40"},
+                *({"series": f'pullhealth_image_pull_duration_seconds_bucket{{registry="few.example",le="{le}"}}',
+                   "values": values} for le, values in (("1", "0x40"), ("120", "0x40"), ("300", "0 1 2x38"),
+                                                        ("+Inf", "0 1 2x38"))),
+                {"series": 'pullhealth_image_pull_duration_seconds_count{registry="few.example"}',
+                 "values": "0 1 2x38"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": "PullhealthSlowImagePulls", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "PullhealthSlowImagePulls", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "registry": "slow.example"},
+                    "exp_annotations": {
+                        "summary": "Image pulls from slow.example are slow: p90 4m 42s",
+                        "description": "For 15m, 90% of the pulls kubelet reported from slow.example took longer "
+                        "than 120 s each (the pull itself, without waiting in kubelet's queue; registry \"other\": "
+                        "a registry not in metrics.registries). Large images, a slow registry or data endpoint, or "
+                        "a congested node network; pulls that run into the runtime's timeouts fail with "
+                        "PULL_TIMED_OUT.",
+                        "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthslowimagepulls"}}]},
             ],
         }, {
             "interval": "1m",

@@ -458,8 +458,10 @@ def test_monitoring_objects(helm: str) -> None:
     objects = render(helm, *SCENARIOS["monitoring"])
     rules = {r["alert"]: r for r in one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]}
     assert sorted(rules) == ["PullhealthOperatorAbsent", "PullhealthPodsFailingImagePulls",
-                             "PullhealthRegistryCheckStale", "PullhealthRegistryCheckUnhealthy"]
+                             "PullhealthRegistryCheckStale", "PullhealthRegistryCheckUnhealthy",
+                             "PullhealthSlowImagePulls"]
     assert rules["PullhealthRegistryCheckUnhealthy"]["for"] == "10m"
+    assert rules["PullhealthSlowImagePulls"]["for"] == "15m" and "> 120" in rules["PullhealthSlowImagePulls"]["expr"]
     assert rules["PullhealthPodsFailingImagePulls"]["for"] == "5m"
     assert rules["PullhealthOperatorAbsent"]["for"] == "5m"
     assert rules["PullhealthRegistryCheckStale"]["for"] == "5m"
