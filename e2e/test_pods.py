@@ -348,6 +348,45 @@ def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
         assert wants.code is Code.PROXY_ERROR and "demands proxy credentials" in wants.summary
 
 
+def test_a_bare_deadline_is_told_apart_by_the_pulls_timeline(dev_cluster: Any, world: World, namespace: str) -> None:
+    """kubelet's bare ``context deadline exceeded`` (issue 24): a pull that ran for minutes is
+    PULL_TIMED_OUT, one cut off after seconds a network timeout; unknown: both candidates. The
+    registry itself answers the operator's probe (the message's code stays)."""
+    import asyncio
+
+    from pullhealth.chain.pullsources import Environment
+    from pullhealth.chain.singleflight import SingleFlight
+    from pullhealth.chain.trust import TrustPolicy
+    from pullhealth.domain.model import Diagnosis
+    from pullhealth.kube.kubeapi import KubeReader
+    from pullhealth.pods.podcheck import PodSettings, diagnose_pod
+    from support.kubelet import NODE
+    from support.world import TEST_DESTINATIONS
+
+    image = f"{world.anon}/library/alpine:3.19"
+    message = f'Failed to pull image "{image}": rpc error: code = DeadlineExceeded desc = context deadline exceeded'
+    reader = KubeReader(kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig)))
+    pod = {"metadata": {"name": "big-image", "namespace": namespace},
+           "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": image}]},
+           "status": {"containerStatuses": [{"name": "app", "state": {"waiting": {
+               "reason": "ErrImagePull", "message": message}}}]}}
+    env = Environment(nameserver=world.nameserver, ca_file=str(world.ca_bundle),
+                      trust=TrustPolicy(destinations=TEST_DESTINATIONS))
+
+    def diagnose(seconds: dict[str, float] | None) -> Diagnosis:
+        cache: SingleFlight[Diagnosis] = SingleFlight(ttl=1.0)
+        [result] = asyncio.run(diagnose_pod(pod, [message], reader, env, PodSettings(timeout=5.0), cache,
+                                            pull_seconds=seconds))
+        return result.diagnosis
+
+    unknown = diagnose(None)
+    assert unknown.code is Code.PULL_TIMED_OUT and Code.CONNECT_TIMEOUT in unknown.candidates, unknown
+    long = diagnose({image: 125.0})
+    assert long.code is Code.PULL_TIMED_OUT and "after 125s of pulling" in long.summary, long.summary
+    short = diagnose({image: 3.0})
+    assert short.code is Code.CONNECT_TIMEOUT and short.candidates == [Code.PULL_TIMED_OUT], short
+
+
 def test_namespace_globs_scope_every_reader(
     dev_cluster: Any, operator: Any, world: World, namespace: str, api: Any, wait_for: Any, tmp_path: Path
 ) -> None:

@@ -198,3 +198,26 @@ def test_the_first_listing_is_a_baseline_and_memory_is_bounded(monkeypatch: pyte
     for i in range(10):
         reader._event("ADDED", pulled(f"n{i}", text))
     assert reader.counted == 10 and len(reader._seen) == 3
+
+
+def test_the_timeline_of_a_failed_pull(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pullhealth.pods.kubeletevents import pull_seconds
+
+    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull)
+    failures = KubeletFailures(kubernetes.client.ApiClient())
+
+    def pulling(uid: str, image: str, moment: str, *, ns: str = "team", pod_ns: str | None = None) -> dict[str, Any]:
+        return {**event(uid, "p1", f'Pulling image "{image}"', moment, ns=ns, pod_ns=pod_ns), "reason": "Pulling"}
+
+    reader._event("ADDED", pulling("a", "big:1", "2026-11-30T08:00:00Z"))
+    reader._event("ADDED", pulling("b", "small:1", "2026-11-30T08:00:50Z"))
+    # A forged one for another namespace's pod is not kept.
+    reader._event("ADDED", pulling("c", "big:1", "2026-11-30T08:01:59Z", ns="attacker", pod_ns="team"))
+    failures._event("ADDED", event("f1", "p1", 'Failed to pull image "big:1": context deadline exceeded',
+                                   "2026-11-30T08:02:05Z"))
+    failures._event("ADDED", event("f2", "p1", 'Failed to pull image "small:1": context deadline exceeded',
+                                   "2026-11-30T08:00:40Z"))
+    started, failed = reader.pulling_at("team", "p1"), failures.failed_at("team", "p1")
+    # big:1 ran 125 s; small:1's newest pull started after its failure (a retry): unknown.
+    assert pull_seconds(started, failed) == {"big:1": 125.0}
+    assert reader.counted == 0  # Pulling is not a pull done

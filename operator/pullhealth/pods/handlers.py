@@ -27,7 +27,7 @@ from pullhealth.bounded import BoundedDict
 from pullhealth.domain.diagnose import vantage_layer
 from pullhealth.kube import kubeapi, listwatch
 from pullhealth.kube.leader import STANDBY_RECHECK
-from pullhealth.pods import podcheck, podstream
+from pullhealth.pods import kubeletevents, podcheck, podstream
 from pullhealth.registrychecks.registrycheck import now_rfc3339
 from pullhealth.registrychecks.schedule import Logger
 from pullhealth.runtime.state import Runtime
@@ -206,6 +206,12 @@ class PodController:
                 logger.warning(
                     "cannot list the pod's events (HTTP %s); using the waiting message", exc.status
                 )
+        seconds: dict[str, float] = {}
+        pulls = self.runtime.kubelet_pulls
+        if failing and watch is not None and pulls is not None:
+            # How long each failed pull ran: kubelet's Pulling Event to its Failed Event.
+            started, failed = pulls.pulling_at(namespace, uid), watch.failed_at(namespace, uid)
+            seconds = kubeletevents.pull_seconds(started, failed)
         node_events: list[dict[str, str]] = []
         if failing and self.runtime.settings.node_agent:
             try:
@@ -222,6 +228,7 @@ class PodController:
             self.runtime.pod_cache,
             metrics.count_probe_request,
             node_events,
+            seconds,
         )
 
 

@@ -15,14 +15,17 @@ Read by :class:`pullhealth.kube.listwatch.ListWatch` (plain JSON, one thread per
 the first list has arrived, or while the watch is down, :meth:`KubeletFailures.messages`
 says it does not know (None): the caller lists the pod's Events as before.
 
-:class:`KubeletPulls` reads kubelet's ``Pulled`` Events the same way (one more watch,
-``reason=Pulled``) and turns each successful pull into the pull metrics (``record``:
+:class:`KubeletPulls` reads kubelet's Normal Events the same way (one more watch,
+``type=Normal,involvedObject.kind=Pod,source=kubelet``): when each image's newest pull
+started (``Pulling``: how long a failed pull ran, for pod diagnosis) and each successful
+pull (``Pulled``) into the pull metrics (``record``:
 :func:`pullhealth.metrics.record_image_pull`, given by start-up), parsed on the reading
 thread, never an API request per Event.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +40,8 @@ from pullhealth.kube.events import KUBELET, event_moment, kubelet_pull_failure, 
 from pullhealth.kube.listwatch import ListWatch, core_lister, uid_of
 
 FIELD_SELECTOR = "reason=Failed,involvedObject.kind=Pod"
+_FAILED_IMAGE = re.compile(r'Failed to pull image "([^"\s]{1,512})"')
+_PULLING_IMAGE = re.compile(r'^Pulling image "([^"\s]{1,512})"')
 
 # (namespace, pod uid)
 PodKey = tuple[str, str]
@@ -114,6 +119,18 @@ class KubeletFailures:
             pods = self._by_ns.get(namespace)
             return [message for _, _, message in (pods.get(uid, []) if pods is not None else [])]
 
+    def failed_at(self, namespace: str, uid: str) -> dict[str, datetime]:
+        """The newest failure moment per image of the pod (from ``Failed to pull image "x"``)."""
+        with self._lock:
+            pods = self._by_ns.get(namespace)
+            entries = list(pods.get(uid, [])) if pods is not None else []
+        moments: dict[str, datetime] = {}
+        for moment, _, message in entries:  # newest first
+            match = _FAILED_IMAGE.match(message)
+            if match:
+                moments.setdefault(match.group(1), moment)
+        return moments
+
     def __len__(self) -> int:
         with self._lock:
             return sum(len(pods) for pods in self._by_ns.values())
@@ -162,13 +179,27 @@ class KubeletFailures:
                     self._by_ns.pop(key[0], None)
 
 
-PULLED_SELECTOR = "reason=Pulled,involvedObject.kind=Pod"
+# kubelet's Normal Events about pods (Pulling, Pulled, Created, Started, ...): one watch for
+# both Pulled (the metrics) and Pulling (when each image's newest pull started).
+PULLED_SELECTOR = "type=Normal,involvedObject.kind=Pod,source=kubelet"
 # (registry, seconds, waiting, size, times): metrics.record_image_pull
 RecordPull = Callable[[str, float, float | None, int | None, int], None]
 
 
 def kubelet_pulled(event: Mapping[str, Any]) -> bool:
     """kubelet's Event about a successful pull of one of its own namespace's pods."""
+    message = str(event.get("message") or "")
+    return _kubelets_own(event) and event.get("reason") == "Pulled" and message.startswith(
+        "Successfully pulled")
+
+
+def kubelet_pulling(event: Mapping[str, Any]) -> bool:
+    """kubelet's Event that a pull of one of its own namespace's pods' images started."""
+    return _kubelets_own(event) and event.get("reason") == "Pulling" and bool(
+        _PULLING_IMAGE.match(str(event.get("message") or "")))
+
+
+def _kubelets_own(event: Mapping[str, Any]) -> bool:
     involved = event.get("involvedObject") or {}
     metadata = event.get("metadata") or {}
     source = event.get("source") or {}
@@ -176,10 +207,15 @@ def kubelet_pulled(event: Mapping[str, Any]) -> bool:
         return False
     if KUBELET not in (source.get("component"), event.get("reportingComponent")):
         return False
-    if metadata.get("namespace") and involved.get("namespace") != metadata.get("namespace"):
-        return False
-    message = str(event.get("message") or "")
-    return event.get("reason") == "Pulled" and message.startswith("Successfully pulled")
+    return bool(involved.get("uid")) and (
+        not metadata.get("namespace") or involved.get("namespace") == metadata.get("namespace"))
+
+
+def pull_seconds(pulling: Mapping[str, datetime], failed: Mapping[str, datetime]) -> dict[str, float]:
+    """Seconds from each image's newest ``Pulling`` to its newest failure; an image whose
+    newest pull started after that failure (a retry under way) has no figure."""
+    return {image: (failed[image] - started).total_seconds()
+            for image, started in pulling.items() if image in failed and started <= failed[image]}
 
 
 class KubeletPulls:
@@ -207,16 +243,19 @@ class KubeletPulls:
         *,
         record: RecordPull,
         remembered: int = 50_000,
+        pods: int = 20_000,
     ) -> None:
         self._record = record
         self._lock = threading.Lock()
         self._seen: BoundedDict[str, int] = BoundedDict(remembered)
+        # (namespace, pod uid) -> image -> its newest Pulling moment (at most 8 images a pod)
+        self._pulling: BoundedDict[PodKey, dict[str, datetime]] = BoundedDict(pods)
         self.counted = 0  # pulls recorded (tests, benchmarks)
         self._reader = ListWatch(
             core_lister(api, "events", PULLED_SELECTOR),
             namespaces,
             self._event,
-            relevant=kubelet_pulled,
+            relevant=lambda event: kubelet_pulled(event) or kubelet_pulling(event),
             what="events",
             without="no pull metrics from kubelet's Pulled Events",
         )
@@ -237,7 +276,28 @@ class KubeletPulls:
     def _event(self, kind: str, event: Mapping[str, Any]) -> None:
         if kind == "DELETED":
             return  # an expired Event was counted when it happened; its uid ages out
+        if kubelet_pulling(event):
+            self.started(event)
+            return
         self.add(event, baseline=kind == "LISTED" and not self._reader.ever_synced)
+
+    def started(self, event: Mapping[str, Any]) -> None:
+        """Remember when the pod's newest pull of the Event's image started."""
+        match = _PULLING_IMAGE.match(str(event.get("message") or ""))
+        if not match or not kubelet_pulling(event):
+            return
+        key, moment = _pod_key(event), event_moment(event)
+        with self._lock:
+            images = dict(self._pulling.get(key) or {})
+            if moment >= images.get(match.group(1), moment):
+                images[match.group(1)] = moment
+            if len(images) <= 8:
+                self._pulling[key] = images
+
+    def pulling_at(self, namespace: str, uid: str) -> dict[str, datetime]:
+        """When the pod's newest pull of each image started (kubelet's Pulling Events)."""
+        with self._lock:
+            return dict(self._pulling.get((namespace, uid)) or {})
 
     def add(self, event: Mapping[str, Any], *, baseline: bool = False) -> None:
         """Count the new occurrences of one ``Pulled`` Event (its JSON); a ``baseline``

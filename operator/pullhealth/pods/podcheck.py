@@ -165,17 +165,20 @@ async def diagnose_pod(
     cache: SingleFlight[Diagnosis],
     on_request: Any = None,
     node_events: Sequence[Mapping[str, str]] = (),
+    pull_seconds: Mapping[str, float] | None = None,
 ) -> list[PodResult]:
     """Diagnose every failing container of a pod (at most 8), the first one first.
 
     ``node_events``: the pod's ``NodePathChecked`` Events (the node agent's evidence,
-    newest first; see :mod:`pullhealth.agent.nodereport`).
+    newest first; see :mod:`pullhealth.agent.nodereport`). ``pull_seconds``: per image, how
+    long its failed pull ran (kubelet's Pulling Event to its Failed Event), where known.
     """
     results = []
     for container in failing_containers(pod)[:MAX_CONTAINERS]:
         results.append(
             await diagnose_container(
-                pod, container, kubelet_messages, reader, env, settings, cache, on_request, node_events
+                pod, container, kubelet_messages, reader, env, settings, cache, on_request, node_events,
+                pull_seconds,
             )
         )
     return results
@@ -191,6 +194,7 @@ async def diagnose_container(
     cache: SingleFlight[Diagnosis],
     on_request: Any = None,
     node_events: Sequence[Mapping[str, str]] = (),
+    pull_seconds: Mapping[str, float] | None = None,
 ) -> PodResult:
     """Classify the container's pull error, then confirm it on the pod's own pull path.
 
@@ -200,7 +204,8 @@ async def diagnose_container(
     redactor = Redactor()  # learns every pull secret read for the pod
     try:
         result = await _diagnose_container(
-            pod, container, kubelet_messages, reader, env, settings, cache, on_request, redactor, node_events
+            pod, container, kubelet_messages, reader, env, settings, cache, on_request, redactor, node_events,
+            pull_seconds,
         )
     except Exception as exc:
         log.error("unexpected error diagnosing container %s", container.name, exc_info=True)
@@ -222,11 +227,13 @@ async def _diagnose_container(
     on_request: Any,
     redactor: Redactor,
     node_events: Sequence[Mapping[str, str]] = (),
+    pull_seconds: Mapping[str, float] | None = None,
 ) -> PodResult:
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace") or "default")
     text = pick_message(container, kubelet_messages)
-    message = classify.classify(text)
+    # A bare deadline: how long the pull ran tells a long pull from a network timeout.
+    message = classify.refine_by_timeline(classify.classify(text), (pull_seconds or {}).get(container.image))
     facts = {**message.facts, "namespace": namespace, "container": container.name}
 
     try:
