@@ -216,3 +216,10 @@ Name of the ServiceAccount the node agent runs as.
 {{- required "agent.serviceAccount.name is required when agent.serviceAccount.create is false" .Values.agent.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+The admission webhook's objects: Service, ValidatingWebhookConfiguration, TLS Secret.
+*/}}
+{{- define "pullhealth.admissionName" -}}
+{{- printf "%s-admission" (include "pullhealth.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
