@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from support.kubelet import docker_secret, ensure_node
+from support.objects import webhook_configuration
 from support.operatorproc import OperatorProcess, free_port
 from support.world import World
 
@@ -27,44 +28,6 @@ pytestmark = pytest.mark.usefixtures("no_session_operator")
 
 TIMEOUT_SECONDS = 5
 LABEL = "pullhealth.io/admission"
-RULES = [
-    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-     "resources": ["pods", "replicationcontrollers"], "scope": "Namespaced"},
-    {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-     "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"], "scope": "Namespaced"},
-    {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-     "resources": ["jobs", "cronjobs"], "scope": "Namespaced"},
-]
-
-
-def webhook_configuration(name: str, port: int) -> dict[str, Any]:
-    """Like charts/pullhealth/templates/admission.yaml, with a URL instead of a Service."""
-
-    def hook(suffix: str, path: str, expressions: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "name": f"{suffix}.admission.pullhealth.io",
-            "clientConfig": {"url": f"https://127.0.0.1:{port}{path}"},
-            "rules": RULES,
-            "failurePolicy": "Ignore",
-            "sideEffects": "None",
-            "timeoutSeconds": TIMEOUT_SECONDS,
-            "admissionReviewVersions": ["v1"],
-            "matchPolicy": "Equivalent",
-            "namespaceSelector": {"matchExpressions": [
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]},
-                *expressions,
-            ]},
-        }
-
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [
-            hook("warn", "/validate", [{"key": LABEL, "operator": "NotIn", "values": ["off", "deny"]}]),
-            hook("deny", "/validate-deny", [{"key": LABEL, "operator": "In", "values": ["deny"]}]),
-        ],
-    }
 
 
 def deployment(name: str, image: str, secrets: list[str] | None = None, arch: str | None = None) -> str:
@@ -91,7 +54,8 @@ def webhook(dev_cluster: Any, world: World, tmp_path_factory: pytest.TempPathFac
     ensure_node(api)  # amd64: the platform the arm64-only image lacks
     name = f"pullhealth-e2e-{uuid.uuid4().hex[:6]}"
     port = free_port()
-    dev_cluster.kubectl("apply", "-f", "-", stdin=json.dumps(webhook_configuration(name, port)))
+    dev_cluster.kubectl("apply", "-f", "-",
+                        stdin=json.dumps(webhook_configuration(name, port, TIMEOUT_SECONDS)))
     op = OperatorProcess(
         dev_cluster.kubeconfig, world, tmp_path_factory.mktemp("admission") / "operator.log",
         ["--admission-port", str(port), "--admission-bind-address", "127.0.0.1",
