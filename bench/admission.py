@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def phase(apps: Any, images: list[str], rate: float, seconds: float) -> dict[str
     """Creates at ``rate``/s for ``seconds`` (dry run): latencies (ms) and warned answers."""
     latencies: list[float] = []
     warned = errors = 0
+    kinds: Counter[str] = Counter()
     lock = threading.Lock()
 
     def one(i: int) -> None:
@@ -77,9 +79,10 @@ def phase(apps: Any, images: list[str], rate: float, seconds: float) -> dict[str
             reply = apps.create_namespaced_deployment(NS, body, dry_run="All", _preload_content=False)
             headers = reply.headers
             reply.release_conn()
-        except Exception:  # counted, not raised: the pool would swallow it
+        except Exception as exc:  # counted, not raised: the pool would swallow it
             with lock:
                 errors += 1
+                kinds[f"{type(exc).__name__} {getattr(exc, 'status', '')}".strip()] += 1
             return
         took = (time.monotonic() - started) * 1000
         with lock:
@@ -94,6 +97,8 @@ def phase(apps: Any, images: list[str], rate: float, seconds: float) -> dict[str
             if delay > 0:
                 time.sleep(delay)
             pool.submit(one, i)
+    if kinds:
+        print(f"errors: {dict(kinds)}")
     return summary(total, latencies, errors, warned)
 
 
