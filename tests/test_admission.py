@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime
 import json
 import ssl
@@ -222,10 +223,23 @@ async def test_a_namespace_secret_result_answers_only_that_namespace(world: Worl
 
 async def test_answer_within_budget_while_the_chain_goes_on(world: World) -> None:
     preflight, cache, _ = make_preflight(world, [AMD64])
+    preflight = dataclasses.replace(preflight, max_pending=2)
     started = time.monotonic()
     got = await warnings_for(preflight, deployment([f"{world.silent}/team/app:v1"]), budget=0.3)
     assert got == [] and time.monotonic() - started < 1.0
-    assert len(cache) == 1  # still running, shielded: the next apply joins it
+    assert len(cache) == 1 and len(preflight.pending) == 1  # still running: the next apply joins it
+    # The same image again joins the running check; its answer is not waited for longer.
+    started = time.monotonic()
+    assert await warnings_for(preflight, deployment([f"{world.silent}/team/app:v1"]), budget=0.3) == []
+    assert time.monotonic() - started < 1.0 and cache.runs == 1 and len(preflight.pending) == 2
+    # Past max_pending, new images are not checked at all: no chain, no backlog.
+    images = [f"{world.silent}/team/other:{i}" for i in range(5)]
+    assert await warnings_for(preflight, deployment(images), budget=0.3) == []
+    assert cache.runs == 1 and len(preflight.pending) == 2 and preflight.skipped == [5]
+    preflight.cancel_pending()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not preflight.pending
 
 
 # --- the HTTPS server and its certificate

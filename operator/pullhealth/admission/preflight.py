@@ -9,9 +9,11 @@ concurrent apply and pod joins. The cache key carries the namespace whenever the
 namespace's secrets decide the result (:mod:`pullhealth.chain.pullpath`), so no
 namespace learns from another's secrets.
 
-Bounded: the whole answer waits at most ``budget`` seconds; a chain still running then
-goes on (the cache shields it) and answers the next apply, the request gets no warning
-for that image.
+Bounded: the whole answer waits at most ``budget`` seconds; a check still running then
+goes on and answers the next apply, the request gets no warning for that image. At most
+``max_pending`` such checks run at once: past it, an apply's new images are not checked
+(no warning), so a flood of never-seen images (a slow registry, a loop of dry runs) cannot
+grow a backlog without limit.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pullhealth.admission import decision
@@ -33,6 +35,8 @@ from pullhealth.domain.reference import InvalidReference, parse
 from pullhealth.pods import podcheck
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING = 256
 
 
 @dataclass(frozen=True)
@@ -54,22 +58,40 @@ class Preflight:
     settings: podcheck.PodSettings
     nodes: Callable[[], Sequence[Mapping[str, Any]]] = lambda: ()
     on_request: Callable[[str, str], None] | None = None
+    max_pending: int = MAX_PENDING
+    # Checks that outlived their apply's budget, still running (they answer the next one).
+    pending: set[asyncio.Task[Diagnosis]] = field(default_factory=set, compare=False)
+    # Images left unchecked because max_pending checks were running (a one-item counter).
+    skipped: list[int] = field(default_factory=lambda: [0], compare=False)
 
     async def diagnose(self, plan: decision.Plan, budget: float) -> list[tuple[str, Diagnosis]]:
         """(image, masked diagnosis) of each image answered within ``budget`` seconds, in
-        the plan's order; an image whose check is still running is left out."""
+        the plan's order; an image whose check is still running, or was not started
+        because ``max_pending`` checks are running, is left out."""
         if not plan.images:
             return []
-        platforms = decision.node_platforms(
-            self.nodes(), plan.spec.get("nodeSelector"), self.settings.platform
-        )
-        tasks = [asyncio.ensure_future(self._one(plan, image, platforms)) for image in plan.images]
-        done, pending = await asyncio.wait(tasks, timeout=max(budget, 0.0))
-        for task in pending:
-            task.cancel()  # the chain itself goes on under the cache's shield
-        return [
-            (image, task.result()) for image, task in zip(plan.images, tasks, strict=True) if task in done
-        ]
+        selector = plan.spec.get("nodeSelector")
+        platforms = decision.node_platforms(self.nodes(), selector, self.settings.platform)
+        tasks: list[tuple[str, asyncio.Task[Diagnosis]]] = []
+        for image in plan.images:
+            if len(self.pending) >= self.max_pending:
+                self.skipped[0] += 1
+                continue
+            task = asyncio.ensure_future(self._one(plan, image, platforms))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+            tasks.append((image, task))
+        if not tasks:
+            return []
+        # Not cancelled at the budget: a check left running completes (its chain is the
+        # shared one) and its result is cached for the next apply.
+        done, _ = await asyncio.wait([t for _, t in tasks], timeout=max(budget, 0.0))
+        return [(image, task.result()) for image, task in tasks if task in done]
+
+    def cancel_pending(self) -> None:
+        """At shut-down: the checks still running are dropped."""
+        for task in list(self.pending):
+            task.cancel()
 
     async def _one(self, plan: decision.Plan, reference: str, platforms: Sequence[str]) -> Diagnosis:
         redactor = Redactor()  # learns every pull secret the spec's path reads

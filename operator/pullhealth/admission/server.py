@@ -179,6 +179,7 @@ class AdmissionServer:
                 await self._refresher
         if self._runner is not None:
             await self._runner.cleanup()
+        self.preflight.cancel_pending()
         if self.tls is not None:
             self.tls.close()
 
