@@ -8,6 +8,7 @@ Secret), and injects its CA into a ValidatingWebhookConfiguration shaped like th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -19,6 +20,7 @@ import kubernetes
 import pytest
 import yaml
 
+from pullhealth.admission import certs
 from support.kubelet import docker_secret, ensure_node
 from support.objects import webhook_configuration
 from support.operatorproc import OperatorProcess, free_port
@@ -166,3 +168,37 @@ def test_the_ca_in_the_configuration_is_the_secret_s(dev_cluster: Any, webhook: 
     config = json.loads(dev_cluster.kubectl("get", "validatingwebhookconfiguration", name, "-o", "json").stdout)
     ca = base64.b64decode(secret["data"]["ca.crt"])
     assert all(base64.b64decode(w["clientConfig"]["caBundle"]) == ca for w in config["webhooks"])
+
+
+def test_replicas_racing_to_create_the_certificate_share_one(dev_cluster: Any, namespace: str) -> None:
+    api = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+    stores = [certs.SecretStore(api) for _ in range(4)]
+
+    async def race() -> list[certs.Bundle]:
+        return list(await asyncio.gather(*(s.load_or_create(namespace, "tls", ["127.0.0.1"]) for s in stores)))
+
+    bundles = asyncio.run(race())
+    assert len({b.tls_crt for b in bundles}) == 1 and len({b.ca_crt for b in bundles}) == 1
+    stored = json.loads(dev_cluster.kubectl("get", "secret", "-n", namespace, "tls", "-o", "json").stdout)
+    assert base64.b64decode(stored["data"]["tls.crt"]).decode() == bundles[0].tls_crt
+    # A renewal for a new name keeps the CA (the caBundle stays valid).
+    renewed = asyncio.run(stores[0].load_or_create(namespace, "tls", ["127.0.0.1", "other.svc"]))
+    assert renewed.ca_crt == bundles[0].ca_crt and renewed.tls_crt != bundles[0].tls_crt
+
+
+def test_a_blanked_ca_bundle_is_put_back(dev_cluster: Any) -> None:
+    name = f"pullhealth-e2e-inject-{uuid.uuid4().hex[:6]}"
+    dev_cluster.kubectl("apply", "-f", "-", stdin=json.dumps(webhook_configuration(name, free_port())))
+    try:
+        api = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+        injector = certs.CaInjector(api)
+        ca = certs.generate(["127.0.0.1"]).ca_crt
+        assert asyncio.run(injector.inject(name, ca)) is True
+        assert asyncio.run(injector.inject(name, ca)) is False  # already set: no write
+        got = json.loads(dev_cluster.kubectl("get", "validatingwebhookconfiguration", name, "-o", "json").stdout)
+        assert all(base64.b64decode(w["clientConfig"]["caBundle"]).decode() == ca for w in got["webhooks"])
+        # What a helm upgrade does: the configuration re-applied without a caBundle.
+        dev_cluster.kubectl("replace", "-f", "-", stdin=json.dumps(webhook_configuration(name, free_port())))
+        assert asyncio.run(injector.inject(name, ca)) is True
+    finally:
+        dev_cluster.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found")
