@@ -169,8 +169,9 @@ def _ascii_line(text: str, limit: int) -> str:
 
 
 def warning(image: str, diagnosis: Diagnosis) -> str | None:
-    """``image <ref>: <CODE> (<summary>)`` for a failing pull; None when it would pull (or
-    the operator could not tell). Transient codes say that only the operator's attempt failed."""
+    """``image <ref>: <CODE> (<summary>); try: <first remediation>`` for a failing pull, at
+    most MAX_WARNING characters; None when it would pull (or the operator could not tell).
+    Transient codes say that only the operator's attempt failed."""
     if diagnosis.healthy or diagnosis.code in NOT_CHECKED:
         return None
     summary = diagnosis.summary.rstrip(".")
@@ -178,6 +179,8 @@ def warning(image: str, diagnosis: Diagnosis) -> str | None:
         text = f"image {image}: {diagnosis.code.value} from the operator's network ({summary})"
     else:
         text = f"image {image}: {diagnosis.code.value} ({summary})"
+    if diagnosis.remediation:  # what to do, as far as the line allows
+        text += f"; try: {diagnosis.remediation[0].rstrip('.')}"
     return _ascii_line(text, MAX_WARNING)
 
 
