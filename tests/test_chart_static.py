@@ -704,3 +704,10 @@ def test_admission_with_cert_manager(helm: str) -> None:
                    "admission.certManager.issuerRef.name=corp-ca", "admission.certManager.issuerRef.kind=ClusterIssuer")
     assert one(named, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
     assert not of_kind(named, "Issuer")
+
+
+def test_admission_with_watched_namespaces_sends_only_those(helm: str) -> None:
+    config = one(render(helm, "admission.enabled=true", "watchNamespaces={a,b}"), "ValidatingWebhookConfiguration")
+    for hook in config["webhooks"]:
+        assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["a", "b"]} in \
+            hook["namespaceSelector"]["matchExpressions"]
