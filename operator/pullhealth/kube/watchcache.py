@@ -99,6 +99,12 @@ class Mirror:
         held = self._objects.get((namespace, name))
         return held[1] if held is not None else None
 
+    def objects(self) -> list[Mapping[str, Any]]:
+        """Every kept object; empty when not listed yet or past the limit (unknown)."""
+        if self._overflow or not self.synced():
+            return []
+        return [held[1] for held in list(self._objects.values()) if held[1] is not None]
+
     def __len__(self) -> int:
         return len(self._objects)
 
