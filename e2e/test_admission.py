@@ -20,6 +20,7 @@ import kubernetes
 import pytest
 import yaml
 
+from pullhealth import tlscerts
 from pullhealth.admission import certs
 from support.kubelet import docker_secret, ensure_node
 from support.objects import webhook_configuration
@@ -174,7 +175,7 @@ def test_replicas_racing_to_create_the_certificate_share_one(dev_cluster: Any, n
     api = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
     stores = [certs.SecretStore(api) for _ in range(4)]
 
-    async def race() -> list[certs.Bundle]:
+    async def race() -> list[tlscerts.Bundle]:
         return list(await asyncio.gather(*(s.load_or_create(namespace, "tls", ["127.0.0.1"]) for s in stores)))
 
     bundles = asyncio.run(race())
@@ -192,7 +193,7 @@ def test_a_blanked_ca_bundle_is_put_back(dev_cluster: Any) -> None:
     try:
         api = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
         injector = certs.CaInjector(api)
-        ca = certs.generate(["127.0.0.1"]).ca_crt
+        ca = tlscerts.generate(["127.0.0.1"]).ca_crt
         assert asyncio.run(injector.inject(name, ca)) is True
         assert asyncio.run(injector.inject(name, ca)) is False  # already set: no write
         got = json.loads(dev_cluster.kubectl("get", "validatingwebhookconfiguration", name, "-o", "json").stdout)

@@ -19,7 +19,8 @@ import httpx
 import pytest
 from cryptography import x509
 
-from pullhealth.admission import certs, decision
+from pullhealth import tlscerts
+from pullhealth.admission import decision
 from pullhealth.admission.preflight import Preflight
 from pullhealth.admission.server import AdmissionServer, TLSSource, api_timeout
 from pullhealth.chain.pullsources import Environment
@@ -249,22 +250,22 @@ async def test_answer_within_budget_while_the_chain_goes_on(world: World) -> Non
 
 def test_renewal_keeps_the_ca_and_covers_new_names() -> None:
     now = datetime.datetime.now(datetime.UTC)
-    bundle = certs.generate(["svc.ns.svc", "127.0.0.1"], now)
-    assert certs.renewed(bundle, ["svc.ns.svc", "127.0.0.1"], now) is None
-    later = certs.renewed(bundle, ["svc.ns.svc", "127.0.0.1"], now + datetime.timedelta(days=340))
+    bundle = tlscerts.generate(["svc.ns.svc", "127.0.0.1"], now)
+    assert tlscerts.renewed(bundle, ["svc.ns.svc", "127.0.0.1"], now) is None
+    later = tlscerts.renewed(bundle, ["svc.ns.svc", "127.0.0.1"], now + datetime.timedelta(days=340))
     assert later is not None and later.ca_crt == bundle.ca_crt and later.tls_crt != bundle.tls_crt
-    more = certs.renewed(bundle, ["svc.ns.svc", "other.ns.svc"], now)
+    more = tlscerts.renewed(bundle, ["svc.ns.svc", "other.ns.svc"], now)
     assert more is not None and more.ca_crt == bundle.ca_crt
-    ca_ending = certs.renewed(bundle, ["svc.ns.svc"], now + datetime.timedelta(days=certs.CA_DAYS - 100))
+    ca_ending = tlscerts.renewed(bundle, ["svc.ns.svc"], now + datetime.timedelta(days=tlscerts.CA_DAYS - 100))
     assert ca_ending is not None and ca_ending.ca_crt != bundle.ca_crt
-    assert certs.Bundle.from_data(bundle.data()) == bundle
-    assert certs.Bundle.from_data({"ca.crt": "!!"}) is None
+    assert tlscerts.Bundle.from_data(bundle.data()) == bundle
+    assert tlscerts.Bundle.from_data({"ca.crt": "!!"}) is None
     cert = x509.load_pem_x509_certificate(bundle.tls_crt.encode())
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
 
 async def test_https_server_answers_reviews_and_garbage(world: World, tmp_path: Path) -> None:
-    bundle = certs.generate(["localhost", "127.0.0.1"])
+    bundle = tlscerts.generate(["localhost", "127.0.0.1"])
     (tmp_path / "tls.crt").write_text(bundle.tls_crt)
     (tmp_path / "tls.key").write_text(bundle.tls_key)
     (tmp_path / "ca.crt").write_text(bundle.ca_crt)
@@ -290,7 +291,7 @@ async def test_https_server_answers_reviews_and_garbage(world: World, tmp_path: 
 
 
 def test_secret_data_is_base64_of_pem() -> None:
-    data = certs.generate(["x"]).data()
+    data = tlscerts.generate(["x"]).data()
     assert set(data) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
     assert base64.b64decode(data["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
 

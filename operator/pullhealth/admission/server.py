@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pullhealth import metrics
+from pullhealth import metrics, tlscerts
 from pullhealth.admission import certs, decision
 from pullhealth.admission.preflight import Preflight
 from pullhealth.runtime.state import Runtime
@@ -101,10 +101,10 @@ class TLSSource:
             bundle = await self.store.load_or_create(namespace, name, self.hosts)
             if (bundle.tls_crt, bundle.tls_key) != self._loaded:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                key_file = self.dir / certs.TLS_KEY
+                key_file = self.dir / tlscerts.TLS_KEY
                 key_file.touch(mode=0o600)
                 key_file.write_text(bundle.tls_key)
-                (self.dir / certs.TLS_CRT).write_text(bundle.tls_crt)
+                (self.dir / tlscerts.TLS_CRT).write_text(bundle.tls_crt)
             if self.webhook_name and self.injector is not None:
                 try:
                     await self.injector.inject(self.webhook_name, bundle.ca_crt)
@@ -118,7 +118,7 @@ class TLSSource:
                         f" HTTP {exc.status}" if hasattr(exc, "status") else "",
                         RETRY_SECONDS,
                     )
-        crt, key = self.dir / certs.TLS_CRT, self.dir / certs.TLS_KEY
+        crt, key = self.dir / tlscerts.TLS_CRT, self.dir / tlscerts.TLS_KEY
         current = (crt.read_text(), key.read_text())
         if current != self._loaded:
             context.load_cert_chain(str(crt), str(key))
