@@ -1,7 +1,7 @@
 """The admission webhook with exactly the chart's RBAC (issue 23).
 
 Its own module: the chart's objects are applied while no other webhook of this session is
-registered (e2e/test_admission.py's would warn about the chart's own image).
+registered (e2e/test_admission_apply.py's would warn about the chart's own image).
 """
 
 from __future__ import annotations
