@@ -80,7 +80,7 @@ def test_kubelet_failures_come_from_one_watch(dev_cluster: Any, namespace: str, 
     assert not watch.settled
     watch.start()
     try:
-        wait_for(lambda: watch.synced, "the first list")
+        wait_for(lambda: watch.watching, "the first list")
         assert watch.settled
         assert watch.messages(namespace, "no-such-uid") == []
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -230,6 +230,7 @@ SCENARIOS = {
     "monitoring": ["prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true",
                    "grafanaDashboard.enabled=true"],
     "networkPolicy": ["networkPolicy.enabled=true"],
+    "admissionCertManager": ["admission.enabled=true", "admission.certManager.enabled=true"],
 }
 
 
@@ -670,3 +671,87 @@ def test_agent_probes_what_the_operator_may_by_default_and_signs_with_the_shared
     assert not [o for o in render(helm) if o["kind"] == "Secret"]  # no agent, no key
     operator = container(render(helm, "agent.enabled=true"))
     assert "--agent-report-key-file=/etc/pullhealth/report-key/key" in operator["args"]
+
+
+# -- the admission webhook (docs/admission.md) ----------------------------------------
+
+
+def test_admission_is_off_by_default(helm: str) -> None:
+    objects = render(helm)
+    assert not of_kind(objects, "ValidatingWebhookConfiguration")
+    assert not any(a.startswith("--admission") for a in container(objects)["args"])
+
+
+def test_admission_renders_a_fail_open_webhook_with_its_flags_and_narrow_rbac(helm: str) -> None:
+    objects = render(helm, "admission.enabled=true")
+    name = f"{RELEASE}-pullhealth-admission"
+    config = one(objects, "ValidatingWebhookConfiguration")
+    assert config["metadata"]["name"] == name
+    assert [w["name"] for w in config["webhooks"]] == ["warn.admission.pullhealth.io", "deny.admission.pullhealth.io"]
+    for hook in config["webhooks"]:
+        assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
+        assert 1 <= hook["timeoutSeconds"] <= 5
+        assert hook["clientConfig"]["service"]["name"] == name
+        expressions = hook["namespaceSelector"]["matchExpressions"]
+        assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]} in expressions
+        kinds = {r for rule in hook["rules"] for r in rule["resources"]}
+        assert kinds == {"pods", "replicationcontrollers", "deployments", "statefulsets", "daemonsets",
+                         "replicasets", "jobs", "cronjobs"}
+        assert all(rule["operations"] == ["CREATE", "UPDATE"] for rule in hook["rules"])
+    warn, deny = config["webhooks"]
+    assert warn["clientConfig"]["service"]["path"] == "/validate"
+    assert deny["clientConfig"]["service"]["path"] == "/validate-deny"
+    assert {"key": "pullhealth.io/admission", "operator": "In", "values": ["deny"]} in \
+        deny["namespaceSelector"]["matchExpressions"]
+    service = next(s for s in of_kind(objects, "Service") if s["metadata"]["name"] == name)
+    assert service["spec"]["ports"] == [{"name": "admission", "port": 443, "targetPort": "admission",
+                                         "protocol": "TCP"}]
+    c = container(objects)
+    assert {"name": "admission", "containerPort": 9443, "protocol": "TCP"} in c["ports"]
+    from pullhealth.cli import _parser
+
+    parsed = _parser().parse_args([*c["command"][1:], *c["args"]])
+    assert parsed.admission_port == 9443 and parsed.admission_budget == 2.0
+    assert parsed.admission_tls_secret == f"{RELEASE_NS}/{name}-tls" and parsed.admission_webhook_name == name
+    assert f"{name}.{RELEASE_NS}.svc" in parsed.admission_hosts
+    # RBAC: exactly the one Secret (and create) and the one configuration, by name.
+    role = next(r for r in of_kind(objects, "Role") if r["metadata"]["name"] == name)
+    assert role["metadata"]["namespace"] == RELEASE_NS
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{name}-tls"], "verbs": ["get", "update"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    cluster_role = next(r for r in of_kind(objects, "ClusterRole") if r["metadata"]["name"] == name)
+    assert cluster_role["rules"] == [{"apiGroups": ["admissionregistration.k8s.io"],
+                                      "resources": ["validatingwebhookconfigurations"],
+                                      "resourceNames": [name], "verbs": ["get", "patch"]}]
+    # The operator's main role is unchanged.
+    main = next(r for r in of_kind(objects, "ClusterRole") if r["metadata"]["name"] != name)
+    assert rule_table(main) == {**CRD_RULE, **NAMESPACED_RULES}
+
+
+def test_admission_with_cert_manager(helm: str) -> None:
+    objects = render(helm, "admission.enabled=true", "admission.certManager.enabled=true")
+    name = f"{RELEASE}-pullhealth-admission"
+    config = one(objects, "ValidatingWebhookConfiguration")
+    assert config["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": f"{RELEASE_NS}/{name}"}
+    certificate = one(objects, "Certificate")
+    assert certificate["spec"]["secretName"] == f"{name}-tls"
+    assert certificate["spec"]["issuerRef"] == {"name": name, "kind": "Issuer"}
+    assert one(objects, "Issuer")["spec"] == {"selfSigned": {}}
+    assert not any(r["metadata"]["name"] == name for r in of_kind(objects, "Role") + of_kind(objects, "ClusterRole"))
+    c = container(objects)
+    assert "--admission-cert-dir=/etc/pullhealth/admission" in c["args"]
+    assert not any(a.startswith(("--admission-tls-secret", "--admission-webhook-name")) for a in c["args"])
+    assert {"name": "admission-tls", "mountPath": "/etc/pullhealth/admission", "readOnly": True} in c["volumeMounts"]
+    named = render(helm, "admission.enabled=true", "admission.certManager.enabled=true",
+                   "admission.certManager.issuerRef.name=corp-ca", "admission.certManager.issuerRef.kind=ClusterIssuer")
+    assert one(named, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
+    assert not of_kind(named, "Issuer")
+
+
+def test_admission_with_watched_namespaces_sends_only_those(helm: str) -> None:
+    config = one(render(helm, "admission.enabled=true", "watchNamespaces={a,b}"), "ValidatingWebhookConfiguration")
+    for hook in config["webhooks"]:
+        assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["a", "b"]} in \
+            hook["namespaceSelector"]["matchExpressions"]

@@ -23,7 +23,7 @@ def event(uid: str, pod: str, message: str, moment: str, *, ns: str = "team", po
 
 @pytest.fixture()
 def failures(monkeypatch: pytest.MonkeyPatch) -> KubeletFailures:
-    monkeypatch.setattr(KubeletFailures, "synced", property(lambda self: True))
+    monkeypatch.setattr(KubeletFailures, "watching", property(lambda self: True))
     return KubeletFailures(kubernetes.client.ApiClient(), per_pod=2, per_namespace=2)
 
 
@@ -84,7 +84,7 @@ def test_one_ordering_rule_across_timestamp_kinds() -> None:
 async def test_the_store_and_the_listing_keep_the_same_events_in_the_same_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(KubeletFailures, "synced", property(lambda self: True))
+    monkeypatch.setattr(KubeletFailures, "watching", property(lambda self: True))
     store = KubeletFailures(kubernetes.client.ApiClient(), per_pod=5)
     events = [
         event("a", "p", 'Failed to pull image "x": one', "2026-11-30T08:00:00.900000Z", key="eventTime"),

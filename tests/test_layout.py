@@ -76,3 +76,10 @@ def test_every_package_folder_is_on_the_map() -> None:
         if p.is_dir() and p.name != "__pycache__" and (p / "__init__.py").exists()
     }
     assert folders <= named, f"README Layout lacks folders: {sorted(folders - named)}"
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest runs tests/ and e2e/ together (rootdir-relative, no packages): two modules of
+    one basename would stop the whole collection."""
+    names = [p.name for d in ("tests", "e2e") for p in (ROOT / d).glob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

@@ -21,7 +21,7 @@ def peering_object(uid: str, namespace: str | None, peers: dict[str, tuple[int, 
 
 
 class Synced:
-    ever_synced = True
+    listed = True
 
 
 class PeeringReads:

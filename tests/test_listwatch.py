@@ -93,7 +93,7 @@ def test_pages_are_followed_and_only_relevant_objects_delivered() -> None:
     assert seen == [("LISTED", "a"), ("LISTED", "c"), ("MODIFIED", "b")]
     assert script.calls[1]["_continue"] == "next" and script.calls[0]["limit"] == listwatch.PAGE
     assert script.calls[2]["watch"] is True and script.calls[2]["resource_version"] == "11"
-    assert reader.ever_synced
+    assert reader.listed
 
 
 def test_an_object_that_stops_mattering_is_delivered_once_more() -> None:
@@ -122,7 +122,7 @@ def test_forbidden_then_granted() -> None:
     state: dict[str, Any] = {}
 
     def granted() -> Answer:
-        state["settled_while_refused"] = reader_ref[0].settled and not reader_ref[0].ever_synced
+        state["settled_while_refused"] = reader_ref[0].settled and not reader_ref[0].listed
         return page([pod("a", True)], "30")
 
     reader_ref: list[ListWatch] = []
@@ -135,7 +135,7 @@ def test_forbidden_then_granted() -> None:
     assert script.done.wait(20), script.calls
     reader.stop()
     assert state["settled_while_refused"] is True
-    assert seen == [("LISTED", "a")] and reader.ever_synced
+    assert seen == [("LISTED", "a")] and reader.listed
 
 
 def test_a_watch_that_ends_at_once_is_not_a_busy_loop() -> None:

@@ -146,7 +146,7 @@ def test_a_synced_mirror_answers_without_a_request_and_sees_changes_at_once() ->
         # Not listed yet (start-up): reads go to the API server.
         await reader.service_account("team", "default")
         assert len(inner.reads) == 1
-        accounts.synced = nodes.synced = lambda: True
+        accounts.listed = nodes.listed = lambda: True
         got = await reader.service_account("team", "default")
         assert got == {"metadata": {"name": "default", "namespace": "team",
                                     "annotations": {"azure.workload.identity/client-id": "id-1"}},
@@ -169,7 +169,7 @@ def test_a_synced_mirror_answers_without_a_request_and_sees_changes_at_once() ->
 
 def test_a_mirror_past_its_limit_stops_answering() -> None:
     mirror = Mirror(account_pull_fields, limit=2)
-    mirror.synced = lambda: True
+    mirror.listed = lambda: True
     for i in range(2):
         mirror.deliver("LISTED", account("team", f"a{i}", f"u{i}", "x"))
     assert mirror.get("team", "a0") is not None
@@ -179,7 +179,7 @@ def test_a_mirror_past_its_limit_stops_answering() -> None:
 
 def test_a_recreated_object_survives_the_deletion_of_its_predecessor_reported_late() -> None:
     mirror = Mirror(account_pull_fields)
-    mirror.synced = lambda: True
+    mirror.listed = lambda: True
     mirror.deliver("LISTED", account("team", "ci", "old", "id-1"))
     # A re-list after a watch gap: the new object (same name, new uid) is listed first,
     # then the one no longer listed is reported deleted, by its uid.

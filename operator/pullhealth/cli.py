@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pullhealth import __version__
+from pullhealth.agent.nodeagent import AgentSettings
 from pullhealth.chain import probechain
 from pullhealth.domain import classify, codedocs, credentials
 from pullhealth.domain.codes import SOURCE_DOCKER_CONFIG, Code
@@ -142,10 +143,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the node's CA bundle (PEM); trusted instead of the agent image's CAs",
     )
     agent.add_argument(
-        "--interval", type=float, default=300.0, help="seconds a registry's result is reused (default 300)"
+        "--interval", type=float, default=AgentSettings.interval,
+        help="seconds a registry's result is reused, and between checks of a pod that keeps "
+        f"failing (default {AgentSettings.interval:g})",
     )
     agent.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds for one endpoint's check (default 10)"
+        "--timeout", type=float, default=AgentSettings.timeout,
+        help=f"seconds for one endpoint's check (default {AgentSettings.timeout:g})",
     )
     agent.add_argument(
         "--private-endpoints",

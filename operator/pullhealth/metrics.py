@@ -20,7 +20,7 @@ import tempfile
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,7 +34,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from pullhealth import __version__
+from pullhealth import __version__, tlscerts
 from pullhealth.bounded import BoundedDict
 from pullhealth.domain.model import Phase
 from pullhealth.domain.reference import normalize_registry
@@ -477,31 +477,13 @@ def self_signed_context(directory: str | None = None) -> ssl.SSLContext:
     """A server context with a fresh self-signed certificate (what controller-runtime's
     secure metrics serving does without a configured one; Prometheus scrapes it with
     ``insecureSkipVerify`` and authenticates with its token, which TLS keeps off the wire)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pullhealth-metrics")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
+    bundle = tlscerts.generate(["pullhealth-metrics"])
     where = tempfile.mkdtemp(prefix="pullhealth-metrics-", dir=directory)
-    cert_path, key_path = f"{where}/tls.crt", f"{where}/tls.key"
-    with open(cert_path, "wb") as out:
-        out.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as out:
-        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    cert_path, key_path = f"{where}/{tlscerts.TLS_CRT}", f"{where}/{tlscerts.TLS_KEY}"
+    with open(cert_path, "w") as out:
+        out.write(bundle.tls_crt)
+    with open(key_path, "w") as out:
+        out.write(bundle.tls_key)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_path, key_path)
     return ctx

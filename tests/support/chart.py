@@ -23,7 +23,7 @@ CHART = ROOT / "charts" / "pullhealth"
 RELEASE = "e2e-chart"
 # The local control plane (Kubernetes 1.34) serves these; `helm install` would ask it.
 API_VERSIONS = ("admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",)
-CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingWebhookConfiguration",
                   "ValidatingAdmissionPolicyBinding")
 
 

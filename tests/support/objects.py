@@ -30,3 +30,44 @@ def regcheck_yaml(name: str, spec: dict[str, Any], *, interval: int = 30, timeou
         "apiVersion": "pullhealth.io/v1alpha1", "kind": "RegistryCheck",
         "metadata": {"name": name}, "spec": {"intervalSeconds": interval, "timeoutSeconds": timeout, **spec},
     })
+
+
+ADMISSION_LABEL = "pullhealth.io/admission"
+ADMISSION_RULES = [
+    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+     "resources": ["pods", "replicationcontrollers"], "scope": "Namespaced"},
+    {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+     "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"], "scope": "Namespaced"},
+    {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+     "resources": ["jobs", "cronjobs"], "scope": "Namespaced"},
+]
+
+
+def webhook_configuration(name: str, port: int, timeout_seconds: int = 5) -> dict[str, Any]:
+    """Like charts/pullhealth/templates/admission.yaml, with a URL instead of a Service."""
+
+    def hook(suffix: str, path: str, expressions: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "name": f"{suffix}.admission.pullhealth.io",
+            "clientConfig": {"url": f"https://127.0.0.1:{port}{path}"},
+            "rules": ADMISSION_RULES,
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "timeoutSeconds": timeout_seconds,
+            "admissionReviewVersions": ["v1"],
+            "matchPolicy": "Equivalent",
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]},
+                *expressions,
+            ]},
+        }
+
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            hook("warn", "/validate", [{"key": ADMISSION_LABEL, "operator": "NotIn", "values": ["off", "deny"]}]),
+            hook("deny", "/validate-deny", [{"key": ADMISSION_LABEL, "operator": "In", "values": ["deny"]}]),
+        ],
+    }

@@ -230,3 +230,10 @@ that address instead of the `kubernetes` Service (operator and agent alike).
   value: {{ $.Values.apiServer.port | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+The admission webhook's objects: Service, ValidatingWebhookConfiguration, TLS Secret.
+*/}}
+{{- define "pullhealth.admissionName" -}}
+{{- printf "%s-admission" (include "pullhealth.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

@@ -588,8 +588,6 @@ async def _token_step(
         auth = await probe_token(http, registry_host, challenge, credential, repository, also)
     except StepError as exc:
         code = exc.code
-        if code is Code.CREDENTIALS_REJECTED and _APP_NOT_REGISTERED in exc.message.lower():
-            code = Code.AAD_APP_NOT_REGISTERED  # ACR's answer for an unknown user name
         rejected = code in (Code.CREDENTIALS_REJECTED, Code.AAD_APP_NOT_REGISTERED)
         if rejected and repository and deadline.anonymous_retry:
             deadline.anonymous_retry = False
@@ -613,7 +611,6 @@ async def _token_step(
     return auth
 
 
-_APP_NOT_REGISTERED = "application not registered with aad"
 
 
 async def _anonymous_pull(

@@ -133,7 +133,7 @@ class LeaderElection:
                 an action that must not be done twice.
         """
         where = None if self.clusterwide else namespace
-        if not fresh and self._stream.ever_synced:
+        if not fresh and self._stream.listed:
             return peering.outranked(self._view.status(where), self.priority)
         seen = None if fresh else self._read.get(where)
         if seen is not None and time.monotonic() - seen[0] < STANDBY_RECHECK:

@@ -110,12 +110,12 @@ class ListWatch:
         self.events = 0  # events read (for tests and benchmarks)
 
     @property
-    def ever_synced(self) -> bool:
+    def listed(self) -> bool:
         """Every scope was listed at least once (what was delivered is the whole state)."""
         return self._listed >= set(self._scopes)
 
     @property
-    def synced(self) -> bool:
+    def watching(self) -> bool:
         """Every scope listed and its watch running now (nothing is being missed)."""
         return self._up >= set(self._scopes)
 

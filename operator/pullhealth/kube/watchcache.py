@@ -73,7 +73,7 @@ class Mirror:
         self._objects: dict[tuple[str, str], tuple[str, Read]] = {}  # key -> (uid, kept)
         self._keys: dict[str, tuple[str, str]] = {}  # uid -> key (a re-list reports deletions by uid)
         self._overflow = False
-        self.synced: Callable[[], bool] = lambda: False  # set by who feeds it: first list done
+        self.listed: Callable[[], bool] = lambda: False  # set by who feeds it: first list done
 
     def deliver(self, kind: str, obj: Mapping[str, Any]) -> None:
         """A list or watch event."""
@@ -94,10 +94,16 @@ class Mirror:
 
     def get(self, namespace: str, name: str) -> Read:
         """The kept object; None when unknown (not listed yet, absent, or past the limit)."""
-        if self._overflow or not self.synced():
+        if self._overflow or not self.listed():
             return None
         held = self._objects.get((namespace, name))
         return held[1] if held is not None else None
+
+    def objects(self) -> list[Mapping[str, Any]]:
+        """Every kept object; empty when not listed yet or past the limit (unknown)."""
+        if self._overflow or not self.listed():
+            return []
+        return [held[1] for held in list(self._objects.values()) if held[1] is not None]
 
     def __len__(self) -> int:
         return len(self._objects)

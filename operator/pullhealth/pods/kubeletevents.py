@@ -99,9 +99,9 @@ class KubeletFailures:
         return self._reader.settled
 
     @property
-    def synced(self) -> bool:
+    def watching(self) -> bool:
         """Every scope listed and its watch running."""
-        return self._reader.synced
+        return self._reader.watching
 
     def start(self) -> None:
         """One daemon thread per scope (they end with the process)."""
@@ -112,8 +112,8 @@ class KubeletFailures:
         self._reader.stop()
 
     def messages(self, namespace: str, uid: str) -> list[str] | None:
-        """The pod's pull-failure messages, newest first; None when not known (not synced)."""
-        if not self.synced:
+        """The pod's pull-failure messages, newest first; None when not known (not watching)."""
+        if not self.watching:
             return None
         with self._lock:
             pods = self._by_ns.get(namespace)

@@ -257,7 +257,9 @@ async def _diagnose_container(
     facts["platform"] = platform
     message = make(message.code, facts, candidates=message.candidates)
 
-    probed = await _probe(pod, image, platform, namespace, reader, env, settings, cache, on_request, redactor)
+    probed = await probe_pull_path(
+        pod.get("spec") or {}, image, platform, namespace, reader, env, settings, cache, on_request, redactor
+    )
     # How far the node got decides whether an earlier probe failure is the operator's own
     # network (a vantage difference) or the cause (diagnose.combine). The node agent's
     # evidence is the node's own vantage point: its path answering over HTTP is how far
@@ -276,8 +278,8 @@ async def _diagnose_container(
     return PodResult(container, nodereport.fold(combined, node, reached), image.registry)
 
 
-async def _probe(
-    pod: Mapping[str, Any],
+async def probe_pull_path(
+    spec: Mapping[str, Any],
     image: ImageReference,
     platform: str,
     namespace: str,
@@ -288,13 +290,14 @@ async def _probe(
     on_request: Any,
     redactor: Redactor,
 ) -> Diagnosis:
-    """Run the pod's own pull path (coalesced) and fold in unusable secrets.
+    """Run a pod spec's own pull path for one image (coalesced) and fold in unusable secrets.
 
     kubelet's order: the pod's and its service account's pull secrets that match the
     image; for an ACR image with none, the workload identity (when the admin enabled it
-    and the account is annotated) or the node's kubelet identity; else anonymous.
+    and the account is annotated) or the node's kubelet identity; else anonymous. The one
+    resolver for failing pods and for admission (a workload's pod template): every secret
+    read is taught to ``redactor``.
     """
-    spec = pod.get("spec") or {}
     sa_name = str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
     account = await reader.service_account(namespace, sa_name)
     names = [str(r.get("name")) for r in spec.get("imagePullSecrets") or [] if r.get("name")]

@@ -25,7 +25,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pullhealth.domain.codes import Code
 from pullhealth.domain.credentials import Credential, CredentialKind
-from pullhealth.probes.challenge import Challenge, error_code, error_code_list, fail_on_common, printable
+from pullhealth.probes.challenge import (
+    Challenge,
+    error_code,
+    error_code_list,
+    error_messages,
+    fail_on_common,
+    printable,
+)
 from pullhealth.probes.http import Http, Reply
 from pullhealth.probes.identity import AadToken
 from pullhealth.probes.net import StepError
@@ -194,6 +201,19 @@ def _why(reply: Reply) -> str:
     return f"HTTP {reply.status}" + (f" {code}" if code != "?" else "")
 
 
+# ACR's refusal of a user name its tenant does not know (a service principal deleted, or a
+# multitenant app not provisioned there): Azure/acr#366, Azure/AKS#3109.
+_APP_NOT_REGISTERED = "application not registered with aad"
+
+
+def _rejected(reply: Reply) -> Code:
+    """The code of a token service's refusal of credentials. Its message decides between
+    two codes and is never shown (:func:`_why`)."""
+    if any(_APP_NOT_REGISTERED in m.lower() for m in error_messages(reply)):
+        return Code.AAD_APP_NOT_REGISTERED
+    return Code.CREDENTIALS_REJECTED
+
+
 async def _exchange(http: Http, url: str, service: str, aad_token: str) -> tuple[str | None, Reply]:
     """``POST /oauth2/exchange``: an ACR refresh token for an Azure AD token, or None."""
     data = {"grant_type": "access_token", "service": service, "access_token": aad_token}
@@ -284,7 +304,7 @@ async def _bearer(
         token = _token_of(reply) if reply.status == 200 else None
         if not token:
             raise StepError(
-                Code.CREDENTIALS_REJECTED,
+                _rejected(reply),
                 f"the token service rejected {credential.describe()} ({_why(reply)})",
             )
         return token, flow
@@ -299,7 +319,7 @@ async def _bearer(
     fail_on_common(reply, realm_host, "POST /oauth2/token", codes_only=True)
     token = _token_of(reply) if reply.status == 200 else None
     if not token:
-        code = Code.TOKEN_EXCHANGE_DENIED if kind is CredentialKind.AAD else Code.CREDENTIALS_REJECTED
+        code = Code.TOKEN_EXCHANGE_DENIED if kind is CredentialKind.AAD else _rejected(reply)
         raise StepError(
             code,
             f"POST /oauth2/token refused the refresh token of {credential.describe()} ({_why(reply)})",

@@ -3,8 +3,9 @@
 The flags become one :class:`~pullhealth.runtime.settings.Settings`; kopf starts with it in
 its ``memo``; the one start-up handler here builds the one
 :class:`~pullhealth.runtime.state.Runtime` (:func:`pullhealth.runtime.startup.build`), then
-the two controllers that receive it: the RegistryCheck loops (kopf delivers their events)
-and the failing-pod stream (our own list-and-watch). The one clean-up handler stops them in
+the controllers that receive it: the RegistryCheck loops (kopf delivers their events),
+the failing-pod stream (our own list-and-watch) and, with ``--admission-port``, the
+admission webhook's server. The one clean-up handler stops them in
 reverse order. Nothing else starts anything.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from pullhealth.admission import server as admission_server
 from pullhealth.domain.redact import install_log_redaction
 from pullhealth.pods.handlers import PodController
 from pullhealth.registrychecks import handlers as registrycheck_handlers
@@ -25,7 +27,7 @@ from pullhealth.runtime import settings as settings_module
 from pullhealth.runtime import startup
 from pullhealth.runtime.settings import Settings
 
-SETTINGS_KEY, RUNTIME_KEY, PODS_KEY = "settings", "runtime", "pods"
+SETTINGS_KEY, RUNTIME_KEY, PODS_KEY, ADMISSION_KEY = "settings", "runtime", "pods", "admission"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,11 +71,23 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         pods = PodController(runtime, settings)
         pods.start()
         memo[PODS_KEY] = pods
+    if ours.admission_port:
+        # Every replica serves the webhook (it only reads). Without its certificate the
+        # operator still runs: the webhook's failurePolicy is Ignore, applies go through.
+        admission = admission_server.build(runtime)
+        try:
+            await admission.start()
+        except Exception as exc:
+            logger.error("admission webhook not started: %s: %s", type(exc).__name__, exc)
+        else:
+            memo[ADMISSION_KEY] = admission
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    """Operator shut-down: the pod stream, the check loops, then the readers, in that order."""
+    """Operator shut-down: the webhook, the pod stream, the check loops, then the readers."""
+    if ADMISSION_KEY in memo:
+        await memo[ADMISSION_KEY].stop()
     if PODS_KEY in memo:
         await memo[PODS_KEY].stop()
     if registrycheck_handlers.MEMO_KEY in memo:

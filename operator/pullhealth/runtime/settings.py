@@ -23,6 +23,7 @@ from pullhealth.domain.codes import ACR_SUFFIXES
 from pullhealth.probes.destinations import build_policy, parse_networks
 
 API_CONCURRENCY_MAX = 256
+ADMISSION_GROUP = ("admission webhook", "warnings at kubectl apply for images that cannot be pulled")
 TRUST_GROUP = ("trust boundary", "what the operator may do for RegistryCheck authors (docs/security.md)")
 
 
@@ -140,6 +141,40 @@ class Settings:
         "(the chart mounts one when agent.enabled)",
         group=TRUST_GROUP, metavar="PATH",
     )
+    admission_port: int = _flag(
+        0, "port of the admission webhook (HTTPS; 0: off): warnings at kubectl apply (docs/admission.md)",
+        group=ADMISSION_GROUP, type=int,
+    )
+    admission_bind_address: str = _flag(
+        "0.0.0.0", "address the admission webhook listens on (default 0.0.0.0)", group=ADMISSION_GROUP
+    )
+    admission_budget: float = _flag(
+        2.0,
+        "seconds an admission answer waits for checks at most (default 2; a check still running "
+        "goes on and answers the next apply); always kept inside the API server's timeout",
+        group=ADMISSION_GROUP, type=float,
+    )
+    admission_cert_dir: str = _flag(
+        "",
+        "directory of the webhook's tls.crt and tls.key: read as is (cert-manager, your own) "
+        "unless --admission-tls-secret is set, then where the generated pair is written",
+        group=ADMISSION_GROUP,
+    )
+    admission_tls_secret: str = _flag(
+        "",
+        "NAMESPACE/NAME of the Secret the operator keeps its generated CA and serving "
+        "certificate in (one for every replica); empty: --admission-cert-dir is used as is",
+        group=ADMISSION_GROUP,
+    )
+    admission_hosts: tuple[str, ...] = _flag(
+        (), "a DNS name or IP address the generated serving certificate covers (repeatable)",
+        "--admission-host", group=ADMISSION_GROUP, action="append", metavar="HOST",
+    )
+    admission_webhook_name: str = _flag(
+        "",
+        "ValidatingWebhookConfiguration whose caBundle the operator keeps set to its generated CA",
+        group=ADMISSION_GROUP,
+    )
     verbose: bool = _flag(False, "debug logging", "--verbose", "-v", action="store_true")
     # Not flags. Leader election (kopf peering): the newest replica has the highest
     # priority, so a rolling update hands over at once and two replicas never share one
@@ -243,6 +278,9 @@ def from_args(args: argparse.Namespace) -> Settings:
     values["api_concurrency"] = max(1, min(values["api_concurrency"], API_CONCURRENCY_MAX))
     # A missing or unreadable key file stops the start (not a start-up handler retried hot).
     values["agent_report_key"] = read_key(values["agent_report_key_file"])
+    values["admission_budget"] = max(0.0, values["admission_budget"])
+    if values["admission_tls_secret"] and "/" not in values["admission_tls_secret"]:
+        raise ValueError(f"--admission-tls-secret {values['admission_tls_secret']}: expected NAMESPACE/NAME")
     settings = Settings(**values)
     # Bad CIDRs stop the start, with the flag's value named.
     parse_networks([*settings.allow_cidrs, *settings.deny_cidrs])

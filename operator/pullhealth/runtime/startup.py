@@ -182,21 +182,21 @@ def _mirror_nodes_and_accounts(
         without=without,
     )
     for mirror, stream in ((nodes, node_stream), (accounts, account_stream)):
-        mirror.synced = _synced(stream)
+        mirror.listed = _listed(stream)
         stream.start()
         readers.append(stream)
     return nodes, accounts, lambda: node_stream.settled and account_stream.settled
 
 
-def _synced(stream: listwatch.ListWatch) -> Callable[[], bool]:
-    return lambda: stream.ever_synced
+def _listed(stream: listwatch.ListWatch) -> Callable[[], bool]:
+    return lambda: stream.listed
 
 
 async def _first_listings(listed: list[Callable[[], bool]], ready: asyncio.Event) -> None:
     """Set ``ready`` once the watch-fed reads were first listed, or after FIRST_LISTING_WAIT s
     (then pods read what is missing with GETs, and list their own Events)."""
     deadline = time.monotonic() + FIRST_LISTING_WAIT
-    while not all(synced() for synced in listed) and time.monotonic() < deadline:
+    while not all(done() for done in listed) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     ready.set()
 
