@@ -261,9 +261,9 @@ class KubeletPulls:
         )
 
     @property
-    def synced(self) -> bool:
+    def watching(self) -> bool:
         """Every scope listed and its watch running."""
-        return self._reader.synced
+        return self._reader.watching
 
     def start(self) -> None:
         """One daemon thread per scope (they end with the process)."""
@@ -279,7 +279,7 @@ class KubeletPulls:
         if kubelet_pulling(event):
             self.started(event)
             return
-        self.add(event, baseline=kind == "LISTED" and not self._reader.ever_synced)
+        self.add(event, baseline=kind == "LISTED" and not self._reader.listed)
 
     def started(self, event: Mapping[str, Any]) -> None:
         """Remember when the pod's newest pull of the Event's image started."""
