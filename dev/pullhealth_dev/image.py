@@ -124,6 +124,9 @@ class Builder:
     def operator_image(self, repo: Path, version: str) -> str:
         """Build the repository's Dockerfile; return the image's full name with its tag."""
         self.base_image()
+        # A build that was interrupted leaves its working container (and its overlay mount)
+        # in this storage, which is ours alone: remove any before building.
+        self("rm", "--all", what="buildah rm --all", echo=False)
         tmp_tag = f"{OPERATOR_IMAGE}:build"
         self("bud", "--isolation", "chroot", "--network", "host", "--pull=never", "--layers",
              "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
