@@ -392,9 +392,15 @@ def flag(pod: dict[str, Any], name: str) -> str:
     return next(a.split("=", 1)[1] for a in args if a.startswith(f"--{name}="))
 
 
-def test_chart_pods_run_the_image_built_from_the_dockerfile(installed: str, dev_cluster: Any) -> None:
-    pods = release_pods(dev_cluster)
-    assert len(pods) == 2 and all(running_and_ready(p) for p in pods), [p["status"] for p in pods]
+def test_chart_pods_run_the_image_built_from_the_dockerfile(installed: str, dev_cluster: Any,
+                                                            wait_for: Callable[..., Any]) -> None:
+    def live() -> list[dict[str, Any]]:
+        # A pod of the previous rollout may still be terminating (an install over an older one).
+        return [p for p in release_pods(dev_cluster) if p["metadata"].get("deletionTimestamp") is None]
+
+    wait_for(lambda: len(live()) == 2 and all(running_and_ready(p) for p in live()),
+             "the operator and agent pods, and no other, running and ready", timeout=120)
+    pods = live()
     for pod in pods:
         assert pod["spec"]["nodeName"] == realnode.NODE_NAME
         assert pod["spec"]["containers"][0]["image"] == installed
