@@ -43,12 +43,14 @@ KUBELET_WAIT = 180.0
 DIAGNOSIS_WAIT = 60.0
 
 
-@pytest.fixture(scope="module")
-def real_node(dev_cluster: Any, world: World) -> Iterator[realnode.NodeState]:
-    """kube-scheduler + containerd + kubelet on the session's control plane, for this module.
+def node_for_module(
+    dev_cluster: Any, world: World, hosts: tuple[str, ...], kubelet_settings: dict[str, Any] | None = None
+) -> Iterator[realnode.NodeState]:
+    """kube-scheduler + containerd + kubelet on the session's control plane, for one module.
 
-    The node trusts the world's CA for the world's registries (hosts.toml, as an operator of
-    a real node would configure it), and resolves the world's names through its dnsmasq.
+    The node trusts the world's CA for ``hosts`` (hosts.toml, as an operator of a real node
+    would configure it), and resolves the world's names through its dnsmasq. Nothing of it
+    may outlive it: no shim, no container, no cgroup, no mount.
     """
     harness: devcluster.DevCluster | None = dev_cluster.harness
     if harness is None:
@@ -60,18 +62,24 @@ def real_node(dev_cluster: Any, world: World) -> Iterator[realnode.NodeState]:
         if os.environ.get("PULLHEALTH_REQUIRE_E2E"):
             pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {err}", pytrace=False)
         pytest.skip(f"no real node here: {err}")
-    node = harness.add_node(dns_upstream=world.nameserver, dns_domains=WORLD_DOMAINS, taints=[TAINT])
+    node = harness.add_node(dns_upstream=world.nameserver, dns_domains=WORLD_DOMAINS, taints=[TAINT],
+                            kubelet_settings=kubelet_settings)
     try:
-        for host in (world.anon, world.basic, world.acr, world.myacr):
+        for host in hosts:
             node.trust(host, world.ca_bundle)
         yield node
     finally:
         address, cgroups = node.containerd_address, realnode.node_cgroups(node.cgroup_root)
         harness.remove_node()
-    # Nothing of the node may outlive it: no shim, no container, no cgroup, no mount.
     assert realnode.shim_pids(address) == []
     assert [c for c in cgroups if Path(c).exists()] == []
     assert realnode.mounts_under(node.dir) == []
+
+
+@pytest.fixture(scope="module")
+def real_node(dev_cluster: Any, world: World) -> Iterator[realnode.NodeState]:
+    """The node for this module's tests; it trusts the world's registries."""
+    yield from node_for_module(dev_cluster, world, (world.anon, world.basic, world.acr, world.myacr))
 
 
 def deployment(name: str, image: str, *, secrets: tuple[str, ...] = (), account: str | None = None) -> str:

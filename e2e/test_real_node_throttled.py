@@ -10,19 +10,16 @@ than that, kubelet refuses some with its own words, and the operator names the c
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pullhealth.domain.classify import classify
 from pullhealth.domain.codes import Code
-from pullhealth_dev import cluster as devcluster
 from pullhealth_dev import node as realnode
 from support.world import World
-from test_real_node import KUBELET_WAIT, TAINT, TOLERATION, WORLD_DOMAINS, events_of, pods_of
+from test_real_node import KUBELET_WAIT, TOLERATION, events_of, node_for_module, pods_of
 
 THROTTLE = {"registryPullQPS": 1, "registryBurst": 1}
 CONTAINERS = 6
@@ -30,28 +27,7 @@ CONTAINERS = 6
 
 @pytest.fixture(scope="module")
 def throttled_node(dev_cluster: Any, world: World) -> Iterator[realnode.NodeState]:
-    harness: devcluster.DevCluster | None = dev_cluster.harness
-    if harness is None:
-        pytest.skip("the real node runs only on the local dev cluster (not with --kubeconfig)")
-    binaries = harness.binaries or devcluster.find_binaries()
-    try:
-        realnode.find_node_binaries(binaries.kube_apiserver.parent)
-    except realnode.NodeError as err:
-        if os.environ.get("PULLHEALTH_REQUIRE_E2E"):
-            pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {err}", pytrace=False)
-        pytest.skip(f"no real node here: {err}")
-    node = harness.add_node(dns_upstream=world.nameserver, dns_domains=WORLD_DOMAINS, taints=[TAINT],
-                            kubelet_settings=THROTTLE)
-    try:
-        node.trust(world.anon, world.ca_bundle)
-        yield node
-    finally:
-        address, cgroups = node.containerd_address, realnode.node_cgroups(node.cgroup_root)
-        harness.remove_node()
-    # Nothing of the node may outlive it: no shim, no cgroup, no mount.
-    assert realnode.shim_pids(address) == []
-    assert [c for c in cgroups if Path(c).exists()] == []
-    assert realnode.mounts_under(node.dir) == []
+    yield from node_for_module(dev_cluster, world, (world.anon,), THROTTLE)
 
 
 def many_pulls(name: str, image: str) -> str:
