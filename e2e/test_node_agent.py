@@ -30,7 +30,7 @@ import yaml
 
 from support.dns import Dnsmasq
 from support.helm import require_helm
-from support.kubelet import annotations, fail_pull, kubelet_message, make_pod
+from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
 from support.operatorproc import OperatorProcess
 from support.world import LEAK_ADDRESS, World
 
@@ -46,10 +46,7 @@ def api(dev_cluster: Any) -> kubernetes.client.CoreV1Api:
     client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
     core = kubernetes.client.CoreV1Api(client)
     for name, pool in ((NODE_A, "poola"), (NODE_B, "poolb")):
-        with contextlib.suppress(kubernetes.client.exceptions.ApiException):
-            core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
-                "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
-                "kubernetes.azure.com/agentpool": pool}}})
+        ensure_node(core, name, labels={"kubernetes.azure.com/agentpool": pool})
     return core
 
 

@@ -406,8 +406,13 @@ def test_chart_pods_run_the_image_built_from_the_dockerfile(installed: str, dev_
         # A pod of the previous rollout may still be terminating (an install over an older one).
         return [p for p in release_pods(dev_cluster) if p["metadata"].get("deletionTimestamp") is None]
 
-    wait_for(lambda: len(live()) == 2 and all(running_and_ready(p) for p in live()),
-             "the operator and agent pods, and no other, running and ready", timeout=120)
+    try:
+        wait_for(lambda: len(live()) == 2 and all(running_and_ready(p) for p in live()),
+                 "the operator and agent pods, and no other, running and ready", timeout=120)
+    except pytest.fail.Exception as failed:
+        seen = [(p["metadata"]["name"], p["spec"].get("nodeName"), p["status"].get("phase"), running_and_ready(p))
+                for p in live()]
+        pytest.fail(f"{failed}; the live pods (name, node, phase, ready): {seen}")
     pods = live()
     for pod in pods:
         assert pod["spec"]["nodeName"] == realnode.NODE_NAME

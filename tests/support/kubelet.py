@@ -31,11 +31,17 @@ def kubelet_message(mode: str, image: str) -> str:
 
 
 
-def ensure_node(api: Any, name: str = NODE, arch: str = "amd64") -> None:
-    """A Node pods are bound to (without it, the pod GC would delete them)."""
+#: On every Node without a kubelet: keeps DaemonSets (the chart's agent) and the scheduler
+#: off it; pods the test binds by ``nodeName`` are not affected (NoSchedule).
+NO_KUBELET_TAINT = {"key": "pullhealth.io/e2e-no-kubelet", "value": "true", "effect": "NoSchedule"}
+
+
+def ensure_node(api: Any, name: str = NODE, arch: str = "amd64", labels: dict[str, str] | None = None) -> None:
+    """A Node pods are bound to (without it, the pod GC would delete them); no kubelet runs it."""
     try:
-        api.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
-                         "labels": {"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"}}})
+        api.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
+                         "kubernetes.io/arch": arch, "kubernetes.io/os": "linux", **(labels or {})}},
+                         "spec": {"taints": [NO_KUBELET_TAINT]}})
     except kubernetes.client.exceptions.ApiException as exc:
         if exc.status != 409:
             raise
