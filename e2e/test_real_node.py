@@ -11,6 +11,7 @@ toleration for the node's taint (so that no other test's pod lands on it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -30,6 +31,7 @@ from pullhealth.kube.events import pulled_image
 from pullhealth_dev import cluster as devcluster
 from pullhealth_dev import node as realnode
 from support.kubelet import docker_secret
+from support.prometheus import require_prometheus, running
 from support.world import World
 
 TAINT = {"key": "pullhealth.io/e2e-real-node", "value": "true", "effect": "NoSchedule"}
@@ -44,7 +46,8 @@ DIAGNOSIS_WAIT = 60.0
 
 
 def node_for_module(
-    dev_cluster: Any, world: World, hosts: tuple[str, ...], kubelet_settings: dict[str, Any] | None = None
+    dev_cluster: Any, world: World, hosts: tuple[str, ...], kubelet_settings: dict[str, Any] | None = None,
+    containerd_root_size: str | None = None,
 ) -> Iterator[realnode.NodeState]:
     """kube-scheduler + containerd + kubelet on the session's control plane, for one module.
 
@@ -63,7 +66,7 @@ def node_for_module(
             pytest.fail(f"PULLHEALTH_REQUIRE_E2E is set but {err}", pytrace=False)
         pytest.skip(f"no real node here: {err}")
     node = harness.add_node(dns_upstream=world.nameserver, dns_domains=WORLD_DOMAINS, taints=[TAINT],
-                            kubelet_settings=kubelet_settings)
+                            kubelet_settings=kubelet_settings, containerd_root_size=containerd_root_size)
     try:
         for host in hosts:
             node.trust(host, world.ca_bundle)
@@ -284,13 +287,21 @@ def test_untrusted_tls(real_node: realnode.NodeState, dev_cluster: Any, operator
 # --- the chart as users run it: the image built from the Dockerfile, pods on the node -------
 
 RELEASE = "pullhealth"
+POOL_LABEL, POOL = "kubernetes.azure.com/agentpool", "e2epool"
 IMAGE_USER = 10001  # the Dockerfile's USER, and the chart's runAsUser
 
 
 def test_a_successful_pull_reaches_the_pull_metrics(real_node: realnode.NodeState, dev_cluster: Any,
                                                     operator: Any, world: World, namespace: str,
-                                                    wait_for: Callable[..., Any]) -> None:
-    """kubelet's own Pulled Event, for a pull from the world's registry, reaches /metrics."""
+                                                    wait_for: Callable[..., Any], tmp_path: Path) -> None:
+    """kubelet's own Pulled Event, for a pull from the world's registry, reaches /metrics
+    and the chart's dashboard panels in a real Prometheus."""
+    with contextlib.ExitStack() as stack:
+        check_pull_metrics(stack, dev_cluster, operator, world, namespace, wait_for, tmp_path)
+
+
+def check_pull_metrics(stack: contextlib.ExitStack, dev_cluster: Any, operator: Any, world: World, namespace: str,
+                       wait_for: Callable[..., Any], tmp_path: Path) -> None:
     registry = world.anon  # listed in the operator's --metrics-registries: labelled by name
     image = f"{registry}/library/alpine:3.19"
 
@@ -300,10 +311,17 @@ def test_a_successful_pull_reaches_the_pull_metrics(real_node: realnode.NodeStat
             name, _, value = line.rpartition(" ")
             if name.startswith("pullhealth_image_pull_") and f'registry="{registry}"' in name \
                     and (name.split("{")[0].endswith(("_count", "_sum"))):
-                found[name.split("{")[0]] = float(value)
+                key = name.split("{")[0]
+                found[key] = found.get(key, 0.0) + float(value)  # summed over pools
         return found
 
+    # The node's pool, as AKS labels it: the pull metrics carry it.
+    dev_cluster.kubectl("label", "node", realnode.NODE_NAME, f"{POOL_LABEL}={POOL}", "--overwrite")
     before = figures()
+    prometheus_bin, _ = require_prometheus()
+    prom = stack.enter_context(running(prometheus_bin, tmp_path, "groups: []\n", [{
+        "job_name": "pullhealth", "scrape_interval": "1s", "scrape_timeout": "1s",
+        "static_configs": [{"targets": [f"127.0.0.1:{operator.metrics_port}"]}]}]))
     dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("pulled", image))
 
     def pulled_event() -> dict[str, Any] | None:
@@ -344,6 +362,23 @@ def test_a_successful_pull_reaches_the_pull_metrics(real_node: realnode.NodeStat
 
     count, size = wait_for(agree, "/metrics agreeing with kubelet's Pulled Events", timeout=DIAGNOSIS_WAIT)
     assert count >= 1 and size >= first.size
+
+    # The chart's dashboard panels on these series, evaluated by a real Prometheus that
+    # scrapes the operator: each pull panel shows the world's registry (or the node's pool).
+    # A rate needs an increase within its window: the first pull creates the series, the
+    # container's restarts (it exits; imagePullPolicy Always) pull again.
+    board = json.loads((devcluster.REPO / "charts" / "pullhealth" / "dashboards" / "pullhealth.json").read_text())
+    panels = {p["title"]: p["targets"][0] for p in board["panels"] if p["title"].startswith("Image pull")}
+    assert len(panels) >= 4, panels.keys()
+    for title, target in panels.items():
+        label, value = ("pool", POOL) if "{{pool}}" in target["legendFormat"] else ("registry", registry)
+        expr = target["expr"].replace("$__rate_interval", "5m")
+
+        def shown(expr: str = expr, label: str = label, value: str = value) -> list[dict[str, Any]]:
+            return [r for r in prom.query(expr) if r["metric"].get(label) == value and r["value"][1] != "NaN"]
+
+        (row,) = wait_for(shown, f"the dashboard's panel {title!r} showing {value}", timeout=KUBELET_WAIT)
+        assert float(row["value"][1]) >= 0, (title, row)
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,19 @@ def test_namespace_script_mounts_privately_then_holds(tmp_path: Path) -> None:
     assert script[-1] == "exec /usr/bin/sleep infinity"
     realnode.write_sysctl_files(tmp_path)
     assert (tmp_path / "sysctl" / "vm.overcommit_memory").read_text() == "1\n"
+    assert not any("pullhealth-node-containerd" in line for line in script)
+
+
+def test_a_small_containerd_root_is_a_sized_tmpfs_in_the_namespace(tmp_path: Path) -> None:
+    script = realnode.namespace_script(tmp_path, tmp_path / "resolv.conf", "/usr/bin/sleep", "24m").splitlines()
+    root = realnode.containerd_root(tmp_path)
+    mount = f"mount -t tmpfs -o size=24m,mode=0711 pullhealth-node-containerd {root}"
+    assert script.index(f"mkdir -p {root}") < script.index(mount) < script.index("exec /usr/bin/sleep infinity")
+    binaries = realnode.NodeBinaries(*(Path(f"/bin/{n}") for n in range(9)), cni_bin_dir=Path("/usr/lib/cni"))
+    assert f'root = "{root}"' in realnode.containerd_config(tmp_path, binaries, "pause:3", tmp_path / "s")
+    for bad in ("24", "0m", "24g", "24m; rm -rf /", ""):
+        with pytest.raises(ValueError, match="containerd_root_size"):
+            realnode.namespace_script(tmp_path, tmp_path / "resolv.conf", "/usr/bin/sleep", bad)
 
 
 def test_kubelet_stays_on_loopback_and_off_the_hosts_settings(tmp_path: Path) -> None:

@@ -134,10 +134,16 @@ def test_other_pulled_texts_are_not_pulls() -> None:
 
 
 def pulled(uid: str, message: str, *, count: int = 1, ns: str = "team", pod_ns: str | None = None,
-           source: str = "kubelet") -> dict[str, Any]:
+           source: str = "kubelet", node: str = "node-b") -> dict[str, Any]:
     return {"metadata": {"uid": uid, "namespace": ns},
             "involvedObject": {"kind": "Pod", "uid": "p-" + uid, "namespace": pod_ns or ns},
-            "source": {"component": source}, "reason": "Pulled", "message": message, "count": count}
+            "source": {"component": source, "host": node}, "reason": "Pulled", "message": message,
+            "count": count}
+
+
+def pool_of(node: str) -> str:
+    """The pools of this file's nodes, as start-up derives them from the Node mirror."""
+    return {"node-a": "poola"}.get(node, metrics.OTHER)
 
 
 def _observed(metric: Any, registry: str) -> tuple[float, float]:
@@ -148,7 +154,7 @@ def _observed(metric: Any, registry: str) -> tuple[float, float]:
 
 @pytest.fixture()
 def pulls(monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeletPulls]:
-    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull, remembered=3)
+    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull, pool_of=pool_of, remembered=3)
     monkeypatch.setattr(reader._reader, "_listed", {None})  # the first listing is over
     metrics.set_admin_registries(["pulls.example"])
     yield reader
@@ -187,8 +193,27 @@ def test_only_kubelets_pulls_count_and_unlisted_registries_are_other(pulls: Kube
                    for s in m.samples)
 
 
+def test_pulls_are_labelled_with_the_nodes_pool_and_give_a_throughput(pulls: KubeletPulls) -> None:
+    text = 'Successfully pulled image "pulls.example/a:1" in 4s (4s including waiting). Image size: 8000000 bytes.'
+
+    def throughput(pool: str) -> tuple[float, float]:
+        samples = {s.name: s.value for m in metrics.IMAGE_PULL_THROUGHPUT.collect() for s in m.samples
+                   if s.labels.get("registry") == "pulls.example" and s.labels.get("pool") == pool}
+        return (samples.get("pullhealth_image_pull_throughput_bytes_per_second_count", 0.0),
+                samples.get("pullhealth_image_pull_throughput_bytes_per_second_sum", 0.0))
+
+    a, other = throughput("poola"), throughput(metrics.OTHER)
+    pulls._event("ADDED", pulled("t1", text, node="node-a"))
+    pulls._event("ADDED", pulled("t2", text, node="unknown-node"))
+    assert throughput("poola") == (a[0] + 1, pytest.approx(a[1] + 2e6))
+    assert throughput(metrics.OTHER)[0] == other[0] + 1
+    # Without a size (kubelet < 1.29) there is no throughput.
+    pulls._event("ADDED", pulled("t3", 'Successfully pulled image "pulls.example/a:1" in 4s', node="node-a"))
+    assert throughput("poola")[0] == a[0] + 1
+
+
 def test_the_first_listing_is_a_baseline_and_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull, remembered=3)
+    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull, pool_of=pool_of, remembered=3)
     text = 'Successfully pulled image "pulls.example/a" in 1s (1s including waiting). Image size: 10 bytes.'
     reader._event("LISTED", pulled("old", text))  # before the operator started: not counted
     assert reader.counted == 0
@@ -203,7 +228,7 @@ def test_the_first_listing_is_a_baseline_and_memory_is_bounded(monkeypatch: pyte
 def test_the_timeline_of_a_failed_pull(monkeypatch: pytest.MonkeyPatch) -> None:
     from pullhealth.pods.kubeletevents import pull_seconds
 
-    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull)
+    reader = KubeletPulls(kubernetes.client.ApiClient(), record=metrics.record_image_pull, pool_of=pool_of)
     failures = KubeletFailures(kubernetes.client.ApiClient())
 
     def pulling(uid: str, image: str, moment: str, *, ns: str = "team", pod_ns: str | None = None) -> dict[str, Any]:

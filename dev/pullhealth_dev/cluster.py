@@ -326,6 +326,7 @@ class DevCluster:
         self.node_dns_domains = tuple(node_dns_domains)
         self.node_taints = [dict(t) for t in node_taints]
         self.node_kubelet_settings: dict[str, Any] = {}
+        self.node_containerd_root_size: str | None = None
         #: The running node's state (None without a node).
         self.node: realnode.NodeState | None = None
         self._procs: list[_Proc] = []
@@ -825,6 +826,7 @@ class DevCluster:
         dns_domains: Sequence[str] = (),
         taints: Sequence[Mapping[str, str]] = (),
         kubelet_settings: Mapping[str, Any] | None = None,
+        containerd_root_size: str | None = None,
     ) -> realnode.NodeState:
         """Start kube-scheduler and the real node on this running cluster (started here).
 
@@ -833,6 +835,8 @@ class DevCluster:
             dns_domains: Domains the node resolves through ``dns_upstream``.
             taints: Taints the node registers with.
             kubelet_settings: KubeletConfiguration fields to set (``registryPullQPS``, ...).
+            containerd_root_size: A small tmpfs (``32m``) for containerd's root, which a large
+                pull fills (``no space left on device``); None: the state directory's disk.
 
         Returns:
             The node's state (its containerd, certs.d for hosts.toml files).
@@ -851,6 +855,7 @@ class DevCluster:
         self.node_dns_upstream, self.node_dns_domains = dns_upstream, tuple(dns_domains)
         self.node_taints = [dict(t) for t in taints]
         self.node_kubelet_settings = dict(kubelet_settings or {})
+        self.node_containerd_root_size = containerd_root_size
         leaves = {
             crt.stem: (crt, crt.with_suffix(".key"))
             for crt in self.pki.glob("*.crt")
@@ -953,7 +958,9 @@ class DevCluster:
         realnode.write_sysctl_files(node_dir)
         script = node_dir / "namespace.sh"
         sleep = shutil.which("sleep") or "/bin/sleep"
-        script.write_text(realnode.namespace_script(node_dir, resolv_conf, sleep))
+        script.write_text(
+            realnode.namespace_script(node_dir, resolv_conf, sleep, self.node_containerd_root_size)
+        )
         (node_dir / "namespace.ready").unlink(missing_ok=True)
         self._spawn(
             realnode.NODE_NAMESPACE,

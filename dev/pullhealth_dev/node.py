@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -375,7 +376,9 @@ def dns_answers(address: str, timeout: float = 1.0) -> bool:
     return data[:2] == query[:2]
 
 
-def namespace_script(node_dir: Path, resolv_conf: Path, sleep: str) -> str:
+def namespace_script(
+    node_dir: Path, resolv_conf: Path, sleep: str, containerd_root_size: str | None = None
+) -> str:
     """The shell script run by ``unshare --mount``: set up the node's private mounts, then hold
     the namespace open (``exec sleep``) until teardown.
 
@@ -383,6 +386,8 @@ def namespace_script(node_dir: Path, resolv_conf: Path, sleep: str) -> str:
         node_dir: The node's directory (var-lib/, var-log/, sysctl/ are in it).
         resolv_conf: The file to show as ``/etc/resolv.conf``.
         sleep: Path of ``sleep``.
+        containerd_root_size: A tmpfs size (``32m``) for containerd's root (content store,
+            snapshots, metadata): a small disk that a large pull fills. None: the node's directory.
     """
     lines = [
         "set -eu",
@@ -391,6 +396,12 @@ def namespace_script(node_dir: Path, resolv_conf: Path, sleep: str) -> str:
         f"mount --bind {node_dir / 'var-lib'} /var/lib",
         f"mount --bind {node_dir / 'var-log'} /var/log",
     ]
+    if containerd_root_size is not None:
+        if not re.fullmatch(r"[1-9][0-9]{0,5}[km]", containerd_root_size):
+            raise ValueError(f"containerd_root_size: a size like 32m, not {containerd_root_size!r}")
+        root = containerd_root(node_dir)
+        options = f"size={containerd_root_size},mode=0711"
+        lines += [f"mkdir -p {root}", f"mount -t tmpfs -o {options} pullhealth-node-containerd {root}"]
     target = Path("/etc/resolv.conf").resolve()
     if target.parent != Path("/etc"):
         # A symlink (systemd-resolved's stub into /run): recreate its target in the new /run.
@@ -411,14 +422,18 @@ def write_sysctl_files(node_dir: Path) -> None:
         (folder / name.replace("/", ".")).write_text(value + "\n")
 
 
+def containerd_root(node_dir: Path) -> Path:
+    """containerd's root directory (content store, snapshots, metadata) on the node."""
+    return node_dir / "containerd" / "root"
+
+
 def containerd_config(node_dir: Path, binaries: NodeBinaries, pause_image: str, address: Path) -> str:
     """containerd 1.6's configuration (version 2) for the node."""
-    root = node_dir / "containerd"
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return f"""\
 version = 2
-root = "{root / 'root'}"
-state = "{root / 'state'}"
+root = "{containerd_root(node_dir)}"
+state = "{node_dir / 'containerd' / 'state'}"
 # The "opt" plugin would create /opt/containerd; the node installs nothing there.
 disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",

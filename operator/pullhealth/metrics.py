@@ -94,30 +94,40 @@ POD_PULL_FAILURES = Gauge(
     ["namespace", "registry", "code"],
     registry=REGISTRY,
 )
-# Successful pulls, from kubelet's Pulled Events (issue 24). Labels: registry only (the
-# admin's list, else "other"), so at most (listed registries + 1) x buckets series each.
+# Successful pulls, from kubelet's Pulled Events (issue 24). Labels: registry (the admin's
+# list, else "other") and the node's pool (POOL_LABELS, at most MAX_POOLS names, else
+# "other"): at most (listed registries + 1) x (MAX_POOLS + 1) x buckets series each.
 _PULL_SECONDS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 IMAGE_PULL_DURATION = Histogram(
     "pullhealth_image_pull_duration_seconds",
     "Time kubelet took to pull an image, from its Pulled Events (the pull itself, without "
-    "waiting), by registry.",
-    ["registry"],
+    "waiting), by registry and node pool.",
+    ["registry", "pool"],
     buckets=_PULL_SECONDS,
     registry=REGISTRY,
 )
 IMAGE_PULL_WAITING = Histogram(
     "pullhealth_image_pull_waiting_seconds",
     "Time a pull waited before it started (serialized pulls, maxParallelImagePulls), from "
-    "kubelet's Pulled Events (\"including waiting\" minus the pull), by registry.",
-    ["registry"],
+    "kubelet's Pulled Events (\"including waiting\" minus the pull), by registry and node pool.",
+    ["registry", "pool"],
     buckets=(0, *_PULL_SECONDS),
     registry=REGISTRY,
 )
 IMAGE_PULL_SIZE = Histogram(
     "pullhealth_image_pull_size_bytes",
-    "Size of each pulled image, from kubelet's Pulled Events (kubelet 1.29+), by registry.",
-    ["registry"],
+    "Size of each pulled image, from kubelet's Pulled Events (kubelet 1.29+), by registry "
+    "and node pool.",
+    ["registry", "pool"],
     buckets=(1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2e9, 5e9, 1e10),
+    registry=REGISTRY,
+)
+IMAGE_PULL_THROUGHPUT = Histogram(
+    "pullhealth_image_pull_throughput_bytes_per_second",
+    "Image size over pull time of each pull whose Pulled Event gives both (kubelet 1.29+; "
+    "compressed layers fetched and unpacked), by registry and node pool.",
+    ["registry", "pool"],
+    buckets=(1e5, 1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2.5e8, 5e8, 1e9),
     registry=REGISTRY,
 )
 DIAGNOSES = Counter(
@@ -396,16 +406,19 @@ def _remove(metric: Gauge | Counter, *labels: str) -> None:
 # -- probes and the endpoint ----------------------------------------------------------
 
 
-def record_image_pull(registry: str, seconds: float, waiting: float | None, size: int | None,
-                      times: int = 1) -> None:
-    """Observe ``times`` successful pulls kubelet reported with these figures."""
-    label = registry_label(registry)
+def record_image_pull(registry: str, pool: str, seconds: float, waiting: float | None,
+                      size: int | None, times: int = 1) -> None:
+    """Observe ``times`` successful pulls kubelet reported with these figures, on a node of
+    ``pool`` (:func:`pool_label`)."""
+    labels = (registry_label(registry), pool)
     for _ in range(max(0, min(times, 1000))):
-        IMAGE_PULL_DURATION.labels(label).observe(seconds)
+        IMAGE_PULL_DURATION.labels(*labels).observe(seconds)
         if waiting is not None:
-            IMAGE_PULL_WAITING.labels(label).observe(waiting)
+            IMAGE_PULL_WAITING.labels(*labels).observe(waiting)
         if size is not None:
-            IMAGE_PULL_SIZE.labels(label).observe(size)
+            IMAGE_PULL_SIZE.labels(*labels).observe(size)
+            if seconds > 0:
+                IMAGE_PULL_THROUGHPUT.labels(*labels).observe(size / seconds)
 
 
 def count_probe_request(registry: str, probe: str) -> None:

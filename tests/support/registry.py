@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import random
 import re
 import secrets
 import shutil
@@ -44,16 +45,22 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _tiny_layer(label: str) -> tuple[bytes, str]:
-    """A reproducible gzipped tar with one file; returns (blob, diff_id)."""
+def _tiny_layer(label: str, filler: int = 0) -> tuple[bytes, str]:
+    """A reproducible gzipped tar with one file (plus ``filler`` bytes of incompressible
+    data in a second one: a large layer); returns (blob, diff_id)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         content = f"{label}\n".encode()
         info = tarfile.TarInfo("etc/pullhealth-image")
         info.size, info.mtime, info.mode = len(content), 0, 0o644
         tar.addfile(info, io.BytesIO(content))
+        if filler:
+            data = random.Random(label).randbytes(filler)
+            info = tarfile.TarInfo("opt/pullhealth-filler")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
     tar_bytes = raw.getvalue()
-    return gzip.compress(tar_bytes, mtime=0), _digest(tar_bytes)
+    return gzip.compress(tar_bytes, compresslevel=1, mtime=0), _digest(tar_bytes)
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -228,6 +235,7 @@ class Registry(Stoppable):
         *,
         platforms: list[str] | None = None,
         oci: bool | None = None,
+        layer_bytes: int = 0,
     ) -> str:
         """Push a tiny image (or an index of per-platform images) over the HTTP API.
 
@@ -238,13 +246,14 @@ class Registry(Stoppable):
                 entries are one manifest per platform; None: a single manifest.
             oci: Media types: OCI (True) or Docker v2 (False). Default: Docker v2
                 for a single manifest, OCI for an index.
+            layer_bytes: Incompressible bytes added to the layer (a large image).
 
         Returns:
             The digest of the manifest (or index) that ``tag`` points to.
         """
         with _Pusher(self) as pusher:
             if platforms is None:
-                return pusher.push_manifest(repo, tag, "linux/amd64", bool(oci), tag)
+                return pusher.push_manifest(repo, tag, "linux/amd64", bool(oci), tag, layer_bytes)
             use_oci = True if oci is None else oci
             entries = []
             for platform in platforms:
@@ -343,10 +352,12 @@ class _Pusher:
             raise RuntimeError(f"blob upload failed: {done.status_code} {done.text}")
         return digest
 
-    def build_manifest(self, repo: str, tag: str, platform: str, oci: bool) -> tuple[bytes, str]:
+    def build_manifest(
+        self, repo: str, tag: str, platform: str, oci: bool, layer_bytes: int = 0
+    ) -> tuple[bytes, str]:
         os_, _, rest = platform.partition("/")
         arch, _, variant = rest.partition("/")
-        layer, diff_id = _tiny_layer(f"{self.reg.host}/{repo}:{tag} {platform}")
+        layer, diff_id = _tiny_layer(f"{self.reg.host}/{repo}:{tag} {platform}", layer_bytes)
         config_doc: dict[str, object] = {
             "architecture": arch,
             "os": os_,
@@ -393,6 +404,6 @@ class _Pusher:
             raise RuntimeError(f"registry digest {digest} != local {_digest(body)}")
         return digest
 
-    def push_manifest(self, repo: str, tag: str, platform: str, oci: bool, ref: str) -> str:
-        body, _ = self.build_manifest(repo, tag, platform, oci)
+    def push_manifest(self, repo: str, tag: str, platform: str, oci: bool, ref: str, layer_bytes: int = 0) -> str:
+        body, _ = self.build_manifest(repo, tag, platform, oci, layer_bytes)
         return self.put_manifest(repo, ref, body, OCI_MANIFEST if oci else DOCKER_MANIFEST)

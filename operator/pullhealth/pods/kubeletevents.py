@@ -182,8 +182,8 @@ class KubeletFailures:
 # kubelet's Normal Events about pods (Pulling, Pulled, Created, Started, ...): one watch for
 # both Pulled (the metrics) and Pulling (when each image's newest pull started).
 PULLED_SELECTOR = "type=Normal,involvedObject.kind=Pod,source=kubelet"
-# (registry, seconds, waiting, size, times): metrics.record_image_pull
-RecordPull = Callable[[str, float, float | None, int | None, int], None]
+# (registry, pool, seconds, waiting, size, times): metrics.record_image_pull
+RecordPull = Callable[[str, str, float, float | None, int | None, int], None]
 
 
 def kubelet_pulled(event: Mapping[str, Any]) -> bool:
@@ -230,8 +230,9 @@ class KubeletPulls:
     Args:
         api: the API client.
         namespaces: watched namespaces; empty = cluster-wide (one watch).
-        record: called with (registry, seconds, waiting, size, times) for each new pull
-            (:func:`pullhealth.metrics.record_image_pull`).
+        record: called with (registry, pool, seconds, waiting, size, times) for each new
+            pull (:func:`pullhealth.metrics.record_image_pull`).
+        pool_of: the pool label of a node, by name (the node is the Event's source host).
         remembered: Event uids remembered (kubelet's Events live an hour: about the
             cluster's successful pulls per hour).
     """
@@ -242,10 +243,12 @@ class KubeletPulls:
         namespaces: Sequence[str] = (),
         *,
         record: RecordPull,
+        pool_of: Callable[[str], str],
         remembered: int = 50_000,
         pods: int = 20_000,
     ) -> None:
         self._record = record
+        self._pool_of = pool_of
         self._lock = threading.Lock()
         self._seen: BoundedDict[str, int] = BoundedDict(remembered)
         # (namespace, pod uid) -> image -> its newest Pulling moment (at most 8 images a pod)
@@ -320,5 +323,6 @@ class KubeletPulls:
             registry = parse(pulled.image).registry
         except InvalidReference:
             registry = ""  # no registry label but "other"
-        self._record(registry, pulled.seconds, pulled.waiting, pulled.size, new)
+        node = str((event.get("source") or {}).get("host") or event.get("reportingInstance") or "")
+        self._record(registry, self._pool_of(node), pulled.seconds, pulled.waiting, pulled.size, new)
         self.counted += new

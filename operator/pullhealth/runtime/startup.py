@@ -132,6 +132,7 @@ def build(settings: Settings, logger: kopf.Logger) -> Runtime:
         )
         runtime.leader.start()
     listed: list[Callable[[], bool]] = []  # the first listings pods wait for at start-up
+    nodes: watchcache.Mirror | None = None
     if settings.pods:
         nodes, accounts, settled = _mirror_nodes_and_accounts(kube.api, settings, runtime.readers)
         runtime.pod_reader = watchcache.CachedReader(kube, nodes=nodes, accounts=accounts)
@@ -143,7 +144,7 @@ def build(settings: Settings, logger: kopf.Logger) -> Runtime:
         failures.start()
         listed.append(lambda: failures.settled)
         runtime.kubelet_pulls = kubeletevents.KubeletPulls(
-            kube.api, settings.namespaces, record=metrics.record_image_pull
+            kube.api, settings.namespaces, record=metrics.record_image_pull, pool_of=_pool_of(nodes)
         )
         runtime.kubelet_pulls.start()
     if listed:
@@ -186,6 +187,16 @@ def _mirror_nodes_and_accounts(
         stream.start()
         readers.append(stream)
     return nodes, accounts, lambda: node_stream.settled and account_stream.settled
+
+
+def _pool_of(nodes: watchcache.Mirror | None) -> Callable[[str], str]:
+    """A node's pool label from the Node mirror ("other" when unknown: not listed, refused)."""
+
+    def pool(node: str) -> str:
+        known = nodes.get("", node) if nodes is not None and node else None
+        return metrics.pool_label(((known or {}).get("metadata") or {}).get("labels"))
+
+    return pool
 
 
 def _listed(stream: listwatch.ListWatch) -> Callable[[], bool]:
