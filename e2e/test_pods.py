@@ -192,6 +192,22 @@ def test_proxy_text_is_proxy_error(operator: Any, world: World, namespace: str, 
     assert got == "PROXY_ERROR", annotations(api, namespace, "proxied")
 
 
+def test_a_signature_policy_rejection_is_the_nodes_not_the_registrys(
+    operator: Any, world: World, namespace: str, api: Any, wait_for: Any
+) -> None:
+    # kubelet 1.28+ with CRI-O's signature policy: the waiting reason is SignatureValidationFailed
+    # and the text is the blog post's (kubernetes/website#41616). The registry serves the image.
+    image = f"{world.anon}/library/alpine:3.19"
+    pod = make_pod(api, namespace, "unsigned", image)
+    fail_pull(api, namespace, pod, image, f'Failed to pull image "{image}": SignatureValidationFailed: Source '
+              "image rejected: A signature was required, but no signature exists", reason="SignatureValidationFailed")
+    got = wait_for(lambda: annotations(api, namespace, "unsigned").get("pullhealth.io/diagnosis"),
+                   "diagnosis of unsigned", timeout=60)
+    assert got == "IMAGE_SIGNATURE_REJECTED", annotations(api, namespace, "unsigned")
+    cause = annotations(api, namespace, "unsigned")["pullhealth.io/probable-cause"]
+    assert "signature" in cause and "A signature was required" in cause, cause
+
+
 def test_init_container_failure_is_diagnosed(operator: Any, world: World, namespace: str, api: Any,
                                              wait_for: Any) -> None:
     image = f"{world.anon}/team/app:init-missing"

@@ -27,7 +27,7 @@ def waiting(name: str, reason: str, message: str = "") -> dict[str, Any]:
 def test_all_container_kinds_and_reasons_count_init_first() -> None:
     p = pod({
         "containerStatuses": [waiting("app", "ImagePullBackOff", "Back-off pulling image"),
-                              waiting("side", "ContainerCreating")],
+                              waiting("side", "SignatureValidationFailed")],
         "initContainerStatuses": [waiting("init", "ErrImagePull", "boom")],
         "ephemeralContainerStatuses": [waiting("debug", "InvalidImageName")],
     })
@@ -35,11 +35,14 @@ def test_all_container_kinds_and_reasons_count_init_first() -> None:
     assert [(c.name, c.image, c.reason) for c in found] == [
         ("init", "r.io/init:1", "ErrImagePull"),
         ("app", "r.io/app:1", "ImagePullBackOff"),
+        ("side", "r.io/side:1", "SignatureValidationFailed"),  # kubelet 1.28+: the runtime's policy
         ("debug", "r.io/debug:1", "InvalidImageName"),
     ]
+    assert not podcheck.failing_containers(pod({"containerStatuses": [waiting("app", "ContainerCreating")]}))
     # The Event's regarding.fieldPath names the container in its own spec list.
     assert [c.field_path for c in found] == [
-        "spec.initContainers{init}", "spec.containers{app}", "spec.ephemeralContainers{debug}",
+        "spec.initContainers{init}", "spec.containers{app}", "spec.containers{side}",
+        "spec.ephemeralContainers{debug}",
     ]
 
 

@@ -69,7 +69,7 @@ def make_pod(api: Any, ns: str, name: str, image: str, secrets: list[str] | None
 
 
 def fail_pull(api: Any, ns: str, pod: dict[str, Any], image: str, message: str, *, init: bool = False,
-              event: bool = True) -> None:
+              event: bool = True, reason: str = "ErrImagePull") -> None:
     """Write what kubelet writes on a failed pull: the Failed event, then the waiting state."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     name = pod["metadata"]["name"]
@@ -83,7 +83,7 @@ def fail_pull(api: Any, ns: str, pod: dict[str, Any], image: str, message: str, 
             "source": {"component": "kubelet", "host": NODE},
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         })
-    waiting = {"state": {"waiting": {"reason": "ErrImagePull", "message": message.split(": ", 1)[-1]}},
+    waiting = {"state": {"waiting": {"reason": reason, "message": message.split(": ", 1)[-1]}},
                "name": "app", "image": image, "imageID": "", "ready": False, "restartCount": 0}
     key = "initContainerStatuses" if init else "containerStatuses"
     status: dict[str, Any] = {"phase": "Pending", key: [waiting]}

@@ -75,6 +75,9 @@ RULES: tuple[Rule, ...] = (
     _r(Code.PULL_QPS_EXCEEDED, r"pull QPS exceeded"),
     # The image filesystem is full while a layer is written or unpacked.
     _r(Code.NODE_DISK_FULL, r"no space left on device"),
+    # The runtime's signature policy (CRI-O, containers/image): kubelet 1.28+ names the CRI error
+    # SignatureValidationFailed; containers/image says "Source image rejected: ...".
+    _r(Code.IMAGE_SIGNATURE_REJECTED, r"SignatureValidationFailed|Source image rejected"),
     _r(
         Code.PLATFORM_NOT_FOUND,
         r"no match for (current )?platform|no matching manifest for"

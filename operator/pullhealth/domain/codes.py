@@ -68,6 +68,7 @@ class Code(StrEnum):
     PULL_QPS_EXCEEDED = "PULL_QPS_EXCEEDED"
     PULL_TIMED_OUT = "PULL_TIMED_OUT"
     NODE_DISK_FULL = "NODE_DISK_FULL"
+    IMAGE_SIGNATURE_REJECTED = "IMAGE_SIGNATURE_REJECTED"
     UNKNOWN = "UNKNOWN"
 
     @property
@@ -478,6 +479,21 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "imageGCLowThresholdPercent in the kubelet configuration; remove unused images: "
             "crictl rmi --prune",
             "Give the node a larger OS or image disk (the node pool's disk size), or use smaller images",
+        ),
+    ),
+    Code.IMAGE_SIGNATURE_REJECTED: CodeInfo(
+        summary="the container runtime's signature policy on the node rejected {image} ({detail}): "
+        "the registry served it, the node refused it (kubelet 1.28+ shows SignatureValidationFailed)",
+        remediation=(
+            "Check the image's signatures against the policy: cosign verify (sigstore) or skopeo "
+            "inspect for the signature, and the signer identity (subject email, OIDC issuer) the "
+            "policy requires",
+            "Sign or re-sign the image (a new digest needs its own signature), or pull a signed tag",
+            "If the image should be allowed, fix the runtime's policy on the node: CRI-O's "
+            "signature_policy (policy.json) or its per-namespace signature_policy_dir "
+            "(<dir>/<namespace>.json); containers-policy.json for podman",
+            "kubelet keeps retrying with back-off; once the signature or policy is fixed the next "
+            "pull succeeds",
         ),
     ),
     Code.UNKNOWN: CodeInfo(

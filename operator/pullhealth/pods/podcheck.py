@@ -44,8 +44,10 @@ from pullhealth.kube import events
 
 log = logging.getLogger(__name__)
 
+# SignatureValidationFailed: kubelet 1.28+ for the runtime's signature policy (kubernetes#117717).
 PULL_REASONS = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable",
+     "SignatureValidationFailed"}
 )
 PREFIX = "pullhealth.io/"
 ANN_DIAGNOSIS = PREFIX + "diagnosis"
