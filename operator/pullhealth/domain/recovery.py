@@ -22,6 +22,7 @@ operator stands is never declared recovered:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -215,3 +216,20 @@ def owner_name(pod: Mapping[str, Any]) -> str:
         if isinstance(owner, Mapping) and owner.get("controller") is True:
             return f"{owner.get('kind')}/{owner.get('name')}"
     return ""
+
+
+class Window:
+    """At most ``per_minute`` takes in any 60 seconds (a sliding window, bounded memory)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = max(1, per_minute)
+        self._taken: deque[float] = deque(maxlen=self.per_minute)
+
+    def take(self, now: float) -> bool:
+        """Take one at ``now`` (monotonic seconds) if the last minute has room."""
+        while self._taken and now - self._taken[0] >= 60.0:
+            self._taken.popleft()
+        if len(self._taken) >= self.per_minute:
+            return False
+        self._taken.append(now)
+        return True

@@ -438,7 +438,14 @@ def plan_writeback(
     cause = str(current.get(ANN_CAUSE, ""))[:160]
     node_news = node is not None and not any(f"node {node}{end}" in cause for end in (" ", ":"))
     same = current.get(ANN_DIAGNOSIS) == code and current.get(ANN_CONTAINER) == result.container.name
-    if same and not node_news:
+    # Fixed: the chain no longer refines kubelet's message (TAG_NOT_FOUND was refined from
+    # its coarse IMAGE_NOT_FOUND), so the code may differ; the recorded cause is what recovered.
+    fixed = (
+        recoverable
+        and current.get(ANN_CONTAINER) == result.container.name
+        and recovery.may_recover(str(current.get(ANN_DIAGNOSIS) or ""))
+    )
+    if (same or fixed) and not node_news:
         return _plan_recovery(pod, result, current, expected, occurrence, now, recoverable, retry_by)
     # A failure after a recovery replaces the same (empty) annotations as the first one;
     # the container's restart count tells them apart (kubelet counts each restart).
@@ -483,7 +490,7 @@ def _plan_recovery(
         return Writeback(annotations=dict.fromkeys(RECOVERY_ANNOTATIONS), expected=expected)
     if announced or not recoverable:
         return Writeback()
-    code = result.diagnosis.code.value
+    code = str(current.get(ANN_DIAGNOSIS) or result.diagnosis.code.value)  # the cause recorded
     event = events.EventSpec(
         regarding=_regarding(pod, result.container.field_path),
         type="Normal",

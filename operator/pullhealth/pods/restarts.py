@@ -19,7 +19,6 @@ kept and decided again on its next event.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -62,7 +61,7 @@ class Restarter:
         self._instance = instance
         self._clock = clock
         self._deleted: BoundedDict[str, float] = BoundedDict(MAX_PODS)
-        self._recent: deque[float] = deque(maxlen=self.per_minute)
+        self._window = recovery.Window(self.per_minute)
         # namespace -> (valid until, its labels or None)
         self._namespaces: BoundedDict[str, tuple[float, Mapping[str, str] | None]] = BoundedDict(
             MAX_NAMESPACES
@@ -90,11 +89,8 @@ class Restarter:
             return False
         if not await self._namespace_allows(namespace, logger):
             return False
-        while self._recent and now - self._recent[0] >= 60.0:
-            self._recent.popleft()
-        if len(self._recent) >= self.per_minute:
+        if not self._window.take(now):
             return False  # the pod's next event (or the operator's recheck) comes back to it
-        self._recent.append(now)
         owner = recovery.owner_name(pod)
         notice = events.EventSpec(
             regarding=events.Regarding("v1", "Pod", namespace, name, uid),
