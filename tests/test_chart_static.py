@@ -49,6 +49,10 @@ CRD_RULE = {
     **METRICS_RULE,
 }
 NAMESPACES_RULE = {("", "namespaces"): {"get", "list", "watch"}}
+# Only with pods.restartRecovered other than "off": deleting recovered pods, reading the
+# namespace's opt-in label.
+RESTART_VERBS = {"delete"}
+RESTART_NAMESPACES_RULE = {("", "namespaces"): {"get"}}
 PEERING_VERBS = {"get", "list", "watch", "patch"}
 
 
@@ -231,6 +235,7 @@ SCENARIOS = {
                    "grafanaDashboard.enabled=true"],
     "networkPolicy": ["networkPolicy.enabled=true"],
     "admissionCertManager": ["admission.enabled=true", "admission.certManager.enabled=true"],
+    "restartRecovered": ["pods.restartRecovered=labelled"],
 }
 
 
@@ -333,7 +338,8 @@ def test_default_cluster_role_is_exactly_the_documented_rules(helm: str) -> None
 
 def test_every_rule_of_every_scenario_is_documented(helm: str) -> None:
     allowed = {**CRD_RULE, **NAMESPACES_RULE, **NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE,
-               ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS, ("kopf.dev", "kopfpeerings"): PEERING_VERBS}
+               ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS, ("kopf.dev", "kopfpeerings"): PEERING_VERBS,
+               ("", "pods"): NAMESPACED_RULES[("", "pods")] | RESTART_VERBS}
     for scenario, sets in SCENARIOS.items():
         for role in of_kind(render(helm, *sets), "ClusterRole") + of_kind(render(helm, *sets), "Role"):
             for key, verbs in rule_table(role).items():
@@ -350,6 +356,30 @@ def test_minting_service_account_tokens_only_with_workload_identity(helm: str) -
     for role in of_kind(render(helm, "security.identities.workloadIdentity=true", *SCENARIOS["watchNamespaces"]),
                         "Role"):
         assert rule_table(role) == {**NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE}
+
+
+def test_deleting_recovered_pods_only_when_the_admin_enables_it(helm: str) -> None:
+    from pullhealth.cli import _parser
+    from pullhealth.runtime.settings import from_args
+
+    default = render(helm)
+    assert "delete" not in rule_table(one(default, "ClusterRole"))[("", "pods")]
+    assert not [a for a in container(default)["args"] if a.startswith("--restart")]
+    for mode in ("labelled", "all"):
+        on = render(helm, f"pods.restartRecovered={mode}", "pods.restartsPerMinute=3")
+        pods_rule = {("", "pods"): NAMESPACED_RULES[("", "pods")] | RESTART_VERBS}
+        assert rule_table(one(on, "ClusterRole")) == {**CRD_RULE, **NAMESPACED_RULES, **pods_rule,
+                                                      **RESTART_NAMESPACES_RULE}
+        c = container(on)
+        parsed = from_args(_parser().parse_args([*c["command"][1:], *c["args"]]))
+        assert (parsed.restart_recovered_pods, parsed.restarts_per_minute) == (mode, 3)
+    scoped = render(helm, "pods.restartRecovered=labelled", *SCENARIOS["watchNamespaces"])
+    for role in of_kind(scoped, "Role"):
+        assert rule_table(role)[("", "pods")] == NAMESPACED_RULES[("", "pods")] | RESTART_VERBS
+    assert rule_table(one(scoped, "ClusterRole"))[("", "namespaces")] >= {"get"}
+    # With pods off nothing is deleted, so nothing is granted.
+    off = render(helm, "pods.restartRecovered=all", "pods.enabled=false")
+    assert "delete" not in rule_table(one(off, "ClusterRole"))[("", "pods")]
 
 
 VAP = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
