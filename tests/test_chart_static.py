@@ -401,6 +401,22 @@ def test_pod_admission_policy_when_the_cluster_serves_it(helm: str) -> None:
                        "ValidatingAdmissionPolicy")
 
 
+def test_pod_delete_policy_only_with_restarts(helm: str) -> None:
+    assert len(of_kind(render(helm, api_versions=(VAP,)), "ValidatingAdmissionPolicy")) == 1
+    objects = render(helm, "pods.restartRecovered=all", api_versions=(VAP,))
+    [deletes] = [p for p in of_kind(objects, "ValidatingAdmissionPolicy") if p["metadata"]["name"].endswith("-deletes")]
+    assert deletes["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["DELETE"]
+    rules = " ".join(v["expression"] for v in deletes["spec"]["validations"])
+    assert "pullhealth.io/recoverable-since" in rules and '"ReplicaSet", "StatefulSet", "DaemonSet"' in rules
+    sa = one(objects, "ServiceAccount")["metadata"]["name"]
+    assert f"system:serviceaccount:{RELEASE_NS}:{sa}" in deletes["spec"]["matchConditions"][0]["expression"]
+    bindings = of_kind(objects, "ValidatingAdmissionPolicyBinding")
+    assert {b["spec"]["policyName"] for b in bindings} == {p["metadata"]["name"]
+                                                            for p in of_kind(objects, "ValidatingAdmissionPolicy")}
+    assert len(of_kind(render(helm, "pods.restartRecovered=all", "security.podAdmissionPolicy.enabled=false",
+                              api_versions=(VAP,)), "ValidatingAdmissionPolicy")) == 0
+
+
 def test_security_values_render_to_valid_cli_arguments(helm: str) -> None:
     from pullhealth.cli import _parser
     from pullhealth.runtime.settings import from_args
