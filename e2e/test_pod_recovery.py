@@ -124,7 +124,7 @@ def test_a_fixed_cause_is_announced_and_opted_in_pods_restart(
             assert event.type == "Normal" and event.involved_object.field_path == "spec.containers{app}"
             assert event.reporting_component == "pullhealth.io/operator"
             assert event.message.startswith("was TAG_NOT_FOUND: the pull of container app works again")
-            assert "kubelet retries by " in event.message
+            assert "kubelet retries by about " in event.message
         # The bare pod: annotated with when kubelet retries (its Failed Event + 300 s, to the second).
         ann = annotations(api, namespace, "bare")
         assert ann["pullhealth.io/diagnosis"] == "TAG_NOT_FOUND"

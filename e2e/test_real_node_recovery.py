@@ -97,7 +97,7 @@ def test_a_fixed_cause_is_announced_and_the_pod_restarts(
     event = wait_for(recoverable, "PullRecoverable on the Deployment's pod", timeout=60)
     assert event["type"] == "Normal" and event["involvedObject"]["fieldPath"] == "spec.containers{app}"
     assert event["message"].startswith("was TAG_NOT_FOUND: the pull of container app works again")
-    assert "kubelet retries by " in event["message"], event["message"]
+    assert "kubelet retries by about " in event["message"], event["message"]
 
     # The opt-in: the pod is deleted (its Event first) and the ReplicaSet's new pod runs.
     def replacement_runs() -> dict[str, Any] | None:

@@ -135,7 +135,7 @@ def test_recoverable_is_announced_once_and_withdrawn_when_it_no_longer_holds() -
     event = plan.event
     assert (event.type, event.reason, event.action) == ("Normal", "PullRecoverable", "Diagnose")
     assert event.regarding.field_path == "spec.containers{app}"
-    assert event.note.startswith("was TAG_NOT_FOUND: ") and "by 2026-12-03T10:06:30Z at the latest" in event.note
+    assert event.note.startswith("was TAG_NOT_FOUND: ") and "retries by about 2026-12-03T10:06:30Z" in event.note
     # The diagnosis annotations are the plan's condition: nobody else may have changed them.
     assert plan.expected is not None and plan.expected[podcheck.ANN_DIAGNOSIS] == "TAG_NOT_FOUND"
     # A retry (crash before the annotation) plans the same Event: 409, nothing doubles.
@@ -162,7 +162,7 @@ def test_recoverable_is_announced_once_and_withdrawn_when_it_no_longer_holds() -
     # Unknown retry time: the annotation is not written, the note says within 5 minutes.
     vague = plan_writeback(annotated, _result(), "t", recoverable=True)
     assert vague.annotations is not None and vague.annotations[podcheck.ANN_RETRY_BY] is None
-    assert vague.event is not None and "within 5 minutes of its last failed pull" in vague.event.note
+    assert vague.event is not None and "within about 5 minutes of its last failed pull" in vague.event.note
     # Another cause: a new diagnosis that also removes the announcement.
     other = plan_writeback(announced, _result(Code.CREDENTIALS_REJECTED), "t")
     assert other.annotations is not None and other.annotations[podcheck.ANN_RECOVERABLE] is None

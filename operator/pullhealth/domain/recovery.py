@@ -31,9 +31,10 @@ from typing import Any
 from pullhealth.domain.codes import Code
 from pullhealth.domain.model import Diagnosis, StepStatus
 
-# kubelet's image pull back-off: 10 s doubling to at most 300 s
-# (pkg/kubelet/kubelet.go: backOffPeriod = 10s, MaxContainerBackOff = 300s;
-# kubernetes/kubernetes#119891 asks for a way to reset it).
+# kubelet's image pull back-off grows "until it reaches a compiled-in limit, which is 300
+# seconds (5 minutes)" (https://kubernetes.io/docs/concepts/containers/images/#imagepullbackoff);
+# kubelet retries at the pod's next sync after it ends, hence "about" in the note.
+# kubernetes/kubernetes#119891 asks for a way to cut it short.
 MAX_PULL_BACKOFF = timedelta(seconds=300)
 
 
@@ -131,8 +132,9 @@ def may_recover(code: str) -> bool:
 
 
 def retry_by(last_failure: datetime | None) -> datetime | None:
-    """When kubelet retries the pull at the latest: its back-off is at most 300 s after its
-    last failed pull. None when that failure's time is not known."""
+    """When kubelet retries the pull at the latest, give or take its next pod sync: its
+    back-off ends at most 300 s after its last failed pull. None when that failure's time
+    is not known."""
     return None if last_failure is None else last_failure + MAX_PULL_BACKOFF
 
 
@@ -148,9 +150,12 @@ def note(previous: str, container: str, retry: datetime | None) -> str:
         "(checked by pullhealth); "
     )
     if retry is not None:
-        text += f"kubelet retries by {rfc3339(retry)} at the latest (its back-off is at most 5 minutes)"
+        text += (
+            f"kubelet retries by about {rfc3339(retry)} (its back-off ends at most 5 minutes after "
+            "its last failed pull)"
+        )
     else:
-        text += "kubelet retries within 5 minutes of its last failed pull (its back-off is at most 5 minutes)"
+        text += "kubelet retries within about 5 minutes of its last failed pull (its back-off's limit)"
     return text
 
 

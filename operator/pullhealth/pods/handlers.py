@@ -113,7 +113,9 @@ class PodController:
     async def _recheck(self) -> None:
         """Failing pods whose cause may be fixed are handled again every pod interval: the
         memo and the chain cache expire by then, so the pod's own path is probed again."""
-        interval = self.runtime.settings.pod_interval or RECHECK_WITHOUT_INTERVAL
+        # Twice per interval: a pod is re-diagnosed at most one half interval after its
+        # memo expires.
+        interval = (self.runtime.settings.pod_interval or RECHECK_WITHOUT_INTERVAL) / 2
         while True:
             await asyncio.sleep(max(1.0, interval))
             if self._per_pod is None:
