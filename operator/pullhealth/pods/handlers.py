@@ -152,7 +152,7 @@ class PodController:
             )
         diagnoses = [r.diagnosis for r in results]
         if any(recovery.may_recover(d.code.value) for d in diagnoses):
-            self._rechecks[uid] = body
+            self._rechecks[uid] = _slim(body)
         else:
             self._rechecks.pop(uid, None)
         recoverable = recovery.all_recoverable(diagnoses)
@@ -286,6 +286,12 @@ class PodController:
             node_events,
             seconds,
         )
+
+
+def _slim(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod as kept for its rechecks: without ``managedFields`` (often half its size)."""
+    meta = {k: v for k, v in (pod.get("metadata") or {}).items() if k != "managedFields"}
+    return {**pod, "metadata": meta}
 
 
 def _failing_in(in_scope: Callable[[Mapping[str, Any]], bool]) -> Callable[[Mapping[str, Any]], bool]:
