@@ -186,6 +186,49 @@ def test_operator_account_can_change_only_its_annotations_on_pods(
     assert (pod.metadata.annotations or {}).get("pullhealth.io/admission-test") == "allowed"
 
 
+def test_operator_account_can_delete_only_recoverable_controlled_pods(
+    dev_cluster: Cluster, namespace: str, tmp_path: Path, wait_for: Waiter,
+) -> None:
+    """With pods.restartRecovered RBAC grants pods delete; the chart's second policy, enforced
+    by the real API server, limits it to pods announced recoverable that a ReplicaSet,
+    StatefulSet or DaemonSet controls."""
+    # Its own names: the module's chart (the same release) keeps its cluster-scoped objects.
+    with install_chart(dev_cluster, require_helm(), "pullhealth-restart", "fullnameOverride=pullhealth-restart",
+                       "pods.restartRecovered=labelled") as chart:
+        assert any(o["metadata"]["name"].endswith("-pod-deletes") for o in chart.objects
+                   if o["kind"] == "ValidatingAdmissionPolicy")
+        kubeconfig = chart.token_kubeconfig(tmp_path / "operator.kubeconfig")
+        api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(
+            config_file=str(dev_cluster.kubeconfig)))
+        ensure_node(api)
+        apps = kubernetes.client.AppsV1Api(api.api_client)
+        apps.create_namespaced_replica_set(namespace, {
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                         "nodeName": "pullhealth-e2e-node", "containers": [{"name": "app", "image": "r.test/a:1"}]}}}})
+        owned = wait_for(lambda: api.list_namespaced_pod(namespace, label_selector="app=web").items, "RS pod")[0]
+        make_pod(api, namespace, "bare", "r.test/a:1")
+
+        def delete(name: str) -> subprocess.CompletedProcess[str]:
+            return dev_cluster.kubectl("-n", namespace, "delete", "pod", name, "--wait=false", check=False,
+                                       kubeconfig=kubeconfig)
+
+        def mark(name: str) -> None:
+            api.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": {
+                "pullhealth.io/recoverable-since": "2026-12-03T10:00:00Z"}}})
+
+        refused = delete(owned.metadata.name)  # not announced recoverable
+        assert refused.returncode != 0 and "recoverable-since" in refused.stderr, refused.stderr
+        mark("bare")
+        refused = delete("bare")  # announced, but nothing would recreate it
+        assert refused.returncode != 0 and "ReplicaSet, StatefulSet or DaemonSet" in refused.stderr, refused.stderr
+        assert api.read_namespaced_pod("bare", namespace).metadata.deletion_timestamp is None
+        mark(owned.metadata.name)
+        allowed = delete(owned.metadata.name)
+        assert allowed.returncode == 0, allowed.stderr
+
+
 @contextlib.contextmanager
 def limited_account(cluster: Cluster, installed: Installed, tmp_path: Path,
                     narrow: Callable[[dict[str, Any]], None]) -> Iterator[Path]:

@@ -49,6 +49,10 @@ CRD_RULE = {
     **METRICS_RULE,
 }
 NAMESPACES_RULE = {("", "namespaces"): {"get", "list", "watch"}}
+# Only with pods.restartRecovered other than "off": deleting recovered pods, reading the
+# namespace's opt-in label.
+RESTART_VERBS = {"delete"}
+RESTART_NAMESPACES_RULE = {("", "namespaces"): {"get"}}
 PEERING_VERBS = {"get", "list", "watch", "patch"}
 
 
@@ -231,6 +235,7 @@ SCENARIOS = {
                    "grafanaDashboard.enabled=true"],
     "networkPolicy": ["networkPolicy.enabled=true"],
     "admissionCertManager": ["admission.enabled=true", "admission.certManager.enabled=true"],
+    "restartRecovered": ["pods.restartRecovered=labelled"],
 }
 
 
@@ -333,7 +338,8 @@ def test_default_cluster_role_is_exactly_the_documented_rules(helm: str) -> None
 
 def test_every_rule_of_every_scenario_is_documented(helm: str) -> None:
     allowed = {**CRD_RULE, **NAMESPACES_RULE, **NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE,
-               ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS, ("kopf.dev", "kopfpeerings"): PEERING_VERBS}
+               ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS, ("kopf.dev", "kopfpeerings"): PEERING_VERBS,
+               ("", "pods"): NAMESPACED_RULES[("", "pods")] | RESTART_VERBS}
     for scenario, sets in SCENARIOS.items():
         for role in of_kind(render(helm, *sets), "ClusterRole") + of_kind(render(helm, *sets), "Role"):
             for key, verbs in rule_table(role).items():
@@ -350,6 +356,30 @@ def test_minting_service_account_tokens_only_with_workload_identity(helm: str) -
     for role in of_kind(render(helm, "security.identities.workloadIdentity=true", *SCENARIOS["watchNamespaces"]),
                         "Role"):
         assert rule_table(role) == {**NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE}
+
+
+def test_deleting_recovered_pods_only_when_the_admin_enables_it(helm: str) -> None:
+    from pullhealth.cli import _parser
+    from pullhealth.runtime.settings import from_args
+
+    default = render(helm)
+    assert "delete" not in rule_table(one(default, "ClusterRole"))[("", "pods")]
+    assert not [a for a in container(default)["args"] if a.startswith("--restart")]
+    for mode in ("labelled", "all"):
+        on = render(helm, f"pods.restartRecovered={mode}", "pods.restartsPerMinute=3")
+        pods_rule = {("", "pods"): NAMESPACED_RULES[("", "pods")] | RESTART_VERBS}
+        assert rule_table(one(on, "ClusterRole")) == {**CRD_RULE, **NAMESPACED_RULES, **pods_rule,
+                                                      **RESTART_NAMESPACES_RULE}
+        c = container(on)
+        parsed = from_args(_parser().parse_args([*c["command"][1:], *c["args"]]))
+        assert (parsed.restart_recovered_pods, parsed.restarts_per_minute) == (mode, 3)
+    scoped = render(helm, "pods.restartRecovered=labelled", *SCENARIOS["watchNamespaces"])
+    for role in of_kind(scoped, "Role"):
+        assert rule_table(role)[("", "pods")] == NAMESPACED_RULES[("", "pods")] | RESTART_VERBS
+    assert rule_table(one(scoped, "ClusterRole"))[("", "namespaces")] >= {"get"}
+    # With pods off nothing is deleted, so nothing is granted.
+    off = render(helm, "pods.restartRecovered=all", "pods.enabled=false")
+    assert "delete" not in rule_table(one(off, "ClusterRole"))[("", "pods")]
 
 
 VAP = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
@@ -369,6 +399,22 @@ def test_pod_admission_policy_when_the_cluster_serves_it(helm: str) -> None:
     assert not of_kind(render(helm), "ValidatingAdmissionPolicy")
     assert not of_kind(render(helm, "security.podAdmissionPolicy.enabled=false", api_versions=(VAP,)),
                        "ValidatingAdmissionPolicy")
+
+
+def test_pod_delete_policy_only_with_restarts(helm: str) -> None:
+    assert len(of_kind(render(helm, api_versions=(VAP,)), "ValidatingAdmissionPolicy")) == 1
+    objects = render(helm, "pods.restartRecovered=all", api_versions=(VAP,))
+    [deletes] = [p for p in of_kind(objects, "ValidatingAdmissionPolicy") if p["metadata"]["name"].endswith("-deletes")]
+    assert deletes["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["DELETE"]
+    rules = " ".join(v["expression"] for v in deletes["spec"]["validations"])
+    assert "pullhealth.io/recoverable-since" in rules and '"ReplicaSet", "StatefulSet", "DaemonSet"' in rules
+    sa = one(objects, "ServiceAccount")["metadata"]["name"]
+    assert f"system:serviceaccount:{RELEASE_NS}:{sa}" in deletes["spec"]["matchConditions"][0]["expression"]
+    bindings = of_kind(objects, "ValidatingAdmissionPolicyBinding")
+    assert {b["spec"]["policyName"] for b in bindings} == {p["metadata"]["name"]
+                                                            for p in of_kind(objects, "ValidatingAdmissionPolicy")}
+    assert len(of_kind(render(helm, "pods.restartRecovered=all", "security.podAdmissionPolicy.enabled=false",
+                              api_versions=(VAP,)), "ValidatingAdmissionPolicy")) == 0
 
 
 def test_security_values_render_to_valid_cli_arguments(helm: str) -> None:

@@ -70,7 +70,7 @@ def test_writeback_is_idempotent_and_posts_one_event_per_diagnosis() -> None:
     assert first.event.reason == "PullDiagnosed" and first.event.action == "Diagnose"
     assert first.event.note.startswith("TAG_NOT_FOUND: ") and ". Try: " in first.event.note
     assert first.event.regarding.field_path == "spec.containers{app}"
-    assert first.expected == dict.fromkeys(podcheck.ANNOTATIONS)
+    assert first.expected == dict.fromkeys(podcheck.ALL_ANNOTATIONS)
     annotated = pod({}, {k: v for k, v in first.annotations.items() if v is not None})
     again = plan_writeback(annotated, _result(Code.TAG_NOT_FOUND), "2026-11-28T10:05:00Z")
     assert again.annotations is None and again.event is None
@@ -106,7 +106,7 @@ def test_recovery_removes_every_annotation_once() -> None:
     annotated = pod({}, {"pullhealth.io/diagnosis": "TAG_NOT_FOUND", "pullhealth.io/container": "app",
                          "other": "kept"})
     plan = plan_writeback(annotated, None, "2026-11-28T10:00:00Z")
-    assert plan.annotations == dict.fromkeys(podcheck.ANNOTATIONS)
+    assert plan.annotations == dict.fromkeys(podcheck.ALL_ANNOTATIONS)
     assert plan.event is not None and (plan.event.reason, plan.event.type) == ("PullRecovered", "Normal")
     assert plan.event.regarding.field_path == ""
     assert plan_writeback(pod({}), None, "t").annotations is None

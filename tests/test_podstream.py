@@ -64,3 +64,26 @@ def test_a_failing_handler_does_not_stop_the_pods_next_event(caplog: Any) -> Non
 
     assert asyncio.run(main()) == ["1", "2"]
     assert "pod handler failed" in caplog.text
+
+
+def test_a_recheck_nudge_never_replaces_a_newer_queued_event() -> None:
+    async def main() -> list[str]:
+        seen: list[str] = []
+        gate = asyncio.Event()
+
+        async def handle(kind: str, body: Mapping[str, Any]) -> None:
+            seen.append(f"{kind}:{body['metadata']['resourceVersion']}")
+            await gate.wait()
+
+        per_pod = PerPod(handle, asyncio.get_running_loop())
+        per_pod.put("ADDED", pod("a", 1))
+        await asyncio.sleep(0)
+        per_pod.put("MODIFIED", pod("a", 3))  # queued behind the running handler
+        per_pod.nudge("MODIFIED", pod("a", 2))  # the recheck's older copy: dropped
+        gate.set()
+        await asyncio.sleep(0.01)
+        per_pod.nudge("MODIFIED", pod("a", 3))  # nothing queued: handled again
+        await asyncio.sleep(0.01)
+        return seen
+
+    assert asyncio.run(main()) == ["ADDED:1", "MODIFIED:3", "MODIFIED:3"]

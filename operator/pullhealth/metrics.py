@@ -142,6 +142,14 @@ PROBE_REQUESTS = Counter(
     ["registry", "probe"],
     registry=REGISTRY,
 )
+POD_RECOVERIES = Counter(
+    "pullhealth_pod_recoveries",
+    "Failing pods whose cause was verified fixed on their own pull path: announced "
+    "(PullRecoverable Event and annotation) or deleted so that their controller retries now "
+    "(--restart-recovered-pods), by action.",
+    ["action"],
+    registry=REGISTRY,
+)
 POD_VANTAGE_DIFFERENCES = Counter(
     "pullhealth_pod_vantage_differences",
     "Pod diagnoses where the operator's own probe failed at an earlier layer than kubelet's "

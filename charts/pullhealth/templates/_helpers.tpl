@@ -89,6 +89,14 @@ docs/install.md has the same table.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
+{{- if and .Values.pods.enabled (ne (toString .Values.pods.restartRecovered) "off") }}
+# Restarting recovered pods (pods.restartRecovered): a failing pod whose cause was verified
+# fixed is deleted so that its ReplicaSet, StatefulSet or DaemonSet retries the pull now
+# (never bare pods or Jobs' pods; uid and resourceVersion preconditions; rate-limited).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["delete"]
+{{- end }}
 # Events (core API): list and watch of kubelet's pull-failure Events only (field selector
 # reason=Failed,involvedObject.kind=Pod): one watch instead of one list per failing pod;
 # without watch, each failing pod's Events are listed (field selector on its uid).

@@ -217,6 +217,14 @@ class Written(StrEnum):
     GONE = "gone"  # the object was deleted
 
 
+class Deleted(StrEnum):
+    """What a conditional delete did (:meth:`KubeWriter.delete_pod`)."""
+
+    DELETED = "deleted"
+    CHANGED = "changed"  # the pod is no longer the one decided on (uid or resourceVersion): kept
+    GONE = "gone"  # already deleted
+
+
 class KubeWriter(KubeReader):
     """Reads plus the few writes the handlers make."""
 
@@ -426,6 +434,49 @@ class KubeWriter(KubeReader):
                 return Written.LOST
             version = str(meta.get("resourceVersion") or "")
         return Written.LOST
+
+
+    async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        """A Namespace's labels; None when it is absent.
+
+        Raises:
+            Forbidden: RBAC denies ``get`` on namespaces.
+        """
+        try:
+            data = await self._call(_as_json(self._core.read_namespace), name)
+        except ApiException as exc:
+            if exc.status == 403:
+                raise Forbidden(_reason(exc) or f"get namespaces/{name} is forbidden") from None
+            if exc.status == 404:
+                return None
+            raise
+        labels = (data.get("metadata") or {}).get("labels") if isinstance(data, dict) else None
+        return {str(k): str(v) for k, v in (labels or {}).items()}
+
+    async def delete_pod(self, namespace: str, name: str, *, uid: str, resource_version: str) -> Deleted:
+        """Delete a pod only if it is still the one decided on: preconditions on its uid and
+        resourceVersion (the API server refuses with 409 otherwise; nothing is deleted).
+
+        Raises:
+            Forbidden: RBAC denies ``delete`` on pods.
+        """
+        preconditions = kubernetes.client.V1Preconditions(uid=uid, resource_version=resource_version or None)
+        try:
+            await self._write(
+                self._core.delete_namespaced_pod,
+                name,
+                namespace,
+                body=kubernetes.client.V1DeleteOptions(preconditions=preconditions),
+            )
+        except ApiException as exc:
+            if exc.status == 403:
+                raise Forbidden(_reason(exc) or f"delete pods/{name} in {namespace} is forbidden") from None
+            if exc.status == 404:
+                return Deleted.GONE
+            if exc.status == 409:
+                return Deleted.CHANGED
+            raise
+        return Deleted.DELETED
 
 
 class StatusWriter(_Caller):

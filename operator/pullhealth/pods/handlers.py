@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, cast
 
 import kopf
@@ -24,10 +25,11 @@ from kubernetes.client.exceptions import ApiException
 from pullhealth import metrics
 from pullhealth.agent import nodereport
 from pullhealth.bounded import BoundedDict
+from pullhealth.domain import recovery
 from pullhealth.domain.diagnose import vantage_layer
 from pullhealth.kube import kubeapi, listwatch
 from pullhealth.kube.leader import STANDBY_RECHECK
-from pullhealth.pods import kubeletevents, podcheck, podstream
+from pullhealth.pods import kubeletevents, podcheck, podstream, restarts
 from pullhealth.registrychecks.registrycheck import now_rfc3339
 from pullhealth.registrychecks.schedule import Logger
 from pullhealth.runtime.state import Runtime
@@ -35,6 +37,8 @@ from pullhealth.runtime.state import Runtime
 FORBIDDEN_BACKOFF = 600.0
 MAX_FORBIDDEN_REMEMBERED = 10000
 MAX_DEFERRED = 50000  # relevant pods held by an outranked replica
+MAX_RECHECKED = 10000  # failing pods re-diagnosed on a timer (their cause may be fixed)
+RECHECK_WITHOUT_INTERVAL = 10.0  # seconds between rechecks with --pod-interval 0
 
 
 class PodController:
@@ -49,6 +53,15 @@ class PodController:
         self._deferred: BoundedDict[str, tuple[str, Mapping[str, Any]]] = BoundedDict(MAX_DEFERRED)
         self._flusher: asyncio.Task[None] | None = None
         self._forbidden_until: BoundedDict[str, float] = BoundedDict(MAX_FORBIDDEN_REMEMBERED)
+        # Failing pods whose cause can be verified fixed (domain.recovery): handled again every
+        # pod interval, since kubelet's back-off may not update them for 5 minutes.
+        self._rechecks: BoundedDict[str, Mapping[str, Any]] = BoundedDict(MAX_RECHECKED)
+        self._rechecker: asyncio.Task[None] | None = None
+        settings = runtime.settings
+        self.restarts = restarts.Restarter(
+            recovery.RestartMode(settings.restart_recovered_pods), settings.restarts_per_minute,
+            runtime.kube, runtime.instance,
+        )
 
     def start(self) -> None:
         """Start reading pods (on the running event loop)."""
@@ -62,13 +75,15 @@ class PodController:
         )
         self._stream.start()
         self._flusher = asyncio.create_task(self._flush_deferred())
+        self._rechecker = asyncio.create_task(self._recheck())
 
     async def stop(self) -> None:
         """Operator shut-down: the reading thread ends, no pod handler outlives it."""
         if self._stream is not None:
             self._stream.stop()
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in (self._flusher, self._rechecker):
+            if task is not None:
+                task.cancel()
         if self._per_pod is not None:
             await self._per_pod.stop()
 
@@ -95,6 +110,19 @@ class PodController:
                 if self._deferred.pop(uid, None) is not None:
                     self._per_pod.put(kind, body)
 
+    async def _recheck(self) -> None:
+        """Failing pods whose cause may be fixed are handled again every pod interval: the
+        memo and the chain cache expire by then, so the pod's own path is probed again."""
+        # Twice per interval: a pod is re-diagnosed at most one half interval after its
+        # memo expires.
+        interval = (self.runtime.settings.pod_interval or RECHECK_WITHOUT_INTERVAL) / 2
+        while True:
+            await asyncio.sleep(max(1.0, interval))
+            if self._per_pod is None:
+                continue
+            for body in list(self._rechecks.values()):
+                self._per_pod.nudge("MODIFIED", body)
+
     async def pod_event(self, kind: str, body: Mapping[str, Any], logger: Logger) -> None:
         """Diagnose a failing pod, or clear a recovered one."""
         meta = body.get("metadata") or {}
@@ -103,6 +131,7 @@ class PodController:
         if kind == "DELETED":
             metrics.POD_FAILURES.forget(uid)
             self.runtime.pod_memo.forget(uid)
+            self._rechecks.pop(uid, None)
             return
         # First sight since start-up: the recorded diagnosis counts until the pod is re-diagnosed.
         metrics.POD_FAILURES.seed_from_annotations(body)
@@ -121,8 +150,22 @@ class PodController:
             metrics.POD_FAILURES.set(
                 uid, [(namespace, r.registry or "unknown", r.diagnosis.code.value) for r in results]
             )
-        plan = podcheck.plan_writeback(body, results[0] if results else None, now_rfc3339())
+        diagnoses = [r.diagnosis for r in results]
+        if any(recovery.may_recover(d.code.value) for d in diagnoses):
+            self._rechecks[uid] = _slim(body)
+        else:
+            self._rechecks.pop(uid, None)
+        recoverable = recovery.all_recoverable(diagnoses)
+        plan = podcheck.plan_writeback(
+            body, results[0] if results else None, now_rfc3339(),
+            recoverable=recoverable,
+            retry_by=self._retry_by(namespace, uid, results) if recoverable else None,
+        )
         if plan.annotations is None:
+            current = meta.get("annotations") or {}
+            if recoverable and podcheck.ANN_RECOVERABLE in current and self.restarts.enabled:
+                # Announced on an earlier pass (this body carries it): the opt-in restart.
+                await self.restarts.consider(body, str(current.get(podcheck.ANN_DIAGNOSIS) or ""), logger)
             return
         if self._forbidden_until.get(uid, 0.0) > time.monotonic():
             return  # already reported; do not hammer the API server
@@ -162,7 +205,12 @@ class PodController:
                 logger, f"pod {namespace}/{name} was annotated by another writer"
             )
             return
-        if written is kubeapi.Written.WRITTEN and results:
+        if written is kubeapi.Written.WRITTEN and plan.announces_recovery:
+            metrics.POD_RECOVERIES.labels("announced").inc()
+            first = results[0]
+            logger.info("recoverable %s: %s is fixed", first.container.name, first.diagnosis.code.value)
+            return
+        if written is kubeapi.Written.WRITTEN and results and plan.event is not None:
             metrics.DIAGNOSES.labels(results[0].diagnosis.code.value).inc()
             for result in results:
                 # Cluster-wide: only evidence the operator can attribute to its agent (a note
@@ -180,6 +228,14 @@ class PodController:
                     metrics.POD_VANTAGE_DIFFERENCES.labels(layer).inc()
             logger.info("diagnosed %s: %s", results[0].container.name, results[0].diagnosis.code.value)
 
+
+    def _retry_by(self, namespace: str, uid: str, results: list[podcheck.PodResult]) -> datetime | None:
+        """When kubelet retries the diagnosed container's pull at the latest: its last
+        failed pull (kubelet's Failed Event, as watched) plus its longest back-off."""
+        watch = self.runtime.kubelet_failures
+        if watch is None or not results:
+            return None
+        return recovery.retry_by(watch.failed_at(namespace, uid).get(results[0].container.image))
 
     async def _diagnose(
         self,
@@ -230,6 +286,12 @@ class PodController:
             node_events,
             seconds,
         )
+
+
+def _slim(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod as kept for its rechecks: without ``managedFields`` (often half its size)."""
+    meta = {k: v for k, v in (pod.get("metadata") or {}).items() if k != "managedFields"}
+    return {**pod, "metadata": meta}
 
 
 def _failing_in(in_scope: Callable[[Mapping[str, Any]], bool]) -> Callable[[Mapping[str, Any]], bool]:

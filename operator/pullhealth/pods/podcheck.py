@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pullhealth.agent import nodereport
@@ -34,7 +35,7 @@ from pullhealth.chain.pullsources import (
 )
 from pullhealth.chain.singleflight import SingleFlight
 from pullhealth.chain.trust import is_acr
-from pullhealth.domain import classify, credentials
+from pullhealth.domain import classify, credentials, recovery
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import combine, make, redacted
 from pullhealth.domain.model import Diagnosis
@@ -55,6 +56,11 @@ ANN_CAUSE = PREFIX + "probable-cause"
 ANN_CONTAINER = PREFIX + "container"
 ANN_AT = PREFIX + "diagnosed-at"
 ANNOTATIONS = (ANN_DIAGNOSIS, ANN_CAUSE, ANN_CONTAINER, ANN_AT)
+# Recovery you can see: the diagnosed cause is fixed, kubelet's back-off not over yet.
+ANN_RECOVERABLE = PREFIX + "recoverable-since"
+ANN_RETRY_BY = PREFIX + "retry-by"
+RECOVERY_ANNOTATIONS = (ANN_RECOVERABLE, ANN_RETRY_BY)
+ALL_ANNOTATIONS = ANNOTATIONS + RECOVERY_ANNOTATIONS
 MAX_CAUSE = 256
 MAX_CONTAINERS = 8
 # Probe results that only say "not allowed": a referenced secret kubelet had to skip is
@@ -354,6 +360,8 @@ class Writeback:
     annotations: dict[str, str | None] | None = None
     event: events.EventSpec | None = None
     expected: dict[str, str | None] | None = None
+    # The write announces that the cause is fixed (``PullRecoverable``).
+    announces_recovery: bool = False
 
 
 def probable_cause(diagnosis: Diagnosis) -> str:
@@ -391,15 +399,28 @@ def recorded_failures(pod: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return []
 
 
-def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -> Writeback:
-    """Idempotent: the same diagnosis on the same container changes nothing."""
+def plan_writeback(
+    pod: Mapping[str, Any],
+    result: PodResult | None,
+    now: str,
+    *,
+    recoverable: bool = False,
+    retry_by: datetime | None = None,
+) -> Writeback:
+    """Idempotent: the same diagnosis on the same container changes nothing.
+
+    ``recoverable``: the diagnosed cause was just verified fixed on the pod's own pull
+    path (:func:`pullhealth.domain.recovery.all_recoverable`); the same diagnosis then gets
+    ``pullhealth.io/recoverable-since`` and one ``PullRecoverable`` Event saying when
+    kubelet retries (``retry_by``, when known), and loses them when it no longer is.
+    """
     meta = pod.get("metadata") or {}
     current = meta.get("annotations") or {}
-    expected = {key: current.get(key) for key in ANNOTATIONS}
+    expected = {key: current.get(key) for key in ALL_ANNOTATIONS}
     # The report replaces this state: a retry sees it unchanged, a repeat does not.
     occurrence = events.fingerprint(*(expected[key] for key in ANNOTATIONS))
     if result is None:
-        if not any(key in current for key in ANNOTATIONS):
+        if not any(key in current for key in ALL_ANNOTATIONS):
             return Writeback()
         previous = current.get(ANN_DIAGNOSIS, "unknown")
         recovered = events.EventSpec(
@@ -411,7 +432,7 @@ def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -
             key=(str(current.get(ANN_CONTAINER, "")), str(previous)),
             occurrence=occurrence,
         )
-        return Writeback(annotations=dict.fromkeys(ANNOTATIONS), event=recovered, expected=expected)
+        return Writeback(annotations=dict.fromkeys(ALL_ANNOTATIONS), event=recovered, expected=expected)
     code = result.diagnosis.code.value
     # The node agent's evidence may name the node (or containerd's mirror on it) after the
     # code was written: that is news too, once (the summary starts with it).
@@ -419,8 +440,15 @@ def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -
     cause = str(current.get(ANN_CAUSE, ""))[:160]
     node_news = node is not None and not any(f"node {node}{end}" in cause for end in (" ", ":"))
     same = current.get(ANN_DIAGNOSIS) == code and current.get(ANN_CONTAINER) == result.container.name
-    if same and not node_news:
-        return Writeback()
+    # Fixed: the chain no longer refines kubelet's message (TAG_NOT_FOUND was refined from
+    # its coarse IMAGE_NOT_FOUND), so the code may differ; the recorded cause is what recovered.
+    fixed = (
+        recoverable
+        and current.get(ANN_CONTAINER) == result.container.name
+        and recovery.may_recover(str(current.get(ANN_DIAGNOSIS) or ""))
+    )
+    if (same or fixed) and not node_news:
+        return _plan_recovery(pod, result, current, expected, occurrence, now, recoverable, retry_by)
     # A failure after a recovery replaces the same (empty) annotations as the first one;
     # the container's restart count tells them apart (kubelet counts each restart).
     occurrence = events.fingerprint(occurrence, restart_count(pod, result.container))
@@ -439,9 +467,51 @@ def plan_writeback(pod: Mapping[str, Any], result: PodResult | None, now: str) -
             ANN_CAUSE: probable_cause(result.diagnosis),
             ANN_CONTAINER: result.container.name,
             ANN_AT: now,
+            # A new diagnosis: whatever was announced recoverable was another cause.
+            **dict.fromkeys(key for key in RECOVERY_ANNOTATIONS if key in current),
         },
         event=diagnosed,
         expected=expected,
+    )
+
+
+def _plan_recovery(
+    pod: Mapping[str, Any],
+    result: PodResult,
+    current: Mapping[str, Any],
+    expected: dict[str, str | None],
+    occurrence: str,
+    now: str,
+    recoverable: bool,
+    retry_by: datetime | None,
+) -> Writeback:
+    """The same diagnosis as annotated: announce that its cause is fixed, once, or withdraw
+    an announcement that no longer holds (the cause came back: no Event, the diagnosis stands)."""
+    announced = ANN_RECOVERABLE in current
+    if announced and not recoverable:
+        return Writeback(annotations=dict.fromkeys(RECOVERY_ANNOTATIONS), expected=expected)
+    if announced or not recoverable:
+        return Writeback()
+    code = str(current.get(ANN_DIAGNOSIS) or result.diagnosis.code.value)  # the cause recorded
+    event = events.EventSpec(
+        regarding=_regarding(pod, result.container.field_path),
+        type="Normal",
+        reason="PullRecoverable",
+        action="Diagnose",
+        note=recovery.note(code, result.container.name, retry_by),
+        key=(result.container.kind, result.container.name, code),
+        # Replaces the diagnosis as annotated: announcing the same diagnosis again (after
+        # a withdrawal) is a retry, a recovery of a later diagnosis a repeat.
+        occurrence=events.fingerprint(occurrence, "recoverable"),
+    )
+    return Writeback(
+        annotations={
+            ANN_RECOVERABLE: now,
+            ANN_RETRY_BY: recovery.rfc3339(retry_by) if retry_by is not None else None,
+        },
+        event=event,
+        expected=expected,
+        announces_recovery=True,
     )
 
 

@@ -67,6 +67,11 @@ class PerPod:
         """On the loop: queue the event for its pod."""
         self._put(kind, pod)
 
+    def nudge(self, kind: str, pod: Pod) -> None:
+        """On the loop: handle ``pod`` again unless a newer event of it is already queued."""
+        if uid_of(pod) not in self._latest:
+            self._put(kind, pod)
+
     def _put(self, kind: str, pod: Pod) -> None:
         uid = uid_of(pod)
         self._latest[uid] = (kind, pod)

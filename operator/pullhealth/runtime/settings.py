@@ -82,6 +82,20 @@ class Settings:
         "(default 60; 0 = no sharing, for comparison only)",
         type=float,
     )
+    restart_recovered_pods: str = _flag(
+        "off",
+        "delete a failing pod whose cause was verified fixed (PullRecoverable) so that its ReplicaSet, "
+        "StatefulSet or DaemonSet creates one that pulls now, instead of waiting out kubelet's back-off: "
+        "'off' (default), 'labelled' (only in namespaces labelled "
+        "pullhealth.io/restart-recovered-pods=true), "
+        "'all' (every watched namespace not labelled =false); never bare pods or Jobs' pods; needs "
+        "delete on pods (and get on namespaces)",
+        choices=("off", "labelled", "all"),
+    )
+    restarts_per_minute: int = _flag(
+        10, "at most this many recoverable pods deleted per minute, over all namespaces (default 10)",
+        type=int,
+    )
     per_registry: int = _flag(
         4, "at most this many probe chains at once against one registry (default 4)", type=int
     )
@@ -273,6 +287,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         values[f.name] = tuple(value) if isinstance(value, list) else value
     values["pod_interval"] = max(0.0, values["pod_interval"])
     values["per_registry"] = max(1, values["per_registry"])
+    values["restarts_per_minute"] = max(1, min(values["restarts_per_minute"], 600))
     values["workers"] = max(1, values["workers"])
     values["registry_check_workers"] = max(1, values["registry_check_workers"])
     values["api_concurrency"] = max(1, min(values["api_concurrency"], API_CONCURRENCY_MAX))

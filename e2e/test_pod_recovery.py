@@ -1,0 +1,187 @@
+"""Recovery you can see (issue 24), against the real API server and registry; the test plays kubelet.
+
+A pod fails on a tag that does not exist yet (kubelet's recorded text, e2e/test_pods.py's
+way); the tag is pushed to the world's registry: the operator's next check of the pod's own
+pull path finds it fixed, annotates ``pullhealth.io/recoverable-since`` and posts one
+``PullRecoverable`` Event saying by when kubelet retries. With the admin's
+``--restart-recovered-pods labelled`` a ReplicaSet's pod in a labelled namespace is
+deleted (its ReplicaSet makes another); a bare pod, and a ReplicaSet's pod in an unlabelled
+namespace, never are.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kubernetes
+import pytest
+
+from support.kubelet import NODE, annotations, ensure_node, fail_pull, kubelet_message, make_pod
+from support.operatorproc import OperatorProcess
+from support.world import World
+
+RECOVERABLE = "pullhealth.io/recoverable-since"
+RETRY_BY = "pullhealth.io/retry-by"
+LABEL = "pullhealth.io/restart-recovered-pods"
+
+
+@pytest.fixture(scope="module")
+def api(dev_cluster: Any) -> kubernetes.client.CoreV1Api:
+    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+    core = kubernetes.client.CoreV1Api(client)
+    ensure_node(core)
+    return core
+
+
+@pytest.fixture(scope="module")
+def recovering(dev_cluster: Any, world: World, operator: Any,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator with a short pod interval and restarts in labelled namespaces (the
+    session's operator is stopped meanwhile: one writer)."""
+    log = tmp_path_factory.mktemp("recovery") / "operator.log"
+    with OperatorProcess.others_stopped():
+        op = OperatorProcess(dev_cluster.kubeconfig, world, log, [
+            "--pod-interval", "2", "--restart-recovered-pods", "labelled", "--restarts-per-minute", "5"])
+        op.start()
+        try:
+            yield op
+        finally:
+            op.stop()
+            text = op.log.read_text()
+            for secret in (world.acr_puller[1], world.basic_user[1]):
+                assert secret not in text
+
+
+def replica_set(apps: Any, ns: str, name: str, image: str) -> None:
+    """A ReplicaSet whose pods are bound to the kubelet-less node (the test plays kubelet)."""
+    apps.create_namespaced_replica_set(ns, {
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": image}]}}}})
+
+
+def live_pods(api: Any, ns: str, app: str) -> list[dict[str, Any]]:
+    items = api.list_namespaced_pod(ns, label_selector=f"app={app}").items
+    return [dict(api.api_client.sanitize_for_serialization(p)) for p in items]
+
+
+def events_of(api: Any, ns: str, uid: str, reason: str) -> list[Any]:
+    items = api.list_namespaced_event(ns, field_selector=f"involvedObject.uid={uid}").items
+    return [e for e in items if e.reason == reason]
+
+
+def metric(op: OperatorProcess, action: str) -> float:
+    for line in op.metrics().splitlines():
+        if line.startswith(f'pullhealth_pod_recoveries_total{{action="{action}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_fixed_cause_is_announced_and_opted_in_pods_restart(
+        dev_cluster: Any, recovering: OperatorProcess, world: World, namespace: str, api: Any,
+        wait_for: Any) -> None:
+    apps = kubernetes.client.AppsV1Api(api.api_client)
+    unlabelled = f"{namespace}-u"
+    dev_cluster.kubectl("label", "namespace", namespace, f"{LABEL}=true")
+    dev_cluster.kubectl("create", "namespace", unlabelled)
+    try:
+        tag = f"soon-{uuid.uuid4().hex[:8]}"
+        image = f"{world.anon}/team/app:{tag}"
+        message = kubelet_message("tag_not_found", image)
+        replica_set(apps, namespace, "web", image)
+        replica_set(apps, unlabelled, "web", image)
+        failing: dict[tuple[str, str], dict[str, Any]] = {}
+        for ns in (namespace, unlabelled):
+            [pod] = wait_for(lambda n=ns: live_pods(api, n, "web"), f"the ReplicaSet's pod in {ns}")
+            fail_pull(api, ns, pod, image, message)
+            failing[(ns, "web")] = pod
+        bare = make_pod(api, namespace, "bare", image)
+        fail_pull(api, namespace, bare, image, message)
+        failing[(namespace, "bare")] = bare
+        failed_at = datetime.now(UTC)
+        for (ns, _), pod in failing.items():
+            name = pod["metadata"]["name"]
+            got = wait_for(lambda n=ns, p=name: annotations(api, n, p).get("pullhealth.io/diagnosis"),
+                           f"diagnosis of {ns}/{name}", timeout=60)
+            assert got == "TAG_NOT_FOUND"
+        # Not fixed yet: re-checked every interval, nothing announced.
+        time.sleep(5)
+        for (ns, _), pod in failing.items():
+            assert RECOVERABLE not in annotations(api, ns, pod["metadata"]["name"])
+        assert metric(recovering, "announced") == 0.0
+
+        world.registries["anon"].push_image("team/app", tag)
+
+        for (ns, _), pod in failing.items():
+            uid = pod["metadata"]["uid"]
+            [event] = wait_for(lambda n=ns, u=uid: events_of(api, n, u, "PullRecoverable"),
+                               f"PullRecoverable on {ns}/{pod['metadata']['name']}", timeout=90)
+            assert event.type == "Normal" and event.involved_object.field_path == "spec.containers{app}"
+            assert event.reporting_component == "pullhealth.io/operator"
+            assert event.message.startswith("was TAG_NOT_FOUND: the pull of container app works again")
+            assert "kubelet retries by about " in event.message
+        # The bare pod: annotated with when kubelet retries (its Failed Event + 300 s, to the second).
+        ann = annotations(api, namespace, "bare")
+        assert ann["pullhealth.io/diagnosis"] == "TAG_NOT_FOUND"
+        retry = datetime.strptime(ann[RETRY_BY], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert timedelta(seconds=290) <= retry - failed_at <= timedelta(seconds=310), (retry, failed_at)
+        assert ann[RETRY_BY] in events_of(api, namespace, bare["metadata"]["uid"], "PullRecoverable")[0].message
+        datetime.strptime(ann[RECOVERABLE], "%Y-%m-%dT%H:%M:%SZ")
+
+        # The labelled namespace's ReplicaSet pod is deleted (Event first), a new one made.
+        old = failing[(namespace, "web")]
+        old_uid = old["metadata"]["uid"]
+
+        def replaced() -> bool:
+            pods = live_pods(api, namespace, "web")
+            gone = all(p["metadata"]["uid"] != old_uid or p["metadata"].get("deletionTimestamp") for p in pods)
+            return gone and any(p["metadata"]["uid"] != old_uid for p in pods)
+
+        wait_for(replaced, "the labelled namespace's pod deleted and replaced", timeout=60)
+        [notice] = events_of(api, namespace, old_uid, "PullRecoveryRestart")
+        assert notice.type == "Normal" and "its controller ReplicaSet/web creates one" in notice.message
+        assert "was TAG_NOT_FOUND" in notice.message
+        assert metric(recovering, "deleted") == 1.0
+        # Announced once each, however many rechecks ran since.
+        time.sleep(6)
+        for (ns, _), pod in failing.items():
+            assert len(events_of(api, ns, pod["metadata"]["uid"], "PullRecoverable")) == 1
+        assert metric(recovering, "announced") == 3.0
+        # Never a bare pod, never a namespace the admin's mode does not cover.
+        bare_now = api.read_namespaced_pod("bare", namespace)
+        assert bare_now.metadata.uid == bare["metadata"]["uid"] and bare_now.metadata.deletion_timestamp is None
+        [kept] = live_pods(api, unlabelled, "web")
+        assert kept["metadata"]["uid"] == failing[(unlabelled, "web")]["metadata"]["uid"]
+        assert not kept["metadata"].get("deletionTimestamp")
+        assert not events_of(api, namespace, bare["metadata"]["uid"], "PullRecoveryRestart")
+        assert metric(recovering, "deleted") == 1.0
+
+        # The bare pod finally runs: every annotation of ours goes, PullRecovered says so.
+        from support.kubelet import recover
+        recover(api, namespace, "bare", image)
+        wait_for(lambda: not any(k.startswith("pullhealth.io/") for k in annotations(api, namespace, "bare")),
+                 "annotations removed", timeout=30)
+        wait_for(lambda: events_of(api, namespace, bare["metadata"]["uid"], "PullRecovered"),
+                 "PullRecovered", timeout=30)
+    finally:
+        dev_cluster.kubectl("delete", "namespace", unlabelled, "--wait=false", "--ignore-not-found")
+
+
+def test_a_node_local_cause_is_never_announced(recovering: OperatorProcess, world: World, namespace: str,
+                                               api: Any, wait_for: Any) -> None:
+    # A pull cut off by kubelet's deadline (PULL_TIMED_OUT) of an image the registry serves:
+    # the operator's healthy path says nothing about the node's pull.
+    image = f"{world.anon}/library/alpine:3.19"
+    pod = make_pod(api, namespace, "slow", image)
+    fail_pull(api, namespace, pod, image, f'Failed to pull image "{image}": rpc error: code = DeadlineExceeded '
+              "desc = context deadline exceeded")
+    got = wait_for(lambda: annotations(api, namespace, "slow").get("pullhealth.io/diagnosis"), "diagnosis")
+    assert got in ("PULL_TIMED_OUT", "CONNECT_TIMEOUT")
+    time.sleep(6)  # several pod intervals
+    assert RECOVERABLE not in annotations(api, namespace, "slow")
+    assert not events_of(api, namespace, pod["metadata"]["uid"], "PullRecoverable")
