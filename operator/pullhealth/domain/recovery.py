@@ -85,6 +85,8 @@ VERDICTS: Mapping[Code, Verdict] = {
     Code.PULL_QPS_EXCEEDED: Verdict.NODE_LOCAL,
     Code.PULL_TIMED_OUT: Verdict.NODE_LOCAL,
     Code.NODE_DISK_FULL: Verdict.NODE_LOCAL,
+    # The node runtime's signature policy: the chain does not verify signatures.
+    Code.IMAGE_SIGNATURE_REJECTED: Verdict.NODE_LOCAL,
     Code.UNKNOWN: Verdict.NOT_CHECKED,
 }
 
