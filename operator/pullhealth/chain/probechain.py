@@ -439,6 +439,51 @@ async def _steps(
     run.passed("blob", started, f"Fetch the first KiB of blob {blob.digest} {where} : OK", **bdetails)
 
 
+async def run_network_path(host_port: str, options: ChainOptions) -> Diagnosis:
+    """dns, tcp and tls to one host, and no HTTP request: the node agent's check of a data
+    host kubelet's message names (a blob redirect's host, whose URL carries a signature the
+    agent must not replay). The same destination policy and host allow-list as a registry;
+    the same total deadline. Never raises (cancellation aside)."""
+    deadline = Deadline(options.timeout)
+    run = _Run()
+    redactor = Redactor()
+    run.facts.update(registry=host_port, host=host_port)
+    try:
+        check_host(host_port)
+        host, port = split_host_port(host_port)
+    except InvalidReference as exc:
+        run.fail("dns", run.started, Code.INVALID_IMAGE_NAME, str(exc), detail=str(exc))
+        return redacted(from_checks(run.checks, run.facts), redactor)
+    run.facts["host"] = host
+    try:
+        async with asyncio.timeout(deadline.remaining()):
+            resolver = Resolver(options.nameserver, options.timeout, options.destinations)
+            ctx = make_ssl_context(options.ca_file, options.verify_tls)
+            started = run.begin("dns")
+            try:
+                options.destinations.check_host(host)
+                options.destinations.check_peer_name(host, port)
+            except StepError as exc:
+                run.fail("dns", started, exc.code, exc.message, **exc.facts)
+            else:
+                via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
+                if via is not None:
+                    await _proxy_path(run, options, resolver, ctx, via, host, port)
+                else:
+                    await _direct_path(run, options, resolver, ctx, host, port)
+    except TimeoutError:
+        step = _running(run)
+        run.fail(step, run.started, _TIMEOUT_CODES.get(step, Code.CONNECT_TIMEOUT),
+                 f"the check ran out of its {deadline.seconds:g}s total during the {step} step",
+                 detail=f"no complete answer within {deadline.seconds:g}s (step {step})")
+    except Exception as exc:  # never raises: an unexpected error is a finding
+        step = _running(run)
+        log.error("unexpected error in the %s step to %s", step, host_port, exc_info=True)
+        text = one_line(f"{type(exc).__name__}: {exc}", 300, redactor)
+        run.fail(step, run.started, Code.UNKNOWN, f"{step} step failed unexpectedly: {text}", detail=text)
+    return redacted(from_checks(run.checks, run.facts), redactor)
+
+
 async def _direct_path(
     run: _Run, options: ChainOptions, resolver: Resolver, ctx: ssl.SSLContext, host: str, port: int
 ) -> bool:
