@@ -16,15 +16,20 @@ entry for the data host).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pullhealth.agent.nodereport import parse_note
+from pullhealth.domain.codes import Code
 from pullhealth_dev import node as realnode
 from support.kubelet import docker_secret
 from support.objects import regcheck_yaml
 from support.world import World
+from test_node_agent import AgentProcess
 from test_real_node import (
     KUBELET_WAIT,
     deployment,
@@ -103,3 +108,35 @@ def test_data_endpoint_refused_while_the_login_server_works(datapath_node: realn
     blob = next(c for c in found["checks"] if c["name"] == "blob")
     assert blob["status"] == "failed" and world.blocked_data_host in blob["message"], blob
     assert any("data.azurecr.io" in step for step in found["remediation"]), found["remediation"]
+
+
+def test_the_node_agent_names_the_data_host_from_the_node(datapath_node: realnode.NodeState, dev_cluster: Any,
+                                                         operator: Any, world: World, namespace: str,
+                                                         wait_for: Callable[..., Any], tmp_path: Path) -> None:
+    """``pullhealth agent`` for this node (its resolver, its certs.d, the node's CA bundle)
+    reads kubelet's real message, finds the data host in it and checks dns/tcp/tls to it
+    from the node: the NodePathChecked Event says DATA_ENDPOINT_UNREACHABLE at the tcp step."""
+    key = tmp_path / "report.key"
+    key.write_text(os.urandom(24).hex())
+    image = f"{world.datablocked}/team/app:v1"
+    with AgentProcess(realnode.NODE_NAME, dev_cluster.kubeconfig, f"{datapath_node.dns_address}:53",
+                      world.ca_bundle, datapath_node.certs_d, tmp_path / "agent.log", key):
+        dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("agent-sees", image))
+
+        def reported() -> Any:
+            for pod in pods_of(dev_cluster, namespace, "agent-sees"):
+                for event in events_of(dev_cluster, namespace, pod["metadata"]["name"]):
+                    if event["reason"] == "NodePathChecked":
+                        report = parse_note(event.get("message") or event.get("note") or "")
+                        if report is not None and report.code is not Code.OK:
+                            return report
+            return None
+
+        try:
+            report = wait_for(reported, "the agent's NodePathChecked naming the data host", timeout=KUBELET_WAIT)
+        except BaseException:
+            print((tmp_path / "agent.log").read_text(errors="replace")[-4000:])
+            raise
+    assert report.code is Code.DATA_ENDPOINT_UNREACHABLE, report
+    assert report.node == realnode.NODE_NAME and report.step == "tcp"
+    assert report.endpoint == f"https://{world.blocked_data_host}", report
