@@ -23,7 +23,7 @@ from pullhealth.domain.credentials import Credential, CredentialKind
 from pullhealth.domain.model import Diagnosis, StepStatus
 from pullhealth.domain.reference import parse_target
 from pullhealth.probes.destinations import build_policy
-from support.httpfixtures import StatusServer, untrusted_tls_server
+from support.httpfixtures import REGISTRY_HEADERS, RoutedServer, StatusServer, untrusted_tls_server
 from support.registry import Registry
 from support.world import TEST_ALLOW_CIDR, TEST_DESTINATIONS
 from test_cli import check as cli_check
@@ -190,3 +190,34 @@ async def test_data_path_off(world: Any) -> None:
     d = await _check(world, f"{world.datablocked}/team/app:v1", data_path=False)
     assert d.code is Code.OK, d.checks
     assert "blob" not in {c.name for c in d.checks}
+
+
+async def test_a_hostile_redirect_leaks_nothing(world: Any) -> None:
+    """A registry whose redirect carries user info, a signature and a fragment: the data host
+    gets neither the registry's credential nor the URL's user info, and no output shows the
+    signature or the password."""
+    digest = "sha256:" + "a" * 64
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": 2},
+                "layers": []}
+    headers = {**REGISTRY_HEADERS, "Docker-Content-Digest": "sha256:" + "b" * 64,
+               "Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    location = f"https://mallory:url-pass-123@{world.data_host}/stolen?sig=SIGNATURE-0123456789#frag"
+    routes = {
+        "/v2/": (200, {}, REGISTRY_HEADERS),
+        "/manifests/v1": (200, manifest, headers),
+        "/manifests/sha256:" + "b" * 64: (200, manifest, headers),
+        f"/blobs/{digest}": (307, b"", {"Location": location}),
+    }
+    mark = len(world.blobs.requests)
+    with RoutedServer(routes, cert=world.pki.issue(["127.0.0.1"])) as srv:
+        d = await _check(world, f"127.0.0.1:{srv.port}/team/app:v1",
+                         Credential(CredentialKind.BASIC, "test", "alice", "registry-pass-456"))
+    assert d.code is Code.REGISTRY_ERROR, [(c.name, c.message) for c in d.checks]  # the data host's 404
+    assert d.facts["data_host"] == world.data_host
+    shown = d.model_dump_json()
+    for secret in ("SIGNATURE-0123456789", "url-pass-123", "registry-pass-456", "mallory"):
+        assert secret not in shown, secret
+    sent = world.blobs.requests[mark:]
+    assert [path for _, path, _ in sent] == ["/stolen"]
+    assert not any(k.lower() == "authorization" for k in sent[0][2]), sent

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from pullhealth.domain.codes import Code
 from pullhealth.domain.redact import clip
@@ -37,6 +37,7 @@ MAX_HOPS = 3
 RANGE = "bytes=0-1023"
 _READ = 2048  # bytes of a blob read at most (a server may ignore Range)
 _MANIFEST_READ = 256 * 1024
+_MAX_URL = 8192
 _REDIRECTS = (301, 302, 303, 307, 308)
 _DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,256}")
 # Which step of the data host a request error stands for.
@@ -163,13 +164,20 @@ async def probe_blob(
                 f"(last to {hops[-1]})",
                 detail=f"more than {MAX_HOPS} redirects",
             )
-        target = urljoin(url, location.strip())
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(urljoin(url, location.strip()[:_MAX_URL]))
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            parts = urlsplit("")
         if parts.query:
             # A pre-signed URL's query is its signature: a credential, never shown.
             http.redactor.add([parts.query])
-        data_host = _netloc(target)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
+        if parts.password:
+            http.redactor.add([parts.password])
+        # Without user info (never sent: no credential travels on a redirect) or fragment.
+        target = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
+        data_host = _netloc(target) if parts.hostname else ""
+        if parts.scheme not in ("https", "http") or not parts.hostname or len(parts.hostname) > 253:
             raise StepError(
                 Code.REGISTRY_ERROR,
                 f"the blob request on {host} redirected to an unusable URL {clip(_shown(target), 200)!r}",
