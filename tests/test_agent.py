@@ -139,3 +139,77 @@ def test_reports_carry_code_and_layer_not_remote_text(world: World, tmp_path: Pa
             note = report.note(b"k" * 32, "uid")
             assert "vault" not in note.lower() and "says no" not in note, note
             assert code.value in note and "layer" in note, note
+
+
+# --- the data path from the node: the data host kubelet's message names -------------------
+
+def _blob_failure(image: str, data_host: str, tail: str) -> str:
+    """containerd's words through kubelet when a blob's redirect fails (the shape of the
+    message e2e/test_real_node_datapath.py gets from a real kubelet + containerd 1.6)."""
+    return (f'Failed to pull image "{image}": failed to pull and unpack image "{image}": failed to copy: '
+            f'httpReadSeeker: failed open: failed to do request: Get "https://{data_host}/docker/registry/v2/'
+            f'blobs/sha256/22/22fc6c61/data": {tail}')
+
+
+def _failing_pod(image: str, message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "app-1", "namespace": "ns", "uid": "uid-app-1"},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": image}]},
+        "status": {"containerStatuses": [{"name": "app", "image": image, "state": {
+            "waiting": {"reason": "ErrImagePull", "message": message}}}]},
+    }
+
+
+def test_data_host_is_the_other_host_in_kubelets_message(world: World) -> None:
+    image = f"{world.datablocked}/team/app:v1"
+    message = _blob_failure(image, world.blocked_data_host, "dial tcp 127.0.0.1:9: connect: connection refused")
+    assert nodeagent.data_host(message, world.datablocked) == world.blocked_data_host
+    # The registry's own URL, or a mirror's, is not a data host.
+    own = f'Get "https://{world.datablocked}/v2/team/app/manifests/v1": EOF'
+    assert nodeagent.data_host(own, world.datablocked) is None
+    assert nodeagent.data_host('Get "https://mirror.test:5000/v2/x": EOF', "r.test", "https://mirror.test:5000") is None
+    assert nodeagent.data_host("no url here", "r.test") is None
+
+
+def test_agent_names_the_refused_data_host_from_the_node(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.datablocked, f'ca = "{world.ca_bundle}"\n')
+    node = nodeagent.Agent(settings(world, tmp_path))
+    image = f"{world.datablocked}/team/app:v1"
+    message = _blob_failure(image, world.blocked_data_host, "dial tcp 127.0.0.1:9: connect: connection refused")
+    specs = asyncio.run(node.events_for(_failing_pod(image, message)))
+    report = parse_note(specs[0].body("node-a")["note"])
+    assert report is not None and report.code is Code.DATA_ENDPOINT_UNREACHABLE, report
+    assert report.step == "tcp" and report.endpoint == f"https://{world.blocked_data_host}"
+    assert world.blocked_data_host in report.summary and "/docker/registry" not in report.summary
+    # The operator folds it: the node's evidence names the data host.
+    from pullhealth.agent.nodereport import fold
+    from pullhealth.domain.classify import classify, reached
+
+    folded = fold(classify(message), report, reached(message))
+    assert folded.code is Code.DATA_ENDPOINT_UNREACHABLE and folded.facts["data_host"] == world.blocked_data_host
+    assert folded.summary.startswith("on node node-a: ")
+    assert any(world.blocked_data_host in step for step in folded.remediation)
+
+
+def test_a_reachable_data_host_keeps_the_registry_report(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.datapath, f'ca = "{world.ca_bundle}"\n')
+    node = nodeagent.Agent(settings(world, tmp_path))
+    image = f"{world.datapath}/team/app:v1"
+    message = _blob_failure(image, world.data_host, "unexpected EOF")
+    report = parse_note(asyncio.run(node.events_for(_failing_pod(image, message)))[0].body("node-a")["note"])
+    assert report is not None and report.code is Code.OK and report.endpoint == f"https://{world.datapath}"
+    found = asyncio.run(nodeagent.check_data_host(world.datapath, world.data_host, settings(world, tmp_path),
+                                                  nodeagent.CaBundles(str(tmp_path))))
+    assert found.code is Code.OK and found.endpoint == f"https://{world.data_host}"
+
+
+def test_a_data_host_the_policy_refuses_is_not_checked(world: World, tmp_path: Path) -> None:
+    hosts(tmp_path, world.anon, f'ca = "{world.ca_bundle}"\n')
+    node = nodeagent.Agent(settings(world, tmp_path, destinations=build_policy(allow=["127.0.0.1/32"])))
+    image = f"{world.anon}/team/app:v1"
+    for host in ("169.254.169.254", "127.0.0.2:443", "localhost:80"):
+        message = _blob_failure(image, host, "i/o timeout")
+        report = parse_note(asyncio.run(node.events_for(_failing_pod(image, message)))[0].body("node-a")["note"])
+        assert report is not None and report.code is Code.OK, (host, report)
+        found = asyncio.run(nodeagent.check_data_host(world.anon, host, node.settings, node.bundles))
+        assert found.code is Code.DESTINATION_REFUSED, (host, found)

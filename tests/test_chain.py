@@ -44,7 +44,7 @@ def _statuses(d: Diagnosis) -> dict[str, str]:
 async def test_healthy_anonymous_registry(world: Any) -> None:
     d = await _check(world, f"{world.anon}/library/alpine:3.19")
     assert d.code is Code.OK, d.checks
-    assert _statuses(d) == dict.fromkeys(("dns", "tcp", "tls", "challenge", "token", "manifest"), "passed")
+    assert _statuses(d) == dict.fromkeys(("dns", "tcp", "tls", "challenge", "token", "manifest", "blob"), "passed")
     assert d.checks[0].message.startswith("DNS lookup to anon.test at IP 127.0.0.1")
 
 

@@ -38,7 +38,7 @@ def test_healthy_json_contract_and_exit_0(world: Any) -> None:
     assert rc == 0
     assert set(doc) == {"reference", "registry", "code", "summary", "remediation", "checks"}
     assert doc["code"] == "OK" and doc["registry"] == world.anon
-    assert [c["name"] for c in doc["checks"]] == ["dns", "tcp", "tls", "challenge", "token", "manifest"]
+    assert [c["name"] for c in doc["checks"]] == ["dns", "tcp", "tls", "challenge", "token", "manifest", "blob"]
     assert set(doc["checks"][0]) == {"name", "status", "code", "message", "durationMs"}
 
 

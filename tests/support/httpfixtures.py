@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import struct
@@ -356,3 +357,82 @@ def closed_port() -> int:
         s.bind((LOOPBACK, 0))
         port: int = s.getsockname()[1]
     return port
+
+
+class _BlobHandler(QuietHandler):
+    def do_GET(self) -> None:
+        fx: BlobStore = self.fixture
+        self.server.count(self.route)
+        fx.record(self.command, self.route, dict(self.headers.items()))
+        root = fx.root.resolve()
+        path = (root / self.route.lstrip("/")).resolve()
+        if root not in path.parents or not path.is_file():
+            self.send_bytes(404, b"<?xml version=\"1.0\"?><Error><Code>BlobNotFound</Code></Error>", None,
+                            "application/xml")
+            return
+        data = path.read_bytes()
+        start, end = 0, len(data) - 1
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if ranged and data:
+            start = min(int(ranged.group(1)), len(data) - 1)
+            end = min(int(ranged.group(2) or end), end)
+        part = data[start : end + 1]
+        self.send_response(206 if ranged else 200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(len(part)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if not fx.rate:
+            self.wfile.write(part)
+            return
+        # Trickle: `rate` bytes a second, in small writes, so the transfer makes slow progress.
+        chunk = max(1, fx.rate // 10)
+        for i in range(0, len(part), chunk):
+            if fx.stopping.is_set():
+                return
+            self.wfile.write(part[i : i + chunk])
+            self.wfile.flush()
+            fx.stopping.wait(0.1)
+
+    do_HEAD = do_GET
+
+
+class BlobStore(BackgroundHTTPServer):
+    """A storage account's blob endpoint, as far as a pull uses it: HTTPS ``GET``/``HEAD``
+    of files under ``root`` with ``Range`` (``206 Partial Content``), nothing else.
+
+    Real blob storage (Azure Storage, S3, GCS) cannot run here; distribution's ``redirect``
+    middleware points blob downloads at ``https://<this host>/<storage path>``, which is the
+    registry's own storage directory served read-only. ``rate`` (bytes a second) trickles
+    the body: a slow data endpoint. ``requests`` records (method, path, headers) of every
+    request, to check what a client sent to the data host.
+
+    Args:
+        cert: ``(cert_path, key_path)`` for HTTPS.
+        root: the directory served (the registry's storage root); may be set before start.
+        rate: bytes a second (0: as fast as possible).
+    """
+
+    def __init__(self, cert: tuple[Path, Path], root: Path | None = None, rate: int = 0) -> None:
+        """Configure; nothing listens until :meth:`start`."""
+        super().__init__(_BlobHandler, cert)
+        self.root = root or Path("/nonexistent")
+        self.rate = rate
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+
+    def record(self, method: str, path: str, headers: dict[str, str]) -> None:
+        """Remember one request (bounded to the last 1000)."""
+        with self._lock:
+            self.requests.append((method, path, headers))
+            del self.requests[:-1000]
+
+    def stop(self) -> None:
+        """Stop trickling, then stop serving."""
+        self.stopping.set()
+        super().stop()

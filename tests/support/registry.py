@@ -96,8 +96,14 @@ class Registry(Stoppable):
         token_issuer: str = "",
         token_rootcertbundle: Path | None = None,
         workdir: Path | None = None,
+        redirect: str | None = None,
     ) -> None:
-        """Describe the registry; nothing runs until :meth:`start`."""
+        """Describe the registry; nothing runs until :meth:`start`.
+
+        ``redirect``: a base URL (``https://host:port``) for distribution's ``redirect``
+        storage middleware: blob GETs are answered with a 307 to that host plus the blob's
+        storage path (what ACR, S3- and GCS-backed registries do with their data hosts).
+        """
         if mode == "token" and not (token_realm and token_service and token_rootcertbundle):
             raise ValueError("token mode needs realm, service and rootcertbundle")
         self.mode = mode
@@ -111,6 +117,7 @@ class Registry(Stoppable):
         self.token_service = token_service
         self.token_issuer = token_issuer or "pullhealth-test-issuer"
         self.token_rootcertbundle = token_rootcertbundle
+        self.redirect = redirect
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="registry-"))
         self.port = 0
@@ -130,6 +137,11 @@ class Registry(Stoppable):
     def url(self) -> str:
         """``https://host:port``."""
         return f"https://{self.address}"
+
+    @property
+    def storage(self) -> Path:
+        """The filesystem driver's root (a redirect's path is relative to it)."""
+        return self.workdir / "storage"
 
     @property
     def log_path(self) -> Path:
@@ -154,6 +166,8 @@ class Registry(Stoppable):
             },
             "health": {"storagedriver": {"enabled": False}},
         }
+        if self.redirect:
+            cfg["middleware"] = {"storage": [{"name": "redirect", "options": {"baseurl": self.redirect}}]}
         if self.mode == "htpasswd":
             cfg["auth"] = {"htpasswd": {"realm": "basic-realm", "path": str(self._write_htpasswd())}}
         elif self.mode == "token":

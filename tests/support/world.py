@@ -21,6 +21,7 @@ from .httpfixtures import (
     REGISTRY_HEADERS,
     TOO_MANY_REQUESTS_BODY,
     BacklogFullListener,
+    BlobStore,
     ClosedPort,
     PlainHTTPServer,
     SilentServer,
@@ -83,6 +84,13 @@ class World:
     mismatch: str  # HTTPS, trusted cert for other.test only
     refused: str  # resolves to 127.0.0.1, port closed (RST)
     missing: str  # NXDOMAIN
+    # the data path: registries whose blob GETs redirect to another host (distribution's
+    # `redirect` storage middleware), as ACR redirects to <registry>.<region>.data.azurecr.io
+    datapath: str  # data.test (htpasswd, data_user): blobs redirect to data_host, which serves them
+    data_host: str  # blobs.test:P, the data host of `datapath` (a BlobStore over its storage)
+    datablocked: str  # dfw.azurecr.io (anonymous): blobs redirect to blocked_data_host, where nothing listens
+    blocked_data_host: str  # dfw.eastus.data.azurecr.io:P (resolves to 127.0.0.1, port closed)
+    data_user: tuple[str, str]  # on `datapath`
     # credentials
     basic_user: tuple[str, str]  # on `basic`
     acr_puller: tuple[str, str]  # pull on team/* at `acr`
@@ -109,8 +117,9 @@ class World:
     aad_book: AADTokenBook
     imds: IMDSServer  # .hits counts requests (security tests: no request for refused identities)
     aad: AADServer  # .apps can take more workload identity apps; .hits counts requests
-    registries: Mapping[str, Registry]  # "anon" | "basic" | "acr"
+    registries: Mapping[str, Registry]  # "anon" | "basic" | "acr" | "datapath" | "datablocked"
     servers: Mapping[str, StatusServer]  # "firewall", "ratelimit", "broken", ...
+    blobs: BlobStore  # the data host of `datapath`: .requests records what clients sent it
     digests: Mapping[str, str]  # "anon.test/library/alpine:3.19" -> manifest digest
 
 
@@ -215,6 +224,20 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
     backlog = stack.enter_context(BacklogFullListener())
     refused = stack.enter_context(ClosedPort())
 
+    # The data path: the login server answers, blob downloads go to another host.
+    blobs = stack.enter_context(BlobStore(pki.issue(["blobs.test"])))
+    data_reg = Registry("htpasswd", pki, ["data.test"], users={"dora": "d4ta-pass"},
+                        admin=("pusher", "pusher-pass"), workdir=root / "data",
+                        redirect=f"https://blobs.test:{blobs.port}")
+    blobs.root = data_reg.storage
+    blocked_host = f"dfw.eastus.data.azurecr.io:{refused.port}"
+    blocked_reg = Registry("anonymous", pki, ["dfw.azurecr.io", "datablocked.test"],
+                           workdir=root / "datablocked", redirect=f"https://{blocked_host}")
+    for reg in (data_reg, blocked_reg):
+        stack.enter_context(reg)
+        digests[f"{reg.host}/team/app:v1"] = reg.push_image("team/app", "v1")
+    digests[f"{data_reg.host}/multi/amd:1"] = data_reg.push_image("multi/amd", "1", platforms=["linux/amd64"])
+
     imds = stack.enter_context(
         IMDSServer(book, user_identities={IMDS_CLIENT_ID: "mi-puller", IMDS_NOGRANT_CLIENT_ID: "mi-nogrant"})
     )
@@ -256,6 +279,12 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
             "evil.azurecr.io",
             "collector.test",
             "internal.test",
+            # the data path
+            "data.test",
+            "blobs.test",
+            "dfw.azurecr.io",
+            "datablocked.test",
+            "dfw.eastus.data.azurecr.io",
         ]
     }
     a_records["internal2.test"] = "127.0.0.2"  # outside the tests' allowed 127.0.0.1/32
@@ -300,6 +329,11 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         mismatch=at("mismatch.test", servers["mismatch"].port),
         refused=at("refused.test", refused.port),
         missing="missing.test:443",
+        datapath=data_reg.address,
+        data_host=f"blobs.test:{blobs.port}",
+        datablocked=blocked_reg.address,
+        blocked_data_host=blocked_host,
+        data_user=("dora", "d4ta-pass"),
         basic_user=("alice", "s3cret-alice"),
         acr_puller=("puller", "puller-pass"),
         acr_nopull=("nopull", "nopull-pass"),
@@ -323,7 +357,8 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         aad_book=book,
         imds=imds,
         aad=aad,
-        registries=regs,
+        registries={**regs, "datapath": data_reg, "datablocked": blocked_reg},
         servers=servers,
+        blobs=blobs,
         digests=digests,
     )

@@ -12,7 +12,11 @@ way the node reaches it:
   endpoint's ``ca``/``skip_verify``, and the ``/v2/`` challenge), through the same
   destination policy (:class:`pullhealth.probes.destinations.DestinationPolicy`);
 - the first endpoint that answers is the one containerd would use; when none does, the
-  last failure (the server's) is reported.
+  last failure (the server's) is reported;
+- when the registry answers and kubelet's message names another host in a URL (the data
+  host a blob download was redirected to: ``Get "https://<data host>/..."``), dns, tcp and
+  tls to that host from the node, with no HTTP request (its URL carries the registry's
+  signature): a failure there is DATA_ENDPOINT_UNREACHABLE, naming the host and the step.
 
 One check per registry per interval however many pods fail (:class:`SingleFlight`);
 the result becomes a ``NodePathChecked`` Event on each failing pod
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -33,12 +38,12 @@ from typing import Any
 
 from pullhealth.agent import hoststoml
 from pullhealth.agent.nodereport import ACTION, REASON, REPORTING_CONTROLLER, NodeReport, summarize
-from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain, run_network_path
 from pullhealth.chain.singleflight import SingleFlight
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import LAYER_OF_CODE, Layer
 from pullhealth.domain.model import StepStatus
-from pullhealth.domain.reference import InvalidReference, parse
+from pullhealth.domain.reference import InvalidReference, check_host, parse
 from pullhealth.kube import events
 from pullhealth.pods.podcheck import FailingContainer, failing_containers
 from pullhealth.probes.destinations import DestinationPolicy
@@ -177,6 +182,68 @@ async def check_registry(registry: str, settings: AgentSettings, bundles: CaBund
     return replace(last, summary=last.summary + problem)
 
 
+# A URL in kubelet's message: containerd names the blob URL it failed to fetch
+# (`failed to do request: Get "https://<host>/<path>": dial tcp ...`).
+_URL_HOST = re.compile(r"https?://([A-Za-z0-9._\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?)/")
+MAX_MESSAGE = 4096
+
+
+def data_host(message: str, registry: str, endpoint: str = "") -> str | None:
+    """The first ``host[:port]`` of a URL in kubelet's message that is neither the registry
+    nor the endpoint containerd used for it (a mirror): the host a blob download was
+    redirected to. None when the message names no other host."""
+    own = {registry.lower()}
+    if endpoint:
+        own.add(endpoint.split("://", 1)[-1].split("/", 1)[0].lower())
+    for match in _URL_HOST.finditer(message[:MAX_MESSAGE]):
+        host = match.group(1).lower()
+        bare = host if host.startswith("[") else host.split(":", 1)[0]
+        if host in own or bare in own or f"{host}:443" in own:
+            continue
+        try:
+            check_host(host)
+        except InvalidReference:
+            continue
+        return host
+    return None
+
+
+async def check_data_host(
+    registry: str, host: str, settings: AgentSettings, bundles: CaBundles
+) -> NodeReport:
+    """dns, tcp and tls from the node to ``host``, the data host kubelet's message names for
+    ``registry``, trusting what containerd trusts for the registry (it follows the redirect
+    with the registry's client). OK, DATA_ENDPOINT_UNREACHABLE naming the step, or the
+    policy's DESTINATION_REFUSED (then nothing is said about the host)."""
+    config = hoststoml.load(settings.certs_dir, registry)
+    server = config.endpoints[-1] if config.endpoints else None
+    try:
+        ca_file = bundles.bundle(server.ca) if server else None
+    except OSError:
+        ca_file = None
+    options = ChainOptions(
+        nameserver=settings.nameserver,
+        timeout=settings.timeout,
+        ca_file=ca_file,
+        destinations=settings.destinations,
+        verify_tls=not (server and server.skip_verify),
+    )
+    result = await run_network_path(host, options)
+    code, step, _ = summarize(result.checks)
+    endpoint = f"https://{host}"
+    if code is Code.OK:
+        return NodeReport(Code.OK, settings.node, registry, "", endpoint, False,
+                          f"the data host {host} answers from this node (dns, tcp and tls passed)")
+    if code is Code.DESTINATION_REFUSED:
+        return NodeReport(code, settings.node, registry, step, endpoint, False,
+                          f"the data host {host} was not checked: the destination policy refuses it")
+    layer = LAYER_OF_CODE.get(code, Layer.HTTP)
+    summary = (f"{registry} answers from this node, but the data host its blob download was redirected to "
+               f"(named in kubelet's message), {host}, fails at the {step} step: {code.value} "
+               f"({layer.name.lower()} layer)")
+    return NodeReport(Code.DATA_ENDPOINT_UNREACHABLE, settings.node, registry, step, endpoint, False, summary)
+
+
 @dataclass(frozen=True)
 class PodWork:
     """A failing pod on this node and the registries its failing containers pull from."""
@@ -249,10 +316,26 @@ class Agent:
             registry, ("node", registry), lambda: check_registry(registry, self.settings, self.bundles)
         )
 
+    async def data_report(self, registry: str, host: str) -> NodeReport:
+        """The data host's node path, shared for the interval."""
+        return await self.cache.get(
+            registry, ("data", registry, host),
+            lambda: check_data_host(registry, host, self.settings, self.bundles),
+        )
+
     async def events_for(self, pod: Mapping[str, Any]) -> list[events.EventSpec]:
         """The Events to post for one pod (empty: nothing failing on this node)."""
         work = work_for(pod, self.settings.node)
         if work is None:
             return []
         key = self.settings.report_key
-        return [event_for(pod, c, await self.report(registry), key=key) for c, registry in work.containers]
+        out = []
+        for container, registry in work.containers:
+            report = await self.report(registry)
+            host = data_host(container.message, registry, report.endpoint) if report.ok else None
+            if host is not None:
+                found = await self.data_report(registry, host)
+                if found.code is Code.DATA_ENDPOINT_UNREACHABLE:
+                    report = found
+            out.append(event_for(pod, container, report, key=key))
+        return out

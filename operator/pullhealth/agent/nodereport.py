@@ -48,7 +48,8 @@ class NodeReport:
     """What the agent on one node found for one registry.
 
     Attributes:
-        code: OK or the failure's code (a network-path code: dns to challenge).
+        code: OK or the failure's code (a network-path code: dns to challenge; or
+            DATA_ENDPOINT_UNREACHABLE for the data host kubelet's message names).
         node: the node's name.
         registry: the image's registry (``host[:port]``).
         step: the step that failed ("" when OK).
@@ -249,6 +250,8 @@ def fold(diagnosis: Diagnosis, report: NodeReport | None, message_reached: Layer
             update={"checks": checks, "summary": via + diagnosis.summary, "facts": facts}
         )
     facts["nodeEndpoint"] = report.endpoint
+    if report.code is Code.DATA_ENDPOINT_UNREACHABLE:
+        facts.update(data_host=report.endpoint.split("://", 1)[-1], data_step=report.step)
     return Diagnosis(
         code=report.code,
         summary=f"on node {report.node}: {via}{report.summary}",

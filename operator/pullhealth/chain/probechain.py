@@ -1,4 +1,4 @@
-"""The probe chain: DNS -> TCP -> TLS -> challenge -> [identity] -> token -> manifest.
+"""The probe chain: DNS -> TCP -> TLS -> challenge -> [identity] -> token -> manifest -> blob.
 
 Each step yields a :class:`CheckResult`. The chain stops at the first failure that makes
 later steps meaningless and marks the rest skipped; the diagnosis is the first failure's
@@ -36,6 +36,7 @@ from pullhealth.domain.reference import (
     join_host_port,
     split_host_port,
 )
+from pullhealth.probes.blob import probe_blob
 from pullhealth.probes.challenge import Challenge, probe_challenge
 from pullhealth.probes.destinations import DestinationPolicy
 from pullhealth.probes.dns import DnsFailure, Resolver, assess_routing, preferred
@@ -56,7 +57,7 @@ from pullhealth.probes.token import Authorization, check_realm, probe_token, rea
 
 log = logging.getLogger(__name__)
 
-STEPS = ("dns", "tcp", "tls", "challenge", "identity", "token", "manifest")
+STEPS = ("dns", "tcp", "tls", "challenge", "identity", "token", "manifest", "blob")
 # What an identity's token counts as for the realm rules, before one is asked for.
 _IDENTITY = Credential(CredentialKind.AAD, "the identity")
 
@@ -82,6 +83,8 @@ class ChainOptions:
             the CLI passes :meth:`DestinationPolicy.unrestricted`).
         verify_tls: False checks the TLS handshake without verifying the certificate
             (containerd's ``skip_verify`` for a host, seen by the node agent).
+        data_path: after the manifest, fetch the first KiB of one small blob through the
+            registry's redirect (the data path: :mod:`pullhealth.probes.blob`).
     """
 
     nameserver: str | None = None
@@ -95,6 +98,7 @@ class ChainOptions:
     no_proxy: tuple[str, ...] = ()
     destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
     verify_tls: bool = True
+    data_path: bool = True
 
 
 @dataclass(frozen=True)
@@ -292,8 +296,8 @@ def _running(run: _Run) -> str:
 def _finish(run: _Run, target: Target, redactor: Redactor) -> Diagnosis:
     """Skip what did not run, order the steps, diagnose and mask."""
     for name in STEPS:
-        if name == "identity" and target.identity is None:
-            continue
+        if (name == "identity" and target.identity is None) or name == "blob":
+            continue  # the data path shows when it ran (after a manifest found)
         if not any(c.name == name for c in run.checks):
             run.skip(name, "skipped: an earlier step failed" if run.failed else "skipped")
     order = {n: i for i, n in enumerate(STEPS)}
@@ -414,6 +418,70 @@ async def _steps(
         f"Fetch manifest {target.image.repository}:{target.image.manifest_ref} : OK",
         **mdetails,
     )
+    if not options.data_path:
+        return
+
+    started = run.begin("blob")
+    try:
+        blob = await probe_blob(http, target.image, auth, found_manifest, options.destinations)
+    except StepError as exc:
+        run.fail("blob", started, exc.code, exc.message, **exc.facts)
+        return
+    if blob is None:
+        run.skip("blob", "skipped: the manifest names no blob to fetch (not an OCI or Docker v2 manifest)")
+        return
+    bdetails = {"digest": blob.digest, "status": str(blob.status)}
+    if blob.data_host:
+        bdetails.update(dataHost=blob.data_host, redirects=" -> ".join(blob.hops))
+        where = f"from the data endpoint {blob.data_host} (redirected by the registry)"
+    else:
+        where = "from the registry itself (no redirect)"
+    run.passed("blob", started, f"Fetch the first KiB of blob {blob.digest} {where} : OK", **bdetails)
+
+
+async def run_network_path(host_port: str, options: ChainOptions) -> Diagnosis:
+    """dns, tcp and tls to one host, and no HTTP request: the node agent's check of a data
+    host kubelet's message names (a blob redirect's host, whose URL carries a signature the
+    agent must not replay). The same destination policy and host allow-list as a registry;
+    the same total deadline. Never raises (cancellation aside)."""
+    deadline = Deadline(options.timeout)
+    run = _Run()
+    redactor = Redactor()
+    run.facts.update(registry=host_port, host=host_port)
+    try:
+        check_host(host_port)
+        host, port = split_host_port(host_port)
+    except InvalidReference as exc:
+        run.fail("dns", run.started, Code.INVALID_IMAGE_NAME, str(exc), detail=str(exc))
+        return redacted(from_checks(run.checks, run.facts), redactor)
+    run.facts["host"] = host
+    try:
+        async with asyncio.timeout(deadline.remaining()):
+            resolver = Resolver(options.nameserver, options.timeout, options.destinations)
+            ctx = make_ssl_context(options.ca_file, options.verify_tls)
+            started = run.begin("dns")
+            try:
+                options.destinations.check_host(host)
+                options.destinations.check_peer_name(host, port)
+            except StepError as exc:
+                run.fail("dns", started, exc.code, exc.message, **exc.facts)
+            else:
+                via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
+                if via is not None:
+                    await _proxy_path(run, options, resolver, ctx, via, host, port)
+                else:
+                    await _direct_path(run, options, resolver, ctx, host, port)
+    except TimeoutError:
+        step = _running(run)
+        run.fail(step, run.started, _TIMEOUT_CODES.get(step, Code.CONNECT_TIMEOUT),
+                 f"the check ran out of its {deadline.seconds:g}s total during the {step} step",
+                 detail=f"no complete answer within {deadline.seconds:g}s (step {step})")
+    except Exception as exc:  # never raises: an unexpected error is a finding
+        step = _running(run)
+        log.error("unexpected error in the %s step to %s", step, host_port, exc_info=True)
+        text = one_line(f"{type(exc).__name__}: {exc}", 300, redactor)
+        run.fail(step, run.started, Code.UNKNOWN, f"{step} step failed unexpectedly: {text}", detail=text)
+    return redacted(from_checks(run.checks, run.facts), redactor)
 
 
 async def _direct_path(

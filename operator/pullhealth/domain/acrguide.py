@@ -223,6 +223,16 @@ CASES: tuple[Row, ...] = (
         (_CHAIN + "test_path_failures",),
     ),
     Row(
+        "Client firewall allows the login server but not the data endpoint (dedicated data endpoint "
+        "<registry>.<region>.data.azurecr.io, or the storage account *.blob.core.windows.net)",
+        Code.DATA_ENDPOINT_UNREACHABLE,
+        "a ranged GET of one small blob: the login server's 307 names the data host, whose DNS, TCP, "
+        "TLS or HTTP (a storage firewall's 403) fails",
+        "which rule drops it (Azure Firewall logs); the registry's other regions' data endpoints "
+        "(az acr show-endpoints)",
+        ("tests/test_datapath.py::test_acr_data_endpoint_refused_while_the_login_server_works",),
+    ),
+    Row(
         "Egress proxy refuses the registry, wants credentials, or is down",
         Code.PROXY_ERROR,
         "the CONNECT tunnel's answer (403, 407) or the proxy's own connect",

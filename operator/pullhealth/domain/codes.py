@@ -43,6 +43,7 @@ class Code(StrEnum):
     TLS_PROTOCOL_ERROR = "TLS_PROTOCOL_ERROR"
     DESTINATION_REFUSED = "DESTINATION_REFUSED"
     FIREWALL_FORBIDDEN = "FIREWALL_FORBIDDEN"
+    DATA_ENDPOINT_UNREACHABLE = "DATA_ENDPOINT_UNREACHABLE"
     CHALLENGE_ERROR = "CHALLENGE_ERROR"
     RATE_LIMITED = "RATE_LIMITED"
     REGISTRY_ERROR = "REGISTRY_ERROR"
@@ -193,6 +194,28 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "endpoint on the proxy, or list them in NO_PROXY",
         ),
         check_health_error="CONNECTIVITY_FORBIDDEN_ERROR",
+    ),
+    # The data path: the login server answers, the host its blob download redirects to does
+    # not (a firewall that allows the login server only). ACR's words: the dedicated data
+    # endpoint <registry>.<region>.data.azurecr.io, or a storage account *.blob.core.windows.net
+    # (learn.microsoft.com/azure/container-registry/container-registry-dedicated-data-endpoints).
+    Code.DATA_ENDPOINT_UNREACHABLE: CodeInfo(
+        summary="{registry} serves the manifest of {image}, but its layer download is redirected to "
+        "{data_host}, which fails from here at the {data_step} step ({detail}): the login server is "
+        "reachable, the data endpoint is not",
+        remediation=(
+            "Allow the registry's data endpoints in the firewall (Azure Firewall, NSG, proxy), beside "
+            "the login server: with dedicated data endpoints <registry>.<region>.data.azurecr.io (here "
+            "{data_host}), without them the storage accounts *.blob.core.windows.net; list them: az acr "
+            "show-endpoints --name <registry>",
+            "Behind a private endpoint, the data endpoint needs its own A record in the "
+            "privatelink.azurecr.io zone (<registry>.<region>.data): az network private-endpoint show "
+            "-g <rg> -n <endpoint> --query customDnsConfigs",
+            "Check which data endpoints the registry uses: az acr show --name <registry> --query "
+            "dataEndpointEnabled (enabling them moves downloads off *.blob.core.windows.net: "
+            "az acr update --name <registry> --data-endpoint-enabled true); see https://aka.ms/acr/firewall",
+            "If an egress proxy carries the pull, allow {data_host} on it too, or list it in NO_PROXY",
+        ),
     ),
     Code.DESTINATION_REFUSED: CodeInfo(
         summary="pullhealth did not connect to {host}: {detail}",
@@ -969,6 +992,30 @@ KIND_REMEDIATION: Mapping[Code, Mapping[RegistryKind, tuple[str, ...]]] = {
             "Check VPC Service Controls perimeters around Artifact Registry: gcloud access-context-manager "
             "perimeters list --policy=<policy>",
             "If the cluster's egress proxy refused the tunnel, allow {host} and storage.googleapis.com on it",
+        ),
+    },
+    Code.DATA_ENDPOINT_UNREACHABLE: {
+        _G: (
+            "Allow the host the registry redirects blob downloads to ({data_host}) in the cluster's "
+            "egress rules (firewall, security groups, proxy allow-list), beside the registry's own host",
+            "Ask the registry's operator which storage hosts serve its blobs (a CDN, an S3 bucket, a "
+            "GCS bucket, a storage account) and allow all of them",
+            "If an egress proxy carries the pull, allow {data_host} on it too, or list it in NO_PROXY",
+        ),
+        _E: (
+            "ECR serves layers from S3: allow prod-<region>-starport-layer-bucket.s3.<region>.amazonaws.com "
+            "(here {data_host}) in the egress rules",
+            "In a VPC without internet access, ECR needs an S3 gateway endpoint beside the ecr.api and "
+            "ecr.dkr interface endpoints: aws ec2 describe-vpc-endpoints --filters "
+            "Name=service-name,Values=com.amazonaws.<region>.s3",
+        ),
+        _C: (
+            "Allow the storage host blobs are redirected to (here {data_host}, e.g. storage.googleapis.com) "
+            "in the egress rules; inside VPC Service Controls, the perimeter must allow Cloud Storage",
+        ),
+        _H: (
+            "Docker Hub serves layers from production.cloudflare.docker.com (here {data_host}): allow it "
+            "in the egress rules beside registry-1.docker.io and auth.docker.io",
         ),
     },
     Code.RATE_LIMITED: {

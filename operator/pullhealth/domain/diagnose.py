@@ -24,6 +24,7 @@ class Layer(IntEnum):
     HTTP = 3
     TOKEN = 4
     MANIFEST = 5
+    BLOB = 6  # the data path: the blob download the registry redirects to another host
 
 
 # The layer at which each code's failure happens (codes with no network meaning: absent).
@@ -54,6 +55,7 @@ LAYER_OF_CODE: Mapping[Code, Layer] = {
     Code.REPOSITORY_NOT_FOUND: Layer.MANIFEST,
     Code.TAG_NOT_FOUND: Layer.MANIFEST,
     Code.PLATFORM_NOT_FOUND: Layer.MANIFEST,
+    Code.DATA_ENDPOINT_UNREACHABLE: Layer.BLOB,
 }
 
 # The layer of each probe step (the chain's step names).
@@ -65,6 +67,7 @@ LAYER_OF_STEP: Mapping[str, Layer] = {
     "identity": Layer.TOKEN,
     "token": Layer.TOKEN,
     "manifest": Layer.MANIFEST,
+    "blob": Layer.BLOB,
 }
 VANTAGE_CHECK = "vantage"
 

@@ -109,8 +109,11 @@ class Http:
         headers: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
         params: Mapping[str, str | list[str]] | None = None,
+        limit: int = MAX_BODY,
     ) -> Reply:
         """Send one request; the reply has every credential of the chain masked out.
+
+        ``limit`` caps the body read (at most :data:`MAX_BODY`); the rest is not read.
 
         Raises:
             StepError: DNS, connect, TLS or timeout failures, with the matching code; an
@@ -138,8 +141,10 @@ class Http:
         # Local names and refused address literals are refused even through a proxy.
         self._resolver.policy.check_peer_name(host, port)
         try:
-            return await asyncio.wait_for(self._send(method, url, parts, host, port, headers, data, params),
-                                          self._timeout)
+            return await asyncio.wait_for(
+                self._send(method, url, parts, host, port, headers, data, params, min(limit, MAX_BODY)),
+                self._timeout,
+            )
         except TimeoutError:
             raise StepError(
                 Code.CONNECT_TIMEOUT,
@@ -168,6 +173,7 @@ class Http:
         headers: Mapping[str, str] | None,
         data: Mapping[str, str] | None,
         params: Mapping[str, str | list[str]] | None,
+        limit: int = MAX_BODY,
     ) -> Reply:
         client = self._client
         all_headers = {"Host": parts.netloc.rpartition("@")[2]}
@@ -206,9 +212,9 @@ class Http:
                 body = b""
                 async for chunk in response.aiter_bytes():
                     body += chunk
-                    if len(body) >= MAX_BODY:
+                    if len(body) >= limit:
                         break
-                return self._masked(Reply(response.status_code, response.headers, body[:MAX_BODY]))
+                return self._masked(Reply(response.status_code, response.headers, body[:limit]))
         except httpx.ProxyError as exc:
             raise StepError(
                 Code.FIREWALL_FORBIDDEN,
@@ -226,6 +232,8 @@ class Http:
             ) from None
         except httpx.ConnectError as exc:
             text = str(exc)
+            if isinstance(_root_cause(exc), ConnectionRefusedError):
+                text = f"{text} (connection refused)"  # httpx says "All connection attempts failed"
             if "CERTIFICATE_VERIFY_FAILED" in text:
                 code = Code.TLS_HOSTNAME_MISMATCH if "hostname" in text.lower() else Code.TLS_UNTRUSTED
             elif "refused" in text.lower():
@@ -249,3 +257,13 @@ class Http:
             return reply
         headers = httpx.Headers([(k, self.redactor.bytes(v)) for k, v in reply.headers.raw])
         return Reply(reply.status, headers, self.redactor.bytes(reply.body))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause of an exception chain (bounded)."""
+    for _ in range(10):
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    return exc

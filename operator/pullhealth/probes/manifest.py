@@ -31,6 +31,8 @@ class ManifestFound:
     media_type: str
     digest: str
     platforms: tuple[str, ...] = ()
+    # For an index: the digest of the platform's manifest (the one a pull would fetch next).
+    platform_digest: str | None = None
 
 
 def platform_of(entry: object) -> str | None:
@@ -126,6 +128,11 @@ async def probe_manifest(
         )
     platforms = tuple(p for p in (platform_of(e) for e in entries[:1000]) if p)
     real = tuple(p for p in platforms if p != "unknown/unknown")  # attestation entries
+    chosen = next(
+        (e.get("digest") for e in entries[:1000]
+         if (p := platform_of(e)) and p != "unknown/unknown" and platform_matches(p, platform)),
+        None,
+    )
     if not any(platform_matches(p, platform) for p in real):
         shown = ", ".join(real[:_MAX_PLATFORMS_SHOWN]) or "none"
         raise StepError(
@@ -133,4 +140,4 @@ async def probe_manifest(
             f"{what} is an index without {platform} (it has {shown})",
             detail=shown,
         )
-    return ManifestFound(media, digest, real)
+    return ManifestFound(media, digest, real, chosen if isinstance(chosen, str) else None)
