@@ -60,6 +60,7 @@ VERDICTS: Mapping[Code, Verdict] = {
     Code.TLS_PROTOCOL_ERROR: Verdict.VANTAGE,
     Code.DESTINATION_REFUSED: Verdict.NOT_CHECKED,  # the operator's own policy refused the probe
     Code.FIREWALL_FORBIDDEN: Verdict.VANTAGE,  # ACR's firewall decides by the client's address
+    Code.DATA_ENDPOINT_UNREACHABLE: Verdict.VANTAGE,  # the node's egress to the data host, not ours
     Code.CHALLENGE_ERROR: Verdict.VANTAGE,  # something between answered /v2/ wrongly
     Code.RATE_LIMITED: Verdict.VANTAGE,  # limits are per client address
     Code.REGISTRY_ERROR: Verdict.VANTAGE,  # one 5xx from one edge says little about another
