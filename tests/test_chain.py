@@ -53,6 +53,16 @@ async def test_healthy_basic_auth_registry(world: Any) -> None:
     assert d.code is Code.OK, d.checks
 
 
+async def test_a_basic_realm_is_no_destination_under_a_host_allow_list(world: Any) -> None:
+    # Basic's realm is a label ("basic-realm"), not a URL: the allow-list bounds Bearer realms only.
+    from pullhealth.probes.destinations import build_policy
+    from support.world import TEST_ALLOW_CIDR
+
+    policy = build_policy(allow=[TEST_ALLOW_CIDR], hosts=[world.basic.split(":")[0]])
+    d = await _check(world, f"{world.basic}/team/app:v1", _basic(world.basic_user), destinations=policy)
+    assert d.code is Code.OK, d.checks
+
+
 async def test_healthy_token_registry_with_password(world: Any) -> None:
     d = await _check(world, f"{world.acr}/team/app:v1", _basic(world.acr_puller))
     assert d.code is Code.OK, d.checks

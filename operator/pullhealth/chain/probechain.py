@@ -360,7 +360,9 @@ async def _steps(
 
     credential = target.credential
     also: tuple[AadToken, ...] = ()
-    elsewhere = realm_elsewhere(challenge.realm, registry_host) if challenge.realm else None
+    # Only a Bearer realm is a URL the chain is sent to; Basic's realm is a label.
+    bearer_realm = challenge.realm if challenge.scheme == "bearer" else ""
+    elsewhere = realm_elsewhere(bearer_realm, registry_host) if bearer_realm else None
     if elsewhere is not None:
         # A realm on another host is a destination the registry's author chose: the admin's
         # registry host allow-list (when set) bounds it like a registry.
