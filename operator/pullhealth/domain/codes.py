@@ -68,6 +68,9 @@ class Code(StrEnum):
     PULL_QPS_EXCEEDED = "PULL_QPS_EXCEEDED"
     PULL_TIMED_OUT = "PULL_TIMED_OUT"
     NODE_DISK_FULL = "NODE_DISK_FULL"
+    # A running container's tag, checked before the next pull (workload checks, issue 22).
+    TAG_DELETED = "TAG_DELETED"
+    TAG_MOVED = "TAG_MOVED"
     UNKNOWN = "UNKNOWN"
 
     @property
@@ -478,6 +481,25 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "imageGCLowThresholdPercent in the kubelet configuration; remove unused images: "
             "crictl rmi --prune",
             "Give the node a larger OS or image disk (the node pool's disk size), or use smaller images",
+        ),
+    ),
+    Code.TAG_DELETED: CodeInfo(
+        summary="{repository}:{tag} on {registry} no longer exists, but container {container} runs "
+        "it ({digest}): it keeps running, and the next pull (a reschedule, a new node, a "
+        "scale-up) fails",
+        remediation=(
+            "Push the tag again, or pin the workload to the digest it runs: {repository}@{digest}",
+            "Check the registry's retention or purge policy (ACR: az acr config retention show; "
+            "az acr task list for acr purge tasks) and the upstream project's tag removals",
+        ),
+    ),
+    Code.TAG_MOVED: CodeInfo(
+        summary="{repository}:{tag} on {registry} now points to {current}, container {container} "
+        "runs {digest}: the next pull gets different content",
+        remediation=(
+            "If the running content is the one you want, pin the workload to its digest: "
+            "{repository}@{digest}",
+            "Otherwise restart the workload to run the tag's new content: kubectl rollout restart ...",
         ),
     ),
     Code.UNKNOWN: CodeInfo(

@@ -86,6 +86,20 @@ class Settings:
         4, "at most this many probe chains at once against one registry (default 4)", type=int
     )
     workers: int = _flag(16, "pods diagnosed at once (default 16)", type=int)
+    workloads: bool = _flag(
+        False,
+        "check every workload's images before pods fail (Deployments, StatefulSets, DaemonSets, "
+        "ReplicaSets and Jobs without an owner, CronJobs, bare pods; running pods' tags): Events on "
+        "the workload and a gauge (docs/workloads.md; needs list/watch on those kinds)",
+        action="store_true",
+    )
+    workload_interval: float = _flag(
+        300.0,
+        "seconds between two checks of one workload, each within +-10%% jitter (default 300); a "
+        "changed workload is checked at once",
+        type=float,
+    )
+    workload_workers: int = _flag(2, "workload checks running at once (default 2)", type=int)
     registry_check_workers: int = _flag(
         8,
         "RegistryCheck chains running at once across the operator, shared round-robin by "
@@ -274,6 +288,8 @@ def from_args(args: argparse.Namespace) -> Settings:
     values["pod_interval"] = max(0.0, values["pod_interval"])
     values["per_registry"] = max(1, values["per_registry"])
     values["workers"] = max(1, values["workers"])
+    values["workload_interval"] = max(5.0, values["workload_interval"])
+    values["workload_workers"] = max(1, min(values["workload_workers"], 64))
     values["registry_check_workers"] = max(1, values["registry_check_workers"])
     values["api_concurrency"] = max(1, min(values["api_concurrency"], API_CONCURRENCY_MAX))
     # A missing or unreadable key file stops the start (not a start-up handler retried hot).
