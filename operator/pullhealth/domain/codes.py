@@ -1152,6 +1152,17 @@ KIND_REMEDIATION: Mapping[Code, Mapping[RegistryKind, tuple[str, ...]]] = {
         ),
         _H: ("List the tags: " + _HUB_TAGS, "Push the tag or fix the reference"),
     },
+    Code.TAG_DELETED: {
+        _G: (
+            "Push the tag again, or pin the workload to the digest it runs: {repository}@{digest}",
+            "Check the registry's retention or cleanup policy and the upstream project's tag removals",
+        ),
+        _E: (
+            "Push the tag again, or pin the workload to the digest it runs: {repository}@{digest}",
+            "A lifecycle policy may have expired it: aws ecr get-lifecycle-policy --repository-name "
+            "{repository} --region <region>",
+        ),
+    },
 }
 
 # A local docker config file (`pullhealth check --docker-config`) is not a Secret: its
