@@ -11,7 +11,11 @@ within one interval.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -149,6 +153,14 @@ def test_workloads_with_unpullable_images_are_reported(
     # The healthy workload and the Job's healthy container: no Event, no series.
     assert events_of(core, ns, "healthy") == []
     assert [e for e in events_of(core, ns, "migrate") if "{main}" in (e.involved_object.field_path or "")] == []
+    # `pullhealth workloads -n NS` lists them from the operator's Events (exit 1: problems).
+    listed = subprocess.run(
+        [sys.executable, "-m", "pullhealth", "workloads", "-n", ns, "-o", "json"],
+        env={**os.environ, "KUBECONFIG": str(checker.kubeconfig)}, capture_output=True, text=True, timeout=60,
+    )
+    assert listed.returncode == 1, listed.stderr
+    rows = {(r["kind"], r["name"], r["container"]): r["code"] for r in json.loads(listed.stdout)}
+    assert rows == {(kind, name, container): code for kind, name, container, code in expected}
     # Re-checks (every INTERVAL s) post nothing more: one Event per change.
     count = sum(len(events_of(core, ns, name)) for _, name, _, _ in expected)
     before = checker.metrics()

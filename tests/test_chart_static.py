@@ -464,9 +464,12 @@ def _metric_names() -> set[str]:
 def test_monitoring_objects(helm: str) -> None:
     objects = render(helm, *SCENARIOS["monitoring"])
     rules = {r["alert"]: r for r in one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]}
-    assert sorted(rules) == ["PullhealthOperatorAbsent", "PullhealthPodsFailingImagePulls",
-                             "PullhealthRegistryCheckStale", "PullhealthRegistryCheckUnhealthy",
-                             "PullhealthSlowImagePulls"]
+    assert sorted(rules) == ["PullhealthImageTagDeleted", "PullhealthOperatorAbsent",
+                             "PullhealthPodsFailingImagePulls", "PullhealthRegistryCheckStale",
+                             "PullhealthRegistryCheckUnhealthy", "PullhealthSlowImagePulls",
+                             "PullhealthWorkloadImageUnpullable"]
+    assert rules["PullhealthWorkloadImageUnpullable"]["for"] == "15m"
+    assert rules["PullhealthImageTagDeleted"]["for"] == "10m"
     assert rules["PullhealthRegistryCheckUnhealthy"]["for"] == "10m"
     assert rules["PullhealthSlowImagePulls"]["for"] == "15m" and "> 120" in rules["PullhealthSlowImagePulls"]["expr"]
     assert rules["PullhealthPodsFailingImagePulls"]["for"] == "5m"

@@ -608,6 +608,20 @@ WORKLOAD_CHECKS = Counter(
     "Workload image checks run (one per workload per pass, or on a change).",
     registry=REGISTRY,
 )
+REGISTRY_RATELIMIT_LIMIT = Gauge(
+    "pullhealth_registry_ratelimit_limit",
+    "The registry's RateLimit-Limit on the last manifest answer a workload check got (Docker "
+    "Hub: pulls per window), by registry (named ones; others share 'other').",
+    ["registry"],
+    registry=REGISTRY,
+)
+REGISTRY_RATELIMIT_REMAINING = Gauge(
+    "pullhealth_registry_ratelimit_remaining",
+    "The registry's RateLimit-Remaining on the last manifest answer a workload check got, by "
+    "registry (named ones; others share 'other').",
+    ["registry"],
+    registry=REGISTRY,
+)
 WORKLOADS_KNOWN = Gauge(
     "pullhealth_workloads",
     "Workloads (and pods) whose images are checked, by kind.",

@@ -33,6 +33,7 @@ from typing import Any
 
 from pullhealth import metrics
 from pullhealth.bounded import BoundedDict
+from pullhealth.chain import singleflight
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import make, redacted
 from pullhealth.domain.model import Diagnosis
@@ -41,7 +42,7 @@ from pullhealth.domain.reference import InvalidReference, parse
 from pullhealth.kube import kubeapi, listwatch
 from pullhealth.pods import podcheck
 from pullhealth.runtime.state import Runtime
-from pullhealth.workloads import inventory
+from pullhealth.workloads import inventory, pacing
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class WorkloadController:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._random = random.Random()
         self._kinds: dict[str, int] = {}
+        settings = runtime.settings
+        rates = pacing.parse_rates(settings.workload_registry_rates)
+        self.pacer = pacing.Pacer(settings.workload_rate, rates)
         self.checks = 0  # checks run (tests, benchmarks)
 
     def start(self) -> None:
@@ -163,6 +167,8 @@ class WorkloadController:
                 await self._wake.wait()
 
     async def _work(self) -> None:
+        # The chains this worker starts wait for their registry's turn (this task's context only).
+        singleflight.PACE.set(self.pacer.wait)
         while True:
             uid = await self._next_due()
             work = self._workloads.get(uid)
@@ -242,4 +248,16 @@ class WorkloadController:
             log.warning("workload check of %s/%s failed: %s", work.namespace, work.name,
                         one_line(f"{type(exc).__name__}: {exc}", redactor=redactor))
             return make(Code.UNKNOWN, {"detail": "the check failed"})
+        self._observe(image.registry, diagnosis)
         return redacted(inventory.judge(container, image, diagnosis, wanted), redactor)
+
+    def _observe(self, registry: str, diagnosis: Diagnosis) -> None:
+        """The registry's budget as the answer tells it: 429 and Retry-After, RateLimit-*."""
+        budget = inventory.budget(diagnosis)
+        self.pacer.observe(registry, diagnosis.code is Code.RATE_LIMITED, budget.retry_after, budget.limit,
+                           budget.remaining)
+        label = metrics.registry_label(registry)
+        if budget.limit is not None:
+            metrics.REGISTRY_RATELIMIT_LIMIT.labels(label).set(budget.limit)
+        if budget.remaining is not None:
+            metrics.REGISTRY_RATELIMIT_REMAINING.labels(label).set(budget.remaining)

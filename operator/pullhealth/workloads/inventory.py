@@ -220,6 +220,34 @@ def manifest_details(diagnosis: Diagnosis) -> Mapping[str, str]:
     return {}
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What a registry's answer said about its request budget."""
+
+    limit: int | None = None  # RateLimit-Limit
+    remaining: int | None = None  # RateLimit-Remaining
+    retry_after: float | None = None  # a 429's Retry-After, in seconds
+
+
+def _count(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() and len(text) <= 12 else None
+
+
+def budget(diagnosis: Diagnosis) -> Budget:
+    """The RateLimit-* counts of the manifest answer and a 429's Retry-After (seconds; an
+    HTTP date is not read), where the registry sent them."""
+    details = manifest_details(diagnosis)
+    retry = next((c.details["retry_after"] for c in diagnosis.checks if c.details.get("retry_after")), None)
+    retry_after = None
+    if retry:
+        try:
+            retry_after = float(retry)
+        except ValueError:
+            retry_after = None
+    limit, remaining = _count(details.get("ratelimitLimit")), _count(details.get("ratelimitRemaining"))
+    return Budget(limit, remaining, retry_after)
+
+
 def _digest(image_id: str) -> str:
     return image_id.rpartition("@")[2]
 
