@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from support.world import World
 pytestmark = pytest.mark.usefixtures("no_session_operator")
 
 INTERVAL = 10  # --workload-interval and --pod-interval (the shared cache's lifetime)
+RATE = 120  # --workload-rate: chains a minute per registry (0.5 s apart)
 REASONS = ("ImageUnpullable", "ImageTagDeleted", "ImageTagMoved", "ImagePullable")
 
 
@@ -50,7 +52,8 @@ def checker(dev_cluster: Any, world: World, tmp_path_factory: pytest.TempPathFac
                         "--timeout=60s")
     op = OperatorProcess(
         dev_cluster.kubeconfig, world, tmp_path_factory.mktemp("workloads") / "operator.log",
-        ["--workloads", "--workload-interval", str(INTERVAL), "--pod-interval", str(INTERVAL)],
+        ["--workloads", "--workload-interval", str(INTERVAL), "--pod-interval", str(INTERVAL),
+         "--workload-rate", str(RATE)],
     )
     op.start()
     try:
@@ -215,3 +218,21 @@ def test_a_running_pods_tag_moved_then_deleted_is_reported(
     got = wait_for(lambda: series(checker, ns).get(("Pod", "runner", "app")) == "TAG_DELETED" or None,
                    "TAG_DELETED series")
     assert got
+
+
+def test_a_registry_answering_429_is_backed_off(
+    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any
+) -> None:
+    """The world's rate-limited registry answers 429 with Retry-After: 30. The workload is
+    due every INTERVAL s, yet its registry is asked again only after Retry-After; a 429 is
+    the operator's own answer, not the workload's problem: no Event."""
+    core, apps, _ = clients
+    ns = namespace
+    server = world.servers["ratelimit"]
+    before = sum(server.hits.values())
+    apps.create_namespaced_deployment(ns, deployment("limited", template(f"{world.ratelimit}/team/app:v1")))
+    wait_for(lambda: sum(server.hits.values()) > before, "the first request to the rate-limited registry")
+    first = sum(server.hits.values())
+    time.sleep(2.5 * INTERVAL)  # an observation window: two more re-checks were due in it
+    assert sum(server.hits.values()) - first <= 1, server.hits
+    assert events_of(core, ns, "limited") == []

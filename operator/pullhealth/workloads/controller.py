@@ -48,7 +48,17 @@ log = logging.getLogger(__name__)
 
 MAX_WORKLOADS = 100_000  # compact records kept at most (the oldest dropped first)
 JITTER = 0.1  # +-10 % of the interval
+# A workload whose registry's next turn is further off than this waits in the queue, not
+# in a worker (a registry backing off after a 429 must not hold the workers).
+MAX_INLINE_WAIT = 5.0
 WITHOUT = "workloads of this kind are not checked until it is granted"
+
+
+def _registry(image: str) -> str:
+    try:
+        return parse(image).registry
+    except InvalidReference:
+        return ""
 
 
 class WorkloadController:
@@ -173,6 +183,10 @@ class WorkloadController:
             uid = await self._next_due()
             work = self._workloads.get(uid)
             if work is None:
+                continue
+            later = max((self.pacer.delay(_registry(c.image)) for c in work.containers), default=0.0)
+            if later > MAX_INLINE_WAIT:
+                self._schedule(uid, time.monotonic() + later)
                 continue
             try:
                 await self.check(work)

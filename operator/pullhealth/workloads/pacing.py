@@ -92,6 +92,10 @@ class Pacer:
             factor *= LOW_REMAINING_FACTOR
         return 60.0 / rate * factor
 
+    def delay(self, registry: str) -> float:
+        """Seconds until the registry's next turn is free (0: now), without taking it."""
+        return max(0.0, self._next.get(registry, 0.0) - self._clock())
+
     def reserve(self, registry: str) -> float:
         """Take the registry's next turn: seconds to wait for it (0: now)."""
         now = self._clock()
