@@ -5,7 +5,7 @@ docker-registry, anonymous) answering under REGISTRIES host names (``rNN.bench.t
 a separate registry to the operator: its own cache keys and pacing budget), pushes IMAGES
 images spread evenly over them, creates WORKLOADS suspended CronJobs (no controller acts on
 them) over 20 namespaces, each with one of the images, then starts the operator as shipped
-plus ``--workloads`` (defaults: interval 300 s, 2 workers, 30 chains a minute per
+plus ``--workloads`` (defaults: interval 300 s, 8 workers, 30 chains a minute per
 registry). Printed: time from the operator's start to the first full pass (every workload
 checked once), registry requests (the operator's ``pullhealth_probe_requests_total`` per
 registry) in that pass and the most in any 60 s window, the operator's CPU and RSS.

@@ -100,7 +100,7 @@ class Settings:
         "changed workload is checked at once",
         type=float,
     )
-    workload_workers: int = _flag(2, "workload checks running at once (default 2)", type=int)
+    workload_workers: int = _flag(8, "workload checks running at once (default 8)", type=int)
     workload_rate: float = _flag(
         30.0,
         "probe chains a minute that workload checks start against one registry, jittered, halved "

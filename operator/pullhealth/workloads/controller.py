@@ -22,6 +22,7 @@ gauge. With leader election, an outranked replica checks nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -48,9 +49,14 @@ log = logging.getLogger(__name__)
 
 MAX_WORKLOADS = 100_000  # compact records kept at most (the oldest dropped first)
 JITTER = 0.1  # +-10 % of the interval
-# A workload whose registry's next turn is further off than this waits in the queue, not
-# in a worker (a registry backing off after a 429 must not hold the workers).
-MAX_INLINE_WAIT = 5.0
+# A workload whose registry's next turn is further off than this, or whose registry another
+# worker is checking a workload of, is parked per registry, not held in a worker: one
+# registry's budget must not hold the workers while others' are free.
+MAX_INLINE_WAIT = 0.5
+# The first listing is checked in random order over this many seconds at most (the
+# interval, if shorter): objects are listed namespace by namespace, and one namespace's
+# images often all live in one registry, which the pacing would then serialize.
+FIRST_PASS_SPREAD = 30.0
 WITHOUT = "workloads of this kind are not checked until it is granted"
 
 
@@ -77,6 +83,9 @@ class WorkloadController:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._random = random.Random()
         self._kinds: dict[str, int] = {}
+        self._busy: set[str] = set()  # registries a worker checks a workload of now
+        self._held: dict[str, collections.deque[str]] = {}  # due workloads parked per registry
+        self._timers: set[str] = set()  # registries with a release timer pending
         settings = runtime.settings
         rates = pacing.parse_rates(settings.workload_registry_rates)
         self.pacer = pacing.Pacer(settings.workload_rate, rates)
@@ -116,16 +125,19 @@ class WorkloadController:
         uid = listwatch.uid_of(obj)
         work = None if kind == "DELETED" else inventory.workload(obj)
         if self._loop is not None and uid:
-            self._loop.call_soon_threadsafe(self._put, uid, work)
+            self._loop.call_soon_threadsafe(self._put, uid, work, kind == "LISTED")
 
-    def _put(self, uid: str, work: inventory.Workload | None) -> None:
+    def _put(self, uid: str, work: inventory.Workload | None, listed: bool = False) -> None:
         old = self._workloads.get(uid)
         if work is None:
             self._forget(uid)
             return
         self._workloads[uid] = work
         if old is None or old.inputs != work.inputs:
-            self._schedule(uid, time.monotonic())
+            # New or changed: now; found by a (re-)list: soon, in random order.
+            spread = min(FIRST_PASS_SPREAD, self.runtime.settings.workload_interval)
+            spread = spread if listed and old is None else 0.0
+            self._schedule(uid, time.monotonic() + self._random.uniform(0.0, spread))
         if old is None or old.kind != work.kind:
             self._count(work.kind, +1)
             if old is not None:
@@ -184,10 +196,11 @@ class WorkloadController:
             work = self._workloads.get(uid)
             if work is None:
                 continue
-            later = max((self.pacer.delay(_registry(c.image)) for c in work.containers), default=0.0)
-            if later > MAX_INLINE_WAIT:
-                self._schedule(uid, time.monotonic() + later)
+            registry = _registry(work.containers[0].image) if work.containers else ""
+            if registry in self._busy or self.pacer.delay(registry) > MAX_INLINE_WAIT:
+                self._hold(registry, uid)  # checked when its registry is free
                 continue
+            self._busy.add(registry)
             try:
                 await self.check(work)
             except asyncio.CancelledError:
@@ -195,6 +208,31 @@ class WorkloadController:
             except Exception as exc:  # a bug must not end the worker
                 log.exception("workload check of %s %s/%s failed: %s", work.kind, work.namespace, work.name,
                               exc)
+            finally:
+                self._busy.discard(registry)
+                self._release(registry)
+
+    def _hold(self, registry: str, uid: str) -> None:
+        """Park a due workload until its (first image's) registry is free: one check per
+        registry at a time, and none before the registry's next turn, without holding a
+        worker; each parked workload is touched once per release (no busy loop)."""
+        self._held.setdefault(registry, collections.deque()).append(uid)
+        if registry not in self._busy and registry not in self._timers and self._loop is not None:
+            self._timers.add(registry)
+            self._loop.call_later(self.pacer.delay(registry), self._release, registry)
+
+    def _release(self, registry: str) -> None:
+        """The registry is free (a check ended, or its turn came): its next parked workload
+        is due when the registry's next turn is."""
+        self._timers.discard(registry)
+        queue = self._held.get(registry)
+        while queue:
+            uid = queue.popleft()
+            if uid in self._workloads:
+                self._schedule(uid, time.monotonic() + self.pacer.delay(registry))
+                break
+        if queue is not None and not queue:
+            del self._held[registry]
 
     # --- one check
 
