@@ -44,7 +44,7 @@ def test_promtool_accepts_the_rendered_rules(tmp_path: Path, sets: tuple[str, ..
     path.write_text(rule_file(rendered_rule(*sets)))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout, result.stdout
 
 
 def test_rules_behave_as_documented(tmp_path: Path) -> None:
@@ -52,6 +52,7 @@ def test_rules_behave_as_documented(tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(rule_file(rendered_rule()))
     target = 'job="ph-pullhealth-metrics",namespace="pullhealth"'
     check = 'namespace="team-a",name="acr",registry="acr.example"'
+    workload = 'namespace="team-a",kind="Deployment",workload="shop",container="app"'
     tests = {
         "rule_files": ["rules.yml"],
         "evaluation_interval": "1m",
@@ -164,6 +165,45 @@ def test_rules_behave_as_documented(tmp_path: Path) -> None:
                         "reached. Run: kubectl -n pullhealth get pods,endpoints -l "
                         "app.kubernetes.io/name=pullhealth",
                         "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthoperatorabsent"}}]},
+            ],
+        }, {
+            # Workload checks: a Deployment's missing tag for 28 minutes (the operator
+            # restarts at 17m); a running pod's tag deleted from 0m; another's moved (no alert).
+            "interval": "1m",
+            "input_series": [
+                {"series": f'pullhealth_workload_image_problems{{{workload},code="TAG_NOT_FOUND",pod="op-1"}}',
+                 "values": "1x16 stale"},
+                {"series": f'pullhealth_workload_image_problems{{{workload},code="TAG_NOT_FOUND",pod="op-2"}}',
+                 "values": "_x18 1x10"},
+                {"series": 'pullhealth_workload_image_problems{namespace="team-a",kind="Pod",workload="web-1",'
+                           'container="app",code="TAG_DELETED"}', "values": "1x20"},
+                {"series": 'pullhealth_workload_image_problems{namespace="team-a",kind="Pod",workload="web-2",'
+                           'container="app",code="TAG_MOVED"}', "values": "1x20"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "14m", "alertname": "PullhealthWorkloadImageUnpullable", "exp_alerts": []},
+                *({"eval_time": t, "alertname": "PullhealthWorkloadImageUnpullable", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "team-a", "kind": "Deployment",
+                                   "workload": "shop", "container": "app", "code": "TAG_NOT_FOUND"},
+                    "exp_annotations": {
+                        "summary": "Deployment team-a/shop: the image of container app cannot be pulled "
+                        "(TAG_NOT_FOUND)",
+                        "description": "The next pod of Deployment team-a/shop (a scale-up, a reschedule, the next "
+                        "run) will fail to pull container app's image: TAG_NOT_FOUND. Run: kubectl -n team-a get "
+                        "events --field-selector reason=ImageUnpullable, or pullhealth workloads -n team-a.",
+                        "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthworkloadimageunpullable"}}]}
+                  for t in ("16m", "18m")),
+                {"eval_time": "9m", "alertname": "PullhealthImageTagDeleted", "exp_alerts": []},
+                {"eval_time": "11m", "alertname": "PullhealthImageTagDeleted", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "team-a", "kind": "Pod",
+                                   "workload": "web-1", "container": "app"},
+                    "exp_annotations": {
+                        "summary": "Pod team-a/web-1 runs a tag that no longer exists (container app)",
+                        "description": "The tag container app of team-a/web-1 runs was deleted in its registry: "
+                        "the container keeps running, its next pull fails. Push the tag again or pin the digest it "
+                        "runs (the ImageTagDeleted Event names it): kubectl -n team-a get events --field-selector "
+                        "reason=ImageTagDeleted",
+                        "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthimagetagdeleted"}}]},
             ],
         }],
     }

@@ -37,6 +37,10 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
 }
 # Only with security.identities.workloadIdentity=true: minting service-account tokens.
 WORKLOAD_IDENTITY_RULE = {("", "serviceaccounts/token"): {"create"}}
+# With workloads.enabled: the workload kinds are read (list and watch), never written.
+WORKLOADS_RULE = {
+    ("apps", kind): {"list", "watch"} for kind in ("deployments", "statefulsets", "daemonsets", "replicasets")
+} | {("batch", kind): {"list", "watch"} for kind in ("jobs", "cronjobs")}
 # With metrics.secure (the default): TokenReview + SubjectAccessReview for each scrape.
 METRICS_RULE = {
     ("authentication.k8s.io", "tokenreviews"): {"create"},
@@ -236,6 +240,8 @@ SCENARIOS = {
     "networkPolicy": ["networkPolicy.enabled=true"],
     "admissionCertManager": ["admission.enabled=true", "admission.certManager.enabled=true"],
     "restartRecovered": ["pods.restartRecovered=labelled"],
+    "workloads": ["workloads.enabled=true"],
+    "workloadsNamespaces": ["workloads.enabled=true", "watchNamespaces={a,b}"],
 }
 
 
@@ -337,7 +343,7 @@ def test_default_cluster_role_is_exactly_the_documented_rules(helm: str) -> None
 
 
 def test_every_rule_of_every_scenario_is_documented(helm: str) -> None:
-    allowed = {**CRD_RULE, **NAMESPACES_RULE, **NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE,
+    allowed = {**CRD_RULE, **NAMESPACES_RULE, **NAMESPACED_RULES, **WORKLOAD_IDENTITY_RULE, **WORKLOADS_RULE,
                ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS, ("kopf.dev", "kopfpeerings"): PEERING_VERBS,
                ("", "pods"): NAMESPACED_RULES[("", "pods")] | RESTART_VERBS}
     for scenario, sets in SCENARIOS.items():
@@ -504,9 +510,12 @@ def _metric_names() -> set[str]:
 def test_monitoring_objects(helm: str) -> None:
     objects = render(helm, *SCENARIOS["monitoring"])
     rules = {r["alert"]: r for r in one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]}
-    assert sorted(rules) == ["PullhealthOperatorAbsent", "PullhealthPodsFailingImagePulls",
-                             "PullhealthRegistryCheckStale", "PullhealthRegistryCheckUnhealthy",
-                             "PullhealthSlowImagePulls"]
+    assert sorted(rules) == ["PullhealthImageTagDeleted", "PullhealthOperatorAbsent",
+                             "PullhealthPodsFailingImagePulls", "PullhealthRegistryCheckStale",
+                             "PullhealthRegistryCheckUnhealthy", "PullhealthSlowImagePulls",
+                             "PullhealthWorkloadImageUnpullable"]
+    assert rules["PullhealthWorkloadImageUnpullable"]["for"] == "15m"
+    assert rules["PullhealthImageTagDeleted"]["for"] == "10m"
     assert rules["PullhealthRegistryCheckUnhealthy"]["for"] == "10m"
     assert rules["PullhealthSlowImagePulls"]["for"] == "15m" and "> 120" in rules["PullhealthSlowImagePulls"]["expr"]
     assert rules["PullhealthPodsFailingImagePulls"]["for"] == "5m"
@@ -558,6 +567,19 @@ def test_pod_options_and_no_pods_render_to_valid_cli_arguments(helm: str) -> Non
         deployment = next(o for o in objects if o["kind"] == "Deployment")
         c = deployment["spec"]["template"]["spec"]["containers"][0]
         assert check(_parser().parse_args([*c["command"][1:], *c["args"]])), c["args"]
+
+
+def test_workload_checks_are_opt_in_read_only_and_reach_their_flags(helm: str) -> None:
+    from pullhealth.cli import _parser
+
+    assert not set(WORKLOADS_RULE) & set(rule_table(one(render(helm), "ClusterRole")))
+    objects = render(helm, "workloads.enabled=true", "workloads.interval=120", "workloads.workers=3")
+    table = rule_table(one(objects, "ClusterRole"))
+    assert {key: table[key] for key in WORKLOADS_RULE} == WORKLOADS_RULE
+    assert table[("", "secrets")] == {"get"}  # no new Secret read: pull secrets by name only
+    c = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = _parser().parse_args([*c["command"][1:], *c["args"]])
+    assert args.workloads and args.workload_interval == 120 and args.workload_workers == 3
 
 
 def test_proxy_values_become_the_operator_environment(helm: str) -> None:

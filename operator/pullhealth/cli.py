@@ -3,6 +3,7 @@
 ``pullhealth check REFERENCE``   probe a registry pull path (exit 0 healthy, 1 problem, 2 usage)
 ``pullhealth explain MESSAGE``   classify pasted pull-error text (no network)
 ``pullhealth recheck NAME...``   check RegistryChecks now and print the results
+``pullhealth workloads``         workload image problems the operator reported (its Events)
 ``pullhealth codes [CODE]``      the diagnosis codes reference (docs/codes.md)
 ``pullhealth run``               the operator (flags: :mod:`pullhealth.runtime.settings`)
 ``pullhealth agent``             the per-node agent (:mod:`pullhealth.agent.agentrun`)
@@ -118,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     recheck.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for each result (default 60; 0: no wait)"
     )
+
+    workloads = sub.add_parser(
+        "workloads", help="list the workload image problems the operator reported (--workloads; its Events)"
+    )
+    workloads.add_argument("--namespace", "-n", default=None, help="one namespace (default: all)")
+    workloads.add_argument("--output", "-o", choices=("text", "json"), default="text")
 
     run = sub.add_parser("run", help="run the operator (RegistryChecks and failing pods)")
     run_settings.add_arguments(run)  # every flag, default and help from the Settings fields
@@ -408,6 +415,32 @@ def _recheck(args: argparse.Namespace) -> int:
     return worst
 
 
+def _workloads(args: argparse.Namespace) -> int:
+    """Print the problems the operator's workload Events report now; exit 1 when any."""
+    from kubernetes.client.exceptions import ApiException
+
+    from pullhealth.kube import kubeapi
+    from pullhealth.workloads import report  # the kubernetes client only for this command
+
+    api = kubeapi.load_config()
+    try:
+        found = report.rows(report.read(api, args.namespace))
+    except ApiException as exc:
+        where = f"namespace {args.namespace}" if args.namespace else "all namespaces"
+        print(f"pullhealth: error: cannot list events in {where}: HTTP {exc.status}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output == "json":
+        rows = [{"namespace": r.namespace, "kind": r.kind, "name": r.name, "container": r.container,
+                 "code": r.code, "reason": r.reason, "time": r.when.isoformat(), "message": r.message}
+                for r in found]
+        print(json.dumps(rows, indent=2))
+    elif found:
+        print(report.table(found))
+    else:
+        print("no workload image problems reported (is the operator running with --workloads?)")
+    return EXIT_PROBLEM if found else EXIT_OK
+
+
 def _kubeconfig_namespace() -> str:
     import kubernetes
 
@@ -441,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "recheck":
             return _recheck(args)
+        if args.command == "workloads":
+            return _workloads(args)
         if args.command == "run":
             from pullhealth.runtime import main  # imports kopf only when running the operator
 

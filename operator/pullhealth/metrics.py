@@ -603,3 +603,100 @@ class PodFailureTracker:
 
 
 POD_FAILURES = PodFailureTracker()
+
+
+# -- workload image checks (issue 22) ---------------------------------------------------
+
+# Series of pullhealth_workload_image_problems at most: the gauge has one series per
+# workload container with a problem now (none for healthy ones), so its size is the number
+# of problems, never the number of workloads; past this bound the rest are counted only.
+MAX_WORKLOAD_SERIES = 5000
+WORKLOAD_IMAGE_PROBLEMS = Gauge(
+    "pullhealth_workload_image_problems",
+    "1 for each workload container whose image check found a problem now (its next pull "
+    "would fail, or its running tag was deleted or moved), by namespace, kind, workload, "
+    "container and code; no series for healthy containers (at most MAX_WORKLOAD_SERIES).",
+    ["namespace", "kind", "workload", "container", "code"],
+    registry=REGISTRY,
+)
+WORKLOAD_PROBLEMS_UNEXPORTED = Gauge(
+    "pullhealth_workload_image_problems_unexported",
+    "Workload container problems without a series because MAX_WORKLOAD_SERIES were exported.",
+    registry=REGISTRY,
+)
+WORKLOAD_CHECKS = Counter(
+    "pullhealth_workload_checks",
+    "Workload image checks run (one per workload per pass, or on a change).",
+    registry=REGISTRY,
+)
+REGISTRY_RATELIMIT_LIMIT = Gauge(
+    "pullhealth_registry_ratelimit_limit",
+    "The registry's RateLimit-Limit on the last manifest answer a workload check got (Docker "
+    "Hub: pulls per window), by registry (named ones; others share 'other').",
+    ["registry"],
+    registry=REGISTRY,
+)
+REGISTRY_RATELIMIT_REMAINING = Gauge(
+    "pullhealth_registry_ratelimit_remaining",
+    "The registry's RateLimit-Remaining on the last manifest answer a workload check got, by "
+    "registry (named ones; others share 'other').",
+    ["registry"],
+    registry=REGISTRY,
+)
+WORKLOADS_KNOWN = Gauge(
+    "pullhealth_workloads",
+    "Workloads (and pods) whose images are checked, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+
+class WorkloadProblems:
+    """Keeps ``pullhealth_workload_image_problems`` equal to the problems found now.
+
+    Each workload (by uid) contributes one series per container with a problem; its
+    contribution is replaced on every check and dropped when it is deleted.
+    """
+
+    def __init__(self, gauge: Gauge = WORKLOAD_IMAGE_PROBLEMS, limit: int = MAX_WORKLOAD_SERIES) -> None:
+        self._gauge = gauge
+        self._limit = limit
+        self._by_uid: dict[str, list[tuple[str, str, str, str, str]]] = {}
+        self._unexported: dict[str, int] = {}
+        self._exported = 0
+        self._lock = threading.Lock()
+
+    def set(
+        self, uid: str, namespace: str, kind: str, name: str, findings: Iterable[tuple[str, str]]
+    ) -> None:
+        """Replace a workload's problems: (container name, code) pairs; none = healthy."""
+        series = [(namespace, kind, name, container, code) for container, code in findings]
+        with self._lock:
+            if self._by_uid.get(uid, []) == series and not self._unexported.get(uid):
+                return  # unchanged: no series is touched
+            self._drop(uid)
+            kept = series[: max(0, self._limit - self._exported)]
+            for labels in kept:
+                self._gauge.labels(*labels).set(1)
+            if kept:
+                self._by_uid[uid] = kept
+                self._exported += len(kept)
+            if len(series) > len(kept):
+                self._unexported[uid] = len(series) - len(kept)
+            WORKLOAD_PROBLEMS_UNEXPORTED.set(sum(self._unexported.values()))
+
+    def forget(self, uid: str) -> None:
+        """A deleted workload (or one no longer checked)."""
+        with self._lock:
+            self._drop(uid)
+            WORKLOAD_PROBLEMS_UNEXPORTED.set(sum(self._unexported.values()))
+
+    def _drop(self, uid: str) -> None:
+        old = self._by_uid.pop(uid, [])
+        self._unexported.pop(uid, None)
+        self._exported -= len(old)
+        for labels in old:
+            _remove(self._gauge, *labels)
+
+
+WORKLOAD_PROBLEMS = WorkloadProblems()

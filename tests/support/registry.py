@@ -290,6 +290,15 @@ class Registry(Stoppable):
             index = json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": entries}).encode()
             return pusher.put_manifest(repo, tag, index, index_type)
 
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """Delete a manifest (or index) by digest, as a registry's retention policy or a
+        maintainer's removal does: every tag pointing at it is gone too (distribution untags
+        them). Needs ``storage.delete.enabled`` (set in this registry's config)."""
+        with _Pusher(self) as pusher:
+            resp = pusher.request("DELETE", repo, f"{pusher.base}/v2/{repo}/manifests/{digest}")
+            if resp.status_code != 202:
+                raise RuntimeError(f"manifest DELETE failed: {resp.status_code} {resp.text}")
+
 
 class _Pusher:
     """Minimal registry client handling Basic and Bearer challenges."""

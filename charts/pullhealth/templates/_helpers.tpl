@@ -121,6 +121,17 @@ docs/install.md has the same table.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get", "list", "watch"]
+{{- if .Values.workloads.enabled }}
+# Workload image checks (workloads.enabled): the workload kinds are listed and watched
+# (pod templates read, nothing written: Events go on them, never a patch) to check their
+# images before pods fail. Read only.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets", "replicasets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs", "cronjobs"]
+  verbs: ["list", "watch"]
+{{- end }}
 {{- if .Values.security.identities.workloadIdentity }}
 # Workload identity checks (security.identities.workloadIdentity): a short-lived token
 # of the ServiceAccount (TokenRequest), exchanged with Azure AD exactly as the pod's token

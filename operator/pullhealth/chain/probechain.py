@@ -414,6 +414,11 @@ async def _steps(
     mdetails = {"mediaType": found_manifest.media_type, "digest": found_manifest.digest}
     if found_manifest.platforms:
         mdetails["platforms"] = ", ".join(found_manifest.platforms)
+    limit, remaining = found_manifest.ratelimit
+    if limit:
+        mdetails["ratelimitLimit"] = limit
+    if remaining:
+        mdetails["ratelimitRemaining"] = remaining
     run.passed(
         "manifest",
         started,

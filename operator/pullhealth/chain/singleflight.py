@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -29,6 +30,14 @@ DEFAULT_MAX_ENTRIES = 4096
 # Seconds a transient failure is shared (at most the TTL): long enough to coalesce a burst
 # of pods failing on one image, short enough that a recovered registry is seen soon.
 DEFAULT_FAILURE_TTL = 10.0
+
+# A caller's pacing (workload checks, :mod:`pullhealth.workloads.pacing`): a run that this
+# caller *starts* (a cache miss) first awaits ``pace(registry)``, outside any slot; a cached
+# or running result is returned at once. Set in the caller's context, inherited by the run's
+# task; None (every other caller: failing pods, admission) is not paced.
+PACE: contextvars.ContextVar[Callable[[str], Awaitable[None]] | None] = contextvars.ContextVar(
+    "pullhealth_pace", default=None
+)
 
 
 @dataclass
@@ -107,6 +116,9 @@ class SingleFlight(Generic[T]):
                 del self._limits[registry]
 
     async def _run(self, registry: str, work: Callable[[], Awaitable[T]]) -> T:
+        pace = PACE.get()
+        if pace is not None:
+            await pace(registry)
         async with self._slot(registry):
             self.runs += 1
             return await work()

@@ -70,6 +70,9 @@ class Code(StrEnum):
     PULL_TIMED_OUT = "PULL_TIMED_OUT"
     NODE_DISK_FULL = "NODE_DISK_FULL"
     IMAGE_SIGNATURE_REJECTED = "IMAGE_SIGNATURE_REJECTED"
+    # A running container's tag, checked before the next pull (workload checks, issue 22).
+    TAG_DELETED = "TAG_DELETED"
+    TAG_MOVED = "TAG_MOVED"
     UNKNOWN = "UNKNOWN"
 
     @property
@@ -517,6 +520,25 @@ CATALOG: Mapping[Code, CodeInfo] = {
             "(<dir>/<namespace>.json); containers-policy.json for podman",
             "kubelet keeps retrying with back-off; once the signature or policy is fixed the next "
             "pull succeeds",
+        ),
+    ),
+    Code.TAG_DELETED: CodeInfo(
+        summary="{repository}:{tag} on {registry} no longer exists, but container {container} runs "
+        "it ({digest}): it keeps running, and the next pull (a reschedule, a new node, a "
+        "scale-up) fails",
+        remediation=(
+            "Push the tag again, or pin the workload to the digest it runs: {repository}@{digest}",
+            "Check the registry's retention or purge policy (ACR: az acr config retention show; "
+            "az acr task list for acr purge tasks) and the upstream project's tag removals",
+        ),
+    ),
+    Code.TAG_MOVED: CodeInfo(
+        summary="{repository}:{tag} on {registry} now points to {current}, container {container} "
+        "runs {digest}: the next pull gets different content",
+        remediation=(
+            "If the running content is the one you want, pin the workload to its digest: "
+            "{repository}@{digest}",
+            "Otherwise restart the workload to run the tag's new content: kubectl rollout restart ...",
         ),
     ),
     Code.UNKNOWN: CodeInfo(
@@ -1192,6 +1214,17 @@ KIND_REMEDIATION: Mapping[Code, Mapping[RegistryKind, tuple[str, ...]]] = {
             "Push the tag or fix the reference; a cleanup policy may have deleted it",
         ),
         _H: ("List the tags: " + _HUB_TAGS, "Push the tag or fix the reference"),
+    },
+    Code.TAG_DELETED: {
+        _G: (
+            "Push the tag again, or pin the workload to the digest it runs: {repository}@{digest}",
+            "Check the registry's retention or cleanup policy and the upstream project's tag removals",
+        ),
+        _E: (
+            "Push the tag again, or pin the workload to the digest it runs: {repository}@{digest}",
+            "A lifecycle policy may have expired it: aws ecr get-lifecycle-policy --repository-name "
+            "{repository} --region <region>",
+        ),
     },
 }
 

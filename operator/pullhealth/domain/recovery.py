@@ -88,6 +88,9 @@ VERDICTS: Mapping[Code, Verdict] = {
     Code.NODE_DISK_FULL: Verdict.NODE_LOCAL,
     # The node runtime's signature policy: the chain does not verify signatures.
     Code.IMAGE_SIGNATURE_REJECTED: Verdict.NODE_LOCAL,
+    # Workload checks' findings on running containers, not a failed pull.
+    Code.TAG_DELETED: Verdict.NOT_CHECKED,
+    Code.TAG_MOVED: Verdict.NOT_CHECKED,
     Code.UNKNOWN: Verdict.NOT_CHECKED,
 }
 

@@ -5,7 +5,8 @@ handler's filter can drop it; the generated client parses every answer into mode
 objects. Here a thread per watched scope reads the API server's answer as plain JSON,
 page by page (``limit``) and line by line, applies a ``relevant`` filter and hands only
 the events that matter (and the last event of an object that stopped mattering) to
-``deliver``. Used for pods (:mod:`pullhealth.pods.podstream`), kubelet's Events
+``deliver``. Used for pods (:mod:`pullhealth.pods.podstream`), the workload kinds
+(:mod:`pullhealth.workloads.controller`), kubelet's Events
 (:mod:`pullhealth.pods.kubeletevents`), the Node and ServiceAccount mirrors and the peering
 objects of leader election.
 
@@ -68,6 +69,33 @@ def core_lister(api: kubernetes.client.ApiClient, plural: str, field_selector: s
         if scope is None or one is None:
             return every(_preload_content=False, **selector, **kwargs)
         return one(scope, _preload_content=False, **selector, **kwargs)
+
+    return call
+
+
+# Workload kinds (issue 22): API group class and its list calls, all namespaces / one.
+GROUP_LISTS = {
+    "deployments": ("AppsV1Api", "list_deployment_for_all_namespaces", "list_namespaced_deployment"),
+    "statefulsets": ("AppsV1Api", "list_stateful_set_for_all_namespaces", "list_namespaced_stateful_set"),
+    "daemonsets": ("AppsV1Api", "list_daemon_set_for_all_namespaces", "list_namespaced_daemon_set"),
+    "replicasets": ("AppsV1Api", "list_replica_set_for_all_namespaces", "list_namespaced_replica_set"),
+    "jobs": ("BatchV1Api", "list_job_for_all_namespaces", "list_namespaced_job"),
+    "cronjobs": ("BatchV1Api", "list_cron_job_for_all_namespaces", "list_namespaced_cron_job"),
+}
+
+
+def group_lister(api: kubernetes.client.ApiClient, plural: str) -> Lister:
+    """Lists (or watches) a workload kind of apps/v1 or batch/v1 (:data:`GROUP_LISTS`) of one
+    namespace or of all."""
+    group, every_name, one_name = GROUP_LISTS[plural]
+    client = getattr(kubernetes.client, group)(api)
+    every: Callable[..., Any] = getattr(client, every_name)
+    one: Callable[..., Any] = getattr(client, one_name)
+
+    def call(scope: str | None, **kwargs: Any) -> Any:
+        if scope is None:
+            return every(_preload_content=False, **kwargs)
+        return one(scope, _preload_content=False, **kwargs)
 
     return call
 

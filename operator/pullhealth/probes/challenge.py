@@ -130,6 +130,7 @@ def fail_on_common(reply: Reply, host: str, what: str, *, codes_only: bool = Fal
             f"{what} on {host} answered 429 Too Many Requests"
             + (f" (Retry-After {retry})" if retry else "")
             + (f": {text}" if text else ""),
+            **({"retry_after": retry} if retry else {}),
         )
     if reply.status >= 500:
         raise StepError(

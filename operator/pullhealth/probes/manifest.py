@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pullhealth.domain.codes import Code
@@ -33,6 +35,22 @@ class ManifestFound:
     platforms: tuple[str, ...] = ()
     # For an index: the digest of the platform's manifest (the one a pull would fetch next).
     platform_digest: str | None = None
+    # The registry's RateLimit-Limit / RateLimit-Remaining on this answer (Docker Hub sends
+    # them: "100;w=21600"), the count only; empty when not sent.
+    ratelimit: tuple[str, str] = ("", "")
+
+
+_COUNT = re.compile(r"\s*(\d{1,12})\s*(?:;|$)")
+
+
+def ratelimit_headers(headers: Mapping[str, str]) -> tuple[str, str]:
+    """(limit, remaining) counts of ``RateLimit-Limit`` / ``RateLimit-Remaining`` (Docker
+    Hub: ``100;w=21600``), each "" when absent or not a count."""
+    found = []
+    for name in ("RateLimit-Limit", "RateLimit-Remaining"):
+        match = _COUNT.match(str(headers.get(name, ""))[:200])
+        found.append(match.group(1) if match else "")
+    return found[0], found[1]
 
 
 def platform_of(entry: object) -> str | None:
@@ -116,8 +134,9 @@ async def probe_manifest(
             detail=f"HTTP {reply.status}",
         )
     digest = reply.headers.get("Docker-Content-Digest", "")
+    limits = ratelimit_headers(reply.headers)
     if media not in _INDEX_TYPES:
-        return ManifestFound(media or "unknown", digest)
+        return ManifestFound(media or "unknown", digest, ratelimit=limits)
     doc = reply.json()
     entries = doc.get("manifests") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
@@ -140,4 +159,4 @@ async def probe_manifest(
             f"{what} is an index without {platform} (it has {shown})",
             detail=shown,
         )
-    return ManifestFound(media, digest, real, chosen if isinstance(chosen, str) else None)
+    return ManifestFound(media, digest, real, chosen if isinstance(chosen, str) else None, ratelimit=limits)

@@ -4,7 +4,8 @@ The flags become one :class:`~pullhealth.runtime.settings.Settings`; kopf starts
 its ``memo``; the one start-up handler here builds the one
 :class:`~pullhealth.runtime.state.Runtime` (:func:`pullhealth.runtime.startup.build`), then
 the controllers that receive it: the RegistryCheck loops (kopf delivers their events),
-the failing-pod stream (our own list-and-watch) and, with ``--admission-port``, the
+the failing-pod stream (our own list-and-watch), with ``--workloads`` the workload image
+checks and, with ``--admission-port``, the
 admission webhook's server. The one clean-up handler stops them in
 reverse order. Nothing else starts anything.
 """
@@ -26,8 +27,10 @@ from pullhealth.registrychecks.handlers import RegistryCheckController
 from pullhealth.runtime import settings as settings_module
 from pullhealth.runtime import startup
 from pullhealth.runtime.settings import Settings
+from pullhealth.workloads.controller import WorkloadController
 
 SETTINGS_KEY, RUNTIME_KEY, PODS_KEY, ADMISSION_KEY = "settings", "runtime", "pods", "admission"
+WORKLOADS_KEY = "workloads"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +74,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         pods = PodController(runtime, settings)
         pods.start()
         memo[PODS_KEY] = pods
+    if ours.workloads:
+        workloads = WorkloadController(runtime)
+        workloads.start()
+        memo[WORKLOADS_KEY] = workloads
     if ours.admission_port:
         # Every replica serves the webhook (it only reads). Without its certificate the
         # operator still runs: the webhook's failurePolicy is Ignore, applies go through.
@@ -88,6 +95,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     """Operator shut-down: the webhook, the pod stream, the check loops, then the readers."""
     if ADMISSION_KEY in memo:
         await memo[ADMISSION_KEY].stop()
+    if WORKLOADS_KEY in memo:
+        await memo[WORKLOADS_KEY].stop()
     if PODS_KEY in memo:
         await memo[PODS_KEY].stop()
     if registrycheck_handlers.MEMO_KEY in memo:

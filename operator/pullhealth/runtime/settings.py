@@ -21,6 +21,7 @@ from pullhealth.agent.nodereport import read_key
 from pullhealth.chain.trust import TrustPolicy
 from pullhealth.domain.codes import ACR_SUFFIXES
 from pullhealth.probes.destinations import build_policy, parse_networks
+from pullhealth.workloads.pacing import parse_rates
 
 API_CONCURRENCY_MAX = 256
 ADMISSION_GROUP = ("admission webhook", "warnings at kubectl apply for images that cannot be pulled")
@@ -100,6 +101,30 @@ class Settings:
         4, "at most this many probe chains at once against one registry (default 4)", type=int
     )
     workers: int = _flag(16, "pods diagnosed at once (default 16)", type=int)
+    workloads: bool = _flag(
+        False,
+        "check every workload's images before pods fail (Deployments, StatefulSets, DaemonSets, "
+        "ReplicaSets and Jobs without an owner, CronJobs, bare pods; running pods' tags): Events on "
+        "the workload and a gauge (docs/workloads.md; needs list/watch on those kinds)",
+        action="store_true",
+    )
+    workload_interval: float = _flag(
+        300.0,
+        "seconds between two checks of one workload, each within +-10%% jitter (default 300); a "
+        "changed workload is checked at once",
+        type=float,
+    )
+    workload_workers: int = _flag(8, "workload checks running at once (default 8)", type=int)
+    workload_rate: float = _flag(
+        30.0,
+        "probe chains a minute that workload checks start against one registry, jittered, halved "
+        "on each 429 (default 30; Docker Hub 2: docs/workloads.md)",
+        type=float,
+    )
+    workload_registry_rates: tuple[str, ...] = _flag(
+        (), "a registry's own rate for workload checks, e.g. docker.io=1 (repeatable)",
+        "--workload-registry-rate", action="append", metavar="HOST=PER_MINUTE",
+    )
     registry_check_workers: int = _flag(
         8,
         "RegistryCheck chains running at once across the operator, shared round-robin by "
@@ -289,6 +314,10 @@ def from_args(args: argparse.Namespace) -> Settings:
     values["per_registry"] = max(1, values["per_registry"])
     values["restarts_per_minute"] = max(1, min(values["restarts_per_minute"], 600))
     values["workers"] = max(1, values["workers"])
+    values["workload_interval"] = max(5.0, values["workload_interval"])
+    values["workload_workers"] = max(1, min(values["workload_workers"], 64))
+    values["workload_rate"] = max(0.1, min(values["workload_rate"], 6000.0))
+    parse_rates(tuple(values["workload_registry_rates"]))  # a bad pair stops the start, named
     values["registry_check_workers"] = max(1, values["registry_check_workers"])
     values["api_concurrency"] = max(1, min(values["api_concurrency"], API_CONCURRENCY_MAX))
     # A missing or unreadable key file stops the start (not a start-up handler retried hot).

@@ -1,0 +1,238 @@
+"""Workload image checks end to end (issue 22): the real API server, the real registries.
+
+The module runs its own operator with ``--workloads`` and short intervals (the session's
+operator does not check workloads: the feature is opt-in). Workloads are created in a
+fresh namespace; the kube-controller-manager of the dev cluster makes their ReplicaSets,
+Jobs and pods (owned: checked through their owner). What must come out: an Event on each
+workload whose image cannot be pulled, with the right code, and the gauge's series; none
+for the healthy ones; a running pod's tag moved and then deleted in the registry noticed
+within one interval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from support.kubelet import NODE, docker_secret, ensure_node
+from support.operatorproc import OperatorProcess
+from support.world import World
+
+pytestmark = pytest.mark.usefixtures("no_session_operator")
+
+INTERVAL = 10  # --workload-interval and --pod-interval (the shared cache's lifetime)
+RATE = 120  # --workload-rate: chains a minute per registry (0.5 s apart)
+REASONS = ("ImageUnpullable", "ImageTagDeleted", "ImageTagMoved", "ImagePullable")
+
+
+@pytest.fixture(scope="module")
+def clients(dev_cluster: Any) -> Iterator[tuple[Any, Any, Any]]:
+    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+    core = kubernetes.client.CoreV1Api(client)
+    ensure_node(core)
+    yield core, kubernetes.client.AppsV1Api(client), kubernetes.client.BatchV1Api(client)
+
+
+@pytest.fixture(scope="module")
+def checker(dev_cluster: Any, world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    dev_cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
+    dev_cluster.kubectl("wait", "--for=condition=Established", "crd/registrychecks.pullhealth.io",
+                        "--timeout=60s")
+    op = OperatorProcess(
+        dev_cluster.kubeconfig, world, tmp_path_factory.mktemp("workloads") / "operator.log",
+        ["--workloads", "--workload-interval", str(INTERVAL), "--pod-interval", str(INTERVAL),
+         "--workload-rate", str(RATE)],
+    )
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        text = op.log.read_text()
+        for secret in (world.acr_puller[1], world.basic_user[1], "rotated"):
+            assert secret not in text
+
+
+def template(image: str, *, init: str | None = None, secrets: list[str] | None = None,
+             arch: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "app", "image": image}]}
+    if init:
+        spec["initContainers"] = [{"name": "setup", "image": init}]
+    if secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in secrets]
+    if arch:
+        spec["nodeSelector"] = {"kubernetes.io/arch": arch}
+    return {"metadata": {"labels": {"app": "x"}}, "spec": spec}
+
+
+def deployment(name: str, pod: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "x"}}, "template": pod}}
+
+
+def events_of(core: Any, ns: str, name: str) -> list[Any]:
+    items = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+    return [e for e in items if e.reason in REASONS]
+
+
+def event_with(core: Any, ns: str, name: str, reason: str, code: str) -> Callable[[], Any]:
+    return lambda: next((e for e in events_of(core, ns, name)
+                         if e.reason == reason and e.message.startswith(code)), None)
+
+
+def series(op: OperatorProcess, ns: str) -> dict[tuple[str, str, str], str]:
+    """(kind, workload, container) -> code of this namespace's gauge series."""
+    found = {}
+    for line in op.metrics().splitlines():
+        if line.startswith("pullhealth_workload_image_problems{") and f'namespace="{ns}"' in line:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            found[(labels["kind"], labels["workload"], labels["container"])] = labels["code"]
+    return found
+
+
+def test_workloads_with_unpullable_images_are_reported(
+    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any
+) -> None:
+    core, apps, batch = clients
+    ns = namespace
+    # A tag of this test alone (it is pushed at the end: other modules' missing tags stay missing).
+    gone = f"gone-{uuid.uuid4().hex[:8]}"
+    missing = f"{world.anon}/team/app:{gone}"
+    good = f"{world.anon}/team/app:v1"
+    core.create_namespaced_secret(ns, docker_secret("stale", world.acr, world.acr_puller[0], "rotated"))
+    apps.create_namespaced_deployment(ns, deployment("missing-tag", template(missing)))
+    apps.create_namespaced_deployment(ns, deployment("scaled-to-zero", template(missing), replicas=0))
+    apps.create_namespaced_deployment(
+        ns, deployment("wrong-secret", template(f"{world.acr}/team/app:v1", secrets=["stale"])))
+    # An index with linux/arm64 only; the workload's pods may run on amd64 nodes only.
+    apps.create_namespaced_deployment(
+        ns, deployment("no-amd64", template(f"{world.anon}/multi/arm:1", arch="amd64")))
+    apps.create_namespaced_deployment(ns, deployment("healthy", template(good)))
+    batch.create_namespaced_cron_job(ns, {
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 3 * * *", "suspend": True, "jobTemplate": {"spec": {"template": {
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "job", "image": missing}]}}}}}})
+    batch.create_namespaced_job(ns, {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never", "initContainers": [{"name": "setup", "image": missing}],
+            "containers": [{"name": "main", "image": good}]}}}})
+
+    expected = [
+        ("Deployment", "missing-tag", "app", "TAG_NOT_FOUND"),
+        ("Deployment", "scaled-to-zero", "app", "TAG_NOT_FOUND"),
+        ("Deployment", "wrong-secret", "app", "CREDENTIALS_REJECTED"),
+        ("Deployment", "no-amd64", "app", "PLATFORM_NOT_FOUND"),
+        ("CronJob", "nightly", "job", "TAG_NOT_FOUND"),
+        ("Job", "migrate", "setup", "TAG_NOT_FOUND"),
+    ]
+    for kind, name, container, code in expected:
+        event = wait_for(event_with(core, ns, name, "ImageUnpullable", code), f"{code} Event on {kind} {name}",
+                         timeout=60)
+        assert event.type == "Warning"
+        assert event.involved_object.kind == kind and event.involved_object.name == name
+        assert f"{{{container}}}" in (event.involved_object.field_path or ""), event.involved_object
+        assert "rotated" not in event.message
+    platform = events_of(core, ns, "no-amd64")[0].message
+    assert "linux/amd64" in platform and "linux/arm64" in platform, platform
+    def all_series() -> dict[tuple[str, str, str], str] | None:
+        found = series(checker, ns)
+        return found if len(found) >= len(expected) else None
+
+    got = wait_for(all_series, "gauge series")
+    assert got == {(kind, name, container): code for kind, name, container, code in expected}
+    # The healthy workload and the Job's healthy container: no Event, no series.
+    assert events_of(core, ns, "healthy") == []
+    assert [e for e in events_of(core, ns, "migrate") if "{main}" in (e.involved_object.field_path or "")] == []
+    # `pullhealth workloads -n NS` lists them from the operator's Events (exit 1: problems).
+    listed = subprocess.run(
+        [sys.executable, "-m", "pullhealth", "workloads", "-n", ns, "-o", "json"],
+        env={**os.environ, "KUBECONFIG": str(checker.kubeconfig)}, capture_output=True, text=True, timeout=60,
+    )
+    assert listed.returncode == 1, listed.stderr
+    rows = {(r["kind"], r["name"], r["container"]): r["code"] for r in json.loads(listed.stdout)}
+    assert rows == {(kind, name, container): code for kind, name, container, code in expected}
+    # Re-checks (every INTERVAL s) post nothing more: one Event per change.
+    count = sum(len(events_of(core, ns, name)) for _, name, _, _ in expected)
+    before = checker.metrics()
+    wait_for(lambda: _checks(checker.metrics()) >= _checks(before) + len(expected), "another pass",
+             timeout=4 * INTERVAL + 30)
+    assert sum(len(events_of(core, ns, name)) for _, name, _, _ in expected) == count
+    # Nothing is written to the workloads themselves.
+    assert not (apps.read_namespaced_deployment("missing-tag", ns).metadata.annotations or {}).get(
+        "pullhealth.io/diagnosis")
+
+    # Fixed: the tag is pushed; the next check posts ImagePullable and drops the series.
+    world.registries["anon"].push_image("team/app", gone)
+    wait_for(lambda: next((e for e in events_of(core, ns, "missing-tag") if e.reason == "ImagePullable"), None),
+             "ImagePullable after the tag was pushed", timeout=4 * INTERVAL + 30)
+    wait_for(lambda: ("Deployment", "missing-tag", "app") not in series(checker, ns), "series removed")
+
+
+def _checks(text: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("pullhealth_workload_checks_total "))
+
+
+def test_a_running_pods_tag_moved_then_deleted_is_reported(
+    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any
+) -> None:
+    core, _, _ = clients
+    ns = namespace
+    anon = world.registries["anon"]
+    tag = f"t{uuid.uuid4().hex[:8]}"
+    running = anon.push_image("team/drift", tag)
+    image = f"{world.anon}/team/drift:{tag}"
+    core.create_namespaced_pod(ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runner"},
+                                    "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": image}]}})
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # What kubelet writes once the container runs: the repo digest the tag resolved to.
+    core.patch_namespaced_pod_status("runner", ns, {"status": {"phase": "Running", "containerStatuses": [
+        {"name": "app", "image": image, "imageID": f"{world.anon}/team/drift@{running}", "ready": True,
+         "restartCount": 0, "state": {"running": {"startedAt": started}}}]}})
+
+    # The tag moves (a new push): the running content is no longer what the tag gives.
+    moved = anon.push_image("team/drift", tag, platforms=["linux/amd64"])
+    assert moved != running
+    event = wait_for(event_with(core, ns, "runner", "ImageTagMoved", "TAG_MOVED"), "ImageTagMoved",
+                     timeout=60)
+    assert event.type == "Normal" and running in event.message and moved in event.message
+
+    # The tag is deleted: noticed within one interval (plus the shared cache's lifetime).
+    anon.delete_manifest("team/drift", moved)
+    event = wait_for(event_with(core, ns, "runner", "ImageTagDeleted", "TAG_DELETED"), "ImageTagDeleted",
+                     timeout=INTERVAL * 1.1 + INTERVAL + 20)
+    assert event.type == "Warning" and running in event.message
+    got = wait_for(lambda: series(checker, ns).get(("Pod", "runner", "app")) == "TAG_DELETED" or None,
+                   "TAG_DELETED series")
+    assert got
+
+
+def test_a_registry_answering_429_is_backed_off(
+    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any
+) -> None:
+    """The world's rate-limited registry answers 429 with Retry-After: 30. The workload is
+    due every INTERVAL s, yet its registry is asked again only after Retry-After; a 429 is
+    the operator's own answer, not the workload's problem: no Event."""
+    core, apps, _ = clients
+    ns = namespace
+    server = world.servers["ratelimit"]
+    before = sum(server.hits.values())
+    apps.create_namespaced_deployment(ns, deployment("limited", template(f"{world.ratelimit}/team/app:v1")))
+    wait_for(lambda: sum(server.hits.values()) > before, "the first request to the rate-limited registry")
+    first = sum(server.hits.values())
+    time.sleep(2.5 * INTERVAL)  # an observation window: two more re-checks were due in it
+    assert sum(server.hits.values()) - first <= 1, server.hits
+    assert events_of(core, ns, "limited") == []

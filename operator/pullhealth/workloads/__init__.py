@@ -1,0 +1,1 @@
+"""Workload image checks before pods fail (issue 22): pure inventory and the controller."""
