@@ -8,6 +8,7 @@ HTTP servers for firewall, rate-limit and broken answers.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -182,6 +183,23 @@ async def test_content_failures(world: Any, ref: str, code: Code) -> None:
 async def test_platform_found_when_asked_for_arm64(world: Any) -> None:
     d = await _check(world, f"{world.anon}/multi/arm:1", platform="linux/arm64")
     assert d.code is Code.OK, d.checks
+
+
+async def test_an_index_read_once_is_not_fetched_again(world: Any) -> None:
+    # Docker Hub counts a manifest GET as a pull, a HEAD not: a known index costs a HEAD.
+    from pullhealth.probes.manifest import INDEXES
+
+    repo = f"multi/once-{uuid.uuid4().hex[:8]}"
+    digest = world.registries["anon"].push_image(repo, "1", platforms=["linux/arm64"])
+    assert digest not in INDEXES
+    runs = (("linux/arm64", Code.OK, 2), ("linux/arm64", Code.OK, 1), ("linux/amd64", Code.PLATFORM_NOT_FOUND, 1))
+    for platform, code, manifest_requests in runs:
+        steps: list[str] = []
+        d = await _check(world, f"{world.anon}/{repo}:1", platform=platform,
+                         on_request=lambda _registry, step, steps=steps: steps.append(step))
+        assert d.code is code, d.checks
+        assert steps.count("manifest") == manifest_requests, steps  # HEAD + GET, then HEAD alone
+    assert digest in INDEXES
 
 
 # --- Azure identities: IMDS (managed identity) and workload identity, then ACR exchange.

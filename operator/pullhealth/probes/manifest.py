@@ -2,14 +2,22 @@
 
 ``HEAD`` first (cheap, what runtimes do); a ``GET`` only when the body matters: an index
 (to check the platform) or an error (HEAD responses carry no error code).
+
+An index whose digest was read before is not fetched again: its entries are remembered by
+digest (:data:`INDEXES`), and only after the body's sha256 matched the digest the registry
+named, so an untrusted registry cannot plant entries for another's content. Docker Hub
+counts a manifest ``GET`` as a pull and a ``HEAD`` not: an unchanged multi-platform tag
+checked again costs no pull.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pullhealth.bounded import BoundedDict
 from pullhealth.domain.codes import Code
 from pullhealth.domain.reference import ImageReference
 from pullhealth.probes.challenge import error_codes, error_messages, fail_on_common
@@ -24,6 +32,10 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 _INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 _MAX_PLATFORMS_SHOWN = 8
+_MAX_ENTRIES = 1000
+#: Verified image indexes by digest: each entry's (platform, manifest digest). Content-addressed
+#: (the digest is the body's sha256), so shared by every registry, credential and caller.
+INDEXES: BoundedDict[str, tuple[tuple[str | None, object], ...]] = BoundedDict(4096)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,10 @@ async def probe_manifest(
         headers["Authorization"] = auth.header
     reply = await http.request("HEAD", url, headers=headers)
     media = reply.headers.get("Content-Type", "").split(";")[0].strip()
+    known = INDEXES.get(reply.headers.get("Docker-Content-Digest", "")) if reply.status == 200 else None
+    if known is not None and media in _INDEX_TYPES:
+        return _index_found(media, reply.headers.get("Docker-Content-Digest", ""), known, platform,
+                            f"{image.repository}:{image.manifest_ref}", ratelimit_headers(reply.headers))
     if reply.status != 200 or media in _INDEX_TYPES:
         reply = await http.request("GET", url, headers=headers)
         media = reply.headers.get("Content-Type", "").split(";")[0].strip()
@@ -145,12 +161,22 @@ async def probe_manifest(
             f"{what} is served as an index ({media}) whose manifests field is not a list",
             detail="a malformed image index",
         )
-    platforms = tuple(p for p in (platform_of(e) for e in entries[:1000]) if p)
-    real = tuple(p for p in platforms if p != "unknown/unknown")  # attestation entries
+    kept = tuple(
+        (platform_of(e), e.get("digest") if isinstance(e, dict) else None) for e in entries[:_MAX_ENTRIES]
+    )
+    if digest and digest == "sha256:" + hashlib.sha256(reply.body).hexdigest():
+        INDEXES[digest] = kept
+    return _index_found(media, digest, kept, platform, what, limits)
+
+
+def _index_found(
+    media: str, digest: str, entries: tuple[tuple[str | None, object], ...], platform: str, what: str,
+    limits: tuple[str, str],
+) -> ManifestFound:
+    """An index's answer for ``platform``: the entry a pull would use, or PLATFORM_NOT_FOUND."""
+    real = tuple(p for p, _ in entries if p and p != "unknown/unknown")  # not attestation entries
     chosen = next(
-        (e.get("digest") for e in entries[:1000]
-         if (p := platform_of(e)) and p != "unknown/unknown" and platform_matches(p, platform)),
-        None,
+        (d for p, d in entries if p and p != "unknown/unknown" and platform_matches(p, platform)), None
     )
     if not any(platform_matches(p, platform) for p in real):
         shown = ", ".join(real[:_MAX_PLATFORMS_SHOWN]) or "none"
