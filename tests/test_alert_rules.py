@@ -44,7 +44,7 @@ def test_promtool_accepts_the_rendered_rules(tmp_path: Path, sets: tuple[str, ..
     path.write_text(rule_file(rendered_rule(*sets)))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout, result.stdout
 
 
 def test_rules_behave_as_documented(tmp_path: Path) -> None:
@@ -204,6 +204,31 @@ def test_rules_behave_as_documented(tmp_path: Path) -> None:
                         "runs (the ImageTagDeleted Event names it): kubectl -n team-a get events --field-selector "
                         "reason=ImageTagDeleted",
                         "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthimagetagdeleted"}}]},
+            ],
+        }, {
+            # Docker Hub's budget: 100 pulls a window, 30 left, then 8 from 3m on (below a tenth);
+            # another registry at 5 of 10 never fires (half left).
+            "interval": "1m",
+            "input_series": [
+                {"series": 'pullhealth_registry_ratelimit_limit{registry="docker.io",pod="op-1"}', "values": "100x12"},
+                {"series": 'pullhealth_registry_ratelimit_remaining{registry="docker.io",pod="op-1"}',
+                 "values": "30 30 30 8x9"},
+                {"series": 'pullhealth_registry_ratelimit_limit{registry="half.example",pod="op-1"}', "values": "10x12"},
+                {"series": 'pullhealth_registry_ratelimit_remaining{registry="half.example",pod="op-1"}',
+                 "values": "5x12"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "7m", "alertname": "PullhealthRegistryBudgetLow", "exp_alerts": []},
+                {"eval_time": "9m", "alertname": "PullhealthRegistryBudgetLow", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "registry": "docker.io"},
+                    "exp_annotations": {
+                        "summary": "Registry docker.io has 8 pulls left in its rate-limit window",
+                        "description": "Registry docker.io said (RateLimit-Remaining) it allows fewer than 0.1 of "
+                        "its RateLimit-Limit pulls until its window resets: the next pulls from it (kubelet's, from "
+                        "the same address or account) will be refused with 429 Too Many Requests (RATE_LIMITED). "
+                        "Authenticate pulls (a pull secret raises the limit), use a pull-through cache or mirror, "
+                        "or spread out restarts; registry \"other\": a registry not in metrics.registries.",
+                        "runbook_url": f"{RUNBOOKS}/alerting.md#pullhealthregistrybudgetlow"}}]},
             ],
         }],
     }

@@ -511,11 +511,13 @@ def test_monitoring_objects(helm: str) -> None:
     objects = render(helm, *SCENARIOS["monitoring"])
     rules = {r["alert"]: r for r in one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]}
     assert sorted(rules) == ["PullhealthImageTagDeleted", "PullhealthOperatorAbsent",
-                             "PullhealthPodsFailingImagePulls", "PullhealthRegistryCheckStale",
+                             "PullhealthPodsFailingImagePulls", "PullhealthRegistryBudgetLow",
+                             "PullhealthRegistryCheckStale",
                              "PullhealthRegistryCheckUnhealthy", "PullhealthSlowImagePulls",
                              "PullhealthWorkloadImageUnpullable"]
     assert rules["PullhealthWorkloadImageUnpullable"]["for"] == "15m"
     assert rules["PullhealthImageTagDeleted"]["for"] == "10m"
+    assert rules["PullhealthRegistryBudgetLow"]["for"] == "5m" and "< 0.1 *" in rules["PullhealthRegistryBudgetLow"]["expr"]
     assert rules["PullhealthRegistryCheckUnhealthy"]["for"] == "10m"
     assert rules["PullhealthSlowImagePulls"]["for"] == "15m" and "> 120" in rules["PullhealthSlowImagePulls"]["expr"]
     assert rules["PullhealthPodsFailingImagePulls"]["for"] == "5m"

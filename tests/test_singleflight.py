@@ -165,3 +165,17 @@ async def test_a_slow_registry_holds_at_most_its_share_of_the_shared_slots() -> 
     assert await asyncio.wait_for(flight.get("fast", "x", fast), 1) == "fast"
     stuck.set()
     assert await asyncio.gather(*slow_callers) == ["slow"] * 16
+
+
+async def test_on_result_sees_each_fresh_answer_once() -> None:
+    seen: list[tuple[str, int]] = []
+    flight: SingleFlight[int] = SingleFlight(ttl=60, on_result=lambda registry, result: seen.append((registry, result)))
+
+    async def work() -> int:
+        await asyncio.sleep(0.01)
+        return 7
+
+    await asyncio.gather(*(flight.get("r.io", "k", work) for _ in range(20)))
+    await flight.get("r.io", "k", work)  # shared from the cache: not a fresh answer
+    await flight.get("other.io", "k2", work)
+    assert seen == [("r.io", 7), ("other.io", 7)]

@@ -130,3 +130,21 @@ def test_budget_from_a_diagnosis() -> None:
     assert inventory.budget(make(Code.RATE_LIMITED, {}, checks=[limited])).retry_after == 30.0
     dated = CheckResult(name="challenge", status=StepStatus.FAILED, details={"retry_after": "Wed, 21 Oct 2015"})
     assert inventory.budget(make(Code.RATE_LIMITED, {}, checks=[dated])).retry_after is None
+
+
+def test_every_chains_budget_is_exported() -> None:
+    # The composition root observes each fresh chain result (pods, RegistryChecks, workloads).
+    from pullhealth import metrics
+    from pullhealth.runtime.startup import _observe_budget
+
+    metrics.set_admin_registries(["budget.example"])
+    try:
+        manifest = CheckResult(name="manifest", status=StepStatus.PASSED,
+                               details={"digest": "sha256:x", "ratelimitLimit": "100", "ratelimitRemaining": "3"})
+        _observe_budget("budget.example", make(Code.OK, {}, checks=[manifest]))
+        assert metrics.REGISTRY_RATELIMIT_LIMIT.labels("budget.example")._value.get() == 100
+        assert metrics.REGISTRY_RATELIMIT_REMAINING.labels("budget.example")._value.get() == 3
+        _observe_budget("budget.example", make(Code.OK, {}, checks=[]))  # no headers: kept as they were
+        assert metrics.REGISTRY_RATELIMIT_REMAINING.labels("budget.example")._value.get() == 3
+    finally:
+        metrics.set_admin_registries([])

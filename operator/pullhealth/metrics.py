@@ -631,14 +631,14 @@ WORKLOAD_CHECKS = Counter(
 )
 REGISTRY_RATELIMIT_LIMIT = Gauge(
     "pullhealth_registry_ratelimit_limit",
-    "The registry's RateLimit-Limit on the last manifest answer a workload check got (Docker "
+    "The registry's RateLimit-Limit on the last manifest answer a probe chain got (Docker "
     "Hub: pulls per window), by registry (named ones; others share 'other').",
     ["registry"],
     registry=REGISTRY,
 )
 REGISTRY_RATELIMIT_REMAINING = Gauge(
     "pullhealth_registry_ratelimit_remaining",
-    "The registry's RateLimit-Remaining on the last manifest answer a workload check got, by "
+    "The registry's RateLimit-Remaining on the last manifest answer a probe chain got, by "
     "registry (named ones; others share 'other').",
     ["registry"],
     registry=REGISTRY,
@@ -700,3 +700,12 @@ class WorkloadProblems:
 
 
 WORKLOAD_PROBLEMS = WorkloadProblems()
+
+
+def record_registry_budget(registry: str, limit: int | None, remaining: int | None) -> None:
+    """What a registry's RateLimit-Limit / -Remaining said on a chain's manifest answer."""
+    label = registry_label(registry)
+    if limit is not None:
+        REGISTRY_RATELIMIT_LIMIT.labels(label).set(limit)
+    if remaining is not None:
+        REGISTRY_RATELIMIT_REMAINING.labels(label).set(remaining)

@@ -65,6 +65,8 @@ class SingleFlight(Generic[T]):
         is_failure: tells failed results apart (default: nothing is a failure).
         shared_limit: a semaphore all chains take after their registry's slot (e.g. the
             pod workers), or None.
+        on_result: called with (registry, result) once per run that returned (a fresh
+            answer, not a shared one): what the registry said of its budget, say.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class SingleFlight(Generic[T]):
         failure_ttl: float = DEFAULT_FAILURE_TTL,
         is_failure: Callable[[T], bool] | None = None,
         shared_limit: asyncio.Semaphore | None = None,
+        on_result: Callable[[str, T], None] | None = None,
     ) -> None:
         self.ttl = ttl
         self.failure_ttl = min(failure_ttl, ttl)
@@ -85,6 +88,7 @@ class SingleFlight(Generic[T]):
         self.shared_limit = shared_limit
         self._clock = clock
         self._is_failure = is_failure
+        self._on_result = on_result
         self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
         self._limits: dict[str, _Limit] = {}
         self.runs = 0  # how many times work really ran (for tests and benchmarks)
@@ -121,7 +125,10 @@ class SingleFlight(Generic[T]):
             await pace(registry)
         async with self._slot(registry):
             self.runs += 1
-            return await work()
+            result = await work()
+        if self._on_result is not None:
+            self._on_result(registry, result)
+        return result
 
     async def get(self, registry: str, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
         """Return the shared result for key, running ``work`` only when none is fresh.

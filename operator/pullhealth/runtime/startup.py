@@ -21,11 +21,13 @@ from pullhealth import metrics
 from pullhealth.chain.pullsources import Environment
 from pullhealth.chain.singleflight import SingleFlight
 from pullhealth.domain import diagnose
+from pullhealth.domain.model import Diagnosis
 from pullhealth.kube import apioutages, kubeapi, listwatch, metricsauth, watchcache
 from pullhealth.kube.leader import LeaderElection
 from pullhealth.pods import kubeletevents, podcheck, podmemo
 from pullhealth.runtime.settings import Settings
 from pullhealth.runtime.state import Runtime
+from pullhealth.workloads import inventory
 
 RECOVERY_PROBE_SECONDS = 2.0
 # Seconds pods wait at start-up for the first lists of kubelet's Events, Nodes and
@@ -120,7 +122,9 @@ def build(settings: Settings, logger: kopf.Logger) -> Runtime:
             per_registry=settings.per_registry,
             is_failure=diagnose.transient,
             shared_limit=asyncio.Semaphore(settings.workers),
+            on_result=_observe_budget,
         ),
+        registry_check_cache=SingleFlight(ttl=20.0, is_failure=diagnose.transient, on_result=_observe_budget),
         pod_memo=podmemo.PodMemo(ttl=settings.pod_interval),
     )
     runtime.background.add(asyncio.create_task(_end_outages(outages, kube)))
@@ -187,6 +191,13 @@ def _mirror_nodes_and_accounts(
         stream.start()
         readers.append(stream)
     return nodes, accounts, lambda: node_stream.settled and account_stream.settled
+
+
+def _observe_budget(registry: str, diagnosis: Diagnosis) -> None:
+    """A fresh chain's RateLimit-* counts (whoever asked: pods, RegistryChecks, workloads,
+    admission), exported as the registry's budget."""
+    budget = inventory.budget(diagnosis)
+    metrics.record_registry_budget(registry, budget.limit, budget.remaining)
 
 
 def _pool_of(nodes: watchcache.Mirror | None) -> Callable[[str], str]:

@@ -308,8 +308,3 @@ class WorkloadController:
         budget = inventory.budget(diagnosis)
         self.pacer.observe(registry, diagnosis.code is Code.RATE_LIMITED, budget.retry_after, budget.limit,
                            budget.remaining)
-        label = metrics.registry_label(registry)
-        if budget.limit is not None:
-            metrics.REGISTRY_RATELIMIT_LIMIT.labels(label).set(budget.limit)
-        if budget.remaining is not None:
-            metrics.REGISTRY_RATELIMIT_REMAINING.labels(label).set(budget.remaining)
