@@ -331,7 +331,7 @@ def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
     from pullhealth.chain.trust import TrustPolicy
     from pullhealth.domain.model import Diagnosis
     from pullhealth.kube.kubeapi import KubeReader
-    from pullhealth.pods.podcheck import PodSettings, diagnose_pod
+    from pullhealth.pods.podcheck import KubeletEvidence, PodSettings, PullContext, diagnose_pod
     from pullhealth.probes.proxy import parse_proxy
     from support.kubelet import NODE
     from support.proxy import TinyProxy
@@ -352,7 +352,8 @@ def test_pod_pulling_through_a_refusing_or_authenticating_proxy_is_proxy_error(
         env = Environment(nameserver=world.nameserver, ca_file=str(world.ca_bundle), proxy=parse_proxy(proxy),
                           trust=TrustPolicy(destinations=TEST_DESTINATIONS))
         cache: SingleFlight[Diagnosis] = SingleFlight(ttl=1.0)
-        [result] = asyncio.run(diagnose_pod(pod, [message], reader, env, PodSettings(timeout=3.0), cache))
+        context = PullContext(reader, env, PodSettings(timeout=3.0), cache)
+        [result] = asyncio.run(diagnose_pod(pod, KubeletEvidence([message]), context))
         return result.diagnosis
 
     with TinyProxy([port + 1 if port < 65535 else port - 1]) as refusing:
@@ -375,7 +376,7 @@ def test_a_bare_deadline_is_told_apart_by_the_pulls_timeline(dev_cluster: Any, w
     from pullhealth.chain.trust import TrustPolicy
     from pullhealth.domain.model import Diagnosis
     from pullhealth.kube.kubeapi import KubeReader
-    from pullhealth.pods.podcheck import PodSettings, diagnose_pod
+    from pullhealth.pods.podcheck import KubeletEvidence, PodSettings, PullContext, diagnose_pod
     from support.kubelet import NODE
     from support.world import TEST_DESTINATIONS
 
@@ -391,8 +392,8 @@ def test_a_bare_deadline_is_told_apart_by_the_pulls_timeline(dev_cluster: Any, w
 
     def diagnose(seconds: dict[str, float] | None) -> Diagnosis:
         cache: SingleFlight[Diagnosis] = SingleFlight(ttl=1.0)
-        [result] = asyncio.run(diagnose_pod(pod, [message], reader, env, PodSettings(timeout=5.0), cache,
-                                            pull_seconds=seconds))
+        context = PullContext(reader, env, PodSettings(timeout=5.0), cache)
+        [result] = asyncio.run(diagnose_pod(pod, KubeletEvidence([message], pull_seconds=seconds or {}), context))
         return result.diagnosis
 
     unknown = diagnose(None)

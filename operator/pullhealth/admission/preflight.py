@@ -101,17 +101,9 @@ class Preflight:
             facts = {"reference": reference, "detail": str(exc), "namespace": plan.namespace, "container": ""}
             return make(Code.INVALID_IMAGE_NAME, facts)
         try:
+            context = podcheck.PullContext(self.reader, self.env, self.settings, self.cache, self.on_request)
             diagnosis = await podcheck.probe_pull_path(
-                plan.spec,
-                image,
-                platforms[0],
-                plan.namespace,
-                self.reader,
-                self.env,
-                self.settings,
-                self.cache,
-                self.on_request,
-                redactor,
+                plan.spec, image, platforms[0], plan.namespace, context, redactor
             )
         except Exception as exc:  # a check that cannot run warns nothing
             log.warning(

@@ -275,17 +275,15 @@ class PodController:
                 node_events = await client.node_path_events(namespace, uid)
             except ApiException as exc:
                 logger.warning("cannot list the pod's NodePathChecked events (HTTP %s)", exc.status)
-        return await podcheck.diagnose_pod(
-            body,
-            messages,
+        context = podcheck.PullContext(
             client if self.runtime.pod_reader is None else self.runtime.pod_reader,
             self.runtime.env,
             self.runtime.pod_settings,
             self.runtime.pod_cache,
             metrics.count_probe_request,
-            node_events,
-            seconds,
         )
+        evidence = podcheck.KubeletEvidence(messages, node_events, seconds)
+        return await podcheck.diagnose_pod(body, evidence, context)
 
 
 def _slim(pod: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -19,7 +19,7 @@ No kopf here. The flow for one pod:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -164,45 +164,46 @@ class PodResult:
     registry: str
 
 
-async def diagnose_pod(
-    pod: Mapping[str, Any],
-    kubelet_messages: Sequence[str],
-    reader: ClusterReader,
-    env: Environment,
-    settings: PodSettings,
-    cache: SingleFlight[Diagnosis],
-    on_request: Any = None,
-    node_events: Sequence[Mapping[str, str]] = (),
-    pull_seconds: Mapping[str, float] | None = None,
-) -> list[PodResult]:
-    """Diagnose every failing container of a pod (at most 8), the first one first.
+@dataclass(frozen=True)
+class PullContext:
+    """How the operator probes a pull path, whoever asks (failing pods, workload checks,
+    admission): what it reads the cluster with, its network settings and trust policy, its
+    knobs, the shared single-flight cache and the request counter."""
 
-    ``node_events``: the pod's ``NodePathChecked`` Events (the node agent's evidence,
-    newest first; see :mod:`pullhealth.agent.nodereport`). ``pull_seconds``: per image, how
-    long its failed pull ran (kubelet's Pulling Event to its Failed Event), where known.
+    reader: ClusterReader
+    env: Environment
+    settings: PodSettings
+    cache: SingleFlight[Diagnosis]
+    on_request: Callable[[str, str], None] | None = None
+
+
+@dataclass(frozen=True)
+class KubeletEvidence:
+    """What kubelet and the node said about a pod's pulls.
+
+    Attributes:
+        messages: kubelet's ``Failed`` Event texts for the pod (newest first).
+        node_events: the pod's ``NodePathChecked`` Events (the node agent's evidence,
+            newest first; see :mod:`pullhealth.agent.nodereport`).
+        pull_seconds: per image, how long its failed pull ran (kubelet's Pulling Event to
+            its Failed Event), where known.
     """
-    results = []
-    for container in failing_containers(pod)[:MAX_CONTAINERS]:
-        results.append(
-            await diagnose_container(
-                pod, container, kubelet_messages, reader, env, settings, cache, on_request, node_events,
-                pull_seconds,
-            )
-        )
-    return results
+
+    messages: Sequence[str] = ()
+    node_events: Sequence[Mapping[str, str]] = ()
+    pull_seconds: Mapping[str, float] = field(default_factory=dict)
+
+
+async def diagnose_pod(
+    pod: Mapping[str, Any], evidence: KubeletEvidence, ctx: PullContext
+) -> list[PodResult]:
+    """Diagnose every failing container of a pod (at most 8), the first one first."""
+    return [await diagnose_container(pod, container, evidence, ctx)
+            for container in failing_containers(pod)[:MAX_CONTAINERS]]
 
 
 async def diagnose_container(
-    pod: Mapping[str, Any],
-    container: FailingContainer,
-    kubelet_messages: Sequence[str],
-    reader: ClusterReader,
-    env: Environment,
-    settings: PodSettings,
-    cache: SingleFlight[Diagnosis],
-    on_request: Any = None,
-    node_events: Sequence[Mapping[str, str]] = (),
-    pull_seconds: Mapping[str, float] | None = None,
+    pod: Mapping[str, Any], container: FailingContainer, evidence: KubeletEvidence, ctx: PullContext
 ) -> PodResult:
     """Classify the container's pull error, then confirm it on the pod's own pull path.
 
@@ -211,10 +212,7 @@ async def diagnose_container(
     """
     redactor = Redactor()  # learns every pull secret read for the pod
     try:
-        result = await _diagnose_container(
-            pod, container, kubelet_messages, reader, env, settings, cache, on_request, redactor, node_events,
-            pull_seconds,
-        )
+        result = await _diagnose_container(pod, container, evidence, ctx, redactor)
     except Exception as exc:
         log.error("unexpected error diagnosing container %s", container.name, exc_info=True)
         text = one_line(f"{type(exc).__name__}: {exc}", redactor=redactor)
@@ -227,21 +225,15 @@ async def diagnose_container(
 async def _diagnose_container(
     pod: Mapping[str, Any],
     container: FailingContainer,
-    kubelet_messages: Sequence[str],
-    reader: ClusterReader,
-    env: Environment,
-    settings: PodSettings,
-    cache: SingleFlight[Diagnosis],
-    on_request: Any,
+    evidence: KubeletEvidence,
+    ctx: PullContext,
     redactor: Redactor,
-    node_events: Sequence[Mapping[str, str]] = (),
-    pull_seconds: Mapping[str, float] | None = None,
 ) -> PodResult:
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace") or "default")
-    text = pick_message(container, kubelet_messages)
+    text = pick_message(container, evidence.messages)
     # A bare deadline: how long the pull ran tells a long pull from a network timeout.
-    message = classify.refine_by_timeline(classify.classify(text), (pull_seconds or {}).get(container.image))
+    message = classify.refine_by_timeline(classify.classify(text), evidence.pull_seconds.get(container.image))
     facts = {**message.facts, "namespace": namespace, "container": container.name}
 
     try:
@@ -261,13 +253,11 @@ async def _diagnose_container(
         return PodResult(container, diag, image.registry)
     if container.reason == "InvalidImageName":
         return PodResult(container, make(Code.INVALID_IMAGE_NAME, facts), image.registry)
-    platform = await node_platform(reader, (pod.get("spec") or {}).get("nodeName"), settings.platform)
+    platform = await node_platform(ctx.reader, (pod.get("spec") or {}).get("nodeName"), ctx.settings.platform)
     facts["platform"] = platform
     message = make(message.code, facts, candidates=message.candidates)
 
-    probed = await probe_pull_path(
-        pod.get("spec") or {}, image, platform, namespace, reader, env, settings, cache, on_request, redactor
-    )
+    probed = await probe_pull_path(pod.get("spec") or {}, image, platform, namespace, ctx, redactor)
     # How far the node got decides whether an earlier probe failure is the operator's own
     # network (a vantage difference) or the cause (diagnose.combine). The node agent's
     # evidence is the node's own vantage point: its path answering over HTTP is how far
@@ -275,10 +265,10 @@ async def _diagnose_container(
     # (nodereport.fold) unless kubelet's message shows the pull got further.
     reached = classify.reached(text)
     node = nodereport.pick(
-        node_events,
+        evidence.node_events,
         image.registry,
         (pod.get("spec") or {}).get("nodeName"),
-        settings.agent_report_key,
+        ctx.settings.agent_report_key,
         str((pod.get("metadata") or {}).get("uid") or ""),
     )
     layer = max((r for r in (reached, nodereport.reached(node)) if r is not None), default=None)
@@ -291,11 +281,7 @@ async def probe_pull_path(
     image: ImageReference,
     platform: str,
     namespace: str,
-    reader: ClusterReader,
-    env: Environment,
-    settings: PodSettings,
-    cache: SingleFlight[Diagnosis],
-    on_request: Any,
+    ctx: PullContext,
     redactor: Redactor,
 ) -> Diagnosis:
     """Run a pod spec's own pull path for one image (coalesced) and fold in unusable secrets.
@@ -303,9 +289,10 @@ async def probe_pull_path(
     kubelet's order: the pod's and its service account's pull secrets that match the
     image; for an ACR image with none, the workload identity (when the admin enabled it
     and the account is annotated) or the node's kubelet identity; else anonymous. The one
-    resolver for failing pods and for admission (a workload's pod template): every secret
-    read is taught to ``redactor``.
+    resolver for failing pods, workload checks and admission (a workload's pod template):
+    every secret read is taught to ``redactor``.
     """
+    reader, env = ctx.reader, ctx.env
     sa_name = str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
     account = await reader.service_account(namespace, sa_name)
     names = [str(r.get("name")) for r in spec.get("imagePullSecrets") or [] if r.get("name")]
@@ -313,7 +300,9 @@ async def probe_pull_path(
     keyring = await read_keyring(reader, namespace, names)
     credentials.teach(redactor, (e.credential for e in keyring.entries))
     matched = credentials.lookup(list(keyring.entries), image)
-    options = pullpath.chain_options(env, timeout=settings.timeout, platform=platform, on_request=on_request)
+    options = pullpath.chain_options(
+        env, timeout=ctx.settings.timeout, platform=platform, on_request=ctx.on_request
+    )
     registry = image.registry
     key = (image.registry, image.repository, image.manifest_ref, platform)
 
@@ -333,7 +322,7 @@ async def probe_pull_path(
         path = pullpath.with_credentials(registry, image, namespace, [], options, key, {"detail": detail})
     else:
         path = pullpath.anonymous(registry, image, options, key)
-    result = path if isinstance(path, Diagnosis) else await path.run(cache, registry)
+    result = path if isinstance(path, Diagnosis) else await path.run(ctx.cache, registry)
 
     if result.code in _AUTH_FAILURES and keyring.issues:
         issue = keyring.issues[0]

@@ -292,9 +292,11 @@ class WorkloadController:
                      "container": container.name}
             return make(Code.INVALID_IMAGE_NAME, facts)
         try:
+            context = podcheck.PullContext(
+                reader, runtime.env, runtime.pod_settings, runtime.pod_cache, metrics.count_probe_request
+            )
             diagnosis = await podcheck.probe_pull_path(
-                work.pull_spec, image, wanted[0], work.namespace, reader, runtime.env,
-                runtime.pod_settings, runtime.pod_cache, metrics.count_probe_request, redactor,
+                work.pull_spec, image, wanted[0], work.namespace, context, redactor
             )
         except Exception as exc:  # a check that cannot run reports nothing
             log.warning("workload check of %s/%s failed: %s", work.namespace, work.name,
