@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kubernetes
 import pytest
 import yaml
 
 from pullhealth_dev import cluster as devcluster
 from support import guard
+from support.kubelet import ensure_node
 from support.operatorproc import OperatorProcess
 from support.world import World, start_world
 
@@ -146,6 +148,15 @@ def dev_cluster(
         pytest.fail(f"processes left after stop(): {', '.join(left)}")
 
 
+@pytest.fixture(scope="module")
+def api(dev_cluster: Cluster) -> kubernetes.client.CoreV1Api:
+    """The core API as the admin, with the kubelet-less Node that played-kubelet pods are bound to."""
+    core = kubernetes.client.CoreV1Api(
+        kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig)))
+    ensure_node(core)
+    return core
+
+
 @pytest.fixture
 def namespace(dev_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (without waiting)."""
@@ -182,14 +193,8 @@ def operator(
                         "--timeout=60s")
     op = OperatorProcess(dev_cluster.kubeconfig, world, tmp_path_factory.mktemp("operator") / "operator.log",
                          ["--pod-interval", "60"])
-    op.start()
-    try:
+    with op:
         yield op
-    finally:
-        op.stop()
-        # Operator logs must never carry a credential.
-        text = op.log.read_text()
-        for secret in (world.acr_puller[1], world.basic_user[1]):
-            assert secret not in text
+    op.check_log_clean()  # operator logs must never carry a credential
 
 

@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import kubernetes
 import pytest
 import yaml
 
 from support import guard
-from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
+from support.kubelet import annotations, fail_pull, kubelet_message, make_pod
 from support.objects import regcheck_yaml
 from support.operatorproc import OperatorProcess
 from support.world import World
@@ -26,14 +25,6 @@ guard.install()
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERING_CRDS = ROOT / "charts" / "pullhealth" / "crds" / "kopf-peering.yaml"
-
-
-@pytest.fixture(scope="module")
-def api(dev_cluster: Cluster) -> kubernetes.client.CoreV1Api:
-    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
-    core = kubernetes.client.CoreV1Api(client)
-    ensure_node(core)
-    return core
 
 
 def series_of(text: str, **labels: str) -> list[str]:

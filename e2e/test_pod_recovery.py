@@ -20,21 +20,13 @@ from typing import Any
 import kubernetes
 import pytest
 
-from support.kubelet import NODE, annotations, ensure_node, fail_pull, kubelet_message, make_pod
+from support.kubelet import NODE, annotations, fail_pull, kubelet_message, make_pod
 from support.operatorproc import OperatorProcess
 from support.world import World
 
 RECOVERABLE = "pullhealth.io/recoverable-since"
 RETRY_BY = "pullhealth.io/retry-by"
 LABEL = "pullhealth.io/restart-recovered-pods"
-
-
-@pytest.fixture(scope="module")
-def api(dev_cluster: Any) -> kubernetes.client.CoreV1Api:
-    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
-    core = kubernetes.client.CoreV1Api(client)
-    ensure_node(core)
-    return core
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +38,9 @@ def recovering(dev_cluster: Any, world: World, operator: Any,
     with OperatorProcess.others_stopped():
         op = OperatorProcess(dev_cluster.kubeconfig, world, log, [
             "--pod-interval", "2", "--restart-recovered-pods", "labelled", "--restarts-per-minute", "5"])
-        op.start()
-        try:
+        with op:
             yield op
-        finally:
-            op.stop()
-            text = op.log.read_text()
-            for secret in (world.acr_puller[1], world.basic_user[1]):
-                assert secret not in text
+        op.check_log_clean()
 
 
 def replica_set(apps: Any, ns: str, name: str, image: str) -> None:

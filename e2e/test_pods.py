@@ -32,14 +32,6 @@ from support.kubelet import (
 from support.world import World
 
 
-@pytest.fixture(scope="module")
-def api(dev_cluster: Any) -> kubernetes.client.CoreV1Api:
-    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
-    core = kubernetes.client.CoreV1Api(client)
-    ensure_node(core)
-    return core
-
-
 def our_events(api: Any, ns: str, name: str) -> list[Any]:
     items = api.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
     return [e for e in items if e.reason in ("PullDiagnosed", "PullRecovered")]

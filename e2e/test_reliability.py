@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pytest
 import yaml
 
-from support.kubelet import ensure_node, fail_pull, kubelet_message, make_pod
+from support.kubelet import fail_pull, kubelet_message, make_pod
 from support.objects import regcheck_yaml
 from support.operatorproc import OperatorProcess
 from support.world import World
@@ -28,14 +27,6 @@ from support.world import World
 ROOT = Path(__file__).resolve().parents[1]
 PEERING_CRDS = ROOT / "charts" / "pullhealth" / "crds" / "kopf-peering.yaml"
 ANN = "pullhealth.io/diagnosis"
-
-
-@pytest.fixture(scope="module")
-def api(dev_cluster: Any) -> kubernetes.client.CoreV1Api:
-    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
-    core = kubernetes.client.CoreV1Api(client)
-    ensure_node(core)
-    return core
 
 
 @pytest.fixture

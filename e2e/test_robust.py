@@ -15,25 +15,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import kubernetes
 import pytest
 
 from support.hostile import DripRegistry, HostileRegistry, planted_forms
-from support.kubelet import annotations, docker_secret, ensure_node, fail_pull, kubelet_message, make_pod
+from support.kubelet import annotations, docker_secret, fail_pull, kubelet_message, make_pod
 from support.objects import regcheck_yaml
 from support.world import World
 
 USER = "mallory"
 PASSWORDS = ["Plain-s3cret-42", "pässwörd-ü€-42"]
 REPOS = ["echo/reject", "echo/oauth", "echo/broken", "echo/grant", "echo/deny"]
-
-
-@pytest.fixture(scope="module")
-def api(dev_cluster: Any) -> kubernetes.client.CoreV1Api:
-    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
-    core = kubernetes.client.CoreV1Api(client)
-    ensure_node(core)
-    return core
 
 
 @pytest.fixture(scope="module")

@@ -7,27 +7,18 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import kubernetes
 import pytest
 
 from pullhealth.pods.kubeletevents import KubeletFailures
 from pullhealth.pods.podstream import pod_stream
 from support.audit import AuditLog, Request, counted, in_namespace
-from support.kubelet import NODE, ensure_node, fail_pull, kubelet_message, make_pod, recover
+from support.kubelet import NODE, fail_pull, kubelet_message, make_pod, recover
 from support.operatorproc import OperatorProcess
 from support.world import World
 
 # What diagnosing a pod reads and writes (verb, [group/]resource).
 POD_DIAGNOSIS = {("GET", "nodes"), ("GET", "serviceaccounts"), ("GET", "secrets"), ("LIST", "events"),
                  ("PATCH", "pods"), ("POST", "events.k8s.io/events")}
-
-
-@pytest.fixture(scope="module")
-def api(dev_cluster: Any) -> kubernetes.client.CoreV1Api:
-    client = kubernetes.config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
-    core = kubernetes.client.CoreV1Api(client)
-    ensure_node(core)
-    return core
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,12 @@ class OperatorProcess:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def check_log_clean(self, *more: str) -> None:
+        """The log carries none of the world's credentials, nor ``more`` secrets."""
+        text = self.text()
+        for secret in (self.world.acr_puller[1], self.world.basic_user[1], *more):
+            assert secret not in text, "a credential in the operator's log"
+
     def text(self) -> str:
         """Everything the operator logged so far."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
