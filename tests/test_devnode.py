@@ -178,3 +178,16 @@ def test_teardown_kills_this_nodes_shims_and_their_children_only(tmp_path: Path)
             realnode.kill_shims(address)
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_a_kubelet_that_died_of_a_map_race_is_told_apart(tmp_path: Path) -> None:
+    from pullhealth_dev.cluster import go_runtime_fatal
+
+    log = tmp_path / "kubelet.log"
+    # kubelet v1.34.4's own words at start-up (the container manager's capacity map).
+    log.write_text("I1203 kubelet.go:2000] starting\nfatal error: concurrent map read and map write\n\n"
+                   "goroutine 413 [running]:\ninternal/runtime/maps.fatal({0x31b318e?, 0x0?})\n")
+    assert go_runtime_fatal(log)
+    log.write_text("E1203 run.go:72] command failed: failed to run Kubelet: invalid configuration\n")
+    assert not go_runtime_fatal(log)
+    assert not go_runtime_fatal(tmp_path / "missing.log")
