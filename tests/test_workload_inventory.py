@@ -66,6 +66,15 @@ def test_owned_replicasets_and_jobs_and_finished_jobs_are_not_checked() -> None:
     assert inventory.workload(suspended) is not None
 
 
+def test_objects_being_deleted_are_not_checked() -> None:
+    gone = "2026-12-03T20:00:00Z"
+    assert inventory.workload(obj("Deployment", pod_spec(IMAGE), deletionTimestamp=gone)) is None
+    terminating = running_pod(owned=False)
+    assert inventory.workload(terminating) is not None
+    terminating["metadata"]["deletionTimestamp"] = gone
+    assert inventory.workload(terminating) is None
+
+
 def running_pod(owned: bool, image_id: str = RUNNING) -> dict[str, Any]:
     pod = obj("Pod", {**pod_spec(IMAGE, "reg.test/side:1"), "nodeName": "n1"},
               **({"ownerReferences": OWNED} if owned else {}))

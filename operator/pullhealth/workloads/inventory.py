@@ -157,6 +157,10 @@ def workload(obj: Mapping[str, Any]) -> Workload | None:
     uid, namespace, name = (str(meta.get(k) or "") for k in ("uid", "namespace", "name"))
     if not uid or not namespace or not name:
         return None
+    if meta.get("deletionTimestamp"):
+        # Being deleted: a terminating pod starts no container, a deleted controller makes
+        # no pod. (A pod on a node whose kubelet is gone can stay terminating for days.)
+        return None
     if kind in ("ReplicaSet", "Job") and _controlled(meta):
         return None  # checked through its Deployment or CronJob
     if kind == "Job" and _finished_job(obj):
