@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pullhealth.chain.probechain import ChainOptions, Target, run_chain
+from pullhealth.chain.probechain import ChainOptions, Target, run_chain, run_network_path
 from pullhealth.domain.codes import Code
 from pullhealth.domain.credentials import Credential, CredentialKind
 from pullhealth.domain.model import Diagnosis, StepStatus
@@ -221,3 +221,31 @@ async def test_a_hostile_redirect_leaks_nothing(world: Any) -> None:
     sent = world.blobs.requests[mark:]
     assert [path for _, path, _ in sent] == ["/stolen"]
     assert not any(k.lower() == "authorization" for k in sent[0][2]), sent
+
+
+@pytest.mark.parametrize(
+    ("attr", "code", "step"),
+    [
+        ("data_host", Code.OK, ""),
+        ("refused", Code.CONNECT_REFUSED, "tcp"),
+        ("silent", Code.CONNECT_TIMEOUT, "tls"),
+        ("untrusted", Code.TLS_UNTRUSTED, "tls"),
+        ("missing", Code.DNS_NXDOMAIN, "dns"),
+    ],
+)
+async def test_the_network_path_alone_has_the_chains_steps_and_deadline(
+    world: Any, attr: str, code: Code, step: str
+) -> None:
+    # The node agent's check of a data host: dns, tcp and tls, no HTTP request.
+    d = await run_network_path(getattr(world, attr), _opts(world, timeout=1.0))
+    assert d.code is code, d.checks
+    assert [c.name for c in d.checks] == ["dns", "tcp", "tls"][: len(d.checks)]
+    failed = [c.name for c in d.checks if c.status is StepStatus.FAILED]
+    assert failed == ([step] if step else [])
+
+
+async def test_the_network_path_refuses_what_the_policy_refuses(world: Any) -> None:
+    d = await run_network_path(world.anon, _opts(world, destinations=build_policy()))
+    # Refused once resolved (before any connection): no tls step ran.
+    assert d.code is Code.DESTINATION_REFUSED and [c.name for c in d.checks] == ["dns", "tcp"]
+    assert d.checks[-1].status is StepStatus.FAILED

@@ -232,18 +232,30 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
         if options.on_request:
             options.on_request(target.registry, run.current)
 
-    http: Http | None = None
+    async def steps() -> None:
+        resolver = Resolver(options.nameserver, options.timeout, options.destinations)
+        # One verification context for the TLS step and every HTTP request (shared
+        # by every chain while the CA bundle file is unchanged).
+        ctx = make_ssl_context(options.ca_file, options.verify_tls)
+        http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy, redactor)
+        try:
+            await _steps(run, target, options, resolver, http, ctx, host, port, redactor, deadline)
+        finally:
+            await http.aclose()
+
+    await _bounded(run, deadline, redactor, host, port, steps)
+    return _finish(run, target, redactor)
+
+
+async def _bounded(
+    run: _Run, deadline: Deadline, redactor: Redactor, host: str, port: int,
+    steps: Callable[[], Awaitable[None]],
+) -> None:
+    """Run the steps within the chain's total deadline. Running out of time fails the
+    running step; anything unexpected fails it as UNKNOWN (a chain never raises)."""
     try:
         async with asyncio.timeout(deadline.remaining()):
-            resolver = Resolver(options.nameserver, options.timeout, options.destinations)
-            # One verification context for the TLS step and every HTTP request (shared
-            # by every chain while the CA bundle file is unchanged).
-            ctx = make_ssl_context(options.ca_file, options.verify_tls)
-            http = Http(resolver, ctx, options.timeout, count, options.proxy, options.no_proxy, redactor)
-            try:
-                await _steps(run, target, options, resolver, http, ctx, host, port, redactor, deadline)
-            finally:
-                await http.aclose()
+            await steps()
     except TimeoutError:
         step = _running(run)
         run.fail(
@@ -253,15 +265,33 @@ async def run_chain(target: Target, options: ChainOptions, deadline: Deadline | 
             f"the check ran out of its {deadline.seconds:g}s total during the {step} step "
             f"({host} too slow to answer)",
             detail=f"no complete answer within {deadline.seconds:g}s (step {step})",
-            address=run.facts.get("address", f"{host}:{port}"),
+            address=run.facts.get("address", join_host_port(host, port)),
         )
-    except Exception as exc:  # the chain never raises: an unexpected error is a finding
+    except Exception as exc:  # an unexpected error is a finding
         step = _running(run)
-        log.error("unexpected error in the %s step of %s", step, target.registry, exc_info=True)
+        where = run.facts.get("registry", host)
+        log.error("unexpected error in the %s step of %s", step, where, exc_info=True)
         text = one_line(f"{type(exc).__name__}: {exc}", 300, redactor)
         run.fail(step, run.started, Code.UNKNOWN, f"{step} step failed unexpectedly: {text}",
                  detail=f"unexpected error in the {step} step: {text}")
-    return _finish(run, target, redactor)
+
+
+async def _reach(
+    run: _Run, options: ChainOptions, resolver: Resolver, ctx: ssl.SSLContext, host: str, port: int
+) -> bool:
+    """The destination policy, then dns, tcp and tls to the host, straight or through the
+    proxy the environment names for it; False when a step failed."""
+    started = run.begin("dns")
+    try:
+        options.destinations.check_host(host)
+        options.destinations.check_peer_name(host, port)
+    except StepError as exc:
+        run.fail("dns", started, exc.code, exc.message, **exc.facts)
+        return False
+    via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
+    if via is not None:
+        return await _proxy_path(run, options, resolver, ctx, via, host, port)
+    return await _direct_path(run, options, resolver, ctx, host, port)
 
 
 def _account_facts(registry: str, credential: Credential) -> dict[str, str]:
@@ -328,18 +358,7 @@ async def _steps(
     redactor: Redactor,
     deadline: Deadline,
 ) -> None:
-    started = run.begin("dns")
-    try:
-        options.destinations.check_host(host)
-        options.destinations.check_peer_name(host, port)
-    except StepError as exc:
-        run.fail("dns", started, exc.code, exc.message, **exc.facts)
-        return
-    via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
-    if via is not None:
-        if not await _proxy_path(run, options, resolver, ctx, via, host, port):
-            return
-    elif not await _direct_path(run, options, resolver, ctx, host, port):
+    if not await _reach(run, options, resolver, ctx, host, port):
         return
     registry_host = join_host_port(host, port)
 
@@ -462,32 +481,13 @@ async def run_network_path(host_port: str, options: ChainOptions) -> Diagnosis:
         run.fail("dns", run.started, Code.INVALID_IMAGE_NAME, str(exc), detail=str(exc))
         return redacted(from_checks(run.checks, run.facts), redactor)
     run.facts["host"] = host
-    try:
-        async with asyncio.timeout(deadline.remaining()):
-            resolver = Resolver(options.nameserver, options.timeout, options.destinations)
-            ctx = make_ssl_context(options.ca_file, options.verify_tls)
-            started = run.begin("dns")
-            try:
-                options.destinations.check_host(host)
-                options.destinations.check_peer_name(host, port)
-            except StepError as exc:
-                run.fail("dns", started, exc.code, exc.message, **exc.facts)
-            else:
-                via = options.proxy if options.proxy and not bypasses(host, port, options.no_proxy) else None
-                if via is not None:
-                    await _proxy_path(run, options, resolver, ctx, via, host, port)
-                else:
-                    await _direct_path(run, options, resolver, ctx, host, port)
-    except TimeoutError:
-        step = _running(run)
-        run.fail(step, run.started, _TIMEOUT_CODES.get(step, Code.CONNECT_TIMEOUT),
-                 f"the check ran out of its {deadline.seconds:g}s total during the {step} step",
-                 detail=f"no complete answer within {deadline.seconds:g}s (step {step})")
-    except Exception as exc:  # never raises: an unexpected error is a finding
-        step = _running(run)
-        log.error("unexpected error in the %s step to %s", step, host_port, exc_info=True)
-        text = one_line(f"{type(exc).__name__}: {exc}", 300, redactor)
-        run.fail(step, run.started, Code.UNKNOWN, f"{step} step failed unexpectedly: {text}", detail=text)
+
+    async def steps() -> None:
+        resolver = Resolver(options.nameserver, options.timeout, options.destinations)
+        ctx = make_ssl_context(options.ca_file, options.verify_tls)
+        await _reach(run, options, resolver, ctx, host, port)
+
+    await _bounded(run, deadline, redactor, host, port, steps)
     return redacted(from_checks(run.checks, run.facts), redactor)
 
 
