@@ -5,8 +5,8 @@ operator does not check workloads: the feature is opt-in). Workloads are created
 fresh namespace; the kube-controller-manager of the dev cluster makes their ReplicaSets,
 Jobs and pods (owned: checked through their owner). What must come out: an Event on each
 workload whose image cannot be pulled, with the right code, and the gauge's series; none
-for the healthy ones; a running pod's tag moved and then deleted in the registry noticed
-within one interval.
+for the healthy ones; the dashboard's workload panels showing them in a real Prometheus;
+a running pod's tag moved and then deleted in the registry noticed within one interval.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pytest
 
 from support.kubelet import NODE, docker_secret, ensure_node
 from support.operatorproc import OperatorProcess
+from support.prometheus import require_prometheus, running
 from support.world import World
 
 pytestmark = pytest.mark.usefixtures("no_session_operator")
@@ -61,20 +62,24 @@ def checker(dev_cluster: Any, world: World, tmp_path_factory: pytest.TempPathFac
 
 
 def template(image: str, *, init: str | None = None, secrets: list[str] | None = None,
-             arch: str | None = None) -> dict[str, Any]:
+             arch: str | None = None, app: str = "x", selector: dict[str, str] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [{"name": "app", "image": image}]}
     if init:
         spec["initContainers"] = [{"name": "setup", "image": init}]
     if secrets:
         spec["imagePullSecrets"] = [{"name": s} for s in secrets]
-    if arch:
-        spec["nodeSelector"] = {"kubernetes.io/arch": arch}
-    return {"metadata": {"labels": {"app": "x"}}, "spec": spec}
+    if arch or selector:
+        spec["nodeSelector"] = {**({"kubernetes.io/arch": arch} if arch else {}), **(selector or {})}
+    return {"metadata": {"labels": {"app": app}}, "spec": spec}
 
 
-def deployment(name: str, pod: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "x"}}, "template": pod}}
+def deployment(name: str, pod: dict[str, Any], replicas: int = 1, kind: str = "Deployment") -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": {"matchLabels": pod["metadata"]["labels"]}, "template": pod}
+    if kind != "DaemonSet":
+        spec["replicas"] = replicas
+    if kind == "StatefulSet":
+        spec["serviceName"] = name
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
 def events_of(core: Any, ns: str, name: str) -> list[Any]:
@@ -98,7 +103,7 @@ def series(op: OperatorProcess, ns: str) -> dict[tuple[str, str, str], str]:
 
 
 def test_workloads_with_unpullable_images_are_reported(
-    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any
+    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any, tmp_path: Path
 ) -> None:
     core, apps, batch = clients
     ns = namespace
@@ -115,6 +120,12 @@ def test_workloads_with_unpullable_images_are_reported(
     apps.create_namespaced_deployment(
         ns, deployment("no-amd64", template(f"{world.anon}/multi/arm:1", arch="amd64")))
     apps.create_namespaced_deployment(ns, deployment("healthy", template(good)))
+    # Their pods are kept off every node (no node has the label): only the template is checked.
+    nowhere = {"pullhealth.io/e2e-nowhere": "true"}
+    apps.create_namespaced_stateful_set(
+        ns, deployment("db", template(missing, app="db", selector=nowhere), kind="StatefulSet"))
+    apps.create_namespaced_daemon_set(
+        ns, deployment("agent", template(missing, app="agent", selector=nowhere), kind="DaemonSet"))
     batch.create_namespaced_cron_job(ns, {
         "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
         "spec": {"schedule": "0 3 * * *", "suspend": True, "jobTemplate": {"spec": {"template": {
@@ -132,6 +143,8 @@ def test_workloads_with_unpullable_images_are_reported(
         ("Deployment", "no-amd64", "app", "PLATFORM_NOT_FOUND"),
         ("CronJob", "nightly", "job", "TAG_NOT_FOUND"),
         ("Job", "migrate", "setup", "TAG_NOT_FOUND"),
+        ("StatefulSet", "db", "app", "TAG_NOT_FOUND"),
+        ("DaemonSet", "agent", "app", "TAG_NOT_FOUND"),
     ]
     for kind, name, container, code in expected:
         event = wait_for(event_with(core, ns, name, "ImageUnpullable", code), f"{code} Event on {kind} {name}",
@@ -148,6 +161,7 @@ def test_workloads_with_unpullable_images_are_reported(
 
     got = wait_for(all_series, "gauge series")
     assert got == {(kind, name, container): code for kind, name, container, code in expected}
+    shown_on_the_dashboard(checker, tmp_path, ns, expected, wait_for)
     # The healthy workload and the Job's healthy container: no Event, no series.
     assert events_of(core, ns, "healthy") == []
     assert [e for e in events_of(core, ns, "migrate") if "{main}" in (e.involved_object.field_path or "")] == []
@@ -174,6 +188,31 @@ def test_workloads_with_unpullable_images_are_reported(
     wait_for(lambda: next((e for e in events_of(core, ns, "missing-tag") if e.reason == "ImagePullable"), None),
              "ImagePullable after the tag was pushed", timeout=4 * INTERVAL + 30)
     wait_for(lambda: ("Deployment", "missing-tag", "app") not in series(checker, ns), "series removed")
+
+
+def shown_on_the_dashboard(checker: OperatorProcess, tmp_path: Path, ns: str,
+                           expected: list[tuple[str, str, str, str]], wait_for: Any) -> None:
+    """The chart dashboard's workload panels, evaluated by a real Prometheus scraping the
+    operator: the table lists each problem container, the by-code panel counts them."""
+    board = json.loads((Path(__file__).resolve().parents[1] / "charts" / "pullhealth" / "dashboards"
+                        / "pullhealth.json").read_text())
+    panels = {p["title"]: p["targets"][0] for p in board["panels"] if p["title"].startswith("Workload")}
+    assert len(panels) == 2, panels.keys()
+    prometheus_bin, _ = require_prometheus()
+    with running(prometheus_bin, tmp_path, "groups: []\n", [{
+            "job_name": "pullhealth", "scrape_interval": "1s", "scrape_timeout": "1s",
+            "static_configs": [{"targets": [f"127.0.0.1:{checker.metrics_port}"]}]}]) as prom:
+        table, by_code = (panels[t]["expr"] for t in sorted(panels, key=lambda t: "by code" in t))
+
+        def rows() -> set[tuple[str, str, str, str]] | None:
+            found = {(r["metric"]["kind"], r["metric"]["workload"], r["metric"]["container"], r["metric"]["code"])
+                     for r in prom.query(table) if r["metric"].get("namespace") == ns}
+            return found if len(found) >= len(expected) else None
+
+        assert wait_for(rows, "the dashboard's workload table") == set(expected)
+        counted = {r["metric"]["code"]: float(r["value"][1]) for r in prom.query(by_code)}
+        for code in {c for *_, c in expected}:
+            assert counted.get(code, 0) >= sum(1 for *_, c in expected if c == code), counted
 
 
 def _checks(text: str) -> float:
