@@ -80,20 +80,16 @@ def test_plan_skips_what_needs_no_check() -> None:
     assert decision.plan(review(changed, operation="UPDATE", old=old)["request"]).images == ("x:2",)
     secret_added = deployment(["x:1"], ["pull"])
     assert decision.plan(review(secret_added, operation="UPDATE", old=old)["request"]).images == ("x:1",)
+    arm_only = deployment(["x:1"])
+    arm_only["spec"]["template"]["spec"]["affinity"] = {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]}}}
+    assert decision.plan(review(arm_only, operation="UPDATE", old=old)["request"]).images == ("x:1",)
     assert decision.plan(review(old, operation="DELETE")["request"]).skipped
     # Written by namespace users: malformed shapes are skipped, never raise.
     for hostile in (None, [], {"spec": None}, {"spec": {"template": {"spec": {"containers": "x"}}}},
                     {"spec": {"template": {"spec": {"containers": [None, 3, {"image": 7}]}}}}):
         assert decision.plan(review(hostile)["request"]).skipped
-
-
-def test_node_platforms_follow_the_node_selector() -> None:
-    nodes = [AMD64, ARM64, {"metadata": {"labels": {}}}]
-    assert decision.node_platforms(nodes, None, "linux/amd64") == ("linux/amd64", "linux/arm64")
-    assert decision.node_platforms(nodes, {"kubernetes.io/arch": "arm64"}, "x") == ("linux/arm64",)
-    # A selector no node matches: every node's platform (the pod would not schedule anyway).
-    assert decision.node_platforms(nodes, {"pool": "gpu"}, "x") == ("linux/amd64", "linux/arm64")
-    assert decision.node_platforms([], None, "linux/amd64") == ("linux/amd64",)
 
 
 def test_warning_is_one_short_ascii_line_and_deny_only_for_definitive_codes() -> None:

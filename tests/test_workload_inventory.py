@@ -120,6 +120,13 @@ def test_platforms_follow_the_node_selector_and_a_pods_node() -> None:
     pod = inventory.workload(running_pod(owned=False))
     assert pod is not None and inventory.platforms([*nodes, node("n1", "arm64")], pod, "x") == ("linux/arm64",)
     assert inventory.platforms([], work, "linux/amd64") == ("linux/amd64",)
+    # Required node affinity narrows too (kept compactly in the workload, and part of its inputs).
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]}}}
+    pinned = inventory.workload(obj("Deployment", {**pod_spec(IMAGE), "affinity": {
+        **affinity, "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": []}}}))
+    assert pinned is not None and inventory.platforms(nodes, pinned, "linux/amd64") == ("linux/arm64",)
+    assert pinned.pull_spec == {"affinity": affinity} and pinned.inputs != work.inputs
 
 
 def ok(digest: str = CURRENT, platforms: str = "") -> Any:

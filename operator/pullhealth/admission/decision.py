@@ -15,13 +15,14 @@ summaries (masked before they get here, clipped to printable ASCII here).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import transient
 from pullhealth.domain.model import Diagnosis
+from pullhealth.domain.placement import placement_inputs
 
 # Where each kind keeps its pod spec (the workload kinds' templates).
 TEMPLATE_PATHS: Mapping[str, tuple[str, ...]] = {
@@ -84,19 +85,16 @@ def images(spec: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def pull_inputs(spec: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a pull's result depends on: images, pull secrets, service account, node selector."""
+    """What a pull's result depends on: images, pull secrets, service account, and where the
+    pod may run (node selector, required node affinity)."""
     secrets = spec.get("imagePullSecrets")
     names = tuple(
         sorted(str(s.get("name")) for s in secrets if isinstance(s, Mapping))
         if isinstance(secrets, list)
         else ()
     )
-    selector = spec.get("nodeSelector")
-    selected = (
-        tuple(sorted((str(k), str(v)) for k, v in selector.items())) if isinstance(selector, Mapping) else ()
-    )
     account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
-    return (images(spec), names, str(account), selected)
+    return (images(spec), names, str(account), placement_inputs(spec))
 
 
 def _controlled(obj: Mapping[str, Any]) -> bool:
@@ -127,30 +125,6 @@ def plan(request: Mapping[str, Any]) -> Plan:
     if not found:
         return Plan(namespace, spec, skipped="no image")
     return Plan(namespace, spec, found)
-
-
-def node_platforms(
-    nodes: Iterable[Mapping[str, Any]], node_selector: Mapping[str, Any] | None, default: str
-) -> tuple[str, ...]:
-    """``os/arch`` of the nodes the pod may land on (its nodeSelector, when nodes match it),
-    sorted; ``(default,)`` when no node is known."""
-    every: set[str] = set()
-    selected: set[str] = set()
-    wanted = (
-        {str(k): str(v) for k, v in (node_selector or {}).items()}
-        if isinstance(node_selector, Mapping)
-        else {}
-    )
-    for node in nodes:
-        labels = (node.get("metadata") or {}).get("labels") or {}
-        os_name, arch = labels.get("kubernetes.io/os"), labels.get("kubernetes.io/arch")
-        if not os_name or not arch:
-            continue
-        platform = f"{os_name}/{arch}"
-        every.add(platform)
-        if all(labels.get(k) == v for k, v in wanted.items()):
-            selected.add(platform)
-    return tuple(sorted(selected or every)) or (default,)
 
 
 def platform_found(diagnosis: Diagnosis, platforms: Sequence[str]) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 from pullhealth.admission import decision
 from pullhealth.chain.pullsources import ClusterReader, Environment
 from pullhealth.chain.singleflight import SingleFlight
+from pullhealth.domain import placement
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import make, redacted
 from pullhealth.domain.model import Diagnosis
@@ -70,8 +71,7 @@ class Preflight:
         because ``max_pending`` checks are running, is left out."""
         if not plan.images:
             return []
-        selector = plan.spec.get("nodeSelector")
-        platforms = decision.node_platforms(self.nodes(), selector, self.settings.platform)
+        platforms = placement.node_platforms(self.nodes(), plan.spec, self.settings.platform)
         tasks: list[tuple[str, asyncio.Task[Diagnosis]]] = []
         for image in plan.images:
             if len(self.pending) >= self.max_pending:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullhealth.admission.decision import node_platforms
+from pullhealth.domain import placement
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import make, transient
 from pullhealth.domain.model import Diagnosis
@@ -193,10 +193,9 @@ def workload(obj: Mapping[str, Any]) -> Workload | None:
     if not containers:
         return None
     pull_spec = {
-        key: spec[key]
-        for key in ("imagePullSecrets", "serviceAccountName", "serviceAccount", "nodeSelector")
-        if key in spec
+        key: spec[key] for key in ("imagePullSecrets", "serviceAccountName", "serviceAccount") if key in spec
     }
+    pull_spec.update(placement.constraints(spec))
     node = str(spec.get("nodeName") or "") if kind == "Pod" else ""
     kept = tuple(containers[:MAX_CONTAINERS])
     inputs = (kept, repr(sorted(pull_spec.items())), node)
@@ -209,11 +208,12 @@ def checked(obj: Mapping[str, Any]) -> bool:
 
 
 def platforms(nodes: Iterable[Mapping[str, Any]], work: Workload, default: str) -> tuple[str, ...]:
-    """``os/arch`` of the nodes the workload's pods may land on (its nodeSelector), at most
-    MAX_PLATFORMS; for a pod bound to a node, that node's platform (the one it pulls)."""
+    """``os/arch`` of the nodes the workload's pods may land on (its nodeSelector and required
+    node affinity), at most MAX_PLATFORMS; for a pod bound to a node, that node's platform
+    (the one it pulls)."""
     if work.node:
         nodes = [n for n in nodes if _get(n, ("metadata", "name")) == work.node] or list(nodes)
-    return node_platforms(nodes, work.pull_spec.get("nodeSelector"), default)[:MAX_PLATFORMS]
+    return placement.node_platforms(nodes, work.pull_spec, default)[:MAX_PLATFORMS]
 
 
 def manifest_details(diagnosis: Diagnosis) -> Mapping[str, str]:
