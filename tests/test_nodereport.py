@@ -30,6 +30,12 @@ def test_note_round_trips_and_is_bounded() -> None:
     assert len(odd.note()) <= 1024 and "\n" not in odd.note()
     assert ne.parse_note("not ours") is None
     assert ne.parse_note("code=NOPE node=a registry=b | x") is None
+    # The check's time travels in the (signed) note; anything but the agent's format is dropped.
+    stamped = ne.NodeReport(Code.OK, "n1", "r.test", checked="2026-12-03T10:00:00Z")
+    assert ne.parse_note(stamped.note()) == stamped
+    assert "checked=2026-12-03T10:00:00Z" in stamped.note()
+    for odd_time in ("2026-12-03 10:00:00", "2026-12-03T10:00:00+05:00", "x" * 40):
+        assert ne.parse_note(ne.NodeReport(Code.OK, "n1", "r.test", checked=odd_time).note()).checked == ""  # type: ignore[union-attr]
 
 
 def test_pick_takes_the_pods_node_and_registry_only() -> None:

@@ -9,11 +9,14 @@ recorded containerd texts (tests/data/containerd_messages.jsonl).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pullhealth.agent import nodeagent, nodereport
+from pullhealth.agent.nodereport import REPORTING_CONTROLLER
 from pullhealth.chain.probechain import ChainOptions, Target, run_chain
 from pullhealth.domain import recovery
 from pullhealth.domain.classify import classify, reached
@@ -24,6 +27,7 @@ from pullhealth.domain.recovery import RestartMode, Verdict
 from pullhealth.domain.reference import parse_target
 from pullhealth.pods import podcheck
 from pullhealth.pods.podcheck import FailingContainer, PodResult, plan_writeback
+from pullhealth.probes.destinations import build_policy
 from support.kubelet import kubelet_message
 from support.world import TEST_DESTINATIONS
 
@@ -43,8 +47,13 @@ def test_every_code_has_a_verdict() -> None:
     assert set(recovery.VERDICTS) == set(Code)
     for code in (Code.PULL_QPS_EXCEEDED, Code.NODE_DISK_FULL, Code.PULL_TIMED_OUT):
         assert recovery.VERDICTS[code] is Verdict.NODE_LOCAL
+    # What the node agent checks from the node itself (dns to the /v2/ answer, no proxy).
     for code in (Code.DNS_NXDOMAIN, Code.CONNECT_TIMEOUT, Code.TLS_UNTRUSTED, Code.FIREWALL_FORBIDDEN,
-                 Code.RATE_LIMITED, Code.PRIVATE_ENDPOINT_DNS, Code.IDENTITY_UNAVAILABLE):
+                 Code.PRIVATE_ENDPOINT_DNS):
+        assert recovery.VERDICTS[code] is Verdict.NODE_PATH
+        assert recovery.may_recover(code.value)
+    for code in (Code.RATE_LIMITED, Code.IDENTITY_UNAVAILABLE, Code.PROXY_ERROR, Code.DATA_ENDPOINT_UNREACHABLE,
+                 Code.REGISTRY_ERROR):
         assert recovery.VERDICTS[code] is Verdict.VANTAGE
     for code in (Code.TAG_NOT_FOUND, Code.REPOSITORY_NOT_FOUND, Code.PLATFORM_NOT_FOUND, Code.CREDENTIALS_REJECTED,
                  Code.PULL_SECRET_MISSING, Code.PULL_SECRET_STALE, Code.PERMISSION_DENIED):
@@ -100,6 +109,61 @@ async def test_node_local_and_network_causes_are_never_declared_recovered(world:
     skipped = [c.model_copy(update={"status": StepStatus.SKIPPED}) if c.name == "manifest" else c
                for c in found.checks]
     assert not recovery.recoverable(found.model_copy(update={"checks": skipped}))
+
+
+async def test_a_network_cause_is_declared_fixed_on_the_node_agents_signed_fresh_word(
+    world: Any, tmp_path: Path
+) -> None:
+    """The node's CA bundle lacked the registry's CA (kubelet: x509 unknown authority); the
+    admin adds it. The operator's own chain passed all along (it trusts the CA): only the
+    node agent's check, from the node, signed, made after kubelet's last failure, says so."""
+    ref = f"{world.anon}/library/alpine:3.19"
+    # containerd's recorded text, with the URL of this registry (another host would be a data host).
+    text = kubelet_message("tls_untrusted_ca", ref).replace("https://untrusted.test/", f"https://{world.anon}/")
+    probed = await _probe(world, ref)
+    assert probed.code is Code.OK
+    key = b"k" * 24
+    pod = {"metadata": {"name": "app-1", "namespace": "ns", "uid": "uid-app-1"},
+           "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": ref}]},
+           "status": {"containerStatuses": [{"name": "app", "image": ref, "state": {
+               "waiting": {"reason": "ErrImagePull", "message": text}}}]}}
+
+    async def node_says(certs: Path, report_key: bytes | None = key) -> Diagnosis:
+        agent = nodeagent.Agent(nodeagent.AgentSettings(
+            node="node-a", nameserver=world.nameserver, certs_dir=str(certs), timeout=5.0,
+            destinations=build_policy(allow=["127.0.0.0/8"]), report_key=report_key))
+        (spec,) = await agent.events_for(pod)
+        event = {"note": spec.body("node-a")["note"], "controller": REPORTING_CONTROLLER, "instance": "node-a"}
+        report = nodereport.pick([event], world.anon, "node-a", key, "uid-app-1")
+        message = {**classify(text).facts, "reference": ref}
+        combined = combine(classify(text).model_copy(update={"facts": message}), probed, reached(text))
+        return nodereport.fold(combined, report, reached(text))
+
+    failed_at = datetime.now(UTC) - timedelta(seconds=30)
+    broken = await node_says(tmp_path / "none")  # no hosts.toml: the system CAs only
+    assert broken.code is Code.TLS_UNTRUSTED and nodereport.node_specific(broken)
+    assert not recovery.recoverable(broken, failed_at)
+
+    fixed_certs = tmp_path / "fixed"
+    (fixed_certs / world.anon).mkdir(parents=True)
+    (fixed_certs / world.anon / "hosts.toml").write_text(f'ca = "{world.ca_bundle}"\n')
+    fixed = await node_says(fixed_certs)
+    assert fixed.code is Code.TLS_UNTRUSTED  # kubelet's message still names the cause
+    assert recovery.recoverable(fixed, failed_at)
+    assert recovery.all_recoverable([fixed], {ref: failed_at})
+    # Not on the node's word alone when: kubelet failed after the check, the failure's time
+    # is not known, the note is not signed with the operator's key, or the node pulls
+    # through a mirror.
+    assert not recovery.recoverable(fixed, datetime.now(UTC) + timedelta(seconds=5))
+    assert not recovery.recoverable(fixed) and not recovery.all_recoverable([fixed], {})
+    unsigned = await node_says(fixed_certs, report_key=None)
+    assert not any(c.name == "node" for c in unsigned.checks) and not recovery.recoverable(unsigned, failed_at)
+    assert not recovery.recoverable(fixed.model_copy(update={"facts": {**fixed.facts, "mirror": "https://m"}}),
+                                    failed_at)
+    # Nor when the operator's own chain stopped short of the manifest on the pod's path.
+    short = [c.model_copy(update={"status": StepStatus.SKIPPED}) if c.name == "manifest" else c
+             for c in fixed.checks]
+    assert not recovery.recoverable(fixed.model_copy(update={"checks": short}), failed_at)
 
 
 def _pod(annotations: dict[str, str] | None = None, **meta: Any) -> dict[str, Any]:

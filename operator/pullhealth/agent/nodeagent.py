@@ -31,8 +31,9 @@ import ipaddress
 import re
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,12 @@ def event_for(
     )
 
 
+async def _stamped(check: Awaitable[NodeReport]) -> NodeReport:
+    """The report with the moment its check started (the state it shows is no older)."""
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return replace(await check, checked=started)
+
+
 class Agent:
     """The agent's state: settings, the per-registry cache, the CA bundles."""
 
@@ -313,14 +320,15 @@ class Agent:
     async def report(self, registry: str) -> NodeReport:
         """The registry's node path, shared for the interval."""
         return await self.cache.get(
-            registry, ("node", registry), lambda: check_registry(registry, self.settings, self.bundles)
+            registry, ("node", registry),
+            lambda: _stamped(check_registry(registry, self.settings, self.bundles)),
         )
 
     async def data_report(self, registry: str, host: str) -> NodeReport:
         """The data host's node path, shared for the interval."""
         return await self.cache.get(
             registry, ("data", registry, host),
-            lambda: check_data_host(registry, host, self.settings, self.bundles),
+            lambda: _stamped(check_data_host(registry, host, self.settings, self.bundles)),
         )
 
     async def events_for(self, pod: Mapping[str, Any]) -> list[events.EventSpec]:

@@ -38,9 +38,10 @@ ACTION = "CheckNodePath"
 REPORTING_CONTROLLER = "pullhealth.io/agent"
 NODE_CHECK = "node"
 MAX_SUMMARY = 600
-_KEYS = ("code", "node", "registry", "step", "endpoint", "mirror")
+_KEYS = ("code", "node", "registry", "step", "endpoint", "mirror", "checked")
 SIG = "sig"
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
+_CHECKED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class NodeReport:
             on failure the last endpoint tried.
         mirror: ``endpoint`` is a hosts.toml mirror, not the registry's server.
         summary: one line for people.
+        checked: when the node's check ran (RFC 3339, UTC, seconds; "" when not known):
+            signed with the rest, it tells a pass after kubelet's last failure from an
+            older one (:func:`pullhealth.domain.recovery.node_verified`).
     """
 
     code: Code
@@ -67,6 +71,7 @@ class NodeReport:
     mirror: bool = False
     summary: str = ""
     verified: bool = False  # the note's signature verified with the report key
+    checked: str = ""
 
     @property
     def ok(self) -> bool:
@@ -88,6 +93,7 @@ class NodeReport:
             "step": self.step or "-",
             "endpoint": self.endpoint or "-",
             "mirror": "true" if self.mirror else "false",
+            "checked": self.checked or "-",
         }
         head = " ".join(f"{k}={quote(values[k], safe=':/@.,[]-_')}" for k in _KEYS)
         summary = _PRINTABLE.sub(" ", self.summary)[:MAX_SUMMARY]
@@ -161,7 +167,13 @@ def parse_note(note: str, key: bytes | None = None, pod_uid: str = "") -> NodeRe
         mirror=values.get("mirror") == "true",
         summary=_PRINTABLE.sub(" ", summary)[:MAX_SUMMARY],
         verified=signed,
+        checked=_checked(values.get("checked", "")),
     )
+
+
+def _checked(text: str) -> str:
+    """An RFC 3339 UTC time as the agent writes it (``2026-12-03T10:00:00Z``), else ""."""
+    return text if _CHECKED.fullmatch(text) else ""
 
 
 def pick(
@@ -235,6 +247,7 @@ def fold(diagnosis: Diagnosis, report: NodeReport | None, message_reached: Layer
                 "mirror": "true" if report.mirror else "false",
                 "step": report.step,
                 "signed": "true" if report.verified else "",
+                "checkedAt": report.checked,
             }.items()
             if v
         },

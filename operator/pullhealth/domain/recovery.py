@@ -11,7 +11,10 @@ operator stands is never declared recovered:
   nothing the operator probes says they are gone;
 - network causes (DNS, TCP, TLS, proxy, private endpoint, an ACR firewall or a registry's
   rate limit keyed by client address): the operator's network is not the node's, so the
-  operator reaching the registry proves nothing about the node (a vantage difference);
+  operator reaching the registry proves nothing about the node (a vantage difference).
+  Those the node agent checks from the pod's own node (DNS to the ``/v2/`` answer: the
+  ``NODE_PATH`` verdict) are declared fixed only on the agent's signed word that the node's
+  path passes, checked after kubelet's last failed pull;
 - evidence that the node's path differs (a ``vantage`` check, a failing ``node`` check of
   the node agent, containerd pulling through a mirror);
 - causes the chain does not check (an invalid name, ``imagePullPolicy: Never``, an identity
@@ -44,22 +47,25 @@ class Verdict(StrEnum):
     REVERIFIED = "reverified"  # the registry's answer on the pod's own path: the chain re-checks it
     NODE_LOCAL = "node-local"  # kubelet's or the node's own state: the operator cannot see it
     VANTAGE = "vantage"  # the network between node and registry: the operator's is another one
+    # The network between node and registry, which the node agent checks from the node
+    # itself (dns, tcp, tls, proxy, the /v2/ answer): fixed on its signed, fresh word only.
+    NODE_PATH = "node-path"
     NOT_CHECKED = "not-checked"  # the chain does not check it (or it is not a pull failure)
 
 
 VERDICTS: Mapping[Code, Verdict] = {
     Code.OK: Verdict.NOT_CHECKED,
-    Code.DNS_NXDOMAIN: Verdict.VANTAGE,
-    Code.DNS_TIMEOUT: Verdict.VANTAGE,
-    Code.PRIVATE_ENDPOINT_DNS: Verdict.VANTAGE,
-    Code.CONNECT_REFUSED: Verdict.VANTAGE,
-    Code.CONNECT_TIMEOUT: Verdict.VANTAGE,
-    Code.PROXY_ERROR: Verdict.VANTAGE,
-    Code.TLS_UNTRUSTED: Verdict.VANTAGE,  # the node's CA bundle is not the operator's
-    Code.TLS_HOSTNAME_MISMATCH: Verdict.VANTAGE,  # an interception on the node's path shows so too
-    Code.TLS_PROTOCOL_ERROR: Verdict.VANTAGE,
+    Code.DNS_NXDOMAIN: Verdict.NODE_PATH,
+    Code.DNS_TIMEOUT: Verdict.NODE_PATH,
+    Code.PRIVATE_ENDPOINT_DNS: Verdict.NODE_PATH,
+    Code.CONNECT_REFUSED: Verdict.NODE_PATH,
+    Code.CONNECT_TIMEOUT: Verdict.NODE_PATH,
+    Code.PROXY_ERROR: Verdict.VANTAGE,  # the node agent does not check through containerd's proxy
+    Code.TLS_UNTRUSTED: Verdict.NODE_PATH,  # the node's CA bundle is not the operator's
+    Code.TLS_HOSTNAME_MISMATCH: Verdict.NODE_PATH,  # an interception on the node's path shows so too
+    Code.TLS_PROTOCOL_ERROR: Verdict.NODE_PATH,
     Code.DESTINATION_REFUSED: Verdict.NOT_CHECKED,  # the operator's own policy refused the probe
-    Code.FIREWALL_FORBIDDEN: Verdict.VANTAGE,  # ACR's firewall decides by the client's address
+    Code.FIREWALL_FORBIDDEN: Verdict.NODE_PATH,  # ACR's firewall decides by the client's address
     Code.DATA_ENDPOINT_UNREACHABLE: Verdict.VANTAGE,  # the node's egress to the data host, not ours
     Code.CHALLENGE_ERROR: Verdict.VANTAGE,  # something between answered /v2/ wrongly
     Code.RATE_LIMITED: Verdict.VANTAGE,  # limits are per client address
@@ -97,6 +103,7 @@ VERDICTS: Mapping[Code, Verdict] = {
 # The checks that say the node's path is not the operator's (diagnose.VANTAGE_CHECK and
 # the node agent's nodereport.NODE_CHECK; named here, the domain imports no agent code).
 _VANTAGE_CHECKS = frozenset({"vantage", "node"})
+_NODE_CHECK = "node"
 
 
 def path_verified(diagnosis: Diagnosis) -> bool:
@@ -108,31 +115,61 @@ def path_verified(diagnosis: Diagnosis) -> bool:
     return steps.get("manifest") is StepStatus.PASSED
 
 
-def recoverable(diagnosis: Diagnosis) -> bool:
+def _moment(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
+
+
+def node_verified(diagnosis: Diagnosis, last_failure: datetime | None) -> bool:
+    """The node agent's signed check from the pod's own node passed, directly (no mirror),
+    and was made after kubelet's last failed pull (an older pass says nothing about it)."""
+    if last_failure is None or diagnosis.facts.get("mirror"):
+        return False
+    for check in diagnosis.checks:
+        if check.name != _NODE_CHECK:
+            continue
+        if check.status is not StepStatus.PASSED or check.details.get("signed") != "true":
+            return False
+        checked = _moment(check.details.get("checkedAt", ""))
+        return checked is not None and checked > last_failure
+    return False
+
+
+def recoverable(diagnosis: Diagnosis, last_failure: datetime | None = None) -> bool:
     """Whether the cause of this diagnosis is fixed, as far as the operator can verify.
 
     The diagnosis is a failing pod's (kubelet's message still names the cause, see
-    :func:`pullhealth.domain.diagnose.combine`): its code must be one the chain re-verifies
-    (:data:`VERDICTS`), the chain must have passed every step to the manifest, and nothing
-    may say the node's path differs from the operator's (a vantage or node check, a mirror).
+    :func:`pullhealth.domain.diagnose.combine`), and the chain must have passed every step
+    to the manifest on the pod's own path. A ``REVERIFIED`` code: nothing may say the
+    node's path differs from the operator's (a vantage or node check, a mirror). A
+    ``NODE_PATH`` code: the node agent's signed check from the pod's node must have passed
+    after ``last_failure``, kubelet's last failed pull of the image (:func:`node_verified`).
     """
-    if VERDICTS.get(diagnosis.code) is not Verdict.REVERIFIED:
+    verdict = VERDICTS.get(diagnosis.code)
+    if verdict is Verdict.NODE_PATH:
+        return node_verified(diagnosis, last_failure) and path_verified(diagnosis)
+    if verdict is not Verdict.REVERIFIED:
         return False
     if any(c.name in _VANTAGE_CHECKS for c in diagnosis.checks) or diagnosis.facts.get("mirror"):
         return False
     return path_verified(diagnosis)
 
 
-def all_recoverable(diagnoses: Iterable[Diagnosis]) -> bool:
-    """A pod is recoverable when every failing container's cause is (at least one)."""
+def all_recoverable(diagnoses: Iterable[Diagnosis], failures: Mapping[str, datetime] | None = None) -> bool:
+    """A pod is recoverable when every failing container's cause is (at least one).
+    ``failures``: kubelet's last failed pull per image reference, where known."""
     listed = list(diagnoses)
-    return bool(listed) and all(recoverable(d) for d in listed)
+    known = failures or {}
+    return bool(listed) and all(recoverable(d, known.get(d.facts.get("reference", ""))) for d in listed)
 
 
 def may_recover(code: str) -> bool:
     """Whether a recorded code is one that can ever be declared recovered (worth re-checking)."""
     try:
-        return VERDICTS.get(Code(code)) is Verdict.REVERIFIED
+        return VERDICTS.get(Code(code)) in (Verdict.REVERIFIED, Verdict.NODE_PATH)
     except ValueError:
         return False
 

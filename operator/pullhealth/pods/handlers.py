@@ -155,7 +155,7 @@ class PodController:
             self._rechecks[uid] = _slim(body)
         else:
             self._rechecks.pop(uid, None)
-        recoverable = recovery.all_recoverable(diagnoses)
+        recoverable = recovery.all_recoverable(diagnoses, self._failures(namespace, uid))
         plan = podcheck.plan_writeback(
             body, results[0] if results else None, now_rfc3339(),
             recoverable=recoverable,
@@ -229,13 +229,17 @@ class PodController:
             logger.info("diagnosed %s: %s", results[0].container.name, results[0].diagnosis.code.value)
 
 
+    def _failures(self, namespace: str, uid: str) -> dict[str, datetime]:
+        """kubelet's last failed pull per image of the pod (its Failed Events, as watched)."""
+        watch = self.runtime.kubelet_failures
+        return watch.failed_at(namespace, uid) if watch is not None else {}
+
     def _retry_by(self, namespace: str, uid: str, results: list[podcheck.PodResult]) -> datetime | None:
         """When kubelet retries the diagnosed container's pull at the latest: its last
-        failed pull (kubelet's Failed Event, as watched) plus its longest back-off."""
-        watch = self.runtime.kubelet_failures
-        if watch is None or not results:
+        failed pull plus its longest back-off."""
+        if not results:
             return None
-        return recovery.retry_by(watch.failed_at(namespace, uid).get(results[0].container.image))
+        return recovery.retry_by(self._failures(namespace, uid).get(results[0].container.image))
 
     async def _diagnose(
         self,
