@@ -160,15 +160,16 @@ class Kubelet:
              "state": {"waiting": {"reason": reason, "message": f'Back-off pulling image "{image}"'}}}]}})
 
 
-def test_each_node_path_decides_for_its_own_pods(dev_cluster: Any, world: World, nodes: Path, namespace: str,
-                                                 api: Any, wait_for: Any, tmp_path: Path) -> None:
-    # The operator as the chart runs it with agent.enabled (--node-agent), the only one.
+@contextlib.contextmanager
+def agent_operator(dev_cluster: Any, world: World, nodes: Path, namespace: str, api: Any,
+                   log: Path) -> Iterator[OperatorProcess]:
+    """The operator as the chart runs it with agent.enabled (--node-agent), the only one."""
     with OperatorProcess.others_stopped(), OperatorProcess(
-        dev_cluster.kubeconfig, world, tmp_path / "operator.log",
+        dev_cluster.kubeconfig, world, log,
         ["--pod-interval", "60", "--node-agent", "--agent-report-key-file", str(nodes / "report.key")]
     ) as operator:
         try:
-            check_each_node(world, nodes, namespace, api, wait_for, operator)
+            yield operator
         finally:
             # No kubelet confirms a deletion here: remove the pods at once, so that the
             # session's operator (without --node-agent) does not re-diagnose them later,
@@ -176,6 +177,66 @@ def test_each_node_path_decides_for_its_own_pods(dev_cluster: Any, world: World,
             for pod in api.list_namespaced_pod(namespace).items:
                 with contextlib.suppress(kubernetes.client.exceptions.ApiException):
                     api.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+
+
+def test_each_node_path_decides_for_its_own_pods(dev_cluster: Any, world: World, nodes: Path, namespace: str,
+                                                 api: Any, wait_for: Any, tmp_path: Path) -> None:
+    with agent_operator(dev_cluster, world, nodes, namespace, api, tmp_path / "operator.log") as operator:
+        check_each_node(world, nodes, namespace, api, wait_for, operator)
+
+
+def test_a_cause_fixed_on_the_node_is_announced_on_the_agents_word(
+    dev_cluster: Any, world: World, nodes: Path, namespace: str, api: Any, wait_for: Any, tmp_path: Path
+) -> None:
+    """Pool B's node lacks the registry's CA (kubelet: x509 unknown authority); the operator
+    trusts it, so its own chain proves nothing about the node. The admin adds the CA on the
+    node (containerd's hosts.toml): the agent's next check passes, signed and after
+    kubelet's last failure, and the pod is announced PullRecoverable."""
+    image = f"{world.anon}/team/app:v1"
+    # containerd's recorded text, naming this registry's URL (another host is a data host).
+    message = kubelet_message("tls_untrusted_ca", image).replace("https://untrusted.test/", f"https://{world.anon}/")
+    fixed = nodes / "certs-b" / world.anon / "hosts.toml"
+    with agent_operator(dev_cluster, world, nodes, namespace, api, tmp_path / "operator.log"), \
+            contextlib.ExitStack() as undo:
+        pod = make_pod(api, namespace, "ca-fixed", image, node=NODE_B)
+        fail_pull(api, namespace, pod, image, message)
+        kubelet = Kubelet(api, namespace)
+
+        def nudged(check: Any) -> Any:
+            def run() -> Any:
+                found = check()
+                # kubelet's back-off updates: the agent and the operator look at the pod again.
+                if not found and time.monotonic() - kubelet.last > 5:
+                    kubelet.last = time.monotonic()
+                    kubelet.back_off("ca-fixed", image)
+                return found
+            return run
+
+        def on_node_b() -> dict[str, str] | None:
+            ann = annotations(api, namespace, "ca-fixed")
+            cause = ann.get("pullhealth.io/probable-cause", "")
+            return ann if ann.get("pullhealth.io/diagnosis") == "TLS_UNTRUSTED" and NODE_B in cause else None
+
+        wait_for(nudged(on_node_b), "TLS_UNTRUSTED on pool B's node", timeout=150)
+        assert "pullhealth.io/recoverable-since" not in annotations(api, namespace, "ca-fixed")
+
+        # The fix, on the node: containerd trusts the registry's CA for it.
+        fixed.parent.mkdir(parents=True, exist_ok=True)
+        undo.callback(fixed.unlink, missing_ok=True)
+        fixed.write_text(f'server = "https://{world.anon}"\nca = "{world.ca_bundle}"\n')
+
+        def announced() -> list[Any]:
+            uid = pod["metadata"]["uid"]
+            return list(api.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.uid={uid},reason=PullRecoverable").items)
+
+        (event,) = wait_for(nudged(announced), "PullRecoverable after the node's CA was fixed", timeout=240)
+        assert event.message.startswith("was TLS_UNTRUSTED: "), event.message
+        ann = annotations(api, namespace, "ca-fixed")
+        assert ann.get("pullhealth.io/recoverable-since") and ann.get("pullhealth.io/retry-by")
+        # The agent's own word decided it: its newest note for the pod passes, with its time.
+        notes = [e.message for e in node_reports(api, namespace, pod["metadata"]["uid"])]
+        assert any(n.startswith("code=OK ") and " checked=" in n and f"node={NODE_B} " in n for n in notes), notes
 
 
 def forge_report(api: Any, pod: dict[str, Any], node: str, image: str) -> None:
