@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,9 @@ def deployment(name: str, image: str) -> dict[str, Any]:
                                   "spec": {"containers": [{"name": "app", "image": image}]}}}}
 
 
-def phase(apps: Any, images: list[str], rate: float, seconds: float) -> dict[str, Any]:
-    """Creates at ``rate``/s for ``seconds`` (dry run): latencies (ms) and warned answers."""
+def paced(rate: float, seconds: float, apply: Callable[[int], bool]) -> dict[str, Any]:
+    """Calls ``apply(i)`` at ``rate``/s for ``seconds`` (64 in flight at most): latencies (ms),
+    errors by kind, and the answers ``apply`` said carried a warning."""
     latencies: list[float] = []
     warned = errors = 0
     kinds: Counter[str] = Counter()
@@ -73,12 +75,9 @@ def phase(apps: Any, images: list[str], rate: float, seconds: float) -> dict[str
 
     def one(i: int) -> None:
         nonlocal warned, errors
-        body = deployment(f"d{i}-{uuid.uuid4().hex[:6]}", images[i % len(images)])
         started = time.monotonic()
         try:
-            reply = apps.create_namespaced_deployment(NS, body, dry_run="All", _preload_content=False)
-            headers = reply.headers
-            reply.release_conn()
+            warning = apply(i)
         except Exception as exc:  # counted, not raised: the pool would swallow it
             with lock:
                 errors += 1
@@ -87,7 +86,7 @@ def phase(apps: Any, images: list[str], rate: float, seconds: float) -> dict[str
         took = (time.monotonic() - started) * 1000
         with lock:
             latencies.append(took)
-            warned += 1 if headers.get("Warning") else 0
+            warned += 1 if warning else 0
 
     total = int(rate * seconds)
     start = time.monotonic()
@@ -99,49 +98,36 @@ def phase(apps: Any, images: list[str], rate: float, seconds: float) -> dict[str
             pool.submit(one, i)
     if kinds:
         print(f"errors: {dict(kinds)}")
-    return summary(total, latencies, errors, warned)
-
-
-def summary(total: int, latencies: list[float], errors: int, warned: int) -> dict[str, Any]:
     return {"applies": total, "answered": len(latencies), "errors": errors, "warned": warned,
             "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
             "max": max(latencies, default=float("nan"))}
 
 
+def phase(apps: Any, images: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    """Deployment creates through the API server (server dry run)."""
+
+    def apply(i: int) -> bool:
+        body = deployment(f"d{i}-{uuid.uuid4().hex[:6]}", images[i % len(images)])
+        reply = apps.create_namespaced_deployment(NS, body, dry_run="All", _preload_content=False)
+        reply.release_conn()
+        return bool(reply.headers.get("Warning"))
+
+    return paced(rate, seconds, apply)
+
+
 def direct(url: str, ca: str, images: list[str], rate: float, seconds: float) -> dict[str, Any]:
     """AdmissionReviews posted straight to the webhook (its own answer time, no API server)."""
-    latencies: list[float] = []
-    warned = errors = 0
-    lock = threading.Lock()
     context = ssl.create_default_context(cadata=ca)
-    http = httpx.Client(verify=context, timeout=10.0, limits=httpx.Limits(max_connections=64))
+    with httpx.Client(verify=context, timeout=10.0, limits=httpx.Limits(max_connections=64)) as http:
 
-    def one(i: int) -> None:
-        nonlocal warned, errors
-        review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-            "uid": str(i), "kind": {"group": "apps", "version": "v1", "kind": "Deployment"}, "namespace": NS,
-            "operation": "CREATE", "object": deployment(f"d{i}", images[i % len(images)])}}
-        started = time.monotonic()
-        try:
-            answer = http.post(url, json=review).json()["response"]
-        except Exception:
-            with lock:
-                errors += 1
-            return
-        with lock:
-            latencies.append((time.monotonic() - started) * 1000)
-            warned += 1 if answer.get("warnings") else 0
+        def apply(i: int) -> bool:
+            kind = {"group": "apps", "version": "v1", "kind": "Deployment"}
+            review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+                "uid": str(i), "kind": kind, "namespace": NS, "operation": "CREATE",
+                "object": deployment(f"d{i}", images[i % len(images)])}}
+            return bool(http.post(url, json=review).json()["response"].get("warnings"))
 
-    total = int(rate * seconds)
-    start = time.monotonic()
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        for i in range(total):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(one, i)
-    http.close()
-    return summary(total, latencies, errors, warned)
+        return paced(rate, seconds, apply)
 
 
 def cold_images(world: World, rate: float, seconds: float) -> list[str]:
