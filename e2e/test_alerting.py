@@ -13,9 +13,14 @@ ClusterRole. Through Prometheus' HTTP API the test checks that:
   the status without a new check;
 - PullhealthOperatorAbsent fires while the operator is down and resolves after;
 - PullhealthRegistryCheckStale fires when checks stop refreshing the status (the operator
-  keeps running, but its right to write the status is revoked).
+  keeps running, but its right to write the status is revoked);
+- PullhealthRegistryBudgetLow fires for a registry whose manifest answers carry Docker
+  Hub's ``ratelimit-remaining`` below a tenth of its ``ratelimit-limit`` (the world's
+  ``hub``: a real registry behind a proxy adding the headers), labelled with the
+  registry's name (the chart's ``metrics.registries``), and resolves when a recheck reads
+  a higher count.
 
-To keep the test under two minutes the chart is rendered with short scrape intervals
+To keep each test under two minutes the chart is rendered with short scrape intervals
 (1 s) and short ``for:`` values (test-only ``--set`` overrides; the expressions and
 ``keep_firing_for`` are the shipped ones). Prometheus evaluates rules every second.
 """
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import guard
 from support.helm import require_helm
@@ -58,7 +64,7 @@ FAST = [
     "metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true",
     "metrics.serviceMonitor.interval=1s", "metrics.serviceMonitor.scrapeTimeout=1s",
     "prometheusRule.registryCheckUnhealthyFor=2s", "prometheusRule.operatorAbsentFor=2s",
-    "prometheusRule.registryCheckStaleFor=1s",
+    "prometheusRule.registryCheckStaleFor=1s", "prometheusRule.registryBudgetLowFor=2s",
 ]
 
 
@@ -77,13 +83,24 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return obj
 
 
+def operator_flags(objects: list[dict[str, Any]], *names: str) -> list[str]:
+    """The rendered Deployment's operator arguments that set one of ``names``."""
+    (container,) = [c for c in one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+                    if c["name"] == "operator"]
+    return [a for a in container["args"] if a.split("=", 1)[0] in names]
+
+
 @pytest.fixture
-def chart_rbac(dev_cluster: Cluster, wait_for: Waiter) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+def chart_rbac(
+    dev_cluster: Cluster, world: World, wait_for: Waiter
+) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
     """The CRD, and the chart's ServiceAccount, ClusterRole and binding in a fresh release namespace."""
     helm = require_helm()
     release = f"alerts-{uuid.uuid4().hex[:6]}"
     ns = f"pullhealth-{release}"
-    objects = render(helm, release, ns, *FAST)
+    # The registries labelled by name: the world's usual ones and the rate-limited hub.
+    named = ",".join((world.anon, world.basic, world.acr, world.hub))
+    objects = render(helm, release, ns, *FAST, f"metrics.registries={{{named}}}")
     rbac = [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
     k = dev_cluster.kubectl
     k("apply", "-f", str(ROOT / "crds" / "registrychecks.pullhealth.io.yaml"))
@@ -111,7 +128,9 @@ def chart_operator(
     sa = one(objects, "ServiceAccount")["metadata"]["name"]
     token = dev_cluster.kubectl("-n", release_ns, "create", "token", sa, "--duration=1h").stdout.strip()
     kubeconfig = dev_cluster.token_kubeconfig(token, tmp_path / "operator.kubeconfig")
-    op = OperatorProcess(kubeconfig, world, tmp_path / "operator.log")
+    # The chart's --metrics-registries (from metrics.registries), as the Deployment passes it.
+    op = OperatorProcess(kubeconfig, world, tmp_path / "operator.log",
+                         operator_flags(objects, "--metrics-registries"))
     with OperatorProcess.others_stopped():
         try:
             yield op
@@ -211,3 +230,61 @@ def test_alerts_fire_survive_a_restart_and_notice_absence_and_staleness(
         assert stale[0]["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthregistrycheckstale")
         assert [a["activeAt"] for a in unhealthy()] == [active_at]
         assert "cannot write the status (RBAC)" in op.text()
+
+
+def ratelimit_series(op: OperatorProcess, registry: str) -> tuple[float | None, float | None]:
+    """(limit, remaining) on the operator's /metrics for ``registry``'s label."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(op.metrics()):
+        if family.name in ("pullhealth_registry_ratelimit_limit", "pullhealth_registry_ratelimit_remaining"):
+            for sample in family.samples:
+                if sample.labels.get("registry") == registry:
+                    found[family.name] = sample.value
+    return found.get("pullhealth_registry_ratelimit_limit"), found.get("pullhealth_registry_ratelimit_remaining")
+
+
+def test_registry_budget_low_fires_from_a_registrys_ratelimit_headers_and_resolves(
+    dev_cluster: Cluster, chart_operator: OperatorProcess, world: World, namespace: str, wait_for: Waiter,
+    chart_rbac: tuple[str, str, list[dict[str, Any]]], tmp_path: Path,
+) -> None:
+    prometheus_bin, _ = require_prometheus()
+    release, _, objects = chart_rbac
+    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
+    rules = rule_file(one(objects, "PrometheusRule"))
+    k = dev_cluster.kubectl
+    op = chart_operator
+    hub, name = world.hub_limits, "PullhealthRegistryBudgetLow"
+    assert f"--metrics-registries={world.anon},{world.basic},{world.acr},{world.hub}" in op.extra_args
+
+    # Docker Hub's answer for an address with 5 of its 100 pulls left (below a tenth).
+    hub.set(5)
+    try:
+        op.start()
+        scrape = scrape_config(monitor, service, f"127.0.0.1:{op.metrics_port}", f"{release}-pod-1")
+        with running(prometheus_bin, tmp_path, rules, scrape) as prom:
+            hub.requests.clear()
+            k("-n", namespace, "apply", "-f", "-", stdin=regcheck_yaml(
+                "hub", {"registry": world.hub, "image": "library/alpine:3.19", "auth": {"mode": "anonymous"}},
+                interval=300))
+            # The header values on /metrics, under the registry's own name; read from the
+            # manifest answer of the check's chain.
+            wait_for(lambda: ratelimit_series(op, world.hub) == (100.0, 5.0), "the hub's budget on /metrics",
+                     timeout=60)
+            assert ("HEAD", "/v2/library/alpine/manifests/3.19") in hub.requests
+            (alert,) = wait_for(lambda: prom.alerts(name), "PullhealthRegistryBudgetLow firing", timeout=60)
+            assert alert["labels"]["registry"] == world.hub and alert["labels"]["severity"] == "warning", alert
+            assert alert["annotations"]["summary"] == f"Registry {world.hub} has 5 pulls left in its rate-limit window"
+            assert alert["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthregistrybudgetlow")
+            assert float(alert["value"]) == 5
+
+            # The window moved on: 80 left. A recheck reads it at once (the check's interval
+            # is 300 s), and the alert resolves.
+            hub.set(80)
+            k("-n", namespace, "annotate", "--overwrite", "regcheck", "hub",
+              f"pullhealth.io/recheck={uuid.uuid4().hex[:8]}")
+            wait_for(lambda: ratelimit_series(op, world.hub) == (100.0, 80.0), "the raised budget on /metrics",
+                     timeout=60)
+            wait_for(lambda: not prom.alerts(name) and not prom.alerts(name, "pending"),
+                     "PullhealthRegistryBudgetLow resolved", timeout=30)
+    finally:
+        hub.set(100)

@@ -179,3 +179,24 @@ async def test_on_result_sees_each_fresh_answer_once() -> None:
     await flight.get("r.io", "k", work)  # shared from the cache: not a fresh answer
     await flight.get("other.io", "k2", work)
     assert seen == [("r.io", 7), ("other.io", 7)]
+
+
+async def test_a_fresh_run_replaces_the_shared_result_and_is_observed() -> None:
+    # A RegistryCheck's recheck: a new run although one is fresh, within the registry's bound.
+    seen: list[int] = []
+    flight: SingleFlight[int] = SingleFlight(
+        ttl=60, per_registry=1, on_result=lambda _registry, result: seen.append(result)
+    )
+    answers = iter(range(1, 10))
+
+    async def work() -> int:
+        await asyncio.sleep(0.01)
+        return next(answers)
+
+    assert await flight.get("r.io", "k", work) == 1
+    assert await flight.get("r.io", "k", work) == 1  # shared
+    assert await flight.get("r.io", "k", work, fresh=True) == 2  # run anew
+    assert await flight.get("r.io", "k", work) == 2  # the fresh result is the one shared now
+    # Two fresh runs at once: each runs, one after the other (per_registry=1).
+    assert sorted(await asyncio.gather(*(flight.get("r.io", "k", work, fresh=True) for _ in range(2)))) == [3, 4]
+    assert seen == [1, 2, 3, 4] and flight.runs == 4

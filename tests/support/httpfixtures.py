@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
+import httpx
+
 from ._common import LOOPBACK, BackgroundHTTPServer, QuietHandler, Stoppable
+from .net import make_client
 from .pki import PKI
 
 REGISTRY_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -436,3 +439,92 @@ class BlobStore(BackgroundHTTPServer):
         """Stop trickling, then stop serving."""
         self.stopping.set()
         super().stop()
+
+
+# Hop-by-hop headers (RFC 9110 section 7.6.1) and the length, which the proxy sets itself.
+_NOT_FORWARDED = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                  "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+class _RateLimitHandler(QuietHandler):
+    def _forward(self) -> None:
+        fx: RateLimitProxy = self.fixture
+        self.server.count(self.route)
+        body = self.read_body()
+        sent = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_FORWARDED}
+        fx.record(self.command, self.route)
+        try:
+            with make_client(fx.ca_bundle, timeout=10.0) as client:
+                reply = client.request(self.command, f"{fx.upstream}{self.path}", headers=sent,
+                                       content=body or None)
+        except httpx.HTTPError as exc:
+            self.send_bytes(502, f"upstream registry: {exc}\n".encode(), None, "text/plain; charset=utf-8")
+            return
+        self.send_response(reply.status_code)
+        for key, value in reply.headers.multi_items():
+            if key.lower() not in _NOT_FORWARDED | {"content-encoding"}:
+                self.send_header(key, value)
+        if "/manifests/" in self.route and self.command in ("GET", "HEAD"):
+            for key, value in fx.ratelimit_headers().items():
+                self.send_header(key, value)
+        # A HEAD answer carries the manifest's length without the body, as the registry's did.
+        length = reply.headers.get("Content-Length", "0") if self.command == "HEAD" else str(len(reply.content))
+        self.send_header("Content-Length", length)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(reply.content)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+
+class RateLimitProxy(BackgroundHTTPServer):
+    """A real registry behind a reverse proxy that adds Docker Hub's rate-limit headers.
+
+    Docker Hub's manifest answers (``GET`` and ``HEAD`` of ``/v2/<name>/manifests/<ref>``)
+    carry ``ratelimit-limit: 100;w=21600`` and ``ratelimit-remaining: 76;w=21600`` (pulls
+    in a 21600 s window), and ``docker-ratelimit-source`` naming the client address the
+    count belongs to: https://docs.docker.com/docker-hub/usage/pulls/ ("View pull rate and
+    limit"). Everything else (the challenge, manifests, digests, blobs, errors) is the
+    upstream distribution registry's own answer, forwarded unchanged. The counts are the
+    test's (:meth:`set`), not decremented per pull; ``remaining=None`` sends no headers, as
+    Docker Hub does for accounts without a pull limit.
+
+    Args:
+        upstream: the real registry, ``https://127.0.0.1:PORT`` (its certificate names
+            127.0.0.1).
+        ca_bundle: the CA the upstream's certificate chains to.
+        cert: ``(cert_path, key_path)`` for this proxy's HTTPS.
+
+    ``requests`` records (method, path) of every request (the last 1000).
+    """
+
+    def __init__(self, upstream: str, ca_bundle: Path, cert: tuple[Path, Path]) -> None:
+        """Configure; nothing listens until :meth:`start`."""
+        super().__init__(_RateLimitHandler, cert)
+        self.upstream = upstream.rstrip("/")
+        self.ca_bundle = ca_bundle
+        self.window = 21600
+        self.limit = 100
+        self.remaining: int | None = 100
+        self._lock = threading.Lock()
+        self.requests: list[tuple[str, str]] = []
+
+    def set(self, remaining: int | None, limit: int = 100) -> None:
+        """The counts the next manifest answers carry (``None``: no rate-limit headers)."""
+        with self._lock:
+            self.limit, self.remaining = limit, remaining
+
+    def ratelimit_headers(self) -> dict[str, str]:
+        """The rate-limit headers of a manifest answer now."""
+        with self._lock:
+            if self.remaining is None:
+                return {}
+            return {"ratelimit-limit": f"{self.limit};w={self.window}",
+                    "ratelimit-remaining": f"{self.remaining};w={self.window}",
+                    "docker-ratelimit-source": LOOPBACK}
+
+    def record(self, method: str, path: str) -> None:
+        """Remember one request (bounded to the last 1000)."""
+        with self._lock:
+            self.requests.append((method, path))
+            del self.requests[:-1000]

@@ -70,7 +70,7 @@ class OperatorProcess:
         health = free_port()
         scope = [] if "--namespace" in self.extra_args else ["--all-namespaces"]
         # The world's registries are labelled by name in metrics (any other host is "other").
-        named = [] if "--metrics-registries" in self.extra_args else [
+        named = [] if any(a.split("=", 1)[0] == "--metrics-registries" for a in self.extra_args) else [
             "--metrics-registries", ",".join((self.world.anon, self.world.basic, self.world.acr))]
         # Plain /metrics for the tests that read it (secure serving has its own test).
         if "--metrics-secure" not in self.extra_args:

@@ -24,6 +24,7 @@ from .httpfixtures import (
     BlobStore,
     ClosedPort,
     PlainHTTPServer,
+    RateLimitProxy,
     SilentServer,
     StatusServer,
     acr_firewall_body,
@@ -84,6 +85,9 @@ class World:
     mismatch: str  # HTTPS, trusted cert for other.test only
     refused: str  # resolves to 127.0.0.1, port closed (RST)
     missing: str  # NXDOMAIN
+    # hub.test: `anon` behind a proxy adding Docker Hub's ratelimit-limit / -remaining
+    # headers to manifest answers; the test sets the counts (hub_limits.set)
+    hub: str
     # the data path: registries whose blob GETs redirect to another host (distribution's
     # `redirect` storage middleware), as ACR redirects to <registry>.<region>.data.azurecr.io
     datapath: str  # data.test (htpasswd, data_user): blobs redirect to data_host, which serves them
@@ -120,6 +124,7 @@ class World:
     registries: Mapping[str, Registry]  # "anon" | "basic" | "acr" | "datapath" | "datablocked"
     servers: Mapping[str, StatusServer]  # "firewall", "ratelimit", "broken", ...
     blobs: BlobStore  # the data host of `datapath`: .requests records what clients sent it
+    hub_limits: RateLimitProxy  # the proxy behind `hub`: .set(remaining, limit), .requests
     digests: Mapping[str, str]  # "anon.test/library/alpine:3.19" -> manifest digest
 
 
@@ -220,6 +225,11 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
     }
     for srv in servers.values():
         stack.enter_context(srv)
+    # Docker Hub's rate-limit headers on a real registry's answers (the anonymous one).
+    hub = stack.enter_context(RateLimitProxy(f"https://127.0.0.1:{regs['anon'].port}", pki.ca_bundle,
+                                             pki.issue(["hub.test"])))
+    for ref in ("library/alpine:3.19", "multi/amd:1"):
+        digests[f"hub.test/{ref}"] = digests[f"{regs['anon'].host}/{ref}"]
     silent = stack.enter_context(SilentServer())
     backlog = stack.enter_context(BacklogFullListener())
     refused = stack.enter_context(ClosedPort())
@@ -257,6 +267,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
             "token.test",
             "firewall.test",
             "ratelimit.test",
+            "hub.test",
             "broken.test",
             "notregistry.test",
             "silent.test",
@@ -329,6 +340,7 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         mismatch=at("mismatch.test", servers["mismatch"].port),
         refused=at("refused.test", refused.port),
         missing="missing.test:443",
+        hub=at("hub.test", hub.port),
         datapath=data_reg.address,
         data_host=f"blobs.test:{blobs.port}",
         datablocked=blocked_reg.address,
@@ -360,5 +372,6 @@ def start_world(stack: contextlib.ExitStack, root: Path) -> World:
         registries={**regs, "datapath": data_reg, "datablocked": blocked_reg},
         servers=servers,
         blobs=blobs,
+        hub_limits=hub,
         digests=digests,
     )

@@ -45,11 +45,14 @@ class PullPath:
     key: tuple[Hashable, ...]
     work: Callable[[], Awaitable[Diagnosis]]
 
-    async def run(self, cache: SingleFlight[Diagnosis] | None, registry: str) -> Diagnosis:
-        """Run (or join) the chain; one run per key per cache interval."""
+    async def run(
+        self, cache: SingleFlight[Diagnosis] | None, registry: str, fresh: bool = False
+    ) -> Diagnosis:
+        """Run (or join) the chain; one run per key per cache interval (``fresh``: a new
+        run all the same, shared from then on)."""
         if cache is None:
             return await self.work()
-        return await cache.get(registry, self.key, self.work)
+        return await cache.get(registry, self.key, self.work, fresh=fresh)
 
 
 def chain_options(

@@ -130,17 +130,21 @@ class SingleFlight(Generic[T]):
             self._on_result(registry, result)
         return result
 
-    async def get(self, registry: str, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+    async def get(
+        self, registry: str, key: Hashable, work: Callable[[], Awaitable[T]], *, fresh: bool = False
+    ) -> T:
         """Return the shared result for key, running ``work`` only when none is fresh.
 
         With ``ttl <= 0`` nothing is shared (each caller runs its own work, still within
         the per-registry bound): the naive behaviour, kept for comparison benchmarks.
+        ``fresh`` (a recheck someone asked for): run anew even when a result is fresh or a
+        run is under way; the new result is then the one shared, and ``on_result`` sees it.
         """
         if self.ttl <= 0:
             return await self._run(registry, work)
         now = self._clock()
         entry = self._entries.get(key)
-        if entry is not None and (not entry.task.done() or entry.expires > now):
+        if not fresh and entry is not None and (not entry.task.done() or entry.expires > now):
             return await asyncio.shield(entry.task)
 
         task: asyncio.Future[T] = asyncio.ensure_future(self._run(registry, work))

@@ -198,9 +198,12 @@ class RegistryCheckController:
                 namespace,
                 self.runtime.kube,
                 self.runtime.env,
-                # A recheck asks for a fresh probe, not a result shared from the last 20 s.
-                self.runtime.registry_check_cache if recheck is None else None,
+                self.runtime.registry_check_cache,
                 metrics.count_probe_request,
+                # A recheck asks for a fresh probe, not a result shared from the last 20 s;
+                # it still runs through the cache, whose observer exports the registry's
+                # budget (a recheck's manifest answer is the newest word on it).
+                fresh=recheck is not None,
             )
         finished = datetime.now(UTC)
         new = registrycheck.build_status(

@@ -83,6 +83,7 @@ async def run_registry_check(
     env: Environment,
     cache: SingleFlight[Diagnosis] | None = None,
     on_request: Any = None,
+    fresh: bool = False,
 ) -> Diagnosis:
     """Resolve the credentials the spec asks for (in ``namespace`` only) and check.
 
@@ -91,11 +92,13 @@ async def run_registry_check(
     Never raises (cancellation aside): an unexpected error (an API read that fails, a bug)
     becomes UNKNOWN with a one-line masked message, the traceback goes to the log. The
     result is masked for secret-shaped text (the chain already masked the run's secrets).
+    ``fresh`` (a recheck): a new chain, not one shared from ``cache``; it still goes
+    through ``cache`` (its per-registry bound, and what it observes of each result).
     """
     redactor = Redactor()  # learns every pull secret read for the check
     try:
         diagnosis = await _run_registry_check(
-            spec, image, namespace, reader, env, cache, on_request, redactor
+            spec, image, namespace, reader, env, cache, on_request, redactor, fresh
         )
     except Exception as exc:
         log.error("unexpected error checking %s", spec.registry, exc_info=True)
@@ -113,6 +116,7 @@ async def _run_registry_check(
     cache: SingleFlight[Diagnosis] | None,
     on_request: Any,
     redactor: Redactor,
+    fresh: bool,
 ) -> Diagnosis:
     options = pullpath.chain_options(
         env,
@@ -128,11 +132,11 @@ async def _run_registry_check(
     key = (image, options)
 
     if mode is AuthMode.ANONYMOUS:
-        return await pullpath.anonymous(registry, image, options, key).run(cache, registry)
+        return await pullpath.anonymous(registry, image, options, key).run(cache, registry, fresh)
 
     if mode is AuthMode.MANAGED_IDENTITY:
         path = pullpath.managed_identity(registry, image, namespace, spec.auth.client_id, env, options, key)
-        return path if isinstance(path, Diagnosis) else await path.run(cache, registry)
+        return path if isinstance(path, Diagnosis) else await path.run(cache, registry, fresh)
 
     if mode is AuthMode.WORKLOAD_IDENTITY:
         sa_name = spec.auth.service_account_name or "default"
@@ -140,7 +144,7 @@ async def _run_registry_check(
         path = pullpath.workload_identity(
             registry, image, namespace, sa_name, account, spec.auth.client_id, reader, env, options, key
         )
-        return path if isinstance(path, Diagnosis) else await path.run(cache, registry)
+        return path if isinstance(path, Diagnosis) else await path.run(cache, registry, fresh)
 
     secret_names: list[str] = []
     if spec.auth.pull_secrets and mode in (AuthMode.AUTO, AuthMode.PULL_SECRETS):
@@ -153,7 +157,7 @@ async def _run_registry_check(
             return make(Code.PULL_SECRET_MISSING, {**facts, "secret": missing})
         secret_names = service_account_secret_names(account)
     if not secret_names:
-        return await pullpath.anonymous(registry, image, options, key).run(cache, registry)
+        return await pullpath.anonymous(registry, image, options, key).run(cache, registry, fresh)
 
     keyring = await read_keyring(reader, namespace, secret_names)
     creds.teach(redactor, (e.credential for e in keyring.entries))
@@ -167,7 +171,7 @@ async def _run_registry_check(
         "detail": f"secrets {', '.join(secret_names)} have no entry for {registry}",
     }
     path = pullpath.with_credentials(registry, image, namespace, matched, options, key, no_match)
-    return await path.run(cache, registry)
+    return await path.run(cache, registry, fresh)
 
 
 # --- status: pure functions of (diagnosis, previous status)
