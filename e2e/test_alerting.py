@@ -276,6 +276,11 @@ def test_registry_budget_low_fires_from_a_registrys_ratelimit_headers_and_resolv
             assert alert["annotations"]["summary"] == f"Registry {world.hub} has 5 pulls left in its rate-limit window"
             assert alert["annotations"]["runbook_url"].endswith("/alerting.md#pullhealthregistrybudgetlow")
             assert float(alert["value"]) == 5
+            # The chart dashboard's budget panel shows the same: 5 of 100 left.
+            board = json.loads((ROOT / "charts" / "pullhealth" / "dashboards" / "pullhealth.json").read_text())
+            (panel,) = [p["targets"][0] for p in board["panels"] if p["title"] == "Registry rate-limit budget left"]
+            (row,) = [r for r in prom.query(panel["expr"]) if r["metric"].get("registry") == world.hub]
+            assert float(row["value"][1]) == 0.05, row
 
             # The window moved on: 80 left. A recheck reads it at once (the check's interval
             # is 300 s), and the alert resolves.
