@@ -36,6 +36,32 @@ def test_newest_pull_messages_first_and_other_failures_ignored(failures: Kubelet
     assert failures.messages("team", "p1") == ['Failed to pull image "a": timeout', 'Failed to pull image "a": 401']
 
 
+async def test_a_fresh_failure_waits_briefly_for_its_event(failures: KubeletFailures) -> None:
+    import asyncio
+    import threading
+
+    # The Event arrives on the reading thread a moment after the pod's update.
+    timer = threading.Timer(0.3, failures._event, ("ADDED", event("e1", "p1", 'Failed to pull image "a": 401',
+                                                                  "2026-11-30T08:00:00Z")))
+    timer.start()
+    try:
+        found = await asyncio.wait_for(failures.messages_soon("team", "p1", wait=5.0), timeout=10)
+    finally:
+        timer.cancel()
+    assert found == ['Failed to pull image "a": 401']
+    # None arrives: an empty answer once the wait is over (then the caller lists the Events).
+    assert await asyncio.wait_for(failures.messages_soon("team", "p2", wait=0.3), timeout=10) == []
+    assert await failures.messages_soon("team", "p2", wait=0.0) == []
+
+
+async def test_no_wait_when_not_watching() -> None:
+    import asyncio
+
+    idle = KubeletFailures(kubernetes.client.ApiClient())
+    # At once (a wait would time out here): the watch is not running, the caller lists.
+    assert await asyncio.wait_for(idle.messages_soon("team", "p1", wait=60.0), timeout=5) is None
+
+
 def test_a_deletion_found_by_a_relist_carries_only_the_uid(failures: KubeletFailures) -> None:
     failures._event("LISTED", event("e1", "p1", 'Failed to pull image "a": not found', "2026-11-30T08:00:00Z"))
     failures._event("DELETED", {"metadata": {"uid": "e1"}})

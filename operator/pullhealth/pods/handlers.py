@@ -39,6 +39,9 @@ MAX_FORBIDDEN_REMEMBERED = 10000
 MAX_DEFERRED = 50000  # relevant pods held by an outranked replica
 MAX_RECHECKED = 10000  # failing pods re-diagnosed on a timer (their cause may be fixed)
 RECHECK_WITHOUT_INTERVAL = 10.0  # seconds between rechecks with --pod-interval 0
+# Seconds a fresh failure (ErrImagePull) waits for kubelet's Failed Event to reach the
+# Event watch before the pod's Events are listed instead (kubelet posts it asynchronously).
+EVENT_LAG = 2.0
 
 
 class PodController:
@@ -255,7 +258,11 @@ class PodController:
         if failing and ready is not None and not ready.is_set():
             await ready.wait()  # start-up: the first lists of Events, Nodes, accounts are on their way
         watch = self.runtime.kubelet_failures
-        watched = watch.messages(namespace, uid) if watch is not None and failing else None
+        watched = None
+        if watch is not None and failing:
+            # A fresh failure (ErrImagePull): kubelet's Event may trail the pod's update.
+            fresh = any(c.reason == "ErrImagePull" for c in failing)
+            watched = await watch.messages_soon(namespace, uid, EVENT_LAG if fresh else 0.0)
         messages: list[str] = watched or []
         if failing and not watched:
             # Not known, or nothing kept (not arrived yet, or evicted): list the pod's own Events.

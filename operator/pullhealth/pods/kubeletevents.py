@@ -25,8 +25,10 @@ thread, never an API request per Event.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -40,6 +42,7 @@ from pullhealth.kube.events import KUBELET, event_moment, kubelet_pull_failure, 
 from pullhealth.kube.listwatch import ListWatch, core_lister, uid_of
 
 FIELD_SELECTOR = "reason=Failed,involvedObject.kind=Pod"
+POLL_SECONDS = 0.1  # messages_soon's polling step
 _FAILED_IMAGE = re.compile(r'Failed to pull image "([^"\s]{1,512})"')
 _PULLING_IMAGE = re.compile(r'^Pulling image "([^"\s]{1,512})"')
 
@@ -118,6 +121,22 @@ class KubeletFailures:
         with self._lock:
             pods = self._by_ns.get(namespace)
             return [message for _, _, message in (pods.get(uid, []) if pods is not None else [])]
+
+    async def messages_soon(self, namespace: str, uid: str, wait: float) -> list[str] | None:
+        """:meth:`messages`, waiting up to ``wait`` seconds for the first one to arrive.
+
+        kubelet sets ``ErrImagePull`` on the pod and posts its ``Failed`` Event through
+        its asynchronous event broadcaster: the pod's update may well reach the operator
+        before the Event reaches the watch (on a busy API server, by a second or more).
+        Waiting briefly for it here spares a list of the pod's Events. Polled every 0.1 s
+        (a dictionary read), bounded by ``wait``; None when not watching, as before.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            found = self.messages(namespace, uid)
+            if found or found is None or time.monotonic() >= deadline:
+                return found
+            await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def failed_at(self, namespace: str, uid: str) -> dict[str, datetime]:
         """The newest failure moment per image of the pod (from ``Failed to pull image "x"``)."""
