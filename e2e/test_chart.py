@@ -11,7 +11,6 @@ from the test world.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ import pytest
 import yaml
 
 from support import guard
-from support.chart import RELEASE, Installed, dump, install_chart, render
+from support.chart import Installed, dump, install_chart, limited_account, render
 from support.helm import require_helm
 from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
 from support.objects import docker_secret_yaml, regcheck_yaml
@@ -227,32 +226,6 @@ def test_operator_account_can_delete_only_recoverable_controlled_pods(
         mark(owned.metadata.name)
         allowed = delete(owned.metadata.name)
         assert allowed.returncode == 0, allowed.stderr
-
-
-@contextlib.contextmanager
-def limited_account(cluster: Cluster, installed: Installed, tmp_path: Path,
-                    narrow: Callable[[dict[str, Any]], None]) -> Iterator[Path]:
-    """A ServiceAccount bound to a copy of the chart's ClusterRole whose rules ``narrow``
-    edits in place; yields a kubeconfig with its token."""
-    k = cluster.kubectl
-    limited = f"{RELEASE}-limited-{uuid.uuid4().hex[:4]}"
-    role = json.loads(json.dumps(installed.one("ClusterRole")))
-    role["metadata"] = {"name": limited}
-    for rule in role["rules"]:
-        narrow(rule)
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": limited},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": limited},
-        "subjects": [{"kind": "ServiceAccount", "name": limited, "namespace": installed.namespace}],
-    }
-    k("-n", installed.namespace, "create", "serviceaccount", limited)
-    k("apply", "-f", "-", stdin=dump([role, binding]))
-    try:
-        yield installed.token_kubeconfig(tmp_path / "limited.kubeconfig", limited)
-    finally:
-        k("delete", "clusterrolebinding", limited, "--ignore-not-found", "--wait=false")
-        k("delete", "clusterrole", limited, "--ignore-not-found", "--wait=false")
 
 
 def test_missing_verb_is_reported_once_and_not_retried_hot(

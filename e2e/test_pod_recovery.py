@@ -7,21 +7,29 @@ pull path finds it fixed, annotates ``pullhealth.io/recoverable-since`` and post
 ``--restart-recovered-pods labelled`` a ReplicaSet's pod in a labelled namespace is
 deleted (its ReplicaSet makes another); a bare pod, and a ReplicaSet's pod in an unlabelled
 namespace, never are.
+
+With ``--restart-recovered-pods all`` and the chart's RBAC narrowed (``support.chart.limited_account``:
+``delete`` on pods removed, ``create`` on Events removed, or the chart's role with
+``pods.restartRecovered`` off): the pod is announced but never deleted, the refusal is one
+log line, not one per pod or per recheck, and the refused writes are counted.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
 
+from support.chart import Installed, install_chart, limited_account, render
+from support.helm import require_helm
 from support.kubelet import NODE, annotations, fail_pull, kubelet_message, make_pod
-from support.operatorproc import OperatorProcess
+from support.operatorproc import OperatorProcess, records
 from support.world import World
 
 RECOVERABLE = "pullhealth.io/recoverable-since"
@@ -63,8 +71,12 @@ def events_of(api: Any, ns: str, uid: str, reason: str) -> list[Any]:
 
 
 def metric(op: OperatorProcess, action: str) -> float:
+    return counter(op, f'pullhealth_pod_recoveries_total{{action="{action}"}}')
+
+
+def counter(op: OperatorProcess, series: str) -> float:
     for line in op.metrics().splitlines():
-        if line.startswith(f'pullhealth_pod_recoveries_total{{action="{action}"}}'):
+        if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -172,3 +184,156 @@ def test_a_node_local_cause_is_never_announced(recovering: OperatorProcess, worl
     time.sleep(6)  # several pod intervals
     assert RECOVERABLE not in annotations(api, namespace, "slow")
     assert not events_of(api, namespace, pod["metadata"]["uid"], "PullRecoverable")
+
+
+# --- RBAC refusals of the opt-in restart ----------------------------------------------
+
+DELETE_REFUSED = "cannot delete the recoverable pod (RBAC)"
+EVENT_REFUSED = "cannot post the PullRecoveryRestart Event (RBAC)"
+NAMESPACE_REFUSED = "labels (RBAC)"
+FORBIDDEN = 'pullhealth_patch_forbidden_total{{resource="{}"}}'
+
+
+@pytest.fixture(scope="module")
+def restart_chart(dev_cluster: Any) -> Iterator[Installed]:
+    """The chart with ``pods.restartRecovered=all`` (its ClusterRole grants delete on pods and
+    get on namespaces), its own names: narrowed copies of its role are what the tests run with."""
+    with install_chart(dev_cluster, require_helm(), "pullhealth-rr", "fullnameOverride=pullhealth-rr",
+                       "pods.restartRecovered=all") as chart:
+        yield chart
+
+
+def no_pod_delete(rule: dict[str, Any]) -> None:
+    if rule["resources"] == ["pods"]:
+        rule["verbs"] = [v for v in rule["verbs"] if v != "delete"]
+
+
+def no_event_create(rule: dict[str, Any]) -> None:
+    if rule["apiGroups"] == ["events.k8s.io"]:
+        rule["verbs"] = [v for v in rule["verbs"] if v != "create"]
+
+
+def recovering_replica_sets(api: Any, world: World, ns: str, names: tuple[str, ...],
+                            wait_for: Callable[..., Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """ReplicaSets whose pods fail on a tag that does not exist yet, each diagnosed by the
+    running operator; returns the tag (not pushed yet) and the pods by ReplicaSet."""
+    apps = kubernetes.client.AppsV1Api(api.api_client)
+    tag = f"soon-{uuid.uuid4().hex[:8]}"
+    image = f"{world.anon}/team/app:{tag}"
+    pods: dict[str, dict[str, Any]] = {}
+    for name in names:
+        replica_set(apps, ns, name, image)
+        [pods[name]] = wait_for(lambda n=name: live_pods(api, ns, n), f"the ReplicaSet {name}'s pod")
+        fail_pull(api, ns, pods[name], image, kubelet_message("tag_not_found", image))
+    for pod in pods.values():
+        name = pod["metadata"]["name"]
+        got = wait_for(lambda p=name: annotations(api, ns, p).get("pullhealth.io/diagnosis"),
+                       f"diagnosis of {name}", timeout=60)
+        assert got == "TAG_NOT_FOUND"
+    return tag, pods
+
+
+def assert_kept(api: Any, ns: str, pods: dict[str, dict[str, Any]]) -> None:
+    """Every pod still the one created, not being deleted, and announced recoverable."""
+    for app, pod in pods.items():
+        [now] = live_pods(api, ns, app)
+        assert now["metadata"]["uid"] == pod["metadata"]["uid"], f"{app}'s pod was replaced"
+        assert not now["metadata"].get("deletionTimestamp"), f"{app}'s pod is being deleted"
+        assert RECOVERABLE in (now["metadata"].get("annotations") or {})
+
+
+def errors_of(op: OperatorProcess) -> list[str]:
+    return [str(r.get("message")) for r in records(op.lines()) if r.get("severity") in ("error", "fatal")]
+
+
+@pytest.mark.parametrize("narrow", [no_pod_delete, None], ids=["delete-removed", "chart-value-off"])
+def test_a_refused_delete_keeps_the_pod_announced_and_is_logged_once(
+        dev_cluster: Any, restart_chart: Installed, world: World, namespace: str, api: Any,
+        wait_for: Any, tmp_path: Path, narrow: Callable[[dict[str, Any]], None] | None) -> None:
+    """Without delete on pods (an admin removed it, or the chart's role with
+    pods.restartRecovered off, which also lacks get on namespaces): two recovered ReplicaSet
+    pods are announced as usual and kept; one ERROR saying what to grant, not one per pod or
+    per recheck; a new failing pod is still diagnosed afterwards."""
+    off = next(o for o in render(require_helm(), restart_chart.namespace) if o["kind"] == "ClusterRole")
+
+    def chart_value_off(rule: dict[str, Any]) -> None:
+        """Exactly the rules the chart renders with pods.restartRecovered off."""
+        if rule not in off["rules"]:
+            rule["verbs"] = []
+
+    refusal = DELETE_REFUSED if narrow is no_pod_delete else NAMESPACE_REFUSED
+    with OperatorProcess.others_stopped(), \
+            limited_account(dev_cluster, restart_chart, tmp_path, narrow or chart_value_off) as kubeconfig, \
+            OperatorProcess(kubeconfig, world, tmp_path / "operator.log", [
+                "--pod-interval", "2", "--restart-recovered-pods", "all"]) as op:
+        tag, pods = recovering_replica_sets(api, world, namespace, ("web", "api"), wait_for)
+        world.registries["anon"].push_image("team/app", tag)
+        for pod in pods.values():
+            wait_for(lambda u=pod["metadata"]["uid"]: events_of(api, namespace, u, "PullRecoverable"),
+                     f"PullRecoverable on {pod['metadata']['name']}", timeout=90)
+        wait_for(lambda: refusal in op.text(), "the refusal logged", timeout=30)
+        time.sleep(8)  # several rechecks of both pods (every second with --pod-interval 2)
+
+        said = [m for m in errors_of(op) if refusal in m]
+        assert len(said) == 1, said
+        if narrow is no_pod_delete:
+            assert 'cannot delete resource "pods"' in said[0], said  # the API server's own words
+            assert "grant delete on pods" in said[0] and "pods.restartRecovered" in said[0], said
+            # One attempt (of either pod), then none for 10 minutes (hot retries: one a second).
+            assert counter(op, FORBIDDEN.format("pods")) == 1.0
+        else:
+            assert 'cannot get resource "namespaces"' in said[0], said
+            assert "grant get on namespaces" in said[0] and "pods.restartRecovered" in said[0], said
+            assert counter(op, FORBIDDEN.format("pods")) == 0.0  # no delete tried
+        assert errors_of(op) == said, errors_of(op)
+        assert "Traceback" not in op.text()
+        assert_kept(api, namespace, pods)
+        for pod in pods.values():
+            uid = pod["metadata"]["uid"]
+            assert len(events_of(api, namespace, uid, "PullRecoverable")) == 1
+            # No Event announces a deletion the API server refuses.
+            assert not events_of(api, namespace, uid, "PullRecoveryRestart")
+        assert metric(op, "announced") >= len(pods) and metric(op, "deleted") == 0.0
+
+        # The rest of the operator carries on: a new failing pod is diagnosed.
+        image = f"{world.anon}/team/app:never-{uuid.uuid4().hex[:6]}"
+        fail_pull(api, namespace, make_pod(api, namespace, "later", image), image,
+                  kubelet_message("tag_not_found", image))
+        got = wait_for(lambda: annotations(api, namespace, "later").get("pullhealth.io/diagnosis"),
+                       "a later pod diagnosed", timeout=60)
+        assert got == "TAG_NOT_FOUND"
+        op.check_log_clean()
+
+
+def test_a_refused_event_means_no_delete_and_is_logged_once(
+        dev_cluster: Any, restart_chart: Installed, world: World, namespace: str, api: Any,
+        wait_for: Any, tmp_path: Path) -> None:
+    """Without create on Events the operator may delete pods but must not: the
+    PullRecoveryRestart Event comes first, and no pod is deleted without it. Annotations are
+    written as usual (the pod path's own Events are refused and logged by it)."""
+    with OperatorProcess.others_stopped(), \
+            limited_account(dev_cluster, restart_chart, tmp_path, no_event_create) as kubeconfig, \
+            OperatorProcess(kubeconfig, world, tmp_path / "operator.log", [
+                "--pod-interval", "2", "--restart-recovered-pods", "all"]) as op:
+        tag, pods = recovering_replica_sets(api, world, namespace, ("web", "api"), wait_for)
+        world.registries["anon"].push_image("team/app", tag)
+        for pod in pods.values():
+            name = pod["metadata"]["name"]
+            wait_for(lambda p=name: RECOVERABLE in annotations(api, namespace, p), f"{name} announced recoverable",
+                     timeout=90)
+        wait_for(lambda: EVENT_REFUSED in op.text(), "the refusal logged", timeout=30)
+        time.sleep(1)  # the refusal is counted after it is logged
+        refused = counter(op, FORBIDDEN.format("events"))
+        time.sleep(8)  # several rechecks of both pods
+
+        said = [m for m in errors_of(op) if EVENT_REFUSED in m]
+        assert len(said) == 1, said
+        assert "grant create on events.k8s.io events" in said[0], said
+        assert "No pod is deleted without its Event" in said[0], said
+        # Each pod's PullDiagnosed and PullRecoverable (refused, annotated without them) and one
+        # PullRecoveryRestart counted, then no attempt for 10 minutes (hot retries: one a second).
+        assert refused >= 2 * len(pods) + 1 and counter(op, FORBIDDEN.format("events")) == refused
+        assert "Traceback" not in op.text()
+        assert_kept(api, namespace, pods)  # the delete was allowed (its dry run was made), not made
+        assert metric(op, "announced") >= len(pods) and metric(op, "deleted") == 0.0
+        op.check_log_clean()

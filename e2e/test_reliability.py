@@ -21,7 +21,7 @@ import yaml
 
 from support.kubelet import fail_pull, kubelet_message, make_pod
 from support.objects import regcheck_yaml
-from support.operatorproc import OperatorProcess
+from support.operatorproc import OperatorProcess, records
 from support.world import World
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,17 +69,6 @@ def per_object(events: list[dict[str, Any]], reason: str) -> collections.Counter
         if e["reason"] == reason:
             counts[e["involvedObject"]["name"]] += int((e.get("series") or {}).get("count") or 1)
     return counts
-
-
-def records(lines: list[str]) -> list[dict[str, Any]]:
-    """The operator's JSON log records (``--log-format json``)."""
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def runs(op: OperatorProcess) -> dict[str, float]:

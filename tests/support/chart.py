@@ -10,9 +10,10 @@ of the chart's ServiceAccount (:meth:`Installed.token_kubeconfig`).
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,3 +97,30 @@ def install_chart(cluster: _Cluster, helm: str, prefix: str, *sets: str) -> Iter
         for obj in cluster_scoped:
             k("delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found", "--wait=false")
         k("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+
+
+@contextlib.contextmanager
+def limited_account(cluster: _Cluster, installed: Installed, tmp_path: Path,
+                    narrow: Callable[[dict[str, Any]], None]) -> Iterator[Path]:
+    """A ServiceAccount bound to a copy of the chart's ClusterRole whose rules ``narrow``
+    edits in place (a rule left with no verb is dropped); yields a kubeconfig with its token."""
+    k = cluster.kubectl
+    limited = f"{RELEASE}-limited-{uuid.uuid4().hex[:4]}"
+    role = json.loads(json.dumps(installed.one("ClusterRole")))
+    role["metadata"] = {"name": limited}
+    for rule in role["rules"]:
+        narrow(rule)
+    role["rules"] = [rule for rule in role["rules"] if rule["verbs"]]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": limited},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": limited},
+        "subjects": [{"kind": "ServiceAccount", "name": limited, "namespace": installed.namespace}],
+    }
+    k("-n", installed.namespace, "create", "serviceaccount", limited)
+    k("apply", "-f", "-", stdin=dump([role, binding]))
+    try:
+        yield installed.token_kubeconfig(tmp_path / "limited.kubeconfig", limited)
+    finally:
+        k("delete", "clusterrolebinding", limited, "--ignore-not-found", "--wait=false")
+        k("delete", "clusterrole", limited, "--ignore-not-found", "--wait=false")

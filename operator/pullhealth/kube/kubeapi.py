@@ -241,6 +241,7 @@ class KubeWriter(KubeReader):
         retried: str,
         refused: str = "",
         repeats: bool = True,
+        log_refusal: bool = True,
     ) -> Posted:
         """Post an Event (:meth:`emit`) and say what became of it: the one place that logs a
         refused or failed Event (callers decide what to do next from the answer).
@@ -252,10 +253,14 @@ class KubeWriter(KubeReader):
             retried: when a failed post is tried again ("retried on the pod's next update").
             refused: what happens without the Event, appended to the RBAC error line.
             repeats: see :meth:`emit`.
+            log_refusal: False when the caller already logged this refusal once (it is
+                answered :attr:`Posted.REFUSED` all the same).
         """
         try:
             await self.emit(spec, instance, repeats=repeats)
         except Forbidden as exc:
+            if not log_refusal:
+                return Posted.REFUSED
             logger.error(
                 "cannot post the %s Event (RBAC): %s; grant create on events.k8s.io events to "
                 "this component's service account.%s", spec.reason, exc, f" {refused}" if refused else ""
@@ -453,9 +458,15 @@ class KubeWriter(KubeReader):
         labels = (data.get("metadata") or {}).get("labels") if isinstance(data, dict) else None
         return {str(k): str(v) for k, v in (labels or {}).items()}
 
-    async def delete_pod(self, namespace: str, name: str, *, uid: str, resource_version: str) -> Deleted:
+    async def delete_pod(
+        self, namespace: str, name: str, *, uid: str, resource_version: str, dry_run: bool = False
+    ) -> Deleted:
         """Delete a pod only if it is still the one decided on: preconditions on its uid and
         resourceVersion (the API server refuses with 409 otherwise; nothing is deleted).
+
+        With ``dry_run`` the API server authorises the delete (RBAC), runs admission and
+        checks the preconditions, and deletes nothing: :attr:`Deleted.DELETED` then means
+        "would be deleted".
 
         Raises:
             Forbidden: RBAC denies ``delete`` on pods.
@@ -466,7 +477,11 @@ class KubeWriter(KubeReader):
                 self._core.delete_namespaced_pod,
                 name,
                 namespace,
-                body=kubernetes.client.V1DeleteOptions(preconditions=preconditions),
+                # In the body: the API server reads a DELETE's options from its body when it has
+                # one, and ignores the dryRun query parameter then.
+                body=kubernetes.client.V1DeleteOptions(
+                    preconditions=preconditions, dry_run=["All"] if dry_run else None
+                ),
             )
         except ApiException as exc:
             if exc.status == 403:

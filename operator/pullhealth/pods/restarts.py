@@ -2,7 +2,7 @@
 
 kubelet waits out its image pull back-off (up to 5 minutes) even after the cause is fixed
 (kubernetes/kubernetes#119891). With ``--restart-recovered-pods`` (the chart's
-``recovery.restartPods``) the operator deletes a pod announced ``PullRecoverable`` when:
+``pods.restartRecovered``) the operator deletes a pod announced ``PullRecoverable`` when:
 
 - the admin's mode allows the pod's namespace (:func:`pullhealth.domain.recovery.namespace_allows`:
   a namespace label only narrows what the admin enabled, it never widens it);
@@ -11,13 +11,22 @@ kubelet waits out its image pull back-off (up to 5 minutes) even after the cause
 - fewer than ``--restarts-per-minute`` pods were deleted in the last minute (over all
   namespaces), and this pod was never deleted by this process before.
 
-A ``PullRecoveryRestart`` Event on the pod comes first, then the delete, with preconditions
-on the pod's uid and resourceVersion: a pod changed since the decision (orphaned, say) is
-kept and decided again on its next event.
+The delete is first tried with ``dryRun`` (RBAC, admission and the preconditions on the pod's
+uid and resourceVersion, nothing deleted), then a ``PullRecoveryRestart`` Event is posted on
+the pod, then the pod is deleted with the same preconditions: no Event announces a deletion
+the API server refuses, and no pod is deleted without its Event. A pod changed since the
+decision (orphaned, say) is kept and decided again on its next event.
+
+RBAC refusals (no ``delete`` on pods, no ``create`` on Events, no ``get`` on namespaces) are
+the admin's to fix: each is logged once per process, saying what to grant; a refused delete
+or Event is counted in ``pullhealth_patch_forbidden_total`` and no pod is tried again for
+``FORBIDDEN_BACKOFF`` seconds (then, still refused, without a new log line). Nothing else of
+the operator depends on these rights.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -68,6 +77,9 @@ class Restarter:
         )
         self._forbidden_until = 0.0
         self._reported: set[str] = set()
+        # One attempt at a time (at most per_minute a minute wait for it): a refusal stops the
+        # attempts behind it, and is logged and counted once, not once per pod in flight.
+        self._turn = asyncio.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -81,7 +93,7 @@ class Restarter:
         once per process, a failure leaves the pod for its next event.
         """
         meta = pod.get("metadata") or {}
-        uid, namespace, name = (str(meta.get(k) or "") for k in ("uid", "namespace", "name"))
+        uid, namespace = (str(meta.get(k) or "") for k in ("uid", "namespace"))
         now = self._clock()
         if not self.enabled or not uid or uid in self._deleted or now < self._forbidden_until:
             return False
@@ -91,6 +103,16 @@ class Restarter:
             return False
         if not self._window.take(now):
             return False  # the pod's next event (or the operator's recheck) comes back to it
+        async with self._turn:
+            if self._clock() < self._forbidden_until:
+                return False  # refused while this one waited
+            return await self._restart(pod, previous, logger)
+
+    async def _restart(self, pod: Mapping[str, Any], previous: str, logger: Logger) -> bool:
+        """The dry run, the Event, the delete; whether the pod was deleted."""
+        meta = pod.get("metadata") or {}
+        uid, namespace, name = (str(meta.get(k) or "") for k in ("uid", "namespace", "name"))
+        now = self._clock()
         owner = recovery.owner_name(pod)
         notice = events.EventSpec(
             regarding=events.Regarding("v1", "Pod", namespace, name, uid),
@@ -105,30 +127,24 @@ class Restarter:
             key=("restart",),
             occurrence=uid,
         )
+        version = str(meta.get("resourceVersion") or "")
+        # Nothing deleted yet: is the delete allowed (RBAC, admission) and still the pod decided on?
+        trial = await self._delete(namespace, name, uid, version, now, logger, dry_run=True)
+        if trial is not kubeapi.Deleted.DELETED:
+            return False
         posted = await self._client.post(
             notice, self._instance, logger, retried="retried on the pod's next update",
-            refused="The pod is not deleted without it.",
+            refused=f"No pod is deleted without its Event; tried again every {int(FORBIDDEN_BACKOFF)}s, "
+            "this line is not repeated.",
+            log_refusal="events" not in self._reported,
         )
+        if posted is kubeapi.Posted.REFUSED:
+            self._refused("events", now)
+            return False
         if posted is not kubeapi.Posted.POSTED:
             return False  # no deletion the pod's Events do not explain
-        try:
-            done = await self._client.delete_pod(
-                namespace, name, uid=uid, resource_version=str(meta.get("resourceVersion") or "")
-            )
-        except kubeapi.Forbidden as exc:
-            self._forbidden_until = now + FORBIDDEN_BACKOFF
-            logger.error(
-                "cannot delete the recoverable pod (RBAC): %s; grant delete on pods to the operator's "
-                "service account (the chart does with recovery.restartPods), or turn "
-                "--restart-recovered-pods off. Not retried for %ds.", exc, int(FORBIDDEN_BACKOFF),
-            )
-            return False
-        except ApiException as exc:
-            logger.warning(
-                "cannot delete the recoverable pod (HTTP %s); retried on its next update", exc.status
-            )
-            return False
-        if done is kubeapi.Deleted.CHANGED:
+        done = await self._delete(namespace, name, uid, version, now, logger, dry_run=False)
+        if done is None or done is kubeapi.Deleted.CHANGED:
             return False  # not the pod decided on any more: its next event decides again
         self._deleted[uid] = now
         if done is kubeapi.Deleted.DELETED:
@@ -136,6 +152,37 @@ class Restarter:
             logger.info("deleted recoverable pod %s/%s (was %s) so that %s retries now", namespace, name,
                         previous, owner)
         return done is kubeapi.Deleted.DELETED
+
+    async def _delete(
+        self, namespace: str, name: str, uid: str, version: str, now: float, logger: Logger, *, dry_run: bool
+    ) -> kubeapi.Deleted | None:
+        """The conditional delete (or its dry run); None when the API server refused or failed."""
+        try:
+            return await self._client.delete_pod(
+                namespace, name, uid=uid, resource_version=version, dry_run=dry_run
+            )
+        except kubeapi.Forbidden as exc:
+            if "pods" not in self._reported:
+                logger.error(
+                    "cannot delete the recoverable pod (RBAC): %s; grant delete on pods to the operator's "
+                    "service account (the chart does with pods.restartRecovered), or turn "
+                    "--restart-recovered-pods off. No pod is deleted meanwhile; tried again every %ds, "
+                    "this line is not repeated.", exc, int(FORBIDDEN_BACKOFF),
+                )
+            self._refused("pods", now)
+            return None
+        except ApiException as exc:
+            logger.warning(
+                "cannot delete the recoverable pod (HTTP %s); retried on its next update", exc.status
+            )
+            return None
+
+    def _refused(self, resource: str, now: float) -> None:
+        """RBAC refused a write on ``resource`` (already logged once): counted, and no pod is
+        tried again for a while."""
+        self._reported.add(resource)
+        metrics.PATCH_FORBIDDEN.labels(resource).inc()
+        self._forbidden_until = now + FORBIDDEN_BACKOFF
 
     async def _namespace_allows(self, namespace: str, logger: Logger) -> bool:
         now = self._clock()
@@ -150,7 +197,7 @@ class Restarter:
                     self._reported.add("namespaces")
                     logger.error(
                         "cannot read namespace %s's labels (RBAC): %s; grant get on namespaces to the "
-                        "operator's service account (the chart does with recovery.restartPods). No pod "
+                        "operator's service account (the chart does with pods.restartRecovered). No pod "
                         "is deleted meanwhile.", namespace, exc,
                     )
                 self._namespaces[namespace] = (now + FORBIDDEN_BACKOFF, None)
