@@ -126,6 +126,8 @@ def test_workloads_with_unpullable_images_are_reported(
         ns, deployment("db", template(missing, app="db", selector=nowhere), kind="StatefulSet"))
     apps.create_namespaced_daemon_set(
         ns, deployment("agent", template(missing, app="agent", selector=nowhere), kind="DaemonSet"))
+    apps.create_namespaced_replica_set(  # no Deployment owns it: checked itself
+        ns, deployment("lone", template(missing, app="lone", selector=nowhere), kind="ReplicaSet"))
     batch.create_namespaced_cron_job(ns, {
         "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
         "spec": {"schedule": "0 3 * * *", "suspend": True, "jobTemplate": {"spec": {"template": {
@@ -145,6 +147,7 @@ def test_workloads_with_unpullable_images_are_reported(
         ("Job", "migrate", "setup", "TAG_NOT_FOUND"),
         ("StatefulSet", "db", "app", "TAG_NOT_FOUND"),
         ("DaemonSet", "agent", "app", "TAG_NOT_FOUND"),
+        ("ReplicaSet", "lone", "app", "TAG_NOT_FOUND"),
     ]
     for kind, name, container, code in expected:
         event = wait_for(event_with(core, ns, name, "ImageUnpullable", code), f"{code} Event on {kind} {name}",
