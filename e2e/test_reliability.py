@@ -9,6 +9,7 @@ The kubelet side is played by the test (see support/kubelet.py).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import re
 import time
@@ -227,26 +228,39 @@ def test_sigkill_mid_batch_leaves_exactly_one_event_per_pod(
     assert per_object(events, "PullDiagnosed") == dict.fromkeys(names, 1), (killed_with, len(events))
 
 
+@contextlib.contextmanager
+def two_replicas(dev_cluster: Any, world: World, namespace: str, tmp_path: Path, wait_for: Callable[..., Any],
+                 name: str, *args: str) -> Iterator[tuple[OperatorProcess, OperatorProcess]]:
+    """Two replicas as the chart runs them with peering.enabled, both live: (older, newer);
+    the newest has the highest priority, so it is the active one."""
+    peering = f"e2e-{name}-{namespace[-6:]}"
+    dev_cluster.kubectl("apply", "-f", str(PEERING_CRDS))
+    dev_cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+    dev_cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}))
+    older = spawn(dev_cluster, world, tmp_path, f"pullhealth-{name}-old", "--peering", peering, *args)
+    newer = spawn(dev_cluster, world, tmp_path, f"pullhealth-{name}-new", "--peering", peering, *args)
+    try:
+        older.start()
+        newer.start()
+        # Both live: both keep-alives are in the peering object (what a replica reads).
+        wait_for(lambda: len(json.loads(dev_cluster.kubectl("get", "clusterkopfpeering", peering, "-o", "json")
+                                         .stdout).get("status") or {}) >= 2,
+                 "both replicas' keep-alives in the peering object", timeout=60)
+        yield older, newer
+    finally:
+        newer.stop()
+        older.stop()
+        dev_cluster.kubectl("delete", "clusterkopfpeering", peering, "--ignore-not-found", "--wait=false")
+
+
 def test_ha_standby_takes_over_within_seconds(
     dev_cluster: Any, world: World, namespace: str, api: Any, wait_for: Callable[..., Any],
     alone: None, tmp_path: Path,
 ) -> None:
     """Two replicas as the chart runs them with peering.enabled: one works, one waits."""
     ns = namespace
-    peering = f"e2e-ha-{namespace[-6:]}"
-    dev_cluster.kubectl("apply", "-f", str(PEERING_CRDS))
-    dev_cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
-    dev_cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}))
-    older = spawn(dev_cluster, world, tmp_path, "pullhealth-old", "--peering", peering)
-    newer = spawn(dev_cluster, world, tmp_path, "pullhealth-new", "--peering", peering)
-    try:
-        older.start()
-        newer.start()  # the newest replica has the highest priority: it is the active one
-        # Both live: both keep-alives are in the peering object (what a replica reads).
-        wait_for(lambda: len(json.loads(dev_cluster.kubectl("get", "clusterkopfpeering", peering, "-o", "json")
-                                         .stdout).get("status") or {}) >= 2,
-                 "both replicas' keep-alives in the peering object", timeout=60)
+    with two_replicas(dev_cluster, world, namespace, tmp_path, wait_for, "ha") as (older, newer):
         dev_cluster.kubectl("-n", ns, "apply", "-f", "-", stdin=regcheck_yaml(
             "ha-missing", {"registry": world.anon, "image": "team/app:nosuchtag"}, timeout=10))
         names = [f"ha-{i}" for i in range(10)]
@@ -269,10 +283,38 @@ def test_ha_standby_takes_over_within_seconds(
         took = time.monotonic() - killed
         assert took <= 15, f"standby took {took:.1f}s"
         assert "Resuming operations" in older.text()
-    finally:
-        newer.stop()
-        older.stop()
-        dev_cluster.kubectl("delete", "clusterkopfpeering", peering, "--ignore-not-found", "--wait=false")
+
+
+def workload_checks(op: OperatorProcess) -> float:
+    line = next((x for x in op.metrics().splitlines() if x.startswith("pullhealth_workload_checks_total ")), "")
+    return float(line.split()[1]) if line else 0.0
+
+
+def test_ha_only_the_active_replica_checks_workloads(
+    dev_cluster: Any, world: World, namespace: str, wait_for: Callable[..., Any], alone: None, tmp_path: Path,
+) -> None:
+    """With --workloads and peering, the standby checks nothing and posts nothing; it takes
+    the checks over when the active replica is gone."""
+    ns = namespace
+    with two_replicas(dev_cluster, world, namespace, tmp_path, wait_for, "wl",
+                      "--workloads", "--workload-interval", "10") as (older, newer):
+        dev_cluster.kubectl("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "wl-missing"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "wl"}}, "template": {
+                "metadata": {"labels": {"app": "wl"}},
+                "spec": {"nodeSelector": {"pullhealth.io/e2e-nowhere": "true"},
+                         "containers": [{"name": "app", "image": f"{world.anon}/team/app:wl-nosuchtag"}]}}}}))
+        wait_for(lambda: per_object(our_events(dev_cluster, ns, ("ImageUnpullable",)), "ImageUnpullable"),
+                 "the workload reported", timeout=60)
+        # (The older replica, alone for a moment at its start, may have checked what other
+        # tests left in the cluster then; from now on it checks nothing.)
+        passes, standby = workload_checks(newer), workload_checks(older)
+        wait_for(lambda: workload_checks(newer) >= passes + 2, "two more passes of the active replica", timeout=60)
+        assert workload_checks(older) == standby
+        assert per_object(our_events(dev_cluster, ns, ("ImageUnpullable",)), "ImageUnpullable") == {"wl-missing": 1}
+
+        newer.kill()
+        wait_for(lambda: workload_checks(older) > standby, "the standby checking workloads", timeout=60)
 
 
 def test_api_server_and_etcd_restarts_are_ridden_out(
