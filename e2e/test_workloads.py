@@ -26,9 +26,11 @@ from typing import Any
 import kubernetes
 import pytest
 
+from support.chart import render
+from support.helm import require_helm
 from support.kubelet import NODE, docker_secret, ensure_node
 from support.operatorproc import OperatorProcess
-from support.prometheus import require_prometheus, running
+from support.prometheus import require_prometheus, rule_file, running
 from support.world import World
 
 pytestmark = pytest.mark.usefixtures("no_session_operator")
@@ -195,14 +197,18 @@ def test_workloads_with_unpullable_images_are_reported(
 
 def shown_on_the_dashboard(checker: OperatorProcess, tmp_path: Path, ns: str,
                            expected: list[tuple[str, str, str, str]], wait_for: Any) -> None:
-    """The chart dashboard's workload panels, evaluated by a real Prometheus scraping the
-    operator: the table lists each problem container, the by-code panel counts them."""
+    """The chart dashboard's workload panels and its PullhealthWorkloadImageUnpullable alert
+    (rendered with a 1 s ``for``), evaluated by a real Prometheus scraping the operator: the
+    table lists each problem container, the by-code panel counts them, one alert each."""
     board = json.loads((Path(__file__).resolve().parents[1] / "charts" / "pullhealth" / "dashboards"
                         / "pullhealth.json").read_text())
     panels = {p["title"]: p["targets"][0] for p in board["panels"] if p["title"].startswith("Workload")}
     assert len(panels) == 2, panels.keys()
+    rendered = render(require_helm(), "pullhealth", "prometheusRule.enabled=true",
+                      "prometheusRule.workloadImageUnpullableFor=1s")
+    rules = rule_file(next(o for o in rendered if o["kind"] == "PrometheusRule"))
     prometheus_bin, _ = require_prometheus()
-    with running(prometheus_bin, tmp_path, "groups: []\n", [{
+    with running(prometheus_bin, tmp_path, rules, [{
             "job_name": "pullhealth", "scrape_interval": "1s", "scrape_timeout": "1s",
             "static_configs": [{"targets": [f"127.0.0.1:{checker.metrics_port}"]}]}]) as prom:
         table, by_code = (panels[t]["expr"] for t in sorted(panels, key=lambda t: "by code" in t))
@@ -216,6 +222,13 @@ def shown_on_the_dashboard(checker: OperatorProcess, tmp_path: Path, ns: str,
         counted = {r["metric"]["code"]: float(r["value"][1]) for r in prom.query(by_code)}
         for code in {c for *_, c in expected}:
             assert counted.get(code, 0) >= sum(1 for *_, c in expected if c == code), counted
+
+        def firing() -> set[tuple[str, str, str, str]] | None:
+            found = {(a["labels"]["kind"], a["labels"]["workload"], a["labels"]["container"], a["labels"]["code"])
+                     for a in prom.alerts("PullhealthWorkloadImageUnpullable") if a["labels"].get("namespace") == ns}
+            return found if len(found) >= len(expected) else None
+
+        assert wait_for(firing, "PullhealthWorkloadImageUnpullable for each", timeout=60) == set(expected)
 
 
 def _checks(text: str) -> float:
