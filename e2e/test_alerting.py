@@ -138,14 +138,22 @@ def chart_operator(
             op.stop()
 
 
+def monitoring(
+    chart_rbac: tuple[str, str, list[dict[str, Any]]]
+) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
+    """(release, release namespace, ServiceMonitor, Service, rule file) of the rendered chart."""
+    release, release_ns, objects = chart_rbac
+    return (release, release_ns, one(objects, "ServiceMonitor"), one(objects, "Service"),
+            rule_file(one(objects, "PrometheusRule")))
+
+
 def test_alerts_fire_survive_a_restart_and_notice_absence_and_staleness(
     dev_cluster: Cluster, chart_operator: OperatorProcess, world: World, namespace: str, wait_for: Waiter,
     chart_rbac: tuple[str, str, list[dict[str, Any]]], tmp_path: Path,
 ) -> None:
     prometheus_bin, _ = require_prometheus()
-    release, release_ns, objects = chart_rbac
-    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
-    rules = rule_file(one(objects, "PrometheusRule"))
+    release, release_ns, monitor, service, rules = monitoring(chart_rbac)
+    objects = chart_rbac[2]
     k = dev_cluster.kubectl
     op = chart_operator
 
@@ -248,9 +256,7 @@ def test_registry_budget_low_fires_from_a_registrys_ratelimit_headers_and_resolv
     chart_rbac: tuple[str, str, list[dict[str, Any]]], tmp_path: Path,
 ) -> None:
     prometheus_bin, _ = require_prometheus()
-    release, _, objects = chart_rbac
-    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
-    rules = rule_file(one(objects, "PrometheusRule"))
+    release, _, monitor, service, rules = monitoring(chart_rbac)
     k = dev_cluster.kubectl
     op = chart_operator
     hub, name = world.hub_limits, "PullhealthRegistryBudgetLow"

@@ -67,8 +67,8 @@ def _term(node: Mapping[str, Any], term: Any) -> bool:
     for list_key in ("matchExpressions", "matchFields"):
         items = term.get(list_key)
         for item in items if isinstance(items, list) else ():
-            if not isinstance(item, Mapping):
-                return False
+            if not isinstance(item, Mapping) or len(pairs) == MAX_REQUIREMENTS:
+                return False  # malformed, or more requirements than are read
             key = str(item.get("key") or "")
             if list_key == "matchFields":
                 if key != "metadata.name":
@@ -77,7 +77,7 @@ def _term(node: Mapping[str, Any], term: Any) -> bool:
             else:
                 value = labels.get(key)
                 pairs.append((None if value is None else str(value), item))
-    if not pairs or len(pairs) > MAX_REQUIREMENTS:
+    if not pairs:
         return False
     return all(_requirement(value, item) for value, item in pairs)
 
@@ -97,13 +97,15 @@ def required_terms(spec: Mapping[str, Any]) -> list[Any] | None:
 
 def allows(node: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     """Whether the pod spec's nodeSelector and required node affinity allow this node."""
+    return _allowed(node, spec.get("nodeSelector"), required_terms(spec))
+
+
+def _allowed(node: Mapping[str, Any], selector: Any, terms: list[Any] | None) -> bool:
     labels = _labels(node)
-    selector = spec.get("nodeSelector")
     if isinstance(selector, Mapping) and any(
         k not in labels or str(labels[k]) != str(v) for k, v in selector.items()
     ):
         return False
-    terms = required_terms(spec)
     return terms is None or any(_term(node, term) for term in terms)
 
 
@@ -137,6 +139,7 @@ def node_platforms(
     still checked somewhere. ``(default,)`` when no node is known."""
     every: set[str] = set()
     allowed: set[str] = set()
+    selector, terms = spec.get("nodeSelector"), required_terms(spec)  # read once, not per node
     for node in nodes:
         labels = _labels(node)
         os_name, arch = labels.get(OS_LABEL), labels.get(ARCH_LABEL)
@@ -144,6 +147,6 @@ def node_platforms(
             continue
         platform = f"{os_name}/{arch}"
         every.add(platform)
-        if allows(node, spec):
+        if _allowed(node, selector, terms):
             allowed.add(platform)
     return tuple(sorted(allowed or every)) or (default,)

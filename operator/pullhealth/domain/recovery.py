@@ -48,7 +48,8 @@ class Verdict(StrEnum):
     NODE_LOCAL = "node-local"  # kubelet's or the node's own state: the operator cannot see it
     VANTAGE = "vantage"  # the network between node and registry: the operator's is another one
     # The network between node and registry, which the node agent checks from the node
-    # itself (dns, tcp, tls, proxy, the /v2/ answer): fixed on its signed, fresh word only.
+    # itself (dns, tcp, tls, the /v2/ answer; not through a proxy): fixed on its signed,
+    # fresh word only.
     NODE_PATH = "node-path"
     NOT_CHECKED = "not-checked"  # the chain does not check it (or it is not a pull failure)
 
@@ -102,8 +103,8 @@ VERDICTS: Mapping[Code, Verdict] = {
 
 # The checks that say the node's path is not the operator's (diagnose.VANTAGE_CHECK and
 # the node agent's nodereport.NODE_CHECK; named here, the domain imports no agent code).
-_VANTAGE_CHECKS = frozenset({"vantage", "node"})
 _NODE_CHECK = "node"
+_VANTAGE_CHECKS = frozenset({"vantage", _NODE_CHECK})
 
 
 def path_verified(diagnosis: Diagnosis) -> bool:
