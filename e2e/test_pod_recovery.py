@@ -11,11 +11,13 @@ namespace, never are.
 With ``--restart-recovered-pods all`` and the chart's RBAC narrowed (``support.chart.limited_account``:
 ``delete`` on pods removed, ``create`` on Events removed, or the chart's role with
 ``pods.restartRecovered`` off): the pod is announced but never deleted, the refusal is one
-log line, not one per pod or per recheck, and the refused writes are counted.
+log line, not one per pod or per recheck, and the refused writes are counted. An admission
+policy refusing the delete with 422 (not RBAC's 403) is one WARNING, and nothing is deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 
 from support.chart import Installed, install_chart, limited_account, render
 from support.helm import require_helm
@@ -188,7 +191,7 @@ def test_a_node_local_cause_is_never_announced(recovering: OperatorProcess, worl
 
 # --- RBAC refusals of the opt-in restart ----------------------------------------------
 
-DELETE_REFUSED = "cannot delete the recoverable pod (RBAC)"
+DELETE_REFUSED = "cannot delete the recoverable pod (forbidden)"
 EVENT_REFUSED = "cannot post the PullRecoveryRestart Event (RBAC)"
 NAMESPACE_REFUSED = "labels (RBAC)"
 FORBIDDEN = 'pullhealth_patch_forbidden_total{{resource="{}"}}'
@@ -337,3 +340,72 @@ def test_a_refused_event_means_no_delete_and_is_logged_once(
         assert_kept(api, namespace, pods)  # the delete was allowed (its dry run was made), not made
         assert metric(op, "announced") >= len(pods) and metric(op, "deleted") == 0.0
         op.check_log_clean()
+
+
+@contextlib.contextmanager
+def refuse_deletes(dev_cluster: Any, ns: str) -> Iterator[None]:
+    """A ValidatingAdmissionPolicy (and its binding) refusing every pod delete in ``ns`` with
+    ``reason: Invalid``: the API server answers 422, an admission refusal that is not RBAC's."""
+    name = f"refuse-deletes-{uuid.uuid4().hex[:6]}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                         "operations": ["DELETE"], "resources": ["pods"]}]},
+                 "validations": [{"expression": "false", "reason": "Invalid",
+                                  "message": "this namespace keeps its pods (test policy)"}]},
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}},
+    }
+    k = dev_cluster.kubectl
+    k("apply", "-f", "-", stdin=yaml.safe_dump_all([policy, binding]))
+    try:
+        yield
+    finally:
+        k("delete", "validatingadmissionpolicybinding", name, "--ignore-not-found", "--wait=false")
+        k("delete", "validatingadmissionpolicy", name, "--ignore-not-found", "--wait=false")
+
+
+def test_an_admission_refusal_of_the_delete_keeps_the_pod_and_is_logged_once(
+        dev_cluster: Any, restart_chart: Installed, world: World, namespace: str, api: Any,
+        wait_for: Any, tmp_path: Path) -> None:
+    """With the chart's full restart RBAC but an admission policy refusing pod deletes with
+    422 (not 403): the pods are announced and kept, no PullRecoveryRestart Event is posted
+    (the dry run is refused first), and the failure is one WARNING carrying the API server's
+    words, not one per attempt."""
+    probe = make_pod(api, namespace, "probe", "r.test/a:1")["metadata"]["name"]
+    with refuse_deletes(dev_cluster, namespace):
+        # The API server enforces a new policy a moment after it is created.
+        wait_for(lambda: dev_cluster.kubectl("-n", namespace, "delete", "pod", probe, "--dry-run=server",
+                                             check=False).returncode != 0,
+                 "the test policy enforced", timeout=30)
+        with OperatorProcess.others_stopped(), \
+                limited_account(dev_cluster, restart_chart, tmp_path, lambda rule: None) as kubeconfig, \
+                OperatorProcess(kubeconfig, world, tmp_path / "operator.log", [
+                    "--pod-interval", "2", "--restart-recovered-pods", "all"]) as op:
+            tag, pods = recovering_replica_sets(api, world, namespace, ("web", "api"), wait_for)
+            world.registries["anon"].push_image("team/app", tag)
+            for pod in pods.values():
+                wait_for(lambda u=pod["metadata"]["uid"]: events_of(api, namespace, u, "PullRecoverable"),
+                         f"PullRecoverable on {pod['metadata']['name']}", timeout=90)
+            wait_for(lambda: "cannot delete the recoverable pod (HTTP 422" in op.text(), "the failure logged",
+                     timeout=30)
+            time.sleep(8)  # several rechecks of both pods (every second with --pod-interval 2)
+
+            said = [str(r.get("message")) for r in records(op.lines())
+                    if "cannot delete the recoverable pod" in str(r.get("message"))]
+            assert len(said) == 1, said
+            assert "this namespace keeps its pods (test policy)" in said[0], said  # the API server's words
+            assert "HTTP 422" in said[0] and "1 failed deletion(s)" in said[0], said
+            assert not errors_of(op), errors_of(op)
+            assert counter(op, FORBIDDEN.format("pods")) == 0.0  # not an RBAC refusal
+            assert_kept(api, namespace, pods)
+            for pod in pods.values():
+                assert not events_of(api, namespace, pod["metadata"]["uid"], "PullRecoveryRestart")
+            assert "Traceback" not in op.text()
+            op.check_log_clean()

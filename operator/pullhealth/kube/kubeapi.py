@@ -297,7 +297,7 @@ class KubeWriter(KubeReader):
             if exc.status == 403 and _terminating(exc):
                 return Emitted.EXISTED  # the namespace is being deleted: nobody will read it
             if exc.status == 403:
-                raise Forbidden(_reason(exc) or f"create events in {namespace} is forbidden") from None
+                raise Forbidden(answer_reason(exc) or f"create events in {namespace} is forbidden") from None
             if exc.status != 409:
                 raise
             if not repeats:
@@ -318,7 +318,8 @@ class KubeWriter(KubeReader):
                 return Emitted.REPEATED
             except ApiException as exc:
                 if exc.status == 403:
-                    raise Forbidden(_reason(exc) or f"patch events in {namespace} is forbidden") from None
+                    refused = answer_reason(exc) or f"patch events in {namespace} is forbidden"
+                    raise Forbidden(refused) from None
                 if exc.status not in (404, 409):
                     raise
         return Emitted.EXISTED  # others keep counting it: it exists
@@ -392,7 +393,8 @@ class KubeWriter(KubeReader):
             await self._write(self._core.patch_namespaced_pod, name, namespace, body)
         except ApiException as exc:
             if exc.status == 403:
-                raise Forbidden(_reason(exc) or f"patch pods/{name} in {namespace} is forbidden") from None
+                refused = answer_reason(exc) or f"patch pods/{name} in {namespace} is forbidden"
+                raise Forbidden(refused) from None
             if exc.status == 404:
                 return  # the pod is gone: nothing to annotate
             raise
@@ -425,7 +427,7 @@ class KubeWriter(KubeReader):
             except ApiException as exc:
                 if exc.status == 403:
                     refused = f"patch pods/{name} in {namespace} is forbidden"
-                    raise Forbidden(_reason(exc) or refused) from None
+                    raise Forbidden(answer_reason(exc) or refused) from None
                 if exc.status == 404:
                     return Written.GONE
                 if exc.status != 409:
@@ -451,7 +453,7 @@ class KubeWriter(KubeReader):
             data = await self._call(_as_json(self._core.read_namespace), name)
         except ApiException as exc:
             if exc.status == 403:
-                raise Forbidden(_reason(exc) or f"get namespaces/{name} is forbidden") from None
+                raise Forbidden(answer_reason(exc) or f"get namespaces/{name} is forbidden") from None
             if exc.status == 404:
                 return None
             raise
@@ -485,7 +487,8 @@ class KubeWriter(KubeReader):
             )
         except ApiException as exc:
             if exc.status == 403:
-                raise Forbidden(_reason(exc) or f"delete pods/{name} in {namespace} is forbidden") from None
+                refused = answer_reason(exc) or f"delete pods/{name} in {namespace} is forbidden"
+                raise Forbidden(refused) from None
             if exc.status == 404:
                 return Deleted.GONE
             if exc.status == 409:
@@ -569,7 +572,7 @@ class StatusWriter(_Caller):
             except ApiException as exc:
                 if exc.status == 403:
                     fallback = f"patch {plural}/status of {namespace}/{name} is forbidden"
-                    raise Forbidden(_reason(exc) or fallback) from None
+                    raise Forbidden(answer_reason(exc) or fallback) from None
                 if exc.status == 404:
                     return None  # deleted meanwhile
                 if exc.status != 409 or still_ours is None:
@@ -597,10 +600,10 @@ class StatusWriter(_Caller):
 
 def _terminating(exc: ApiException) -> bool:
     """A 403 from admission (NamespaceLifecycle), not RBAC: the namespace is being deleted."""
-    return "because it is being terminated" in _reason(exc)
+    return "because it is being terminated" in answer_reason(exc)
 
 
-def _reason(exc: ApiException) -> str:
+def answer_reason(exc: ApiException) -> str:
     """The API server's own message (it names the user, verb and resource refused)."""
     try:
         doc = json.loads(exc.body or "")

@@ -21,7 +21,9 @@ RBAC refusals (no ``delete`` on pods, no ``create`` on Events, no ``get`` on nam
 the admin's to fix: each is logged once per process, saying what to grant; a refused delete
 or Event is counted in ``pullhealth_patch_forbidden_total`` and no pod is tried again for
 ``FORBIDDEN_BACKOFF`` seconds (then, still refused, without a new log line). Nothing else of
-the operator depends on these rights.
+the operator depends on these rights. Other failed deletes (an admission refusal answered
+422, a 5xx) leave the pod for a later event and are logged at most once per
+``FORBIDDEN_BACKOFF``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class Restarter:
         )
         self._forbidden_until = 0.0
         self._reported: set[str] = set()
+        self._failure_logged_until = 0.0
+        self._unlogged = 0
         # One attempt at a time (at most per_minute a minute wait for it): a refusal stops the
         # attempts behind it, and is logged and counted once, not once per pod in flight.
         self._turn = asyncio.Lock()
@@ -164,18 +168,33 @@ class Restarter:
         except kubeapi.Forbidden as exc:
             if "pods" not in self._reported:
                 logger.error(
-                    "cannot delete the recoverable pod (RBAC): %s; grant delete on pods to the operator's "
-                    "service account (the chart does with pods.restartRecovered), or turn "
-                    "--restart-recovered-pods off. No pod is deleted meanwhile; tried again every %ds, "
-                    "this line is not repeated.", exc, int(FORBIDDEN_BACKOFF),
+                    "cannot delete the recoverable pod (forbidden): %s; if RBAC refused, grant delete on "
+                    "pods to the operator's service account (the chart does with pods.restartRecovered); "
+                    "if an admission policy or webhook did, it decides; or turn --restart-recovered-pods "
+                    "off. No pod is deleted meanwhile; tried again every %ds, this line is not repeated.",
+                    exc, int(FORBIDDEN_BACKOFF),
                 )
             self._refused("pods", now)
             return None
         except ApiException as exc:
-            logger.warning(
-                "cannot delete the recoverable pod (HTTP %s); retried on its next update", exc.status
-            )
+            self._failed(exc, now, logger)
             return None
+
+    def _failed(self, exc: ApiException, now: float, logger: Logger) -> None:
+        """Any other refusal (an admission denial with another code, a 5xx): the pod is tried
+        again on a later event, and the line is written at most once per ``FORBIDDEN_BACKOFF``,
+        saying how many failures it stands for (a webhook refusing every delete would
+        otherwise log each attempt, up to ``per_minute`` lines a minute)."""
+        self._unlogged += 1
+        if now < self._failure_logged_until:
+            return
+        logger.warning(
+            "cannot delete the recoverable pod (HTTP %s: %s); pods are retried on later updates; "
+            "%d failed deletion(s) since the last such line, the next line comes after %ds at the earliest",
+            exc.status, kubeapi.answer_reason(exc) or exc.reason, self._unlogged, int(FORBIDDEN_BACKOFF),
+        )
+        self._unlogged = 0
+        self._failure_logged_until = now + FORBIDDEN_BACKOFF
 
     def _refused(self, resource: str, now: float) -> None:
         """RBAC refused a write on ``resource`` (already logged once): counted, and no pod is
