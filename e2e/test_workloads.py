@@ -28,7 +28,7 @@ import pytest
 
 from support.chart import render
 from support.helm import require_helm
-from support.kubelet import NODE, docker_secret, ensure_node
+from support.kubelet import NO_KUBELET_TAINT, NODE, docker_secret, ensure_node
 from support.operatorproc import OperatorProcess
 from support.prometheus import require_prometheus, rule_file, running
 from support.world import World
@@ -286,3 +286,43 @@ def test_a_registry_answering_429_is_backed_off(
     time.sleep(2.5 * INTERVAL)  # an observation window: two more re-checks were due in it
     assert sum(server.hits.values()) - first <= 1, server.hits
     assert events_of(core, ns, "limited") == []
+
+
+def test_a_tainted_pool_counts_only_for_workloads_that_tolerate_it(
+    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any
+) -> None:
+    """An amd64 node and an arm64 node tainted ``e2e-arch=arm64:NoSchedule`` (the way a
+    dedicated pool is kept for the pods meant for it). The same amd64-only image: the
+    workload tolerating the taint may land on arm64 too and is reported PLATFORM_NOT_FOUND;
+    the one without the toleration is checked for linux/amd64 alone and is fine."""
+    core, apps, _ = clients
+    ns = namespace
+    label = f"taints-{uuid.uuid4().hex[:6]}"
+    pool = {"pullhealth.io/e2e-pool": label}  # these two nodes alone
+    arm_only = {"key": "e2e-arch", "value": "arm64", "effect": "NoSchedule"}
+    names = (f"pullhealth-e2e-{label}-amd", f"pullhealth-e2e-{label}-arm")
+    ensure_node(core, names[0], "amd64", labels=pool)
+    ensure_node(core, names[1], "arm64", labels=pool, taints=[arm_only])
+    image = f"{world.anon}/multi/amd:1"  # an index with linux/amd64 only
+
+    def workload(name: str, tolerated: list[dict[str, str]], init: str | None = None) -> None:
+        pod = template(image, app=name, selector=pool, init=init)
+        pod["spec"]["tolerations"] = [{**taint, "operator": "Equal"} for taint in tolerated]
+        apps.create_namespaced_deployment(ns, deployment(name, pod, replicas=0))
+
+    try:
+        workload("tolerates-arm", [NO_KUBELET_TAINT, arm_only])
+        # Seen once the operator's Node watch has the arm64 node (and so the amd64 one before it).
+        event = wait_for(event_with(core, ns, "tolerates-arm", "ImageUnpullable", "PLATFORM_NOT_FOUND"),
+                         "PLATFORM_NOT_FOUND on the Deployment tolerating the arm64 taint", timeout=60)
+        assert "linux/arm64" in event.message, event.message
+        # Its init container's missing tag tells when it was checked: the same check's Events.
+        workload("stays-off-arm", [NO_KUBELET_TAINT], init=f"{world.anon}/team/app:gone-{uuid.uuid4().hex[:8]}")
+        wait_for(event_with(core, ns, "stays-off-arm", "ImageUnpullable", "TAG_NOT_FOUND"),
+                 "the other Deployment checked", timeout=60)
+        said = [(e.involved_object.field_path, e.message) for e in events_of(core, ns, "stays-off-arm")]
+        assert all("{setup}" in (path or "") for path, _ in said), said
+        assert ("Deployment", "stays-off-arm", "app") not in series(checker, ns)
+    finally:
+        for name in names:
+            core.delete_node(name)

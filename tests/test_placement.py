@@ -95,8 +95,64 @@ def test_constraints_keep_only_what_placement_reads_and_inputs_change_with_it() 
     spec = {**required(expr("pool", "In", "arm")), "nodeSelector": {"a": "b"}, "containers": [{"image": "x"}],
             "tolerations": [{"operator": "Exists"}]}
     kept = placement.constraints(spec)
-    assert set(kept) == {"nodeSelector", "affinity"}
-    assert placement.node_platforms(NODES, kept, "x") == placement.node_platforms(NODES, spec, "x")
+    assert set(kept) == {"nodeSelector", "affinity", "tolerations"}
+    assert placement.node_platforms(TAINTED, kept, "x") == placement.node_platforms(TAINTED, spec, "x")
     other = {**spec, **required(expr("pool", "In", "general"))}
     assert placement.placement_inputs(spec) != placement.placement_inputs(other)
+    assert placement.placement_inputs(spec) != placement.placement_inputs({**spec, "tolerations": []})
     assert placement.placement_inputs({"containers": []}) == placement.placement_inputs({"tolerations": []})
+
+
+def tainted(base: dict[str, Any], *taints: dict[str, str]) -> dict[str, Any]:
+    return {**base, "spec": {"taints": list(taints)}}
+
+
+WINDOWS_ONLY = {"key": "os", "value": "windows", "effect": "NoSchedule"}
+ARM_ONLY = {"key": "arch", "value": "arm64", "effect": "NoExecute"}
+# The AKS idiom: a Windows pool and an arm64 pool tainted so that only pods meant for them land there.
+TAINTED = [NODES[0], tainted(NODES[1], ARM_ONLY), tainted(NODES[2], WINDOWS_ONLY)]
+
+
+@pytest.mark.parametrize(
+    ("tolerations", "platforms"),
+    [
+        ([], ("linux/amd64",)),
+        ([{"key": "os", "operator": "Equal", "value": "windows", "effect": "NoSchedule"}],
+         ("linux/amd64", "windows/amd64")),
+        ([{"key": "os", "value": "windows"}], ("linux/amd64", "windows/amd64")),  # Equal, every effect
+        ([{"key": "arch", "operator": "Exists"}], ("linux/amd64", "linux/arm64")),
+        ([{"operator": "Exists"}], ("linux/amd64", "linux/arm64", "windows/amd64")),  # tolerates everything
+        ([{"operator": "Exists", "effect": "NoSchedule"}], ("linux/amd64", "windows/amd64")),
+        # Not tolerated: another value, another effect, a key without operator Exists, malformed.
+        ([{"key": "os", "value": "linux"}], ("linux/amd64",)),
+        ([{"key": "arch", "operator": "Exists", "effect": "NoSchedule"}], ("linux/amd64",)),
+        ([{"value": "windows"}], ("linux/amd64",)),
+        ([{"key": "os", "operator": "Near"}, "x", None], ("linux/amd64",)),
+    ],
+)
+def test_taints_keep_pods_without_the_toleration_off_their_nodes(
+    tolerations: list[Any], platforms: tuple[str, ...]
+) -> None:
+    assert placement.node_platforms(TAINTED, {"tolerations": tolerations}, "x") == platforms
+
+
+def test_condition_and_preferring_taints_are_not_read() -> None:
+    """A cordoned or not-ready node, or one that only prefers other pods, is still a platform
+    the pod may land on; when every node is tainted away, every platform is checked."""
+    nodes = [NODES[0], tainted(NODES[1], {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"},
+                               {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"},
+                               {"key": "spot", "value": "true", "effect": "PreferNoSchedule"})]
+    assert placement.node_taints(nodes[1]) == []
+    assert placement.node_platforms(nodes, {}, "x") == ("linux/amd64", "linux/arm64")
+    # Every selected node tainted away (tolerations added after the template, as namespace
+    # defaults are): the selected nodes' platforms, not every node's.
+    all_tainted = [tainted(n, WINDOWS_ONLY) for n in NODES[:3]]
+    assert placement.node_platforms(all_tainted, {}, "x") == ("linux/amd64", "linux/arm64", "windows/amd64")
+    assert placement.node_platforms(all_tainted, {"nodeSelector": {"kubernetes.io/arch": "arm64"}}, "x") == (
+        "linux/arm64",)
+    assert not placement.allows(all_tainted[1], {"nodeSelector": {"kubernetes.io/arch": "arm64"}})
+    # Hostile taint lists are bounded and read defensively.
+    many = tainted(NODES[0], *([{"key": "k", "effect": "NoSchedule"}] * (placement.MAX_TAINTS + 5)))
+    assert len(placement.node_taints(many)) == placement.MAX_TAINTS
+    assert placement.node_taints({"spec": {"taints": "x"}}) == []
+    assert placement.node_taints({"spec": {"taints": [None, {"effect": "NoSchedule"}]}}) == []

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pullhealth.kube.watchcache import CachedReader, Mirror, account_pull_fields, node_labels
+from pullhealth.kube.watchcache import CachedReader, Mirror, account_pull_fields, node_placement
 
 
 class Counting:
@@ -136,10 +136,13 @@ def account(namespace: str, name: str, uid: str, client_id: str) -> dict[str, An
 
 def test_a_synced_mirror_answers_without_a_request_and_sees_changes_at_once() -> None:
     inner = Counting({("account", "team", "late"): {"metadata": {"name": "late"}}})
-    accounts, nodes = Mirror(account_pull_fields), Mirror(node_labels)
+    accounts, nodes = Mirror(account_pull_fields), Mirror(node_placement)
     reader = CachedReader(inner, accounts=accounts, nodes=nodes)
     accounts.deliver("LISTED", account("team", "default", "u1", "id-1"))
     nodes.deliver("LISTED", {"metadata": {"name": "n1", "uid": "n", "labels": {"kubernetes.io/arch": "arm64"}},
+                             "spec": {"taints": [{"key": "arch", "value": "arm64", "effect": "NoSchedule"},
+                                                 {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute",
+                                                  "timeAdded": "2026-12-04T00:00:00Z"}]},
                              "status": {"images": ["big"]}})
 
     async def main() -> None:
@@ -151,7 +154,10 @@ def test_a_synced_mirror_answers_without_a_request_and_sees_changes_at_once() ->
         assert got == {"metadata": {"name": "default", "namespace": "team",
                                     "annotations": {"azure.workload.identity/client-id": "id-1"}},
                        "imagePullSecrets": [{"name": "pull"}]}  # only what diagnosis uses
-        assert await reader.node("n1") == {"metadata": {"name": "n1", "labels": {"kubernetes.io/arch": "arm64"}}}
+        # Labels and the taints that keep pods off (not the node's conditions' taints, not its status).
+        assert await reader.node("n1") == {"metadata": {"name": "n1", "labels": {"kubernetes.io/arch": "arm64"}},
+                                           "spec": {"taints": [{"key": "arch", "value": "arm64",
+                                                                "effect": "NoSchedule"}]}}
         accounts.deliver("MODIFIED", account("team", "default", "u1", "id-2"))
         got = await reader.service_account("team", "default")
         assert got is not None and got["metadata"]["annotations"]["azure.workload.identity/client-id"] == "id-2"

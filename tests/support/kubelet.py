@@ -36,12 +36,14 @@ def kubelet_message(mode: str, image: str) -> str:
 NO_KUBELET_TAINT = {"key": "pullhealth.io/e2e-no-kubelet", "value": "true", "effect": "NoSchedule"}
 
 
-def ensure_node(api: Any, name: str = NODE, arch: str = "amd64", labels: dict[str, str] | None = None) -> None:
-    """A Node pods are bound to (without it, the pod GC would delete them); no kubelet runs it."""
+def ensure_node(api: Any, name: str = NODE, arch: str = "amd64", labels: dict[str, str] | None = None,
+                taints: list[dict[str, str]] | None = None) -> None:
+    """A Node pods are bound to (without it, the pod GC would delete them); no kubelet runs it:
+    tainted so that the scheduler puts no pod on it, plus ``taints``."""
     try:
         api.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
                          "kubernetes.io/arch": arch, "kubernetes.io/os": "linux", **(labels or {})}},
-                         "spec": {"taints": [NO_KUBELET_TAINT]}})
+                         "spec": {"taints": [NO_KUBELET_TAINT, *(taints or [])]}})
     except kubernetes.client.exceptions.ApiException as exc:
         if exc.status != 409:
             raise

@@ -1,11 +1,18 @@
-"""Where a pod may run, as the scheduler's hard constraints say: its ``nodeSelector`` and
-its required node affinity (``affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution``).
+"""Where a pod may run, as the scheduler's hard constraints say: its ``nodeSelector``, its
+required node affinity (``affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution``)
+and the nodes' ``NoSchedule`` / ``NoExecute`` taints its tolerations do not tolerate.
 
 The pull is checked for the platforms (``kubernetes.io/os`` / ``kubernetes.io/arch``) of
-the nodes those constraints allow. Preferred affinity, taints and tolerations are not read:
-they do not decide which platforms a pod can land on as often, and reading them wrong would
-hide a platform the pod does pull on. Pod specs are untrusted: every list is read up to a
-bound and anything malformed matches no node, as the API server's validation would refuse it.
+the nodes those constraints allow: a Windows pool tainted ``os=windows:NoSchedule`` is not
+a platform a Linux Deployment without that toleration pulls on. Preferred affinity and
+``PreferNoSchedule`` only prefer, so they are not read. The taints nodes carry for their
+conditions (``node.kubernetes.io/not-ready``, ``.../unschedulable``, the pressure taints) come
+and go, and DaemonSets tolerate them: they are not read either, a node's platform stays one
+the pod may land on while it is cordoned. When the taints leave no node, or no known node
+is selected, the check widens rather than skip the pull (see :func:`node_platforms`).
+
+Pod specs are untrusted: every list is read up to a bound and anything malformed matches no
+node (a malformed toleration tolerates nothing), as the API server's validation would refuse it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ OS_LABEL, ARCH_LABEL = "kubernetes.io/os", "kubernetes.io/arch"
 MAX_TERMS = 32  # nodeSelectorTerms read (ORed)
 MAX_REQUIREMENTS = 64  # matchExpressions + matchFields read per term (ANDed)
 MAX_VALUES = 256  # values read per requirement
+MAX_TAINTS = 32  # taints read per node
+MAX_TOLERATIONS = 64  # tolerations read per pod spec
+SCHEDULING_EFFECTS = ("NoSchedule", "NoExecute")  # PreferNoSchedule only prefers
+CONDITION_TAINTS = "node.kubernetes.io/"  # the node lifecycle's own taints (see the module docstring)
 
 
 def _labels(node: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -82,6 +93,47 @@ def _term(node: Mapping[str, Any], term: Any) -> bool:
     return all(_requirement(value, item) for value, item in pairs)
 
 
+def node_taints(node: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The node's taints that keep pods off it (``NoSchedule``, ``NoExecute``) and are not its
+    conditions', bounded: what the Node mirror keeps and :func:`allows` reads."""
+    spec = node.get("spec")
+    taints = spec.get("taints") if isinstance(spec, Mapping) else None
+    kept: list[dict[str, str]] = []
+    for taint in taints[:MAX_TAINTS] if isinstance(taints, list) else ():
+        if not isinstance(taint, Mapping) or taint.get("effect") not in SCHEDULING_EFFECTS:
+            continue
+        key = str(taint.get("key") or "")
+        if key and not key.startswith(CONDITION_TAINTS):
+            kept.append({"key": key, "value": str(taint.get("value") or ""), "effect": str(taint["effect"])})
+    return kept
+
+
+def _tolerated(taint: Mapping[str, str], tolerations: list[Any]) -> bool:
+    """Whether one toleration matches the taint, as the scheduler matches them: the effect
+    (empty: every effect), then ``Exists`` (empty key: every key) or ``Equal`` (the default)
+    on key and value."""
+    for toleration in tolerations:
+        if not isinstance(toleration, Mapping):
+            continue
+        effect = toleration.get("effect") or ""
+        if effect and effect != taint["effect"]:
+            continue
+        key = str(toleration.get("key") or "")
+        operator = toleration.get("operator") or "Equal"
+        if operator == "Exists" and (not key or key == taint["key"]):
+            return True
+        value = str(toleration.get("value") or "")
+        if operator == "Equal" and key == taint["key"] and value == taint["value"]:
+            return True
+    return False
+
+
+def tolerations(spec: Mapping[str, Any]) -> list[Any]:
+    """The spec's tolerations, bounded (none when absent or malformed)."""
+    raw = spec.get("tolerations")
+    return raw[:MAX_TOLERATIONS] if isinstance(raw, list) else []
+
+
 def required_terms(spec: Mapping[str, Any]) -> list[Any] | None:
     """The required node affinity's terms, or None when the spec has none."""
     affinity = spec.get("affinity")
@@ -96,11 +148,14 @@ def required_terms(spec: Mapping[str, Any]) -> list[Any] | None:
 
 
 def allows(node: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
-    """Whether the pod spec's nodeSelector and required node affinity allow this node."""
-    return _allowed(node, spec.get("nodeSelector"), required_terms(spec))
+    """Whether the pod spec's nodeSelector, required node affinity and tolerations allow this node."""
+    return _selected(node, spec.get("nodeSelector"), required_terms(spec)) and _tolerates_all(
+        node, tolerations(spec)
+    )
 
 
-def _allowed(node: Mapping[str, Any], selector: Any, terms: list[Any] | None) -> bool:
+def _selected(node: Mapping[str, Any], selector: Any, terms: list[Any] | None) -> bool:
+    """The nodeSelector and the required node affinity's terms hold for the node."""
     labels = _labels(node)
     if isinstance(selector, Mapping) and any(
         k not in labels or str(labels[k]) != str(v) for k, v in selector.items()
@@ -109,12 +164,18 @@ def _allowed(node: Mapping[str, Any], selector: Any, terms: list[Any] | None) ->
     return terms is None or any(_term(node, term) for term in terms)
 
 
+def _tolerates_all(node: Mapping[str, Any], tolerated: list[Any]) -> bool:
+    return all(_tolerated(taint, tolerated) for taint in node_taints(node))
+
+
 def constraints(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a pod spec placement reads (its nodeSelector and required node
-    affinity's terms, bounded), to keep instead of the whole spec."""
+    """The part of a pod spec placement reads (its nodeSelector, required node affinity's
+    terms and tolerations, bounded), to keep instead of the whole spec."""
     kept: dict[str, Any] = {}
     if isinstance(spec.get("nodeSelector"), Mapping):
         kept["nodeSelector"] = spec["nodeSelector"]
+    if tolerations(spec):
+        kept["tolerations"] = tolerations(spec)
     terms = required_terms(spec)
     if terms is not None:
         kept["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -128,18 +189,24 @@ def placement_inputs(spec: Mapping[str, Any]) -> tuple[Any, ...]:
     selected = (
         tuple(sorted((str(k), str(v)) for k, v in selector.items())) if isinstance(selector, Mapping) else ()
     )
-    return (selected, repr(required_terms(spec)))
+    return (selected, repr(required_terms(spec)), repr(tolerations(spec)))
 
 
 def node_platforms(
     nodes: Iterable[Mapping[str, Any]], spec: Mapping[str, Any], default: str
 ) -> tuple[str, ...]:
-    """``os/arch`` of the nodes the pod may land on, sorted. When no known node is allowed
-    (a pool not created yet, a label not applied yet), every node's platform: the pull is
-    still checked somewhere. ``(default,)`` when no node is known."""
+    """``os/arch`` of the nodes the pod may land on, sorted.
+
+    When the taints leave no selected node, the selected nodes' platforms: tolerations can be
+    added after the template (the PodTolerationRestriction admission plugin's namespace
+    defaults, a mutating webhook), and a pod that could land nowhere is not what was meant.
+    When no known node is selected either (a pool not created yet, a label not applied yet),
+    every node's platform: the pull is still checked somewhere. ``(default,)`` when no node
+    is known."""
     every: set[str] = set()
+    selected: set[str] = set()
     allowed: set[str] = set()
-    selector, terms = spec.get("nodeSelector"), required_terms(spec)  # read once, not per node
+    selector, terms, tolerated = spec.get("nodeSelector"), required_terms(spec), tolerations(spec)  # once
     for node in nodes:
         labels = _labels(node)
         os_name, arch = labels.get(OS_LABEL), labels.get(ARCH_LABEL)
@@ -147,6 +214,8 @@ def node_platforms(
             continue
         platform = f"{os_name}/{arch}"
         every.add(platform)
-        if _allowed(node, selector, terms):
-            allowed.add(platform)
-    return tuple(sorted(allowed or every)) or (default,)
+        if _selected(node, selector, terms):
+            selected.add(platform)
+            if _tolerates_all(node, tolerated):
+                allowed.add(platform)
+    return tuple(sorted(allowed or selected or every)) or (default,)

@@ -22,6 +22,7 @@ from typing import Any
 
 from pullhealth.chain.pullsources import ClusterReader
 from pullhealth.chain.singleflight import SingleFlight
+from pullhealth.domain import placement
 
 NODE_TTL = 60.0  # os/arch labels of a node do not change while it runs
 ACCOUNT_TTL = 10.0  # a ServiceAccount fixed by hand is seen within seconds
@@ -33,12 +34,18 @@ MAX_ENTRIES = 20_000
 Read = Mapping[str, Any] | None
 
 
-def node_labels(node: Read) -> Read:
-    """Only what diagnosis uses of a Node: its labels."""
+def node_placement(node: Read) -> Read:
+    """Only what diagnosis and placement use of a Node: its labels and the taints that keep
+    pods off it (:func:`pullhealth.domain.placement.node_taints`: not its conditions' taints,
+    which come and go with heartbeats)."""
     if node is None:
         return None
     meta = node.get("metadata") or {}
-    return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})}}
+    kept: dict[str, Any] = {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})}}
+    taints = placement.node_taints(node)
+    if taints:
+        kept["spec"] = {"taints": taints}
+    return kept
 
 
 def account_pull_fields(account: Read) -> Read:
@@ -155,7 +162,7 @@ class CachedReader:
         mirrored = self.nodes.get("", name) if self.nodes is not None else None
         if mirrored is not None:
             return mirrored
-        return await self._get(("node", name), lambda: self.inner.node(name), node_labels)
+        return await self._get(("node", name), lambda: self.inner.node(name), node_placement)
 
     async def service_account(self, namespace: str, name: str) -> Read:
         """The ServiceAccount's pull secret names and annotations."""

@@ -171,7 +171,7 @@ def _mirror_nodes_and_accounts(
 ) -> tuple[watchcache.Mirror, watchcache.Mirror, Callable[[], bool]]:
     """Nodes (labels) and ServiceAccounts (pull fields) from one list-and-watch each; and
     whether both were listed (or refused: then pods read them with GETs)."""
-    nodes = watchcache.Mirror(watchcache.node_labels)
+    nodes = watchcache.Mirror(watchcache.node_placement)
     accounts = watchcache.Mirror(watchcache.account_pull_fields)
     without = "it is read with a GET per object instead (cached for seconds)"
     node_stream = listwatch.ListWatch(
