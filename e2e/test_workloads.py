@@ -11,6 +11,7 @@ a running pod's tag moved and then deleted in the registry noticed within one in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -195,6 +196,19 @@ def test_workloads_with_unpullable_images_are_reported(
     wait_for(lambda: ("Deployment", "missing-tag", "app") not in series(checker, ns), "series removed")
 
 
+@contextlib.contextmanager
+def prometheus_on(checker: OperatorProcess, tmp_path: Path, *sets: str) -> Iterator[Any]:
+    """A real Prometheus scraping the operator every second with the chart's rules, rendered
+    with ``sets`` (an alert's short ``for``)."""
+    rendered = render(require_helm(), "pullhealth", "prometheusRule.enabled=true", *sets)
+    rules = rule_file(next(o for o in rendered if o["kind"] == "PrometheusRule"))
+    prometheus_bin, _ = require_prometheus()
+    with running(prometheus_bin, tmp_path, rules, [{
+            "job_name": "pullhealth", "scrape_interval": "1s", "scrape_timeout": "1s",
+            "static_configs": [{"targets": [f"127.0.0.1:{checker.metrics_port}"]}]}]) as prom:
+        yield prom
+
+
 def shown_on_the_dashboard(checker: OperatorProcess, tmp_path: Path, ns: str,
                            expected: list[tuple[str, str, str, str]], wait_for: Any) -> None:
     """The chart dashboard's workload panels and its PullhealthWorkloadImageUnpullable alert
@@ -204,13 +218,7 @@ def shown_on_the_dashboard(checker: OperatorProcess, tmp_path: Path, ns: str,
                         / "pullhealth.json").read_text())
     panels = {p["title"]: p["targets"][0] for p in board["panels"] if p["title"].startswith("Workload")}
     assert len(panels) == 2, panels.keys()
-    rendered = render(require_helm(), "pullhealth", "prometheusRule.enabled=true",
-                      "prometheusRule.workloadImageUnpullableFor=1s")
-    rules = rule_file(next(o for o in rendered if o["kind"] == "PrometheusRule"))
-    prometheus_bin, _ = require_prometheus()
-    with running(prometheus_bin, tmp_path, rules, [{
-            "job_name": "pullhealth", "scrape_interval": "1s", "scrape_timeout": "1s",
-            "static_configs": [{"targets": [f"127.0.0.1:{checker.metrics_port}"]}]}]) as prom:
+    with prometheus_on(checker, tmp_path, "prometheusRule.workloadImageUnpullableFor=1s") as prom:
         table, by_code = (panels[t]["expr"] for t in sorted(panels, key=lambda t: "by code" in t))
 
         def rows() -> set[tuple[str, str, str, str]] | None:
@@ -237,8 +245,10 @@ def _checks(text: str) -> float:
 
 
 def test_a_running_pods_tag_moved_then_deleted_is_reported(
-    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any
+    checker: OperatorProcess, clients: Any, world: World, namespace: str, wait_for: Any, tmp_path: Path
 ) -> None:
+    """A running pod's tag moved (ImageTagMoved), then deleted (ImageTagDeleted, its series,
+    and the chart's PullhealthImageTagDeleted firing in a real Prometheus)."""
     core, _, _ = clients
     ns = namespace
     anon = world.registries["anon"]
@@ -268,6 +278,13 @@ def test_a_running_pods_tag_moved_then_deleted_is_reported(
     got = wait_for(lambda: series(checker, ns).get(("Pod", "runner", "app")) == "TAG_DELETED" or None,
                    "TAG_DELETED series")
     assert got
+    with prometheus_on(checker, tmp_path, "prometheusRule.imageTagDeletedFor=1s") as prom:
+        alert = wait_for(lambda: next((a for a in prom.alerts("PullhealthImageTagDeleted")
+                                       if a["labels"].get("namespace") == ns), None),
+                         "PullhealthImageTagDeleted firing", timeout=60)
+        assert (alert["labels"]["kind"], alert["labels"]["workload"], alert["labels"]["container"]) == (
+            "Pod", "runner", "app"), alert
+        assert "runs a tag that no longer exists" in alert["annotations"]["summary"], alert
 
 
 def test_a_registry_answering_429_is_backed_off(
