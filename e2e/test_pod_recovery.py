@@ -245,6 +245,28 @@ def assert_kept(api: Any, ns: str, pods: dict[str, dict[str, Any]]) -> None:
         assert RECOVERABLE in (now["metadata"].get("annotations") or {})
 
 
+@contextlib.contextmanager
+def restarting_operator(dev_cluster: Any, restart_chart: Installed, world: World, tmp_path: Path,
+                        narrow: Callable[[dict[str, Any]], None]) -> Iterator[OperatorProcess]:
+    """The only operator running: the restart chart's role narrowed by ``narrow``, restarts
+    on in every namespace, pods rechecked every second."""
+    with OperatorProcess.others_stopped(), \
+            limited_account(dev_cluster, restart_chart, tmp_path, narrow) as kubeconfig, \
+            OperatorProcess(kubeconfig, world, tmp_path / "operator.log", [
+                "--pod-interval", "2", "--restart-recovered-pods", "all"]) as op:
+        yield op
+
+
+def announced_recoverable(api: Any, world: World, ns: str, wait_for: Callable[..., Any]) -> dict[str, dict[str, Any]]:
+    """Two ReplicaSets' pods failing on a tag, the tag pushed, both announced PullRecoverable."""
+    tag, pods = recovering_replica_sets(api, world, ns, ("web", "api"), wait_for)
+    world.registries["anon"].push_image("team/app", tag)
+    for pod in pods.values():
+        wait_for(lambda u=pod["metadata"]["uid"]: events_of(api, ns, u, "PullRecoverable"),
+                 f"PullRecoverable on {pod['metadata']['name']}", timeout=90)
+    return pods
+
+
 def errors_of(op: OperatorProcess) -> list[str]:
     return [str(r.get("message")) for r in records(op.lines()) if r.get("severity") in ("error", "fatal")]
 
@@ -265,15 +287,8 @@ def test_a_refused_delete_keeps_the_pod_announced_and_is_logged_once(
             rule["verbs"] = []
 
     refusal = DELETE_REFUSED if narrow is no_pod_delete else NAMESPACE_REFUSED
-    with OperatorProcess.others_stopped(), \
-            limited_account(dev_cluster, restart_chart, tmp_path, narrow or chart_value_off) as kubeconfig, \
-            OperatorProcess(kubeconfig, world, tmp_path / "operator.log", [
-                "--pod-interval", "2", "--restart-recovered-pods", "all"]) as op:
-        tag, pods = recovering_replica_sets(api, world, namespace, ("web", "api"), wait_for)
-        world.registries["anon"].push_image("team/app", tag)
-        for pod in pods.values():
-            wait_for(lambda u=pod["metadata"]["uid"]: events_of(api, namespace, u, "PullRecoverable"),
-                     f"PullRecoverable on {pod['metadata']['name']}", timeout=90)
+    with restarting_operator(dev_cluster, restart_chart, world, tmp_path, narrow or chart_value_off) as op:
+        pods = announced_recoverable(api, world, namespace, wait_for)
         wait_for(lambda: refusal in op.text(), "the refusal logged", timeout=30)
         time.sleep(8)  # several rechecks of both pods (every second with --pod-interval 2)
 
@@ -314,10 +329,7 @@ def test_a_refused_event_means_no_delete_and_is_logged_once(
     """Without create on Events the operator may delete pods but must not: the
     PullRecoveryRestart Event comes first, and no pod is deleted without it. Annotations are
     written as usual (the pod path's own Events are refused and logged by it)."""
-    with OperatorProcess.others_stopped(), \
-            limited_account(dev_cluster, restart_chart, tmp_path, no_event_create) as kubeconfig, \
-            OperatorProcess(kubeconfig, world, tmp_path / "operator.log", [
-                "--pod-interval", "2", "--restart-recovered-pods", "all"]) as op:
+    with restarting_operator(dev_cluster, restart_chart, world, tmp_path, no_event_create) as op:
         tag, pods = recovering_replica_sets(api, world, namespace, ("web", "api"), wait_for)
         world.registries["anon"].push_image("team/app", tag)
         for pod in pods.values():
@@ -384,15 +396,8 @@ def test_an_admission_refusal_of_the_delete_keeps_the_pod_and_is_logged_once(
         wait_for(lambda: dev_cluster.kubectl("-n", namespace, "delete", "pod", probe, "--dry-run=server",
                                              check=False).returncode != 0,
                  "the test policy enforced", timeout=30)
-        with OperatorProcess.others_stopped(), \
-                limited_account(dev_cluster, restart_chart, tmp_path, lambda rule: None) as kubeconfig, \
-                OperatorProcess(kubeconfig, world, tmp_path / "operator.log", [
-                    "--pod-interval", "2", "--restart-recovered-pods", "all"]) as op:
-            tag, pods = recovering_replica_sets(api, world, namespace, ("web", "api"), wait_for)
-            world.registries["anon"].push_image("team/app", tag)
-            for pod in pods.values():
-                wait_for(lambda u=pod["metadata"]["uid"]: events_of(api, namespace, u, "PullRecoverable"),
-                         f"PullRecoverable on {pod['metadata']['name']}", timeout=90)
+        with restarting_operator(dev_cluster, restart_chart, world, tmp_path, lambda rule: None) as op:
+            pods = announced_recoverable(api, world, namespace, wait_for)
             wait_for(lambda: "cannot delete the recoverable pod (HTTP 422" in op.text(), "the failure logged",
                      timeout=30)
             time.sleep(8)  # several rechecks of both pods (every second with --pod-interval 2)
