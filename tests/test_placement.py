@@ -141,7 +141,9 @@ def test_condition_and_preferring_taints_are_not_read() -> None:
     the pod may land on; when every node is tainted away, every platform is checked."""
     nodes = [NODES[0], tainted(NODES[1], {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"},
                                {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"},
-                               {"key": "spot", "value": "true", "effect": "PreferNoSchedule"})]
+                               {"key": "spot", "value": "true", "effect": "PreferNoSchedule"},
+                               {"key": "node.cloudprovider.kubernetes.io/uninitialized", "value": "true",
+                                "effect": "NoSchedule"})]
     assert placement.node_taints(nodes[1]) == []
     assert placement.node_platforms(nodes, {}, "x") == ("linux/amd64", "linux/arm64")
     # Every selected node tainted away (tolerations added after the template, as namespace

@@ -6,9 +6,10 @@ The pull is checked for the platforms (``kubernetes.io/os`` / ``kubernetes.io/ar
 the nodes those constraints allow: a Windows pool tainted ``os=windows:NoSchedule`` is not
 a platform a Linux Deployment without that toleration pulls on. Preferred affinity and
 ``PreferNoSchedule`` only prefer, so they are not read. The taints nodes carry for their
-conditions (``node.kubernetes.io/not-ready``, ``.../unschedulable``, the pressure taints) come
-and go, and DaemonSets tolerate them: they are not read either, a node's platform stays one
-the pod may land on while it is cordoned. When the taints leave no node, or no known node
+conditions (``node.kubernetes.io/not-ready``, ``.../unschedulable``, the pressure taints) and
+the cloud provider's ``node.cloudprovider.kubernetes.io/uninitialized`` come and go, and
+DaemonSets tolerate the former: they are not read either, a node's platform stays one the
+pod may land on while it is cordoned or starting. When the taints leave no node, or no known node
 is selected, the check widens rather than skip the pull (see :func:`node_platforms`).
 
 Pod specs are untrusted: every list is read up to a bound and anything malformed matches no
@@ -27,7 +28,9 @@ MAX_VALUES = 256  # values read per requirement
 MAX_TAINTS = 32  # taints read per node
 MAX_TOLERATIONS = 64  # tolerations read per pod spec
 SCHEDULING_EFFECTS = ("NoSchedule", "NoExecute")  # PreferNoSchedule only prefers
-CONDITION_TAINTS = "node.kubernetes.io/"  # the node lifecycle's own taints (see the module docstring)
+# The node lifecycle's own taints (see the module docstring), and the cloud provider's
+# "not initialised yet" taint that a new node carries for its first seconds.
+CONDITION_TAINTS = ("node.kubernetes.io/", "node.cloudprovider.kubernetes.io/")
 
 
 def _labels(node: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -37,7 +37,7 @@ Read = Mapping[str, Any] | None
 def node_placement(node: Read) -> Read:
     """Only what diagnosis and placement use of a Node: its labels and the taints that keep
     pods off it (:func:`pullhealth.domain.placement.node_taints`: not its conditions' taints,
-    which come and go with heartbeats)."""
+    which come and go with the node's conditions)."""
     if node is None:
         return None
     meta = node.get("metadata") or {}
