@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pullhealth.domain import placement
 
@@ -158,3 +160,30 @@ def test_condition_and_preferring_taints_are_not_read() -> None:
     assert len(placement.node_taints(many)) == placement.MAX_TAINTS
     assert placement.node_taints({"spec": {"taints": "x"}}) == []
     assert placement.node_taints({"spec": {"taints": [None, {"effect": "NoSchedule"}]}}) == []
+
+
+KEYS = st.sampled_from(["os", "arch", "spot", "node.kubernetes.io/not-ready", ""])
+VALUES = st.sampled_from(["", "windows", "arm64", "true"])
+EFFECTS = st.sampled_from(["", "NoSchedule", "NoExecute", "PreferNoSchedule", "Bogus"])
+TAINTS = st.lists(st.fixed_dictionaries({"key": KEYS, "value": VALUES, "effect": EFFECTS}), max_size=4)
+TOLERATIONS = st.lists(st.one_of(
+    st.fixed_dictionaries({"key": KEYS, "operator": st.sampled_from(["Equal", "Exists", "", "Lt"]),
+                           "value": VALUES, "effect": EFFECTS}),
+    st.none(), st.text(max_size=3)), max_size=4)
+
+
+@given(st.lists(TAINTS, min_size=1, max_size=4), TOLERATIONS, TOLERATIONS)
+def test_tolerations_only_ever_widen_and_exists_tolerates_everything(
+    taints: list[list[dict[str, str]]], some: list[Any], more: list[Any]
+) -> None:
+    """Properties of the scheduler's rule, whatever the (hostile) shapes: another
+    toleration never takes a node away; ``operator: Exists`` with no key tolerates every
+    taint; no taint keeps a pod off a node with no scheduling taint; no spec raises."""
+    nodes = [tainted(node(f"n{i}", "amd64" if i % 2 else "arm64"), *t) for i, t in enumerate(taints)]
+    for n in nodes:
+        if placement.allows(n, {"tolerations": some}):
+            assert placement.allows(n, {"tolerations": some + more})
+        assert placement.allows(n, {"tolerations": [{"operator": "Exists"}]})
+        if not placement.node_taints(n):
+            assert placement.allows(n, {})
+    assert set(placement.node_platforms(nodes, {"tolerations": some}, "x")) <= {"linux/amd64", "linux/arm64"}
