@@ -26,6 +26,7 @@ from pullhealth.admission.server import AdmissionServer, TLSSource, api_timeout
 from pullhealth.chain.pullsources import Environment
 from pullhealth.chain.singleflight import SingleFlight
 from pullhealth.chain.trust import TrustPolicy
+from pullhealth.domain import placement
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import make, transient
 from pullhealth.domain.model import Diagnosis
@@ -156,7 +157,8 @@ def make_preflight(world: World, nodes: list[Any], objects: Mapping[tuple[str, .
     env = Environment(nameserver=world.nameserver, ca_file=str(world.ca_bundle),
                       imds_endpoint=world.imds_url, trust=TrustPolicy(destinations=TEST_DESTINATIONS))
     cache: SingleFlight[Diagnosis] = SingleFlight(ttl=60.0, is_failure=transient)
-    preflight = Preflight(Objects(dict(objects)), env, cache, PodSettings(timeout=3.0), lambda: nodes,
+    preflight = Preflight(Objects(dict(objects)), env, cache, PodSettings(timeout=3.0),
+                          lambda spec, default: placement.node_platforms(nodes, spec, default),
                           lambda registry, step: requests.append(f"{registry} {step}"))
     return preflight, cache, requests
 

@@ -193,3 +193,40 @@ def test_a_recreated_object_survives_the_deletion_of_its_predecessor_reported_la
     mirror.deliver("DELETED", {"metadata": {"uid": "old"}})
     got = mirror.get("team", "ci")
     assert got is not None and got["metadata"]["annotations"]["azure.workload.identity/client-id"] == "id-2"
+
+
+def test_derived_answers_are_reused_until_what_is_kept_changes() -> None:
+    """A Node's heartbeat (status only) recomputes nothing; a label or taint change, a new
+    Node, a deletion, the first listing each do; distinct keys are distinct answers."""
+    nodes = Mirror(node_placement)
+    listed = [False]
+    nodes.listed = lambda: listed[0]
+    computed: list[str] = []
+
+    def count(key: str) -> int:
+        def compute(objects: list[Any]) -> int:
+            computed.append(key)
+            return len(objects)
+
+        return nodes.derived(key, compute)
+
+    def node(name: str, uid: str, arch: str, heartbeat: str = "t0", taint: bool = False) -> dict[str, Any]:
+        return {"metadata": {"name": name, "uid": uid, "labels": {"kubernetes.io/arch": arch}},
+                "spec": {"taints": [{"key": "pool", "value": "x", "effect": "NoSchedule"}] if taint else []},
+                "status": {"conditions": [{"type": "Ready", "lastHeartbeatTime": heartbeat}]}}
+
+    nodes.deliver("LISTED", node("a", "1", "amd64"))
+    assert count("k") == 0 and computed == ["k"]  # not listed yet: no objects
+    listed[0] = True
+    assert count("k") == 1 and count("k") == 1 and computed == ["k", "k"]
+    assert count("other") == 1 and computed[-1] == "other"
+    for change in (node("a", "1", "amd64", heartbeat="t1"), node("a", "1", "amd64", heartbeat="t2")):
+        nodes.deliver("MODIFIED", change)
+        assert count("k") == 1
+    assert computed == ["k", "k", "other"]  # heartbeats kept nothing new
+    nodes.deliver("MODIFIED", node("a", "1", "amd64", taint=True))
+    assert count("k") == 1 and len(computed) == 4
+    nodes.deliver("ADDED", node("b", "2", "arm64"))
+    assert count("k") == 2 and len(computed) == 5
+    nodes.deliver("DELETED", {"metadata": {"uid": "2"}})
+    assert count("k") == 1 and len(computed) == 6

@@ -27,7 +27,6 @@ from typing import Any
 from pullhealth.admission import decision
 from pullhealth.chain.pullsources import ClusterReader, Environment
 from pullhealth.chain.singleflight import SingleFlight
-from pullhealth.domain import placement
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import make, redacted
 from pullhealth.domain.model import Diagnosis
@@ -49,7 +48,8 @@ class Preflight:
         env: the operator's network settings and trust policy.
         cache: the failing pods' single-flight cache.
         settings: the chain's timeout and the default platform.
-        nodes: the Nodes known now (their labels), for the platforms pods may land on.
+        platforms: ``(spec, default)`` -> the platforms of the nodes the spec's pods may land
+            on (:func:`pullhealth.domain.placement.node_platforms` over the Nodes known now).
         on_request: called before each registry request (the probe-request metric).
     """
 
@@ -57,7 +57,7 @@ class Preflight:
     env: Environment
     cache: SingleFlight[Diagnosis]
     settings: podcheck.PodSettings
-    nodes: Callable[[], Sequence[Mapping[str, Any]]] = lambda: ()
+    platforms: Callable[[Mapping[str, Any], str], tuple[str, ...]] = lambda spec, default: (default,)
     on_request: Callable[[str, str], None] | None = None
     max_pending: int = MAX_PENDING
     # Checks that outlived their apply's budget, still running (they answer the next one).
@@ -71,7 +71,7 @@ class Preflight:
         because ``max_pending`` checks are running, is left out."""
         if not plan.images:
             return []
-        platforms = placement.node_platforms(self.nodes(), plan.spec, self.settings.platform)
+        platforms = self.platforms(plan.spec, self.settings.platform)
         tasks: list[tuple[str, asyncio.Task[Diagnosis]]] = []
         for image in plan.images:
             if len(self.pending) >= self.max_pending:

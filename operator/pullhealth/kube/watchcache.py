@@ -17,9 +17,10 @@ RegistryChecks read through the uncached client: a check asked for with
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any, TypeVar, cast
 
+from pullhealth.bounded import BoundedDict
 from pullhealth.chain.pullsources import ClusterReader
 from pullhealth.chain.singleflight import SingleFlight
 from pullhealth.domain import placement
@@ -31,7 +32,9 @@ API_SERVER = "api-server"  # the one limiter key: reads are bounded by the API c
 UNLIMITED = 1 << 30
 MAX_ENTRIES = 20_000
 
+MAX_DERIVED = 4096  # answers Mirror.derived keeps (placement patterns: few in practice)
 Read = Mapping[str, Any] | None
+T = TypeVar("T")
 
 
 def node_placement(node: Read) -> Read:
@@ -68,6 +71,8 @@ class Mirror:
 
     Fed on the reading thread (:meth:`deliver`: one dict assignment per event), read on the
     event loop. Bounded: past ``limit`` objects it stops answering (readers fall back to GETs).
+    What is computed from all the objects (:meth:`derived`) is reused until the kept objects
+    change: a Node's status heartbeat changes nothing kept, so it recomputes nothing.
 
     Args:
         keep: what is kept of an object.
@@ -81,6 +86,9 @@ class Mirror:
         self._keys: dict[str, tuple[str, str]] = {}  # uid -> key (a re-list reports deletions by uid)
         self._overflow = False
         self.listed: Callable[[], bool] = lambda: False  # set by who feeds it: first list done
+        self._generation = 0  # bumped when what is kept changes (on the reading thread)
+        self._derived: BoundedDict[Hashable, Any] = BoundedDict(MAX_DERIVED)
+        self._derived_at: tuple[int, bool, bool] | None = None
 
     def deliver(self, kind: str, obj: Mapping[str, Any]) -> None:
         """A list or watch event."""
@@ -91,12 +99,16 @@ class Mirror:
             held = self._objects.get(key) if key is not None else None
             if key is not None and held is not None and held[0] == uid:  # not a successor's
                 self._objects.pop(key, None)
+                self._generation += 1
             return
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         if key not in self._objects and len(self._objects) >= self._limit:
             self._overflow = True
             return
-        self._objects[key] = (uid, self._keep(obj))
+        kept = self._keep(obj)
+        if self._objects.get(key) != (uid, kept):
+            self._generation += 1
+        self._objects[key] = (uid, kept)
         self._keys[uid] = key
 
     def get(self, namespace: str, name: str) -> Read:
@@ -111,6 +123,22 @@ class Mirror:
         if self._overflow or not self.listed():
             return []
         return [held[1] for held in list(self._objects.values()) if held[1] is not None]
+
+    def derived(self, key: Hashable, compute: Callable[[list[Mapping[str, Any]]], T]) -> T:
+        """``compute(self.objects())``, remembered under ``key`` until the kept objects change
+        (or the first listing completes, or the mirror overflows); at most ``MAX_DERIVED``
+        answers. ``key`` must name everything ``compute`` depends on besides the objects."""
+        # Read before the objects: a change while computing makes the answer stale under
+        # an old version, which the next call does not use.
+        version = (self._generation, self._overflow, self.listed())
+        if version != self._derived_at:
+            self._derived.clear()
+            self._derived_at = version
+        if key in self._derived:
+            return cast(T, self._derived[key])
+        answer = compute(self.objects())
+        self._derived[key] = answer
+        return answer
 
     def __len__(self) -> int:
         return len(self._objects)

@@ -35,6 +35,7 @@ from typing import Any
 from pullhealth import metrics
 from pullhealth.bounded import BoundedDict
 from pullhealth.chain import singleflight
+from pullhealth.domain import placement
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import make, redacted
 from pullhealth.domain.model import Diagnosis
@@ -245,8 +246,15 @@ class WorkloadController:
         metrics.WORKLOAD_CHECKS.inc()
         reader = runtime.pod_reader if runtime.pod_reader is not None else runtime.kube
         mirror = runtime.pod_reader.nodes if runtime.pod_reader is not None else None
-        nodes = mirror.objects() if mirror is not None else []
-        wanted = inventory.platforms(nodes, work, runtime.pod_settings.platform)
+        default = runtime.pod_settings.platform
+
+        def platforms(nodes: list[Mapping[str, Any]]) -> tuple[str, ...]:
+            return inventory.platforms(nodes, work, default)
+
+        # Most workloads share a few placement patterns: one pass over the nodes per pattern
+        # until a Node's labels or taints change, not one per workload check.
+        pattern = ("workload", work.node, placement.placement_inputs(work.pull_spec), default)
+        wanted = mirror.derived(pattern, platforms) if mirror is not None else platforms([])
         results: list[tuple[inventory.Container, Diagnosis]] = []
         for container in work.containers:
             results.append((container, await self._check_container(work, container, wanted, reader)))
