@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from pullhealth.kube.watchcache import CachedReader, Mirror, account_pull_fields, node_placement
+from pullhealth.domain import placement
+from pullhealth.kube.watchcache import (
+    CachedReader,
+    Mirror,
+    account_pull_fields,
+    node_placement,
+    node_platforms,
+)
 
 
 class Counting:
@@ -230,3 +237,18 @@ def test_derived_answers_are_reused_until_what_is_kept_changes() -> None:
     assert count("k") == 2 and len(computed) == 5
     nodes.deliver("DELETED", {"metadata": {"uid": "2"}})
     assert count("k") == 1 and len(computed) == 6
+
+
+def test_node_platforms_through_the_mirror_equal_placements_own() -> None:
+    nodes = Mirror(node_placement)
+    nodes.listed = lambda: True
+    for name, arch in (("a", "amd64"), ("b", "arm64")):
+        nodes.deliver("LISTED", {"metadata": {"name": name, "uid": name, "labels": {
+            "kubernetes.io/os": "linux", "kubernetes.io/arch": arch}}})
+    arm = {"nodeSelector": {"kubernetes.io/arch": "arm64"}}
+    for spec, node in (({}, ""), (arm, ""), ({}, "a"), ({}, "gone")):
+        expected = placement.node_platforms(nodes.objects(), spec, "x", node)
+        assert node_platforms(nodes, spec, "x", node) == expected
+    assert node_platforms(nodes, arm, "x") == ("linux/arm64",)
+    assert node_platforms(nodes, {}, "x", "a") == ("linux/amd64",)
+    assert node_platforms(None, arm, "linux/amd64") == ("linux/amd64",)  # no mirror: the default

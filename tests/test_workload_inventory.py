@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pullhealth import metrics
+from pullhealth.domain import placement
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import make
 from pullhealth.domain.model import CheckResult, StepStatus
@@ -110,22 +111,27 @@ def node(name: str, arch: str, **labels: str) -> dict[str, Any]:
                                                   **labels}}}
 
 
+def platforms(nodes: list[dict[str, Any]], work: inventory.Workload, default: str) -> tuple[str, ...]:
+    """What a workload check is run for: its pull spec's placement, its pod's node."""
+    return placement.node_platforms(nodes, work.pull_spec, default, work.node)
+
+
 def test_platforms_follow_the_node_selector_and_a_pods_node() -> None:
     nodes = [node("a", "amd64"), node("b", "arm64", pool="arm")]
     work = inventory.workload(obj("Deployment", pod_spec(IMAGE)))
     assert work is not None
-    assert inventory.platforms(nodes, work, "linux/amd64") == ("linux/amd64", "linux/arm64")
+    assert platforms(nodes, work, "linux/amd64") == ("linux/amd64", "linux/arm64")
     selected = inventory.workload(obj("Deployment", {**pod_spec(IMAGE), "nodeSelector": {"pool": "arm"}}))
-    assert selected is not None and inventory.platforms(nodes, selected, "linux/amd64") == ("linux/arm64",)
+    assert selected is not None and platforms(nodes, selected, "linux/amd64") == ("linux/arm64",)
     pod = inventory.workload(running_pod(owned=False))
-    assert pod is not None and inventory.platforms([*nodes, node("n1", "arm64")], pod, "x") == ("linux/arm64",)
-    assert inventory.platforms([], work, "linux/amd64") == ("linux/amd64",)
+    assert pod is not None and platforms([*nodes, node("n1", "arm64")], pod, "x") == ("linux/arm64",)
+    assert platforms([], work, "linux/amd64") == ("linux/amd64",)
     # Required node affinity narrows too (kept compactly in the workload, and part of its inputs).
     affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]}}}
     pinned = inventory.workload(obj("Deployment", {**pod_spec(IMAGE), "affinity": {
         **affinity, "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": []}}}))
-    assert pinned is not None and inventory.platforms(nodes, pinned, "linux/amd64") == ("linux/arm64",)
+    assert pinned is not None and platforms(nodes, pinned, "linux/amd64") == ("linux/arm64",)
     assert pinned.pull_spec == {"affinity": affinity} and pinned.inputs != work.inputs
 
 

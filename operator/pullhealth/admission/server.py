@@ -32,7 +32,7 @@ from aiohttp import web
 from pullhealth import metrics, tlscerts
 from pullhealth.admission import certs, decision
 from pullhealth.admission.preflight import Preflight
-from pullhealth.domain import placement
+from pullhealth.kube import watchcache
 from pullhealth.runtime.state import Runtime
 
 log = logging.getLogger(__name__)
@@ -268,21 +268,12 @@ def build(runtime: Runtime) -> AdmissionServer:
     settings = runtime.settings
     reader = runtime.pod_reader if runtime.pod_reader is not None else runtime.kube
     mirror = runtime.pod_reader.nodes if runtime.pod_reader is not None else None
-
-    def platforms(spec: Mapping[str, Any], default: str) -> tuple[str, ...]:
-        def compute(nodes: list[Mapping[str, Any]]) -> tuple[str, ...]:
-            return placement.node_platforms(nodes, spec, default)
-
-        # One pass over the nodes per placement pattern until a Node's labels or taints change.
-        key = ("admission", placement.placement_inputs(spec), default)
-        return mirror.derived(key, compute) if mirror is not None else compute([])
-
     preflight = Preflight(
         reader,
         runtime.env,
         runtime.pod_cache,
         runtime.pod_settings,
-        platforms=platforms,
+        platforms=lambda spec, default: watchcache.node_platforms(mirror, spec, default),
         on_request=metrics.count_probe_request,
     )
     generated = bool(settings.admission_tls_secret)

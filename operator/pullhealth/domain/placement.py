@@ -177,8 +177,9 @@ def constraints(spec: Mapping[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     if isinstance(spec.get("nodeSelector"), Mapping):
         kept["nodeSelector"] = spec["nodeSelector"]
-    if tolerations(spec):
-        kept["tolerations"] = tolerations(spec)
+    tolerated = tolerations(spec)
+    if tolerated:
+        kept["tolerations"] = tolerated
     terms = required_terms(spec)
     if terms is not None:
         kept["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -196,9 +197,10 @@ def placement_inputs(spec: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def node_platforms(
-    nodes: Iterable[Mapping[str, Any]], spec: Mapping[str, Any], default: str
+    nodes: Iterable[Mapping[str, Any]], spec: Mapping[str, Any], default: str, node: str = ""
 ) -> tuple[str, ...]:
-    """``os/arch`` of the nodes the pod may land on, sorted.
+    """``os/arch`` of the nodes the pod may land on, sorted; for a pod bound to ``node``, that
+    node's (the one it pulls on), when it is known.
 
     When the taints leave no selected node, the selected nodes' platforms: tolerations can be
     added after the template (the PodTolerationRestriction admission plugin's namespace
@@ -209,16 +211,18 @@ def node_platforms(
     every: set[str] = set()
     selected: set[str] = set()
     allowed: set[str] = set()
+    if node:
+        nodes = [n for n in nodes if _name(n) == node] or list(nodes)
     selector, terms, tolerated = spec.get("nodeSelector"), required_terms(spec), tolerations(spec)  # once
-    for node in nodes:
-        labels = _labels(node)
+    for candidate in nodes:
+        labels = _labels(candidate)
         os_name, arch = labels.get(OS_LABEL), labels.get(ARCH_LABEL)
         if not os_name or not arch:
             continue
         platform = f"{os_name}/{arch}"
         every.add(platform)
-        if _selected(node, selector, terms):
+        if _selected(candidate, selector, terms):
             selected.add(platform)
-            if _tolerates_all(node, tolerated):
+            if _tolerates_all(candidate, tolerated):
                 allowed.add(platform)
     return tuple(sorted(allowed or selected or every)) or (default,)

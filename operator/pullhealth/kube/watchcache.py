@@ -144,6 +144,21 @@ class Mirror:
         return len(self._objects)
 
 
+def node_platforms(
+    nodes: Mirror | None, spec: Mapping[str, Any], default: str, node: str = ""
+) -> tuple[str, ...]:
+    """:func:`pullhealth.domain.placement.node_platforms` over the mirrored Nodes, one pass over
+    them per placement pattern (most specs share a few) until a Node's labels or taints
+    change; workload checks and admission share the answers."""
+
+    def compute(found: list[Mapping[str, Any]]) -> tuple[str, ...]:
+        return placement.node_platforms(found, spec, default, node)
+
+    if nodes is None:
+        return compute([])
+    return nodes.derived(("platforms", node, placement.placement_inputs(spec), default), compute)
+
+
 class CachedReader:
     """A :class:`ClusterReader` whose reads are shared for a short time.
 

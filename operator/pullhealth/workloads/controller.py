@@ -35,13 +35,12 @@ from typing import Any
 from pullhealth import metrics
 from pullhealth.bounded import BoundedDict
 from pullhealth.chain import singleflight
-from pullhealth.domain import placement
 from pullhealth.domain.codes import Code
 from pullhealth.domain.diagnose import make, redacted
 from pullhealth.domain.model import Diagnosis
 from pullhealth.domain.redact import Redactor, one_line
 from pullhealth.domain.reference import InvalidReference, parse
-from pullhealth.kube import kubeapi, listwatch
+from pullhealth.kube import kubeapi, listwatch, watchcache
 from pullhealth.pods import podcheck
 from pullhealth.runtime.state import Runtime
 from pullhealth.workloads import inventory, pacing
@@ -246,15 +245,9 @@ class WorkloadController:
         metrics.WORKLOAD_CHECKS.inc()
         reader = runtime.pod_reader if runtime.pod_reader is not None else runtime.kube
         mirror = runtime.pod_reader.nodes if runtime.pod_reader is not None else None
-        default = runtime.pod_settings.platform
-
-        def platforms(nodes: list[Mapping[str, Any]]) -> tuple[str, ...]:
-            return inventory.platforms(nodes, work, default)
-
-        # Most workloads share a few placement patterns: one pass over the nodes per pattern
-        # until a Node's labels or taints change, not one per workload check.
-        pattern = ("workload", work.node, placement.placement_inputs(work.pull_spec), default)
-        wanted = mirror.derived(pattern, platforms) if mirror is not None else platforms([])
+        wanted = watchcache.node_platforms(
+            mirror, work.pull_spec, runtime.pod_settings.platform, work.node
+        )[: inventory.MAX_PLATFORMS]
         results: list[tuple[inventory.Container, Diagnosis]] = []
         for container in work.containers:
             results.append((container, await self._check_container(work, container, wanted, reader)))

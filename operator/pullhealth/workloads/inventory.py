@@ -19,7 +19,7 @@ and the containers of one object are bounded (:data:`MAX_CONTAINERS`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from pullhealth.kube import events
 from pullhealth.probes.manifest import platform_matches
 
 MAX_CONTAINERS = 16
-MAX_PLATFORMS = 8
+MAX_PLATFORMS = 8  # platforms one workload check is run for, at most
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
 # kind -> (apiVersion, the path to its pod spec, the list-and-watch plural)
@@ -205,15 +205,6 @@ def workload(obj: Mapping[str, Any]) -> Workload | None:
 def checked(obj: Mapping[str, Any]) -> bool:
     """The reading thread's filter: whether the object has anything to check."""
     return workload(obj) is not None
-
-
-def platforms(nodes: Iterable[Mapping[str, Any]], work: Workload, default: str) -> tuple[str, ...]:
-    """``os/arch`` of the nodes the workload's pods may land on (its nodeSelector and required
-    node affinity), at most MAX_PLATFORMS; for a pod bound to a node, that node's platform
-    (the one it pulls)."""
-    if work.node:
-        nodes = [n for n in nodes if _get(n, ("metadata", "name")) == work.node] or list(nodes)
-    return placement.node_platforms(nodes, work.pull_spec, default)[:MAX_PLATFORMS]
 
 
 def manifest_details(diagnosis: Diagnosis) -> Mapping[str, str]:
