@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from support import guard
-from support.chart import Installed, dump, install_chart, limited_account, render
+from support.chart import Installed, dump, install_chart, limited_account, render, wait_deletes_refused
 from support.helm import require_helm
 from support.kubelet import annotations, ensure_node, fail_pull, kubelet_message, make_pod
 from support.objects import docker_secret_yaml, regcheck_yaml
@@ -209,14 +209,11 @@ def test_operator_account_can_delete_only_recoverable_controlled_pods(
         owned = wait_for(lambda: api.list_namespaced_pod(namespace, label_selector="app=web").items, "RS pod")[0]
         make_pod(api, namespace, "bare", "r.test/a:1")
 
-        def delete(name: str, *dry_run: str) -> subprocess.CompletedProcess[str]:
-            return dev_cluster.kubectl("-n", namespace, "delete", "pod", name, "--wait=false", *dry_run,
-                                       check=False, kubeconfig=kubeconfig)
+        def delete(name: str) -> subprocess.CompletedProcess[str]:
+            return dev_cluster.kubectl("-n", namespace, "delete", "pod", name, "--wait=false", check=False,
+                                       kubeconfig=kubeconfig)
 
-        # The API server enforces a new policy once its admission plugin has read the policy
-        # and its binding (a watch, then a type check): a dry run shows when, deleting nothing.
-        wait_for(lambda: delete(owned.metadata.name, "--dry-run=server").returncode != 0,
-                 "the new pod-deletes policy enforced", timeout=30)
+        wait_deletes_refused(dev_cluster, namespace, owned.metadata.name, wait_for, kubeconfig)
 
         def mark(name: str) -> None:
             api.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": {

@@ -29,7 +29,7 @@ import kubernetes
 import pytest
 import yaml
 
-from support.chart import Installed, install_chart, limited_account, render
+from support.chart import Installed, install_chart, limited_account, render, wait_deletes_refused
 from support.helm import require_helm
 from support.kubelet import NODE, annotations, fail_pull, kubelet_message, make_pod
 from support.operatorproc import OperatorProcess, records
@@ -392,10 +392,7 @@ def test_an_admission_refusal_of_the_delete_keeps_the_pod_and_is_logged_once(
     words, not one per attempt."""
     probe = make_pod(api, namespace, "probe", "r.test/a:1")["metadata"]["name"]
     with refuse_deletes(dev_cluster, namespace):
-        # The API server enforces a new policy a moment after it is created.
-        wait_for(lambda: dev_cluster.kubectl("-n", namespace, "delete", "pod", probe, "--dry-run=server",
-                                             check=False).returncode != 0,
-                 "the test policy enforced", timeout=30)
+        wait_deletes_refused(dev_cluster, namespace, probe, wait_for)
         with restarting_operator(dev_cluster, restart_chart, world, tmp_path, lambda rule: None) as op:
             pods = announced_recoverable(api, world, namespace, wait_for)
             wait_for(lambda: "cannot delete the recoverable pod (HTTP 422" in op.text(), "the failure logged",

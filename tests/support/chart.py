@@ -124,3 +124,14 @@ def limited_account(cluster: _Cluster, installed: Installed, tmp_path: Path,
     finally:
         k("delete", "clusterrolebinding", limited, "--ignore-not-found", "--wait=false")
         k("delete", "clusterrole", limited, "--ignore-not-found", "--wait=false")
+
+
+def wait_deletes_refused(cluster: _Cluster, namespace: str, pod: str, wait_for: Callable[..., Any],
+                         kubeconfig: Path | None = None) -> None:
+    """Wait until admission refuses deleting ``pod`` (a server-side dry run: nothing is
+    deleted). The API server enforces a new ValidatingAdmissionPolicy a moment after it is
+    created: its admission plugin reads the policy and its binding through a watch, then
+    type-checks them."""
+    wait_for(lambda: cluster.kubectl("-n", namespace, "delete", "pod", pod, "--wait=false", "--dry-run=server",
+                                     check=False, kubeconfig=kubeconfig).returncode != 0,
+             "the new policy enforced on deletes", timeout=30)
